@@ -1,0 +1,313 @@
+"""``capture``: activations at many sites and positions in one pass over a dataset.
+
+Inputs may be raw texts (everything is "prompt"), :class:`~deltalens.generate.Generation`
+objects, ``(prompt, response)`` pairs or dicts (``{"prompt", "response"}`` with an already
+formatted prompt, ``{"question", "response"[, "system"]}`` formatted with the chat
+template, or ``{"text"}``). Prompt and response are tokenized separately and joined,
+so the boundary is exact.
+
+One forward per batch collects every requested site; the forward stops right after
+the deepest requested site (early exit). Results are reduced per sequence
+(``reduce="mean"`` over the selected tokens, ``"last"`` selected token) or kept per
+token (``reduce=None``), in memory (:class:`Captured`) or streamed into an
+:class:`~deltalens.store.ActivationStore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import hooks
+from .errors import DataFormatError
+from .generate import Generation, left_pad, position_ids
+from .hooks import Read, Site, SiteLike
+from .io import provenance
+from .models.loading import LoadedModel
+from .positions import Positions
+from .store import ActivationStore, split_of
+
+REDUCTIONS = (None, "mean", "last")
+
+
+class Captured(dict):
+    """``{Site: tensor}`` with row metadata. Keys may be looked up as ``(6, "resid")``,
+    ``"resid.6"`` or ``Site(6, "resid")``.
+
+    Attributes:
+        seq_ids: ``[N]`` input index of each row.
+        positions: ``[N]`` index of the token among its sequence's real tokens (per-token
+            mode) or ``None``.
+        token_ids: ``[N]`` token id (per-token mode) or ``None``.
+        is_response: ``[N]`` bool (per-token mode) or ``None``.
+        n_selected: ``[n_inputs]`` selected tokens per input (0 → no row for that input
+            in reduced mode).
+    """
+
+    seq_ids: torch.Tensor
+    positions: torch.Tensor | None
+    token_ids: torch.Tensor | None
+    is_response: torch.Tensor | None
+    n_selected: torch.Tensor
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        return super().__getitem__(Site.parse(key))
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            return super().__contains__(Site.parse(key))
+        except Exception:
+            return False
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+
+def encode_item(lm: LoadedModel, item: Any, i: int = 0) -> tuple[list[int], int]:
+    """Token ids and prompt length (real tokens) of one capture input."""
+    if isinstance(item, Generation):
+        return list(item.prompt_ids) + list(item.response_ids), item.prompt_len
+    if isinstance(item, str):
+        ids = lm.encode(item, formatted=False)
+        return ids, len(ids)
+    if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
+        p = lm.encode(item[0], formatted=True)
+        return p + lm.encode(item[1], formatted=True), len(p)
+    if isinstance(item, Mapping):
+        if "prompt_ids" in item and "response_ids" in item:
+            p = list(item["prompt_ids"])
+            return p + list(item["response_ids"]), len(p)
+        if "text" in item and "response" not in item:
+            ids = lm.encode(str(item["text"]), formatted=False)
+            return ids, len(ids)
+        if "response" in item:
+            if "prompt" in item:
+                ptxt = str(item["prompt"])
+            elif "question" in item:
+                ptxt = lm.format_chat(str(item["question"]), item.get("system") or item.get("system_prompt"))
+            else:
+                raise DataFormatError(f"capture input {i}: a dict with 'response' needs 'prompt' or 'question'")
+            p = lm.encode(ptxt, formatted=lm.has_chat_template or "question" not in item)
+            return p + lm.encode(str(item["response"]), formatted=True), len(p)
+    raise DataFormatError(
+        f"capture input {i}: expected a text, a Generation, a (prompt, response) pair or a dict "
+        f"with 'text' / 'prompt'+'response' / 'question'+'response'; got {type(item).__name__}"
+    )
+
+
+def _parse_sites(lm: LoadedModel, sites: SiteLike | Sequence[SiteLike]) -> list[Site]:
+    if isinstance(sites, (Site, int, str)) or (isinstance(sites, tuple) and len(sites) == 2 and isinstance(sites[1], str)):
+        sites = [sites]  # type: ignore[list-item]
+    out = []
+    for s in sites:  # type: ignore[union-attr]
+        site = Site.parse(s)
+        if site.component != "embed":
+            layer = lm.arch.check_layer(site.layer)
+            site = Site(layer, site.component)
+        if site not in out:
+            out.append(site)
+    if not out:
+        raise ValueError("capture needs at least one site")
+    return out
+
+
+def _token_type_names(lm: LoadedModel, ids: torch.Tensor, prompt_lens: torch.Tensor, rel: torch.Tensor) -> np.ndarray:
+    """Names of chat token types for selected rows (``""`` where none)."""
+    out = np.full(len(rel), "", dtype=object)
+    for name, off in lm.token_types.items():
+        hit = (rel == prompt_lens + off).cpu().numpy()
+        out[hit] = name
+    return out
+
+
+@torch.inference_mode()
+def capture(
+    lm: LoadedModel,
+    data: Iterable[Any],
+    sites: SiteLike | Sequence[SiteLike],
+    positions: str | Positions = "all",
+    *,
+    reduce: str | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    store: str | ActivationStore | None = None,
+    val_fraction: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+    early_exit: bool = True,
+    progress: bool = True,
+    dataset_name: str | None = None,
+) -> Captured | ActivationStore:
+    """Capture activations at ``sites`` and ``positions`` over ``data``.
+
+    Args:
+        lm: the model.
+        data: texts, Generations, (prompt, response) pairs or dicts (see module docstring).
+        sites: one site or several (``(6, "resid")``, ``"mlp_out.3"``, ``Site(...)``, an int).
+        positions: position spec (``all``, ``prompt[-1]``, ``response[:5]``, ``asst`` …).
+        reduce: ``None`` (one row per selected token), ``"mean"`` or ``"last"`` (one row per input).
+        batch_size: sequences per forward.
+        max_length: truncate inputs to this many tokens (keeping the start).
+        store: write into this ActivationStore directory instead of memory (resumable).
+        val_fraction: fraction of sequences marked ``val`` in the store's index.
+        dtype: dtype of returned / stored activations.
+        early_exit: stop each forward after the deepest requested site.
+
+    Returns:
+        :class:`Captured` (``{Site: [rows, d]}``, rows in (input, position) order, padding
+        excluded) or the :class:`ActivationStore` written to.
+    """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    pos = Positions.parse(positions)
+    pos.check_token_types(lm.token_types if lm.tokenizer is not None else {})
+    site_list = _parse_sites(lm, sites)
+    items = list(data)
+    encoded = []
+    for i, it in enumerate(items):
+        ids, plen = encode_item(lm, it, i)
+        if max_length is not None and len(ids) > max_length:
+            ids = ids[:max_length]
+            plen = min(plen, max_length)
+        encoded.append((ids, plen))
+
+    st: ActivationStore | None = None
+    start_seq = 0
+    if store is not None:
+        st = store if isinstance(store, ActivationStore) else ActivationStore(store)
+        st.init(
+            model={"name": lm.name, "spec": lm.spec, "weights_hash": lm.weights_hash},
+            sites=site_list,
+            d_model=lm.d_model,
+            positions=pos.text,
+            reduce=reduce,
+            dtype=dtype,
+            val_fraction=val_fraction,
+            dataset=dataset_name,
+            extra={"provenance": provenance(lm, positions=pos.text, reduce=reduce)},
+        )
+        if st.complete and st.n_sequences >= len(encoded):
+            return st
+        start_seq = st.n_sequences
+        order = list(range(start_seq, len(encoded)))  # input order: resumable by sequence count
+    else:
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+
+    # per-batch collectors
+    collected: dict[Site, list[torch.Tensor]] = {s: [] for s in site_list}
+    meta_parts: dict[str, list[torch.Tensor]] = {"seq": [], "pos": [], "tok": [], "resp": [], "n": []}
+    current: dict[str, Any] = {}
+
+    def make_callback(site: Site, first: bool):
+        def cb(x: torch.Tensor, mask: torch.Tensor, step: hooks.Step) -> None:
+            if reduce is None:
+                rows = x[mask]
+            else:
+                cnt = mask.sum(1)
+                keep = cnt > 0
+                if reduce == "mean":
+                    m = mask[..., None].to(torch.float32)
+                    rows = (x.to(torch.float32) * m).sum(1) / cnt.clamp(min=1)[:, None]
+                else:
+                    last = (mask.long() * torch.arange(mask.shape[1], device=mask.device)).argmax(1)
+                    rows = x[torch.arange(x.shape[0], device=x.device), last]
+                rows = rows[keep]
+            collected[site].append(rows.to("cpu", dtype))
+            if first:
+                current["mask"] = mask
+                current["rel"] = step.geom.rel
+                current["plen"] = step.geom.prompt_len
+
+        return cb
+
+    reads = [Read(s, pos, callback=make_callback(s, k == 0)) for k, s in enumerate(site_list)]
+    stop = hooks.deepest_site(site_list) if early_exit else None
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    n_tokens = sum(len(encoded[i][0]) for i in order)
+    bar = tqdm(total=n_tokens, desc="capture", unit="tok", unit_scale=True, disable=not progress, leave=False)
+    with hooks.intervene(lm, reads, stop_at=stop):
+        for batch in batches:
+            seqs = [encoded[i][0] for i in batch]
+            plens = [encoded[i][1] for i in batch]
+            input_ids, attn = left_pad(seqs, pad, lm.device)
+            before = {s: len(collected[s]) for s in site_list}
+            with hooks.batch_info(lm, row_ids=batch, prompt_lens=plens):
+                try:
+                    lm.model(
+                        input_ids=input_ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=False
+                    )
+                except hooks.StopForward:
+                    pass
+            mask = current["mask"]
+            seq_ids = torch.as_tensor(batch, dtype=torch.long)
+            cnt = mask.sum(1).cpu()
+            if reduce is None:
+                b_idx, t_idx = mask.nonzero(as_tuple=True)
+                rel = current["rel"][b_idx, t_idx].cpu()
+                seq_col = seq_ids[b_idx.cpu()]
+                tok_col = input_ids[b_idx, t_idx].cpu()
+                resp_col = rel >= current["plen"][b_idx].cpu()
+            else:
+                keep = cnt > 0
+                seq_col = seq_ids[keep]
+                rel = torch.full((len(seq_col),), -1, dtype=torch.long)
+                tok_col = torch.full((len(seq_col),), -1, dtype=torch.long)
+                resp_col = torch.zeros(len(seq_col), dtype=torch.bool)
+            if st is not None:
+                ttype = (
+                    _token_type_names(lm, input_ids, current["plen"][b_idx].cpu(), rel)
+                    if reduce is None
+                    else np.full(len(seq_col), "", dtype=object)
+                )
+                index = {
+                    "seq_id": seq_col.numpy().astype(np.int64),
+                    "position": rel.numpy().astype(np.int32),
+                    "token_id": tok_col.numpy().astype(np.int32),
+                    "region": resp_col.numpy().astype(np.int8),
+                    "token_type": ttype.astype(str),
+                    "split": np.array([split_of(int(s), val_fraction) for s in seq_col.tolist()], dtype=str),
+                }
+                acts = {s: torch.cat(collected[s][before[s] :], 0) for s in site_list}
+                for s in site_list:
+                    collected[s].clear()
+                st.append(acts, index, n_sequences=len(batch))
+            else:
+                meta_parts["seq"].append(seq_col)
+                meta_parts["pos"].append(rel)
+                meta_parts["tok"].append(tok_col)
+                meta_parts["resp"].append(resp_col)
+                nsel = torch.zeros(len(batch), dtype=torch.long)
+                nsel[:] = cnt
+                meta_parts["n"].append(torch.stack([seq_ids, nsel], 1))
+            bar.update(sum(len(s) for s in seqs))
+    bar.close()
+    if st is not None:
+        st.finish()
+        return st
+
+    out = Captured()
+    seq = torch.cat(meta_parts["seq"]) if meta_parts["seq"] else torch.zeros(0, dtype=torch.long)
+    posn = torch.cat(meta_parts["pos"]) if meta_parts["pos"] else torch.zeros(0, dtype=torch.long)
+    # restore input order: stable sort by (sequence id, position)
+    key = seq * (int(posn.max()) + 2 if len(posn) else 1) + (posn + 1)
+    perm = torch.argsort(key, stable=True)
+    for s in site_list:
+        rows = torch.cat(collected[s], 0) if collected[s] else torch.zeros(0, lm.d_model, dtype=dtype)
+        out[s] = rows[perm]
+    out.seq_ids = seq[perm]
+    if reduce is None:
+        out.positions = posn[perm]
+        out.token_ids = torch.cat(meta_parts["tok"])[perm]
+        out.is_response = torch.cat(meta_parts["resp"])[perm]
+    else:
+        out.positions = out.token_ids = out.is_response = None
+    n_sel = torch.zeros(len(encoded), dtype=torch.long)
+    if meta_parts["n"]:
+        pairs = torch.cat(meta_parts["n"])
+        n_sel[pairs[:, 0]] = pairs[:, 1]
+    out.n_selected = n_sel
+    return out

@@ -1,0 +1,128 @@
+"""Core commands: ``models``, ``generate``, ``capture``, ``info``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import console, split_list, table
+
+
+def models_cmd() -> None:
+    """List bundled models, whether their packages are installed and their cache state."""
+    from ..models import BUNDLED, cache_root
+
+    root = cache_root()
+    rows = []
+    for name, b in BUNDLED.items():
+        cached = sorted((root / "models").glob(f"{name}-*/model.safetensors"))
+        size = f"{cached[0].stat().st_size / 2**20:.0f} MB" if cached else "-"
+        rows.append((name, b.description, "yes" if b.installed() else f"no ({b.pip})", "yes" if cached else "no", size))
+    console.print(table("bundled models", ["name", "model", "installed", "cached", "cache size"], rows))
+    console.print(f"cache: {root}  (set DELTALENS_CACHE to move it)")
+
+
+def generate_cmd(
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Model spec: bundled name, .gguf, directory or hub id."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", "-p", help="Prompt file (.jsonl/.json/.txt) or directory."),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="A prompt (repeatable)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt for all prompts."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+    n: int = typer.Option(1, "--n", "--rollouts", help="Rollouts per prompt."),
+    sample: bool = typer.Option(False, "--sample/--greedy", help="Sample (with --temperature/--top-p) or greedy."),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write generations as JSONL here."),
+    dtype: str = typer.Option("auto", "--dtype"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Generate responses (chat template, batched, left-padded)."""
+    from ..data import read_prompts
+    from ..errors import DeltalensError
+    from ..generate import generate
+    from ..io import atomic_write, to_json
+    from ..models import load
+
+    items: list = []
+    if prompts is not None:
+        items.extend(r.as_prompt() for r in read_prompts(prompts))
+    items.extend(prompt or [])
+    if not items:
+        raise DeltalensError("no prompts: pass --prompts FILE or --prompt TEXT")
+    lm = load(model, dtype=dtype, device=device)
+    t0 = time.time()
+    gens = generate(
+        lm, items, system=system, max_new_tokens=max_new_tokens, n=n, do_sample=sample,
+        temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+    )
+    dt = time.time() - t0
+    toks = sum(g.response_len for g in gens)
+    console.print(table(None, ["#", "question", "response"], [(g.index, g.question[:60], g.response[:200]) for g in gens[:20]]))
+    console.print(f"{len(gens)} responses, {toks} new tokens in {dt:.1f} s ({toks / max(dt, 1e-9):.0f} tok/s)")
+    if out is not None:
+        atomic_write(out, "".join(to_json(g.to_dict(), indent=None) + "\n" for g in gens))
+        console.print(f"wrote {out}")
+
+
+def capture_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Inputs: .txt (one text per line) or .jsonl (text / prompt+response / question)."),
+    sites: str = typer.Option("resid.6", "--sites", "-s", help="Comma-separated sites, e.g. 'resid.6,mlp_out.6' or layers '6,12'."),
+    out: Path = typer.Option(..., "--out", "-o", help="ActivationStore directory (created, or resumed if it matches)."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
+    positions: str = typer.Option("all", "--positions", help="Position spec: all, prompt[-1], response[:5], asst, …"),
+    reduce: str = typer.Option("none", "--reduce", help="none (per token), mean or last (per sequence)."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate inputs to this many tokens."),
+    val_fraction: float = typer.Option(0.0, "--val-fraction", help="Fraction of sequences marked 'val'."),
+    dtype: str = typer.Option("auto", "--dtype", help="Model dtype."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Capture activations into an ActivationStore (resumable)."""
+    from ..capture import capture
+    from ..data import read_capture_inputs
+    from ..errors import DeltalensError
+    from ..models import load
+
+    if reduce not in ("none", "mean", "last"):
+        raise DeltalensError(f"--reduce must be none, mean or last, not '{reduce}'")
+    inputs = read_capture_inputs(data)
+    lm = load(model, dtype=dtype, device=device)
+    site_list = [int(s) if s.lstrip("-").isdigit() else s for s in split_list(sites)]
+    t0 = time.time()
+    store = capture(
+        lm, inputs, site_list, positions, reduce=None if reduce == "none" else reduce, batch_size=batch_size,
+        max_length=max_length, store=out, val_fraction=val_fraction, dataset_name=data.name,
+    )
+    dt = time.time() - t0
+    s = store.summary()  # type: ignore[union-attr]
+    console.print(table("activation store", ["key", "value"], [(k, v) for k, v in s.items()]))
+    console.print(f"captured in {dt:.1f} s")
+
+
+def info_cmd(
+    path: Path = typer.Argument(..., help="An artifact: store, .safetensors, SAE dir, model dir, experiment, JSON(L)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw description as JSON."),
+) -> None:
+    """Describe an artifact: kind, shapes, provenance."""
+    from ..info import describe
+    from ..io import to_json
+
+    d = describe(path)
+    if as_json:
+        print(to_json(d))
+        return
+    rows = [(k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else v) for k, v in d.items()]
+    console.print(table(d.get("kind"), ["field", "value"], rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("models")(models_cmd)
+    app.command("generate")(generate_cmd)
+    app.command("capture")(capture_cmd)
+    app.command("info")(info_cmd)

@@ -1,0 +1,46 @@
+"""Reading line-oriented datasets with errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataFormatError
+
+
+def iter_jsonl(path: str | Path, required: Sequence[str] = (), types: Mapping[str, type | tuple[type, ...]] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, record)`` for each non-blank line of a JSONL file.
+
+    Raises :class:`DataFormatError` naming ``file:line`` for invalid JSON, a record that is
+    not an object, a missing required key or a value of the wrong type.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataFormatError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(f"{path}:{n}: invalid JSON at column {exc.colno} ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise DataFormatError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+            for key in required:
+                if key not in rec:
+                    raise DataFormatError(f"{path}:{n}: missing key '{key}' (keys: {', '.join(rec) or 'none'})")
+            for key, typ in (types or {}).items():
+                if key in rec and not isinstance(rec[key], typ):
+                    want = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+                    raise DataFormatError(
+                        f"{path}:{n}: '{key}' must be {want}, got {type(rec[key]).__name__} ({rec[key]!r:.60})"
+                    )
+            yield n, rec
+
+
+def read_jsonl(path: str | Path, required: Sequence[str] = (), types: Mapping[str, type | tuple[type, ...]] | None = None) -> list[dict[str, Any]]:
+    """All records of a JSONL file (see :func:`iter_jsonl` for validation)."""
+    return [rec for _, rec in iter_jsonl(path, required, types)]

@@ -1,0 +1,148 @@
+"""Experiment directory layout — the one place that builds artifact paths.
+
+::
+
+    experiments/<name>/
+      config.yaml
+      models/<variant>/                               fine-tuned variants + provenance.json
+      generations/<name>.jsonl                        generations (demo, inference prompt sets)
+      responses/<dataset>/<variant>/{pos,neg}.json    extraction responses
+      activations/<dataset>/<variant>/<position>/     ActivationStore
+      vectors/<trait>/<variant>/<position>/<component>/<method>/layer<L>.safetensors
+      steering/<trait>/<vector-id>/results.jsonl
+      diff/{weights,activations,outputs}/...
+      saes/<name>/                                    SAELens-compatible directories
+      features/  probes/  circuits/  inverse/
+      report/index.html
+
+Position directory names follow the seeds: ``response[:5]`` → ``response__5``,
+``response[:]`` → ``response_all`` (:attr:`deltalens.positions.Positions.slug`).
+Other modules ask this class for paths; none builds them from strings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .io import atomic_write
+from .positions import Positions
+
+
+def _safe(name: str, what: str) -> str:
+    """A relative name (may contain '/'), refusing absolute paths and '..'."""
+    s = str(name).strip()
+    if not s or s.startswith("/") or any(part in ("..", "") for part in s.split("/")):
+        raise ConfigError(f"invalid {what} name {name!r}: use a relative name without '..'")
+    return s
+
+
+def default_root() -> Path:
+    """``$DELTALENS_EXPERIMENTS`` or ``./experiments``."""
+    return Path(os.environ.get("DELTALENS_EXPERIMENTS", "experiments"))
+
+
+class Experiment:
+    """Paths (and the config file) of one experiment directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @classmethod
+    def named(cls, name: str, base: str | Path | None = None) -> Experiment:
+        """``<base or $DELTALENS_EXPERIMENTS or ./experiments>/<name>``; a path with a '/' is used as is."""
+        p = Path(name)
+        if p.is_absolute() or name.startswith("."):
+            return cls(p)
+        return cls((Path(base) if base is not None else default_root()) / _safe(name, "experiment"))
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def __repr__(self) -> str:
+        return f"Experiment({str(self.root)!r})"
+
+    # ---- config -----------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    def load_config(self) -> dict[str, Any]:
+        if not self.config_path.exists():
+            return {}
+        try:
+            data = yaml.safe_load(self.config_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{self.config_path}: invalid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self.config_path}: expected a mapping at the top level")
+        return data
+
+    def save_config(self, config: dict[str, Any]) -> Path:
+        return atomic_write(self.config_path, yaml.safe_dump(config, sort_keys=False))
+
+    def update_config(self, **values: Any) -> dict[str, Any]:
+        cfg = self.load_config()
+        cfg.update(values)
+        self.save_config(cfg)
+        return cfg
+
+    # ---- layout -----------------------------------------------------------------------
+    def _dir(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def model_dir(self, variant: str) -> Path:
+        return self._dir("models", _safe(variant, "variant"))
+
+    def generations_path(self, name: str) -> Path:
+        return self._dir("generations", f"{_safe(name, 'generation set')}.jsonl")
+
+    def responses_dir(self, dataset: str, variant: str) -> Path:
+        return self._dir("responses", _safe(dataset, "dataset"), _safe(variant, "variant"))
+
+    def activations_dir(self, dataset: str, variant: str, positions: str | Positions) -> Path:
+        slug = Positions.parse(positions).slug
+        return self._dir("activations", _safe(dataset, "dataset"), _safe(variant, "variant"), slug)
+
+    def vectors_dir(self, trait: str, variant: str, positions: str | Positions, component: str, method: str) -> Path:
+        slug = Positions.parse(positions).slug
+        return self._dir(
+            "vectors", _safe(trait, "trait"), _safe(variant, "variant"), slug, _safe(component, "component"), _safe(method, "method")
+        )
+
+    def vector_path(
+        self, trait: str, variant: str, positions: str | Positions, component: str, method: str, layer: int
+    ) -> Path:
+        return self.vectors_dir(trait, variant, positions, component, method) / f"layer{int(layer)}.safetensors"
+
+    def steering_dir(self, trait: str, vector_id: str) -> Path:
+        return self._dir("steering", _safe(trait, "trait"), _safe(vector_id, "vector id"))
+
+    def steering_results(self, trait: str, vector_id: str) -> Path:
+        return self.steering_dir(trait, vector_id) / "results.jsonl"
+
+    def diff_dir(self, kind: str, *parts: str) -> Path:
+        return self._dir("diff", _safe(kind, "diff kind"), *(_safe(p, "diff part") for p in parts))
+
+    def sae_dir(self, name: str) -> Path:
+        return self._dir("saes", _safe(name, "SAE"))
+
+    def features_dir(self, *parts: str) -> Path:
+        return self._dir("features", *(_safe(p, "features part") for p in parts))
+
+    def probes_dir(self, *parts: str) -> Path:
+        return self._dir("probes", *(_safe(p, "probes part") for p in parts))
+
+    def circuits_dir(self, *parts: str) -> Path:
+        return self._dir("circuits", *(_safe(p, "circuits part") for p in parts))
+
+    def inverse_dir(self, *parts: str) -> Path:
+        return self._dir("inverse", *(_safe(p, "inverse part") for p in parts))
+
+    def report_dir(self) -> Path:
+        return self._dir("report")

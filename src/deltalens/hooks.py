@@ -1,0 +1,716 @@
+"""The one hook mechanism: sites, interventions and :func:`intervene`.
+
+Reading activations, steering, ablation, patching, SAE splicing and gradient capture
+all go through this module; nothing else in deltalens registers PyTorch hooks.
+
+* A **site** names a place: ``Site(layer, component)`` with components
+
+  ============  =====================================================================
+  ``embed``     output of the token embedding module (layer ignored, use 0)
+  ``resid_pre`` input of decoder block L  (= HF ``hidden_states[L]``)
+  ``resid``     output of decoder block L (= HF ``hidden_states[L+1]``; HF's last entry
+                has the final norm applied, deltalens's ``resid`` of the last layer does not)
+  ``attn_out``  what the attention sub-block adds to the residual stream in block L
+  ``mlp_out``   what the MLP sub-block adds to the residual stream in block L
+  ============  =====================================================================
+
+* An **intervention** says what happens there — :class:`Read`, :class:`Add`,
+  :class:`Replace`, :class:`Ablate`, :class:`Splice` — at which **positions** (the
+  position language of :mod:`deltalens.positions`) and, optionally, for which **rows**.
+
+Rows are *global* row ids: ``deltalens.generate`` and ``deltalens.capture`` number their
+inputs 0..N-1 and tell the hooks which inputs each internal batch holds, so ``rows=[3]``
+means "input 3" however the work is batched. Outside those functions (a plain
+``model(...)`` call) row ids are the batch indices.
+
+Positions are resolved on every forward call from the attention mask and the KV-cache
+length, so ``positions="response"`` steers every generated token (and no prompt token)
+under KV-cached generation, with or without left padding. During generation the prompt
+is what the first (prefill) forward saw, unless the caller states prompt lengths with
+:func:`batch_info`.
+
+All hooks are removed when the ``with intervene(...)`` block exits, also after an
+exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+import torch
+from torch import nn
+
+from .errors import ShapeError, SiteError
+from .models.arch import COMPONENTS
+from .positions import Geometry, Positions
+
+if TYPE_CHECKING:
+    from .models.loading import LoadedModel
+
+_SAELENS_HOOKS = {
+    "hook_resid_pre": "resid_pre",
+    "hook_resid_post": "resid",
+    "hook_attn_out": "attn_out",
+    "hook_mlp_out": "mlp_out",
+}
+_SAELENS_NAMES = {v: k for k, v in _SAELENS_HOOKS.items()}
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """A place in the model: ``(layer, component)``; see the module docstring."""
+
+    layer: int
+    component: str = "resid"
+
+    def __post_init__(self) -> None:
+        if self.component not in COMPONENTS:
+            raise SiteError(f"unknown component '{self.component}'; valid: {', '.join(COMPONENTS)}")
+        if not isinstance(self.layer, int) or isinstance(self.layer, bool):
+            raise SiteError(f"layer must be an integer, got {self.layer!r}")
+
+    @classmethod
+    def parse(cls, site: SiteLike) -> Site:
+        """Accepts a Site, ``(layer, component)``, an int (``resid`` of that layer),
+        ``"resid.6"``, ``"6"`` or a SAELens hook name (``"blocks.6.hook_resid_post"``)."""
+        if isinstance(site, Site):
+            return site
+        if isinstance(site, bool):
+            raise SiteError(f"not a site: {site!r}")
+        if isinstance(site, int):
+            return cls(site, "resid")
+        if isinstance(site, (tuple, list)) and len(site) == 2:
+            a, b = site
+            if isinstance(a, str) and not isinstance(b, str):
+                a, b = b, a
+            return cls(int(a), str(b))
+        if isinstance(site, str):
+            s = site.strip()
+            if s in ("embed", "hook_embed"):
+                return cls(0, "embed")
+            if s.startswith("blocks."):
+                parts = s.split(".")
+                if len(parts) == 3 and parts[1].isdigit() and parts[2] in _SAELENS_HOOKS:
+                    return cls(int(parts[1]), _SAELENS_HOOKS[parts[2]])
+            if s.lstrip("-").isdigit():
+                return cls(int(s), "resid")
+            for sep in (".", ":", "/"):
+                if sep in s:
+                    comp, _, layer = s.rpartition(sep)
+                    if layer.lstrip("-").isdigit():
+                        return cls(int(layer), comp)
+                    layer, _, comp = s.partition(sep)
+                    if layer.lstrip("-").isdigit():
+                        return cls(int(layer), comp)
+        raise SiteError(
+            f"cannot read site {site!r}; write e.g. 'resid.6', (6, 'mlp_out') or 'blocks.6.hook_resid_post'"
+        )
+
+    def __str__(self) -> str:
+        return "embed" if self.component == "embed" else f"{self.component}.{self.layer}"
+
+    @property
+    def hook_name(self) -> str:
+        """The SAELens / TransformerLens hook name of this site."""
+        if self.component == "embed":
+            return "hook_embed"
+        return f"blocks.{self.layer}.{_SAELENS_NAMES[self.component]}"
+
+
+SiteLike = Union[Site, tuple, str, int]
+RowsLike = Union[None, slice, Sequence[int], torch.Tensor, range]
+
+
+class StopForward(Exception):
+    """Raised by the early-exit hook once the deepest requested site has run."""
+
+
+# ---- batch information -------------------------------------------------------------------
+
+
+@dataclass
+class BatchInfo:
+    """What the caller knows about the batch being run: global row ids and prompt lengths."""
+
+    row_ids: torch.Tensor | None = None
+    prompt_lens: torch.Tensor | None = None
+
+
+_BATCH: weakref.WeakKeyDictionary[nn.Module, BatchInfo] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def batch_info(
+    lm: LoadedModel,
+    row_ids: Sequence[int] | torch.Tensor | None = None,
+    prompt_lens: Sequence[int] | torch.Tensor | None = None,
+) -> Iterator[None]:
+    """Tell active interventions which global rows the next forward calls hold and how many
+    real prompt tokens each row has (for a forward over prompt + response in one go)."""
+    key = lm.arch.backbone
+    old = _BATCH.get(key)
+    _BATCH[key] = BatchInfo(
+        None if row_ids is None else torch.as_tensor(row_ids, dtype=torch.long),
+        None if prompt_lens is None else torch.as_tensor(prompt_lens, dtype=torch.long),
+    )
+    try:
+        yield
+    finally:
+        if old is None:
+            _BATCH.pop(key, None)
+        else:
+            _BATCH[key] = old
+
+
+class Step:
+    """Geometry of the forward call in flight, shared by all interventions of a session."""
+
+    def __init__(self, geom: Geometry, row_ids: torch.Tensor, token_types: dict[str, int]):
+        self.geom = geom
+        self.row_ids = row_ids
+        self.token_types = token_types
+        self._masks: dict[str, torch.Tensor] = {}
+        self._rows: dict[int, torch.Tensor] = {}
+
+    @property
+    def start(self) -> int:
+        return self.geom.start
+
+    def mask(self, positions: Positions) -> torch.Tensor:
+        key = positions.text
+        m = self._masks.get(key)
+        if m is None:
+            m = positions.mask(self.geom, self.token_types)
+            self._masks[key] = m
+        return m
+
+    def row_mask(self, rows: torch.Tensor | None) -> torch.Tensor | None:
+        if rows is None:
+            return None
+        key = id(rows)
+        m = self._rows.get(key)
+        if m is None:
+            m = torch.isin(self.row_ids, rows.to(self.row_ids.device))
+            self._rows[key] = m
+        return m
+
+    def select(self, iv: Intervention) -> torch.Tensor:
+        """``[B, T]`` bool: positions of ``iv`` restricted to its rows."""
+        m = self.mask(iv.positions)
+        r = self.row_mask(iv.rows)
+        return m if r is None else m & r[:, None]
+
+
+def _rows_tensor(rows: RowsLike) -> torch.Tensor | None:
+    if rows is None:
+        return None
+    if isinstance(rows, slice):
+        if rows.stop is None or (rows.start or 0) < 0 or rows.stop < 0:
+            raise ShapeError(f"row slice {rows} needs explicit non-negative bounds")
+        return torch.arange(rows.start or 0, rows.stop, rows.step or 1)
+    t = torch.as_tensor(list(rows) if isinstance(rows, range) else rows, dtype=torch.long).flatten()
+    return t
+
+
+# ---- interventions -------------------------------------------------------------------------
+
+
+class Intervention:
+    """Base class: a site, positions (default ``all``) and optional global ``rows``."""
+
+    def __init__(self, site: SiteLike, positions: str | Positions = "all", rows: RowsLike = None):
+        self.site = Site.parse(site)
+        self.positions = Positions.parse(positions)
+        self.rows = _rows_tensor(rows)
+
+    def bind(self, lm: LoadedModel) -> None:
+        """Validate against a model before any forward runs (layer range, widths, token types)."""
+        if self.site.component != "embed":
+            lm.arch.check_layer(self.site.layer)
+            if self.site.layer < 0:
+                self.site = Site(self.site.layer % lm.n_layers, self.site.component)
+        self.positions.check_token_types(lm.token_types if lm.tokenizer is not None else {})
+        self.d_model = lm.d_model
+
+    def _check_width(self, t: torch.Tensor, what: str) -> None:
+        if t.shape[-1] != self.d_model:
+            raise ShapeError(
+                f"{type(self).__name__} at {self.site}: {what} has width {t.shape[-1]} but the model's "
+                f"d_model is {self.d_model}"
+            )
+
+    def _row_table(self, n_values: int, what: str) -> torch.Tensor:
+        """Lookup global row id → index into per-row values (-1 where not selected)."""
+        if self.rows is None:
+            raise ShapeError(f"{type(self).__name__} at {self.site}: per-row {what} needs rows=")
+        if len(self.rows) != n_values:
+            raise ShapeError(
+                f"{type(self).__name__} at {self.site}: {n_values} per-row {what} for {len(self.rows)} rows"
+            )
+        table = torch.full((int(self.rows.max()) + 1,), -1, dtype=torch.long)
+        table[self.rows] = torch.arange(len(self.rows))
+        return table
+
+    @staticmethod
+    def _lookup(table: torch.Tensor, row_ids: torch.Tensor) -> torch.Tensor:
+        ids = row_ids.to(table.device)
+        out = torch.full_like(ids, -1)
+        ok = (ids >= 0) & (ids < len(table))
+        out[ok] = table[ids[ok]]
+        return out
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        rows = "" if self.rows is None else f", rows={len(self.rows)}"
+        return f"{type(self).__name__}({self.site}, positions={self.positions.text!r}{rows})"
+
+
+class Read(Intervention):
+    """Record the activation at a site.
+
+    After the run, ``value`` is the last forward's full ``[B, T, d]`` tensor, ``values`` the
+    list over forward calls (one per generation step under KV caching), ``selected()`` the
+    rows picked by positions/rows concatenated in (forward, row, position) order.
+    ``keep_grad=True`` keeps the tensor in the graph and calls ``retain_grad`` so that
+    ``value.grad`` holds ∂metric/∂activation after ``backward()``. ``callback(x, mask, step)``
+    replaces storage (used by :func:`deltalens.capture` to reduce on the fly).
+    """
+
+    def __init__(
+        self,
+        site: SiteLike,
+        positions: str | Positions = "all",
+        rows: RowsLike = None,
+        keep_grad: bool = False,
+        callback: Callable[[torch.Tensor, torch.Tensor, Step], None] | None = None,
+    ):
+        super().__init__(site, positions, rows)
+        self.keep_grad = keep_grad
+        self.callback = callback
+        self.values: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor] = []
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        mask = step.select(self)
+        if self.callback is not None:
+            self.callback(x, mask, step)
+            return x
+        if self.keep_grad and x.requires_grad:
+            x.retain_grad()
+            self.values.append(x)
+        else:
+            self.values.append(x.detach())
+        self.masks.append(mask)
+        return x
+
+    @property
+    def value(self) -> torch.Tensor:
+        if not self.values:
+            raise RuntimeError(f"{self!r} has not seen a forward pass")
+        return self.values[-1]
+
+    def selected(self) -> torch.Tensor:
+        """Selected activations ``[n, d]`` over all forward calls."""
+        return torch.cat([v[m] for v, m in zip(self.values, self.masks)], dim=0)
+
+    def full(self) -> torch.Tensor:
+        """All forward calls concatenated along the sequence axis ``[B, T_total, d]``
+        (the whole generated sequence under KV caching)."""
+        return torch.cat(self.values, dim=1)
+
+    def clear(self) -> None:
+        self.values.clear()
+        self.masks.clear()
+
+
+class Add(Intervention):
+    """``x ← x + coef · vector`` at the selected positions/rows (steering).
+
+    ``vector`` is ``[d]`` (same for every row) or ``[R, d]`` with ``rows`` of length R (one
+    vector per row); ``coef`` is a float or ``[R]`` per-row coefficients.
+    """
+
+    def __init__(
+        self,
+        site: SiteLike,
+        vector: torch.Tensor,
+        coef: float | Sequence[float] | torch.Tensor = 1.0,
+        positions: str | Positions = "all",
+        rows: RowsLike = None,
+    ):
+        super().__init__(site, positions, rows)
+        self.vector = torch.as_tensor(vector).detach()
+        if self.vector.dim() not in (1, 2):
+            raise ShapeError(f"Add at {self.site}: vector must be [d] or [rows, d], got {tuple(self.vector.shape)}")
+        self.coef = torch.as_tensor(coef, dtype=torch.float32).detach()
+        self._table: torch.Tensor | None = None
+        if self.vector.dim() == 2 or self.coef.dim() == 1:
+            n = self.vector.shape[0] if self.vector.dim() == 2 else len(self.coef)
+            if self.vector.dim() == 2 and self.coef.dim() == 1 and len(self.coef) != n:
+                raise ShapeError(f"Add at {self.site}: {n} vectors but {len(self.coef)} coefficients")
+            self._table = self._row_table(n, "vectors/coefficients")
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def bind(self, lm: LoadedModel) -> None:
+        super().bind(lm)
+        self._check_width(self.vector, "the steering vector")
+
+    def _delta(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        key = (x.device, x.dtype)
+        if self._table is None:
+            d = self._cache.get(key)
+            if d is None:
+                d = (self.coef.to(torch.float32) * self.vector.to(torch.float32)).to(x.device, x.dtype)
+                self._cache[key] = d
+            return d  # [d]
+        idx = self._lookup(self._table, step.row_ids).cpu()  # [B], -1 where the row is not selected
+        j = idx.clamp(min=0)
+        B = len(idx)
+        vec = self.vector.to(torch.float32)
+        vec_b = vec[j] if vec.dim() == 2 else vec.expand(B, -1)
+        coef_b = self.coef[j] if self.coef.dim() == 1 else self.coef.expand(B)
+        d = coef_b[:, None] * vec_b * (idx >= 0)[:, None]
+        return d.to(x.device, x.dtype)[:, None, :]  # [B, 1, d]
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        m = step.select(self)
+        return x + m[..., None].to(x.dtype) * self._delta(x, step)
+
+
+class Replace(Intervention):
+    """``x ← values`` at the selected positions/rows (patching, mean-ablation).
+
+    ``values`` is ``[d]`` (broadcast), ``[L, d]`` (per absolute position, shared by rows)
+    or ``[R, L, d]`` (per row and position; R = len(rows), or the batch size without rows).
+    Position-indexed values are aligned to absolute positions of the padded sequence, so
+    under KV caching step t reads ``values[..., t, :]``.
+    """
+
+    def __init__(
+        self,
+        site: SiteLike,
+        values: torch.Tensor,
+        positions: str | Positions = "all",
+        rows: RowsLike = None,
+    ):
+        super().__init__(site, positions, rows)
+        self.values = torch.as_tensor(values).detach()
+        if self.values.dim() not in (1, 2, 3):
+            raise ShapeError(f"Replace at {self.site}: values must be [d], [L, d] or [R, L, d]")
+        self._table = self._row_table(self.values.shape[0], "values") if (self.values.dim() == 3 and self.rows is not None) else None
+
+    def bind(self, lm: LoadedModel) -> None:
+        super().bind(lm)
+        self._check_width(self.values, "the replacement values")
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        m = step.select(self)
+        v = self.values.to(x.device, x.dtype)
+        B, T, _ = x.shape
+        if v.dim() >= 2:
+            L = v.shape[-2]
+            if L < step.start + T:
+                raise ShapeError(
+                    f"Replace at {self.site}: values cover {L} positions but the sequence reaches {step.start + T}"
+                )
+            v = v[..., step.start : step.start + T, :]
+        if v.dim() == 3:
+            if self._table is not None:
+                idx = self._lookup(self._table, step.row_ids)
+                m = m & (idx >= 0)[:, None]
+                v = v[idx.clamp(min=0).to(v.device)]
+            elif v.shape[0] != B:
+                raise ShapeError(f"Replace at {self.site}: values for {v.shape[0]} rows but the batch has {B}")
+        return torch.where(m[..., None], v, x)
+
+
+class Ablate(Intervention):
+    """Zero-ablation (``direction=None``) or directional ablation ``x ← x − (x·d̂) d̂``."""
+
+    def __init__(
+        self,
+        site: SiteLike,
+        direction: torch.Tensor | None = None,
+        positions: str | Positions = "all",
+        rows: RowsLike = None,
+    ):
+        super().__init__(site, positions, rows)
+        self.direction = None
+        if direction is not None:
+            d = torch.as_tensor(direction).detach().to(torch.float32)
+            if d.dim() != 1:
+                raise ShapeError(f"Ablate at {self.site}: direction must be [d], got {tuple(d.shape)}")
+            n = d.norm()
+            if n == 0:
+                raise ShapeError(f"Ablate at {self.site}: direction is the zero vector")
+            self.direction = d / n
+
+    def bind(self, lm: LoadedModel) -> None:
+        super().bind(lm)
+        if self.direction is not None:
+            self._check_width(self.direction, "the ablation direction")
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        m = step.select(self)[..., None]
+        if self.direction is None:
+            return torch.where(m, torch.zeros_like(x), x)
+        d = self.direction.to(x.device, x.dtype)
+        proj = (x @ d)[..., None] * d
+        return x - m.to(x.dtype) * proj
+
+
+class Splice(Intervention):
+    """Route the site through an SAE: ``x ← decode(edit(encode(x))) + ε`` with the error
+    term ``ε = x − decode(encode(x))`` (``keep_error=False`` drops it).
+
+    With ``keep_error=True`` and no edit the output equals ``x`` up to float error, while
+    gradients reach the latents and the error node. ``record=True`` keeps ``latents`` and
+    ``errors`` per forward (with ``retain_grad`` when gradients are on). ``edit`` receives
+    the latents ``[B, T, d_sae]`` and returns new ones (ablation/steering with features).
+    The SAE must provide ``encode``, ``decode`` and ``d_in``; if it names a site
+    (``sae.site``) that differs from this one, the splice is refused unless
+    ``check_site=False``.
+    """
+
+    def __init__(
+        self,
+        site: SiteLike,
+        sae: Any,
+        positions: str | Positions = "all",
+        rows: RowsLike = None,
+        keep_error: bool = True,
+        edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        record: bool = False,
+        check_site: bool = True,
+    ):
+        super().__init__(site, positions, rows)
+        self.sae = sae
+        self.keep_error = keep_error
+        self.edit = edit
+        self.record = record
+        self.check_site = check_site
+        self.latents: list[torch.Tensor] = []
+        self.errors: list[torch.Tensor] = []
+
+    def bind(self, lm: LoadedModel) -> None:
+        super().bind(lm)
+        d_in = int(getattr(self.sae, "d_in", -1))
+        if d_in != lm.d_model:
+            raise ShapeError(f"SAE d_in={d_in} does not match {lm.name}'s d_model={lm.d_model} at {self.site}")
+        sae_site = getattr(self.sae, "site", None)
+        if self.check_site and sae_site is not None:
+            s = Site.parse(sae_site)
+            if s != self.site:
+                raise SiteError(
+                    f"SAE was trained at {s} but is spliced at {self.site}; pass check_site=False to force it"
+                )
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        m = step.select(self)
+        dt = getattr(self.sae, "dtype", x.dtype)
+        xs = x.to(dt)
+        f = self.sae.encode(xs)
+        x_hat = self.sae.decode(f)
+        err = xs - x_hat
+        if self.record:
+            if f.requires_grad:
+                f.retain_grad()
+            if err.requires_grad:
+                err.retain_grad()
+            self.latents.append(f)
+            self.errors.append(err)
+        if self.edit is not None:
+            x_hat = self.sae.decode(self.edit(f))
+        out = x_hat + err if self.keep_error else x_hat
+        return torch.where(m[..., None], out.to(x.dtype), x)
+
+
+# ---- the session -----------------------------------------------------------------------------
+
+
+class HookSession:
+    """Registers the hooks of a list of interventions; use through :func:`intervene`."""
+
+    def __init__(self, lm: LoadedModel, interventions: Sequence[Intervention], stop_at: SiteLike | None = None):
+        self.lm = lm
+        self.interventions = list(interventions)
+        for iv in self.interventions:
+            if not isinstance(iv, Intervention):
+                raise TypeError(f"not an intervention: {iv!r}")
+            iv.bind(lm)
+        self.stop_at = None if stop_at is None else Site.parse(stop_at)
+        if self.stop_at is not None and self.stop_at.component != "embed":
+            lm.arch.check_layer(self.stop_at.layer)
+        self.step: Step | None = None
+        self._handles: list[Any] = []
+        self._prompt_len: torch.Tensor | None = None
+        self._last_full: torch.Tensor | None = None
+        self._token_types = lm.token_types if lm.tokenizer is not None else {}
+
+    # geometry of every forward call, from the backbone's arguments
+    def _on_backbone(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        emb = kwargs.get("inputs_embeds")
+        ref = ids if ids is not None else emb
+        if ref is None:
+            self.step = None
+            return
+        B, T = int(ref.shape[0]), int(ref.shape[1])
+        dev = ref.device
+        am = kwargs.get("attention_mask")
+        if isinstance(am, torch.Tensor) and am.dim() == 2 and am.shape[0] == B and am.shape[1] >= T:
+            full = am.to(dev)
+        else:
+            past = 0
+            cp = kwargs.get("cache_position")
+            pkv = kwargs.get("past_key_values")
+            if isinstance(cp, torch.Tensor) and cp.numel():
+                past = int(cp.flatten()[0])
+            elif pkv is not None and hasattr(pkv, "get_seq_length"):
+                past = int(pkv.get_seq_length())
+            prev = self._last_full
+            if past > 0 and prev is not None and prev.shape[0] == B and prev.shape[1] <= past:
+                full = torch.cat([prev.to(dev), torch.ones(B, past + T - prev.shape[1], dtype=prev.dtype, device=dev)], 1)
+            else:
+                full = torch.ones(B, past + T, dtype=torch.long, device=dev)
+        self._last_full = full
+        start = full.shape[1] - T
+        info = _BATCH.get(self.lm.arch.backbone)
+        prompt_len = None
+        if info is not None and info.prompt_lens is not None and len(info.prompt_lens) == B:
+            prompt_len = info.prompt_lens.to(dev)
+        elif start == 0:
+            prompt_len = full.long().sum(1)
+            self._prompt_len = prompt_len
+        elif self._prompt_len is not None and len(self._prompt_len) == B:
+            prompt_len = self._prompt_len
+        else:
+            prompt_len = full[:, :start].long().sum(1)
+        row_ids = torch.arange(B, device=dev)
+        if info is not None and info.row_ids is not None:
+            r = info.row_ids.to(dev)
+            if len(r) == B:
+                row_ids = r
+            elif len(r) and B % len(r) == 0:  # HF num_return_sequences expands rows in place
+                row_ids = r.repeat_interleave(B // len(r))
+        geom = Geometry.from_mask(full, T, prompt_len)
+        self.step = Step(geom, row_ids, self._token_types)
+
+    def _current_step(self, x: torch.Tensor) -> Step:
+        step = self.step
+        if step is None or step.geom.real.shape != x.shape[:2]:
+            B, T = x.shape[:2]
+            full = torch.ones(B, T, dtype=torch.long, device=x.device)
+            step = Step(Geometry.from_mask(full, T), torch.arange(B, device=x.device), self._token_types)
+        return step
+
+    def _make_forward_hook(self, ivs: list[Intervention]) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            x = output[0] if isinstance(output, tuple) else output
+            step = self._current_step(x)
+            for iv in ivs:
+                x = iv.apply(x, step)
+            if isinstance(output, tuple):
+                return (x,) + tuple(output[1:])
+            return x
+
+        return hook
+
+    def _make_pre_hook(self, ivs: list[Intervention]) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+            if args:
+                x = args[0]
+            else:
+                x = kwargs["hidden_states"]
+            step = self._current_step(x)
+            for iv in ivs:
+                x = iv.apply(x, step)
+            if args:
+                return (x,) + tuple(args[1:]), kwargs
+            kwargs = dict(kwargs)
+            kwargs["hidden_states"] = x
+            return args, kwargs
+
+        return hook
+
+    def __enter__(self) -> HookSession:
+        arch = self.lm.arch
+        try:
+            self._handles.append(arch.backbone.register_forward_pre_hook(self._on_backbone, with_kwargs=True))
+            groups: dict[tuple[int, str], tuple[nn.Module, list[Intervention]]] = {}
+            for iv in self.interventions:
+                module, kind = arch.module_for(iv.site.layer, iv.site.component)
+                groups.setdefault((id(module), kind), (module, []))[1].append(iv)
+            for (_, kind), (module, ivs) in groups.items():
+                if kind == "pre":
+                    h = module.register_forward_pre_hook(self._make_pre_hook(ivs), with_kwargs=True)
+                else:
+                    h = module.register_forward_hook(self._make_forward_hook(ivs))
+                self._handles.append(h)
+            if self.stop_at is not None:
+                module, kind = arch.module_for(self.stop_at.layer, self.stop_at.component)
+
+                def stop(*_: Any) -> None:
+                    raise StopForward(str(self.stop_at))
+
+                if kind == "pre":
+                    self._handles.append(module.register_forward_pre_hook(stop))
+                else:
+                    self._handles.append(module.register_forward_hook(stop))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.step = None
+        self._last_full = None
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def intervene(
+    lm: LoadedModel,
+    interventions: Intervention | Sequence[Intervention],
+    stop_at: SiteLike | None = None,
+) -> HookSession:
+    """Context manager that applies interventions to every forward call inside it.
+
+    Interventions at the same site run in list order. ``stop_at`` raises
+    :class:`StopForward` right after that site has run (early exit; catch it, or use
+    :func:`deltalens.capture` which does). Every hook is removed on exit, also after an
+    exception.
+
+    Example::
+
+        with deltalens.intervene(lm, [deltalens.Add((6, "resid"), v, coef=4.0, positions="response")]):
+            out = deltalens.generate(lm, prompts, max_new_tokens=64)
+    """
+    if isinstance(interventions, Intervention):
+        interventions = [interventions]
+    return HookSession(lm, interventions, stop_at=stop_at)
+
+
+def deepest_site(sites: Sequence[Site]) -> Site:
+    """The site after which a forward pass can stop and still have run all of ``sites``."""
+    order = {"embed": -1, "resid_pre": 0, "attn_out": 1, "mlp_out": 2, "resid": 3}
+
+    def key(s: Site) -> tuple[int, int]:
+        layer = -1 if s.component == "embed" else s.layer
+        return (layer, order[s.component])
+
+    deepest = max(sites, key=key)
+    if deepest.component in ("attn_out", "mlp_out"):
+        # their modules run inside the block; stop once the block has finished
+        return Site(deepest.layer, "resid")
+    return deepest

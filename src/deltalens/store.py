@@ -1,0 +1,358 @@
+"""ActivationStore: sharded safetensors per site plus a Parquet token index.
+
+Layout of a store directory::
+
+    store.json                       manifest (the commit point; rewritten atomically)
+    shards/<site>/000000.safetensors one tensor "acts" [n_rows, d] per shard and site
+    index/000000.parquet             one row per activation row of the shard
+
+Token index columns: ``seq_id`` (int64, input order), ``position`` (int32, index among the
+sequence's real tokens; -1 for per-sequence reductions), ``token_id`` (int32; -1 for
+reductions), ``region`` (int8: 0 prompt, 1 response), ``token_type`` (string: ``asst`` /
+``endheader`` / ``newline`` / ``""``), ``split`` (``train`` / ``val``).
+
+Appends are bounded in memory: rows are buffered until a shard is full (whole
+sequences only), then every site's shard and the index shard are written and the
+manifest is replaced. A killed capture therefore keeps every complete shard, and
+re-running it continues after the last committed sequence. Reads are memory-mapped.
+A store belongs to one model (weights hash), one set of sites, one position spec and
+one reduction; appending anything else is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._version import __version__
+from .errors import StoreMismatchError
+from .hooks import Site, SiteLike
+from .io import atomic_path, now_iso, write_json
+
+FORMAT_VERSION = 1
+MANIFEST = "store.json"
+
+_NP_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+_TORCH_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_TORCH_DTYPES = {v: k for k, v in _TORCH_NAMES.items()}
+
+
+def mmap_safetensor(path: Path, name: str = "acts") -> torch.Tensor:
+    """Memory-map one tensor of a safetensors file (copy-on-write; no data is read up front)."""
+    with open(path, "rb") as fh:
+        (hlen,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(hlen))
+    info = header[name]
+    start, end = info["data_offsets"]
+    shape = tuple(info["shape"])
+    np_dtype = _NP_DTYPES[info["dtype"]]
+    if end == start:
+        t = torch.from_numpy(np.zeros(shape, dtype=np_dtype))
+    else:
+        arr = np.memmap(path, dtype=np_dtype, mode="c", offset=8 + hlen + start, shape=shape)
+        t = torch.from_numpy(arr)
+    if info["dtype"] == "BF16":
+        t = t.view(torch.bfloat16)
+    return t
+
+
+def split_of(seq_id: int, val_fraction: float) -> str:
+    """Deterministic train/val assignment of a sequence (Knuth multiplicative hash)."""
+    if val_fraction <= 0:
+        return "train"
+    return "val" if ((seq_id * 2654435761) % 2**32) / 2**32 < val_fraction else "train"
+
+
+class ActivationStore:
+    """A directory of captured activations; see the module docstring for the layout."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.manifest: dict[str, Any] = {}
+        if (self.path / MANIFEST).exists():
+            self.manifest = json.loads((self.path / MANIFEST).read_text())
+        self._buf: dict[Site, list[torch.Tensor]] = {}
+        self._buf_index: list[dict[str, np.ndarray]] = []
+        self._buf_rows = 0
+        self._buf_seqs = 0
+
+    # ---- creation and compatibility -------------------------------------------------------
+    @property
+    def exists(self) -> bool:
+        return bool(self.manifest)
+
+    @classmethod
+    def open(cls, path: str | Path) -> ActivationStore:
+        store = cls(path)
+        if not store.exists:
+            raise StoreMismatchError(f"{path}: not an activation store (no {MANIFEST})")
+        return store
+
+    def init(
+        self,
+        *,
+        model: Mapping[str, Any],
+        sites: Sequence[SiteLike],
+        d_model: int,
+        positions: str,
+        reduce: str | None,
+        dtype: torch.dtype = torch.float32,
+        val_fraction: float = 0.0,
+        shard_mb: float = 64.0,
+        dataset: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Create the manifest, or check that an existing store matches (never overwrites)."""
+        want = {
+            "model": dict(model),
+            "sites": [str(Site.parse(s)) for s in sites],
+            "d_model": int(d_model),
+            "positions": positions,
+            "reduce": reduce,
+            "dtype": _TORCH_NAMES[dtype],
+            "val_fraction": float(val_fraction),
+        }
+        if self.exists:
+            diffs = []
+            m = self.manifest
+            if m.get("model", {}).get("weights_hash") != want["model"].get("weights_hash"):
+                diffs.append(
+                    f"model {m.get('model', {}).get('name')} ({m.get('model', {}).get('weights_hash')}) vs "
+                    f"{want['model'].get('name')} ({want['model'].get('weights_hash')})"
+                )
+            for key in ("sites", "d_model", "positions", "reduce", "dtype", "val_fraction"):
+                if m.get(key) != want[key]:
+                    diffs.append(f"{key} {m.get(key)!r} vs {want[key]!r}")
+            if diffs:
+                raise StoreMismatchError(
+                    f"{self.path} holds a different capture ({'; '.join(diffs)}); "
+                    "use a new directory — nothing was overwritten"
+                )
+            return
+        if self.path.exists() and any(self.path.iterdir()):
+            raise StoreMismatchError(f"{self.path} exists and is not an activation store; nothing was overwritten")
+        row_bytes = d_model * torch.finfo(dtype).bits // 8
+        self.manifest = {
+            "format_version": FORMAT_VERSION,
+            "deltalens_version": __version__,
+            "created": now_iso(),
+            **want,
+            "dataset": dataset,
+            "shard_rows": max(1, int(shard_mb * 2**20 // row_bytes)),
+            "shards": [],
+            "n_rows": 0,
+            "n_sequences": 0,
+            "complete": False,
+            **({"extra": dict(extra)} if extra else {}),
+        }
+        self._commit()
+
+    def _commit(self) -> None:
+        write_json(self.path / MANIFEST, self.manifest)
+
+    # ---- facts ----------------------------------------------------------------------------
+    @property
+    def sites(self) -> list[Site]:
+        return [Site.parse(s) for s in self.manifest.get("sites", [])]
+
+    @property
+    def d_model(self) -> int:
+        return int(self.manifest["d_model"])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.manifest.get("n_rows", 0))
+
+    @property
+    def n_sequences(self) -> int:
+        """Sequences committed so far (capture resumes after these)."""
+        return int(self.manifest.get("n_sequences", 0))
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (
+            f"ActivationStore({str(self.path)!r}, model={m.get('model', {}).get('name')}, sites={m.get('sites')}, "
+            f"rows={self.n_rows}, sequences={self.n_sequences}, shards={len(m.get('shards', []))}, "
+            f"complete={self.complete})"
+        )
+
+    def _site_key(self, site: SiteLike) -> Site:
+        s = Site.parse(site)
+        if s not in self.sites:
+            raise StoreMismatchError(f"{self.path} has no site {s}; it holds {', '.join(map(str, self.sites))}")
+        return s
+
+    # ---- writing --------------------------------------------------------------------------
+    def append(self, acts: Mapping[Site, torch.Tensor], index: Mapping[str, np.ndarray], n_sequences: int) -> None:
+        """Buffer rows of whole sequences; flushes a shard when the buffer is full."""
+        n = len(next(iter(index.values())))
+        for s in self.sites:
+            t = acts[s]
+            if t.shape[0] != n or t.shape[-1] != self.d_model:
+                raise StoreMismatchError(f"append to {self.path}: {s} has shape {tuple(t.shape)}, expected [{n}, {self.d_model}]")
+            self._buf.setdefault(s, []).append(t.detach().to("cpu", _TORCH_DTYPES[self.manifest["dtype"]]))
+        self._buf_index.append({k: np.asarray(v) for k, v in index.items()})
+        self._buf_rows += n
+        self._buf_seqs += n_sequences
+        if self._buf_rows >= self.manifest["shard_rows"]:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered rows as one shard per site and commit the manifest."""
+        if self._buf_seqs == 0:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from safetensors.torch import save_file
+
+        shard_id = len(self.manifest["shards"])
+        name = f"{shard_id:06d}"
+        for s in self.sites:
+            rows = torch.cat(self._buf[s], 0) if self._buf.get(s) else torch.zeros(0, self.d_model)
+            path = self.path / "shards" / str(s) / f"{name}.safetensors"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path, ".safetensors") as tmp:
+                save_file({"acts": rows.contiguous()}, str(tmp))
+        cols = {k: np.concatenate([b[k] for b in self._buf_index]) for k in self._buf_index[0]} if self._buf_index else {}
+        table = pa.table(cols)
+        ipath = self.path / "index" / f"{name}.parquet"
+        ipath.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(ipath, ".parquet") as tmp:
+            pq.write_table(table, tmp)
+        self.manifest["shards"].append({"name": name, "n_rows": self._buf_rows, "n_sequences": self._buf_seqs})
+        self.manifest["n_rows"] += self._buf_rows
+        self.manifest["n_sequences"] += self._buf_seqs
+        self._commit()
+        self._buf.clear()
+        self._buf_index.clear()
+        self._buf_rows = 0
+        self._buf_seqs = 0
+
+    def finish(self) -> None:
+        self.flush()
+        self.manifest["complete"] = True
+        self._commit()
+
+    # ---- reading --------------------------------------------------------------------------
+    def shard_names(self) -> list[str]:
+        return [s["name"] for s in self.manifest.get("shards", [])]
+
+    def shard(self, site: SiteLike, i: int) -> torch.Tensor:
+        """Shard ``i`` of a site, memory-mapped ``[n_rows, d]``."""
+        s = self._site_key(site)
+        return mmap_safetensor(self.path / "shards" / str(s) / f"{self.shard_names()[i]}.safetensors")
+
+    def read(self, site: SiteLike, split: str | None = None) -> torch.Tensor:
+        """All rows of a site (optionally one split) as one tensor (this copies into memory)."""
+        parts = []
+        for i in range(len(self.shard_names())):
+            t = self.shard(site, i)
+            if split is not None:
+                keep = torch.from_numpy(self._split_mask(i, split))
+                t = t[keep]
+            parts.append(t)
+        if not parts:
+            return torch.zeros(0, self.d_model)
+        return torch.cat(parts, 0)
+
+    def _split_mask(self, i: int, split: str) -> np.ndarray:
+        import pyarrow.parquet as pq
+
+        col = pq.read_table(self.path / "index" / f"{self.shard_names()[i]}.parquet", columns=["split"])["split"]
+        return np.asarray(col.to_numpy(zero_copy_only=False) == split)
+
+    def index(self, columns: Sequence[str] | None = None) -> Any:
+        """The token index as a pandas DataFrame (row order matches :meth:`read`)."""
+        import pandas as pd
+        import pyarrow.parquet as pq
+
+        frames = [
+            pq.read_table(self.path / "index" / f"{n}.parquet", columns=list(columns) if columns else None).to_pandas()
+            for n in self.shard_names()
+        ]
+        if not frames:
+            return pd.DataFrame(columns=list(columns or ["seq_id", "position", "token_id", "region", "token_type", "split"]))
+        return pd.concat(frames, ignore_index=True)
+
+    def stream(
+        self,
+        site: SiteLike,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        split: str | None = None,
+        buffer_shards: int = 4,
+        epochs: int | None = 1,
+        drop_last: bool = False,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Batches ``[batch_size, d]`` of a site.
+
+        With ``shuffle``, shards are visited in random order and rows are shuffled within a
+        window of ``buffer_shards`` shards, so memory stays bounded by that window.
+        ``epochs=None`` repeats forever (each epoch reshuffled).
+        """
+        s = self._site_key(site)
+        n_shards = len(self.shard_names())
+        if n_shards == 0:
+            return
+        gen = torch.Generator().manual_seed(seed)
+        epoch = 0
+        carry: torch.Tensor | None = None
+        while epochs is None or epoch < epochs:
+            order = torch.randperm(n_shards, generator=gen).tolist() if shuffle else list(range(n_shards))
+            for w in range(0, n_shards, buffer_shards):
+                parts = []
+                for i in order[w : w + buffer_shards]:
+                    t = self.shard(s, i)
+                    if split is not None:
+                        t = t[torch.from_numpy(self._split_mask(i, split))]
+                    parts.append(t.to(dtype) if dtype is not None else t.clone())
+                if carry is not None:
+                    parts.insert(0, carry)
+                window = torch.cat(parts, 0)
+                if shuffle:
+                    window = window[torch.randperm(len(window), generator=gen)]
+                full = (len(window) // batch_size) * batch_size
+                for k in range(0, full, batch_size):
+                    yield window[k : k + batch_size].to(device, non_blocking=True)
+                carry = window[full:] if full < len(window) else None
+            epoch += 1
+        if carry is not None and len(carry) and not drop_last:
+            yield carry.to(device)
+
+    def summary(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "model": m.get("model"),
+            "sites": m.get("sites"),
+            "positions": m.get("positions"),
+            "reduce": m.get("reduce"),
+            "dtype": m.get("dtype"),
+            "rows": self.n_rows,
+            "sequences": self.n_sequences,
+            "shards": len(m.get("shards", [])),
+            "complete": self.complete,
+            "size_mb": round(sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file()) / 2**20, 1),
+        }
+
+
+def estimate_rows_per_shard(d_model: int, shard_mb: float, dtype: torch.dtype = torch.float32) -> int:
+    return max(1, int(shard_mb * 2**20 // (d_model * math.ceil(torch.finfo(dtype).bits / 8))))
