@@ -124,7 +124,7 @@ def _token_type_names(lm: LoadedModel, ids: torch.Tensor, prompt_lens: torch.Ten
     return out
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def capture(
     lm: LoadedModel,
     data: Iterable[Any],

@@ -152,7 +152,7 @@ def format_prompts(lm: LoadedModel, prompts: Sequence[Prompt], chat: bool | str 
     return out
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def generate(
     lm: LoadedModel,
     prompts: Iterable[Any],

@@ -470,7 +470,9 @@ class Splice(Intervention):
     term ``ε = x − decode(encode(x))`` (``keep_error=False`` drops it).
 
     With ``keep_error=True`` and no edit the output equals ``x`` up to float error, while
-    gradients reach the latents and the error node. ``record=True`` keeps ``latents`` and
+    gradients reach the latents and the error node (the latents are a leaf computed from a
+    detached x and ε = x − x̂.detach(), so gradients to earlier layers pass through ε
+    unchanged). Without the error term gradients flow through the SAE itself. ``record=True`` keeps ``latents`` and
     ``errors`` per forward (with ``retain_grad`` when gradients are on). ``edit`` receives
     the latents ``[B, T, d_sae]`` and returns new ones (ablation/steering with features).
     The SAE must provide ``encode``, ``decode`` and ``d_in``; if it names a site
@@ -515,12 +517,23 @@ class Splice(Intervention):
         m = step.select(self)
         dt = getattr(self.sae, "dtype", x.dtype)
         xs = x.to(dt)
-        f = self.sae.encode(xs)
-        x_hat = self.sae.decode(f)
-        err = xs - x_hat
-        if self.record:
-            if f.requires_grad:
+        grad = torch.is_grad_enabled()
+        if self.keep_error:
+            # Latents are computed from a detached x and made a leaf, and the error node is
+            # x − x̂.detach(): the output equals x, ∂out/∂x = I (upstream gradients are
+            # unchanged), and ∂metric/∂f, ∂metric/∂ε land in f.grad and ε.grad.
+            f = self.sae.encode(xs.detach())
+            if grad:
+                f = f.detach().requires_grad_(True)
+            x_hat = self.sae.decode(f)
+            err = xs - x_hat.detach()
+        else:
+            f = self.sae.encode(xs)
+            if grad and f.requires_grad:
                 f.retain_grad()
+            x_hat = self.sae.decode(f)
+            err = (xs - x_hat).detach()
+        if self.record:
             if err.requires_grad:
                 err.retain_grad()
             self.latents.append(f)

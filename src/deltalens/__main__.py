@@ -1,0 +1,3 @@
+from deltalens.cli import main
+
+main()

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import tiny_model, tiny_tokenizer  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """Tiny random Llama (4 layers, d=64) with the ChatML tiny tokenizer."""
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The bundled SmolLM2-135M-Instruct (real-model lane)."""
+    import deltalens
+
+    return deltalens.load("smollm2-135m-instruct")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # keep the real model cache (slow to rebuild) but send experiment dirs to tmp
+    monkeypatch.setenv("DELTALENS_EXPERIMENTS", str(tmp_path_factory.mktemp("experiments")))
