@@ -1,0 +1,143 @@
+"""Shared plotting helpers: every figure deltalens writes goes through these.
+
+Figures are drawn with matplotlib's Agg backend (no display needed) and written
+atomically as PNG next to the JSON they illustrate. Token labels are passed through
+:func:`label` so control characters and whitespace stay visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import atomic_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def label(token: str, width: int = 14) -> str:
+    """A printable label for a token string: newlines/tabs shown as \\n/\\t, truncated."""
+    s = token.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    s = s.replace("$", r"\$")  # matplotlib mathtext
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def new_figure(width: float = 7.0, height: float = 4.0):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
+    return fig, ax
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a figure as PNG atomically and close it."""
+    plt = _plt()
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def lines_by_layer(
+    series: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    title: str = "",
+    ylabel: str = "",
+    layers: Sequence[int] | None = None,
+    kind: str = "line",
+) -> Path:
+    """One line (or grouped bars with ``kind="bar"``) per named series over layers."""
+    fig, ax = new_figure()
+    names = list(series)
+    n = max((len(v) for v in series.values()), default=0)
+    xs = np.asarray(layers if layers is not None else range(n))
+    if kind == "bar":
+        w = 0.8 / max(len(names), 1)
+        for i, name in enumerate(names):
+            ax.bar(xs + (i - (len(names) - 1) / 2) * w, series[name], width=w, label=name)
+    else:
+        for name in names:
+            ax.plot(xs[: len(series[name])], series[name], marker="o", ms=3, label=name)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(names) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def heatmap(
+    matrix: Any,
+    path: str | Path,
+    *,
+    xlabels: Sequence[str] | None = None,
+    ylabels: Sequence[str] | None = None,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    cmap: str = "RdBu_r",
+    center: float | None = 0.0,
+    colorbar_label: str = "",
+) -> Path:
+    """A labelled heatmap; with ``center`` set the colour scale is symmetric around it."""
+    m = np.asarray(matrix, dtype=float)
+    h, w = m.shape
+    fig, ax = new_figure(max(5.0, 0.35 * w + 2), max(3.0, 0.3 * h + 1.5))
+    kw: dict[str, Any] = {}
+    if center is not None and np.isfinite(m).any():
+        lim = float(np.nanmax(np.abs(m - center))) or 1.0
+        kw = {"vmin": center - lim, "vmax": center + lim}
+    im = ax.imshow(m, aspect="auto", cmap=cmap, interpolation="nearest", **kw)
+    cb = fig.colorbar(im, ax=ax)
+    if colorbar_label:
+        cb.set_label(colorbar_label)
+    if xlabels is not None:
+        ax.set_xticks(range(w))
+        ax.set_xticklabels([label(s) for s in xlabels], rotation=90, fontsize=7)
+    if ylabels is not None:
+        ax.set_yticks(range(h))
+        ax.set_yticklabels([label(s) for s in ylabels], fontsize=7)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return save_figure(fig, path)
+
+
+def scatter(
+    x: Sequence[float],
+    y: Sequence[float],
+    path: str | Path,
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    diagonal: bool = False,
+    annotate: Sequence[str] | None = None,
+) -> Path:
+    """A scatter plot (optionally with the y = x line and point labels)."""
+    fig, ax = new_figure(5.0, 4.5)
+    ax.scatter(x, y, s=12, alpha=0.7)
+    if diagonal and len(x):
+        lo, hi = float(min(min(x), min(y))), float(max(max(x), max(y)))
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+    if annotate:
+        for xi, yi, s in zip(x, y, annotate):
+            ax.annotate(label(s), (xi, yi), fontsize=6)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
