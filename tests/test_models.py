@@ -63,3 +63,19 @@ def test_bundled_smollm2(smollm):
     assert smollm.meta["source_gguf"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     g = deltalens.generate(smollm, ["What is the capital of France?"], max_new_tokens=12, progress=False)[0]
     assert "Paris" in g.response
+
+
+@pytest.mark.real
+def test_bundled_capture_equals_output_hidden_states(smollm):
+    texts = ["The quick brown fox jumps over the lazy dog.", "Hello world"]
+    acts = deltalens.capture(smollm, texts, [(0, "resid"), (14, "resid"), (29, "resid")], "all", progress=False)
+    for i, t in enumerate(texts):
+        ids = torch.tensor([smollm.encode(t)])
+        with torch.no_grad():
+            hs = smollm.model(ids, output_hidden_states=True).hidden_states
+        rows = acts.seq_ids == i
+        for layer in (0, 14):
+            got, want = acts[(layer, "resid")][rows], hs[layer + 1][0]
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max() + 1e-5
+        last = smollm.arch.final_norm(acts[(29, "resid")][rows])
+        assert (last - hs[30][0]).abs().max() <= 1e-5 * hs[30][0].abs().max() + 1e-5
