@@ -13,15 +13,24 @@ transformers is imported on first use (loading a model), so ``import deltalens``
 
 from __future__ import annotations
 
-from ._version import __version__
-from .capture import Captured, capture
-from .errors import DeltalensError
-from .experiment import Experiment
-from .generate import Generation, Prompt, generate
-from .hooks import Ablate, Add, Read, Replace, Site, Splice, batch_info, intervene
-from .models.loading import LoadedModel, load
-from .positions import Positions
-from .store import ActivationStore
+import os as _os
+
+# torch's OpenMP workers busy-wait between parallel regions by default. With more busy
+# threads than cores (two processes on a 2-core machine, a test runner next to a job)
+# every op then waits for a time slice; measured here: generation went from 13 tok/s to
+# 1 tok/s. Passive waiting avoids that; it must be set before torch loads OpenMP, and a
+# value the user set wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from ._version import __version__  # noqa: E402
+from .capture import Captured, capture  # noqa: E402
+from .errors import DeltalensError  # noqa: E402
+from .experiment import Experiment  # noqa: E402
+from .generate import Generation, Prompt, generate  # noqa: E402
+from .hooks import Ablate, Add, Read, Replace, Site, Splice, batch_info, intervene  # noqa: E402
+from .models.loading import LoadedModel, load  # noqa: E402
+from .positions import Positions  # noqa: E402
+from .store import ActivationStore  # noqa: E402
 
 __all__ = [
     "ActivationStore",
