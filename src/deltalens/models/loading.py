@@ -342,12 +342,26 @@ def _load_dir(
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code, "local_files_only": local_files_only}
     if revision:
         kw["revision"] = revision
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_progress():
         warnings.simplefilter("ignore")
         tok = AutoTokenizer.from_pretrained(path, **kw)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
     model.to(device)
     return model, tok
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Any:
+    """Silence transformers' per-load "Loading weights" bar (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def bundled_names() -> list[str]:
