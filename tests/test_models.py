@@ -79,3 +79,20 @@ def test_bundled_capture_equals_output_hidden_states(smollm):
             assert (got - want).abs().max() <= 1e-5 * want.abs().max() + 1e-5
         last = smollm.arch.final_norm(acts[(29, "resid")][rows])
         assert (last - hs[30][0]).abs().max() <= 1e-5 * hs[30][0].abs().max() + 1e-5
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_bundled_gemma3_base():
+    lm = deltalens.load("gemma3-270m")
+    assert lm.arch.family == "gemma" and lm.n_layers == 18 and lm.d_model == 640
+    assert not lm.has_chat_template and lm.token_types == {}
+    text = "The capital of France is Paris."
+    acts = deltalens.capture(lm, [text], [(3, "resid"), (3, "resid_pre"), (3, "attn_out"), (3, "mlp_out")], progress=False)
+    with torch.no_grad():
+        hs = lm.model(torch.tensor([lm.encode(text)]), output_hidden_states=True).hidden_states
+    torch.testing.assert_close(acts[(3, "resid")], hs[4][0])
+    update = acts[(3, "attn_out")] + acts[(3, "mlp_out")]
+    torch.testing.assert_close(update, acts[(3, "resid")] - acts[(3, "resid_pre")], atol=1e-2, rtol=1e-4)
+    g = deltalens.generate(lm, ["The capital of France is"], max_new_tokens=6, progress=False)[0]
+    assert g.prompt == "The capital of France is" and g.response_len > 0
