@@ -10,12 +10,14 @@ One forward per batch collects every requested site; the forward stops right aft
 the deepest requested site (early exit). Results are reduced per sequence
 (``reduce="mean"`` over the selected tokens, ``"last"`` selected token) or kept per
 token (``reduce=None``), in memory (:class:`Captured`) or streamed into an
-:class:`~deltalens.store.ActivationStore`.
+:class:`~deltalens.store.ActivationStore`. :func:`iter_capture` runs the same forward
+and yields one :class:`CaptureBatch` at a time instead, for statistics that reduce on
+the fly in bounded memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -311,3 +313,117 @@ def capture(
         n_sel[pairs[:, 0]] = pairs[:, 1]
     out.n_selected = n_sel
     return out
+
+
+class CaptureBatch(Captured):
+    """One batch of :func:`iter_capture`: ``{Site: [n, d]}`` for the selected tokens of the
+    batch's inputs, rows grouped by input and in position order within an input.
+
+    Attributes (besides :class:`Captured`'s ``seq_ids``, ``positions``, ``token_ids``,
+    ``is_response``):
+        batch_ids: ``[B]`` input indices of the sequences in this batch (batch order).
+        n_selected: ``[B]`` selected tokens of each of them (aligned with ``batch_ids``).
+        prompt_lens: ``[n]`` real prompt tokens of each row's sequence.
+        seq_lens: ``[n]`` real tokens of each row's sequence.
+    """
+
+    batch_ids: torch.Tensor
+    prompt_lens: torch.Tensor
+    seq_lens: torch.Tensor
+
+    def token_type_mask(self, name: str, token_types: Mapping[str, int]) -> torch.Tensor:
+        """``[n]`` bool: rows that are the chat token type ``name`` (``asst``, ``newline``…),
+        i.e. ``position == prompt_len + offset`` with the model's offset for that type."""
+        return self.positions == self.prompt_lens + int(token_types[name])
+
+
+def encode_inputs(lm: LoadedModel, data: Iterable[Any], max_length: int | None = None) -> list[tuple[list[int], int]]:
+    """``(token ids, prompt length)`` of every input, truncated to ``max_length`` tokens."""
+    out = []
+    for i, it in enumerate(data):
+        ids, plen = encode_item(lm, it, i)
+        if max_length is not None and len(ids) > max_length:
+            ids = ids[:max_length]
+            plen = min(plen, max_length)
+        out.append((ids, plen))
+    return out
+
+
+@torch.no_grad()
+def iter_capture(
+    lm: LoadedModel,
+    data: Iterable[Any],
+    sites: SiteLike | Sequence[SiteLike],
+    positions: str | Positions = "all",
+    *,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    early_exit: bool = True,
+    progress: bool = True,
+    sort_by_length: bool = True,
+    desc: str = "capture",
+) -> Iterator[CaptureBatch]:
+    """Stream per-token activations one batch at a time (bounded memory).
+
+    The same forward as :func:`capture` (one pass collects every site, early exit after
+    the deepest one, left padding, positions language) but nothing is accumulated: each
+    batch is yielded as a :class:`CaptureBatch` and can be reduced on the fly (SAE
+    statistics over millions of tokens). Inputs are batched longest first unless
+    ``sort_by_length=False``; rows carry their input index in ``seq_ids``. The hooks are
+    removed before each batch is yielded, so the consumer may run the model itself.
+    """
+    pos = Positions.parse(positions)
+    pos.check_token_types(lm.token_types if lm.tokenizer is not None else {})
+    site_list = _parse_sites(lm, sites)
+    encoded = encode_inputs(lm, data, max_length)
+    order = list(range(len(encoded)))
+    if sort_by_length:
+        order.sort(key=lambda i: -len(encoded[i][0]))
+    stop = hooks.deepest_site(site_list) if early_exit else None
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    n_tokens = sum(len(ids) for ids, _ in encoded)
+    bar = tqdm(total=n_tokens, desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False)
+    got: dict[Any, Any] = {}
+
+    def make_callback(site: Site, first: bool):
+        def cb(x: torch.Tensor, mask: torch.Tensor, step: hooks.Step) -> None:
+            got[site] = x[mask].to("cpu", dtype)
+            if first:
+                got["mask"] = mask
+                got["rel"] = step.geom.rel
+
+        return cb
+
+    try:
+        for k in range(0, len(order), batch_size):
+            batch = order[k : k + batch_size]
+            seqs = [encoded[i][0] for i in batch]
+            plens = torch.as_tensor([encoded[i][1] for i in batch], dtype=torch.long)
+            lens = torch.as_tensor([len(s) for s in seqs], dtype=torch.long)
+            input_ids, attn = left_pad(seqs, pad, lm.device)
+            reads = [Read(s, pos, callback=make_callback(s, j == 0)) for j, s in enumerate(site_list)]
+            got.clear()
+            with hooks.intervene(lm, reads, stop_at=stop), hooks.batch_info(lm, row_ids=batch, prompt_lens=plens):
+                try:
+                    lm.model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=False)
+                except hooks.StopForward:
+                    pass
+            mask = got["mask"]
+            b_idx, t_idx = mask.nonzero(as_tuple=True)
+            b_cpu = b_idx.cpu()
+            out = CaptureBatch({s: got[s] for s in site_list})
+            rel = got["rel"][b_idx, t_idx].cpu()
+            ids_t = torch.as_tensor(batch, dtype=torch.long)
+            out.seq_ids = ids_t[b_cpu]
+            out.positions = rel
+            out.token_ids = input_ids[b_idx, t_idx].cpu()
+            out.prompt_lens = plens[b_cpu]
+            out.seq_lens = lens[b_cpu]
+            out.is_response = rel >= out.prompt_lens
+            out.batch_ids = ids_t
+            out.n_selected = mask.sum(1).cpu()
+            bar.update(int(lens.sum()))
+            yield out
+    finally:
+        bar.close()
