@@ -57,8 +57,10 @@ def lines_by_layer(
     ylabel: str = "",
     layers: Sequence[int] | None = None,
     kind: str = "line",
+    xlabel: str = "layer",
 ) -> Path:
-    """One line (or grouped bars with ``kind="bar"``) per named series over layers."""
+    """One line (or grouped bars with ``kind="bar"``) per named series over layers (or any
+    other integer axis: pass ``xlabel``, e.g. ``"iteration"``)."""
     fig, ax = new_figure()
     names = list(series)
     n = max((len(v) for v in series.values()), default=0)
@@ -70,7 +72,7 @@ def lines_by_layer(
     else:
         for name in names:
             ax.plot(xs[: len(series[name])], series[name], marker="o", ms=3, label=name)
-    ax.set_xlabel("layer")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if len(names) > 1:
