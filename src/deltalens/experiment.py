@@ -135,6 +135,31 @@ class Experiment:
     def features_dir(self, *parts: str) -> Path:
         return self._dir("features", *(_safe(p, "features part") for p in parts))
 
+    # feature analysis (deltalens.features)
+    def universal_features_path(self, name: str = "universal_features") -> Path:
+        """``features/universal/<name>.csv`` (its ``<name>_activeprompts.jsonl`` sits beside it)."""
+        return self.features_dir("universal") / f"{_safe(name, 'table')}.csv"
+
+    def specific_features_path(self, name: str = "specific_features") -> Path:
+        """``features/specific/<name>.csv``."""
+        return self.features_dir("specific") / f"{_safe(name, 'table')}.csv"
+
+    def firing_stats_path(self, sae: str, dataset: str) -> Path:
+        """``features/firing/<sae>/<dataset>.safetensors`` (its table: same stem, ``.parquet``)."""
+        return self.features_dir("firing", sae) / f"{_safe(dataset, 'dataset')}.safetensors"
+
+    def weight_metrics_path(self, sae: str) -> Path:
+        """``features/weights/<sae>.parquet``."""
+        return self.features_dir("weights") / f"{_safe(sae, 'SAE')}.parquet"
+
+    def evolution_dir(self, series: str) -> Path:
+        """``features/evolution/<series>/``."""
+        return self.features_dir("evolution", series)
+
+    def dashboard_dir(self, sae: str, dataset: str) -> Path:
+        """``features/dashboards/<sae>/<dataset>/`` (``index.json`` + ``features/<id>.json``)."""
+        return self.features_dir("dashboards", sae, dataset)
+
     def probes_dir(self, *parts: str) -> Path:
         return self._dir("probes", *(_safe(p, "probes part") for p in parts))
 
