@@ -400,6 +400,8 @@ def dashboard_cmd(
 
 
 def register(app: typer.Typer) -> None:
+    from .. import features as _features  # noqa: F401  (teaches `deltalens info` the feature artifacts)
+
     for kind in ("universal", "specific", "both"):
         features_app.command(kind)(_analysis_command(kind))
     features_app.command("firing")(firing_cmd)

@@ -11,6 +11,7 @@ chat token types, evolution across iterative SAE series, dashboards.
 * :mod:`.dashboard` — per-latent JSON (top examples, histograms, logit effects).
 """
 
+from . import describe as _describe  # noqa: F401  (registers `deltalens info` describers)
 from .dashboard import build_dashboards, logit_effects, top_logit_tokens, write_dashboards
 from .evolution import Evolution, EvolutionConfig, feature_evolution, firing_rates_from_sparsity
 from .firing import FiringConfig, FiringStats, firing_stats, firing_stats_many

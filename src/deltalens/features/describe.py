@@ -1,0 +1,76 @@
+"""``deltalens info`` for feature-analysis artifacts (registered on import)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from ..info import register_describer
+
+
+@register_describer
+def _firing_stats(path: Path) -> dict[str, Any] | None:
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from ..io import read_safetensors_metadata
+
+    try:
+        meta = read_safetensors_metadata(path)
+    except Exception:  # noqa: BLE001 - not ours to judge; other describers will
+        return None
+    if meta.get("kind") != "deltalens.firing_stats":
+        return None
+    from .firing import FiringStats
+
+    st = FiringStats.load(path)
+    return {"kind": "SAE firing statistics", "path": str(path), **st.summary(), "config": meta.get("config"),
+            "provenance": meta.get("meta")}
+
+
+@register_describer
+def _dashboards(path: Path) -> dict[str, Any] | None:
+    index = path / "index.json"
+    if not (path.is_dir() and index.is_file()):
+        return None
+    data = json.loads(index.read_text())
+    if data.get("kind") != "deltalens.feature_dashboards":
+        return None
+    feats = data.get("features", [])
+    return {"kind": "feature dashboards", "path": str(path), "latents": len(feats),
+            "first": [f["index"] for f in feats[:20]], "provenance": data.get("provenance")}
+
+
+@register_describer
+def _evolution(path: Path) -> dict[str, Any] | None:
+    if not (path.is_dir() and (path / "summary.json").is_file() and (path / "trajectories.safetensors").is_file()):
+        return None
+    data = json.loads((path / "summary.json").read_text())
+    return {"kind": "feature evolution", "path": str(path), "iterations": data.get("iterations"),
+            "status_counts": data.get("status_counts"), "config": data.get("config")}
+
+
+@register_describer
+def _feature_csv(path: Path) -> dict[str, Any] | None:
+    if path.suffix != ".csv" or not path.is_file():
+        return None
+    from .universal import SPECIFIC_COLUMNS, UNIVERSAL_COLUMNS, UNIVERSAL_COLUMNS_ANNOTATED
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames or []
+        kinds = {tuple(UNIVERSAL_COLUMNS): "universal features CSV",
+                 tuple(UNIVERSAL_COLUMNS_ANNOTATED): "universal features CSV (with annotation columns)",
+                 tuple(SPECIFIC_COLUMNS): "specific features CSV"}
+        kind = kinds.get(tuple(cols))
+        if kind is None:
+            return None
+        rows = list(reader)
+    out: dict[str, Any] = {"kind": kind, "path": str(path), "rows": len(rows),
+                           "sources": sorted({r["source"] for r in rows}), "tokens": sorted({r["token"] for r in rows}),
+                           "features": len({(r["source"], r["token"], r["feature_id"]) for r in rows})}
+    records = path.parent / f"{path.stem}_activeprompts.jsonl"
+    if records.is_file():
+        out["active_prompts"] = str(records)
+    return out
