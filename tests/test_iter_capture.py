@@ -49,8 +49,9 @@ def test_token_type_rows_match_the_positions_language(tiny):
 def test_hooks_are_gone_between_batches(tiny):
     it = iter_capture(tiny, TEXTS, [1], "all", batch_size=2, progress=False)
     next(it)
-    backbone = tiny.arch.backbone
-    assert not backbone._forward_pre_hooks
-    assert not any(layer._forward_hooks for layer in tiny.arch.layers)
+    # HF may install its own output-recording hooks; none of ours is left between batches
+    for m in tiny.model.modules():
+        for h in list(m._forward_hooks.values()) + list(m._forward_pre_hooks.values()):
+            assert "deltalens" not in getattr(h, "__module__", ""), h
     rest = list(it)
     assert len(rest) == 1
