@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import hooks
-from .errors import DataFormatError
+from .errors import DataFormatError, DeltalensError
 from .generate import Generation, left_pad, position_ids
 from .hooks import Read, Site, SiteLike
 from .io import provenance
@@ -62,7 +62,7 @@ class Captured(dict):
     def __contains__(self, key: Any) -> bool:
         try:
             return super().__contains__(Site.parse(key))
-        except Exception:
+        except (DeltalensError, TypeError, ValueError):
             return False
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -117,204 +117,6 @@ def _parse_sites(lm: LoadedModel, sites: SiteLike | Sequence[SiteLike]) -> list[
     return out
 
 
-def _token_type_names(lm: LoadedModel, ids: torch.Tensor, prompt_lens: torch.Tensor, rel: torch.Tensor) -> np.ndarray:
-    """Names of chat token types for selected rows (``""`` where none)."""
-    out = np.full(len(rel), "", dtype=object)
-    for name, off in lm.token_types.items():
-        hit = (rel == prompt_lens + off).cpu().numpy()
-        out[hit] = name
-    return out
-
-
-@torch.no_grad()
-def capture(
-    lm: LoadedModel,
-    data: Iterable[Any],
-    sites: SiteLike | Sequence[SiteLike],
-    positions: str | Positions = "all",
-    *,
-    reduce: str | None = None,
-    batch_size: int = 16,
-    max_length: int | None = None,
-    store: str | ActivationStore | None = None,
-    val_fraction: float = 0.0,
-    dtype: torch.dtype = torch.float32,
-    early_exit: bool = True,
-    progress: bool = True,
-    dataset_name: str | None = None,
-) -> Captured | ActivationStore:
-    """Capture activations at ``sites`` and ``positions`` over ``data``.
-
-    Args:
-        lm: the model.
-        data: texts, Generations, (prompt, response) pairs or dicts (see module docstring).
-        sites: one site or several (``(6, "resid")``, ``"mlp_out.3"``, ``Site(...)``, an int).
-        positions: position spec (``all``, ``prompt[-1]``, ``response[:5]``, ``asst`` …).
-        reduce: ``None`` (one row per selected token), ``"mean"`` or ``"last"`` (one row per input).
-        batch_size: sequences per forward.
-        max_length: truncate inputs to this many tokens (keeping the start).
-        store: write into this ActivationStore directory instead of memory (resumable).
-        val_fraction: fraction of sequences marked ``val`` in the store's index.
-        dtype: dtype of returned / stored activations.
-        early_exit: stop each forward after the deepest requested site.
-
-    Returns:
-        :class:`Captured` (``{Site: [rows, d]}``, rows in (input, position) order, padding
-        excluded) or the :class:`ActivationStore` written to.
-    """
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
-    pos = Positions.parse(positions)
-    pos.check_token_types(lm.token_types if lm.tokenizer is not None else {})
-    site_list = _parse_sites(lm, sites)
-    items = list(data)
-    encoded = []
-    for i, it in enumerate(items):
-        ids, plen = encode_item(lm, it, i)
-        if max_length is not None and len(ids) > max_length:
-            ids = ids[:max_length]
-            plen = min(plen, max_length)
-        encoded.append((ids, plen))
-
-    st: ActivationStore | None = None
-    start_seq = 0
-    if store is not None:
-        st = store if isinstance(store, ActivationStore) else ActivationStore(store)
-        st.init(
-            model={"name": lm.name, "spec": lm.spec, "weights_hash": lm.weights_hash},
-            sites=site_list,
-            d_model=lm.d_model,
-            positions=pos.text,
-            reduce=reduce,
-            dtype=dtype,
-            val_fraction=val_fraction,
-            dataset=dataset_name,
-            extra={"provenance": provenance(lm, positions=pos.text, reduce=reduce)},
-        )
-        if st.complete and st.n_sequences >= len(encoded):
-            return st
-        start_seq = st.n_sequences
-        order = list(range(start_seq, len(encoded)))  # input order: resumable by sequence count
-    else:
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
-
-    # per-batch collectors
-    collected: dict[Site, list[torch.Tensor]] = {s: [] for s in site_list}
-    meta_parts: dict[str, list[torch.Tensor]] = {"seq": [], "pos": [], "tok": [], "resp": [], "n": []}
-    current: dict[str, Any] = {}
-
-    def make_callback(site: Site, first: bool):
-        def cb(x: torch.Tensor, mask: torch.Tensor, step: hooks.Step) -> None:
-            if reduce is None:
-                rows = x[mask]
-            else:
-                cnt = mask.sum(1)
-                keep = cnt > 0
-                if reduce == "mean":
-                    m = mask[..., None].to(torch.float32)
-                    rows = (x.to(torch.float32) * m).sum(1) / cnt.clamp(min=1)[:, None]
-                else:
-                    last = (mask.long() * torch.arange(mask.shape[1], device=mask.device)).argmax(1)
-                    rows = x[torch.arange(x.shape[0], device=x.device), last]
-                rows = rows[keep]
-            collected[site].append(rows.to("cpu", dtype))
-            if first:
-                current["mask"] = mask
-                current["rel"] = step.geom.rel
-                current["plen"] = step.geom.prompt_len
-
-        return cb
-
-    reads = [Read(s, pos, callback=make_callback(s, k == 0)) for k, s in enumerate(site_list)]
-    stop = hooks.deepest_site(site_list) if early_exit else None
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
-    n_tokens = sum(len(encoded[i][0]) for i in order)
-    bar = tqdm(total=n_tokens, desc="capture", unit="tok", unit_scale=True, disable=not progress, leave=False)
-    with hooks.intervene(lm, reads, stop_at=stop):
-        for batch in batches:
-            seqs = [encoded[i][0] for i in batch]
-            plens = [encoded[i][1] for i in batch]
-            input_ids, attn = left_pad(seqs, pad, lm.device)
-            before = {s: len(collected[s]) for s in site_list}
-            with hooks.batch_info(lm, row_ids=batch, prompt_lens=plens):
-                try:
-                    lm.model(
-                        input_ids=input_ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=False
-                    )
-                except hooks.StopForward:
-                    pass
-            mask = current["mask"]
-            seq_ids = torch.as_tensor(batch, dtype=torch.long)
-            cnt = mask.sum(1).cpu()
-            if reduce is None:
-                b_idx, t_idx = mask.nonzero(as_tuple=True)
-                rel = current["rel"][b_idx, t_idx].cpu()
-                seq_col = seq_ids[b_idx.cpu()]
-                tok_col = input_ids[b_idx, t_idx].cpu()
-                resp_col = rel >= current["plen"][b_idx].cpu()
-            else:
-                keep = cnt > 0
-                seq_col = seq_ids[keep]
-                rel = torch.full((len(seq_col),), -1, dtype=torch.long)
-                tok_col = torch.full((len(seq_col),), -1, dtype=torch.long)
-                resp_col = torch.zeros(len(seq_col), dtype=torch.bool)
-            if st is not None:
-                ttype = (
-                    _token_type_names(lm, input_ids, current["plen"][b_idx].cpu(), rel)
-                    if reduce is None
-                    else np.full(len(seq_col), "", dtype=object)
-                )
-                index = {
-                    "seq_id": seq_col.numpy().astype(np.int64),
-                    "position": rel.numpy().astype(np.int32),
-                    "token_id": tok_col.numpy().astype(np.int32),
-                    "region": resp_col.numpy().astype(np.int8),
-                    "token_type": ttype.astype(str),
-                    "split": np.array([split_of(int(s), val_fraction) for s in seq_col.tolist()], dtype=str),
-                }
-                acts = {s: torch.cat(collected[s][before[s] :], 0) for s in site_list}
-                for s in site_list:
-                    collected[s].clear()
-                st.append(acts, index, n_sequences=len(batch))
-            else:
-                meta_parts["seq"].append(seq_col)
-                meta_parts["pos"].append(rel)
-                meta_parts["tok"].append(tok_col)
-                meta_parts["resp"].append(resp_col)
-                nsel = torch.zeros(len(batch), dtype=torch.long)
-                nsel[:] = cnt
-                meta_parts["n"].append(torch.stack([seq_ids, nsel], 1))
-            bar.update(sum(len(s) for s in seqs))
-    bar.close()
-    if st is not None:
-        st.finish()
-        return st
-
-    out = Captured()
-    seq = torch.cat(meta_parts["seq"]) if meta_parts["seq"] else torch.zeros(0, dtype=torch.long)
-    posn = torch.cat(meta_parts["pos"]) if meta_parts["pos"] else torch.zeros(0, dtype=torch.long)
-    # restore input order: stable sort by (sequence id, position)
-    key = seq * (int(posn.max()) + 2 if len(posn) else 1) + (posn + 1)
-    perm = torch.argsort(key, stable=True)
-    for s in site_list:
-        rows = torch.cat(collected[s], 0) if collected[s] else torch.zeros(0, lm.d_model, dtype=dtype)
-        out[s] = rows[perm]
-    out.seq_ids = seq[perm]
-    if reduce is None:
-        out.positions = posn[perm]
-        out.token_ids = torch.cat(meta_parts["tok"])[perm]
-        out.is_response = torch.cat(meta_parts["resp"])[perm]
-    else:
-        out.positions = out.token_ids = out.is_response = None
-    n_sel = torch.zeros(len(encoded), dtype=torch.long)
-    if meta_parts["n"]:
-        pairs = torch.cat(meta_parts["n"])
-        n_sel[pairs[:, 0]] = pairs[:, 1]
-    out.n_selected = n_sel
-    return out
-
-
 class CaptureBatch(Captured):
     """One batch of :func:`iter_capture`: ``{Site: [n, d]}`` for the selected tokens of the
     batch's inputs, rows grouped by input and in position order within an input.
@@ -349,6 +151,161 @@ def encode_inputs(lm: LoadedModel, data: Iterable[Any], max_length: int | None =
     return out
 
 
+def _token_type_names(lm: LoadedModel, positions: torch.Tensor, prompt_lens: torch.Tensor) -> np.ndarray:
+    """Names of chat token types for per-token rows (``""`` where none)."""
+    out = np.full(len(positions), "", dtype=object)
+    for name, off in lm.token_types.items():
+        out[(positions == prompt_lens + off).numpy()] = name
+    return out
+
+
+def _prepare(
+    lm: LoadedModel, data: Iterable[Any], sites: SiteLike | Sequence[SiteLike], positions: str | Positions, max_length: int | None
+) -> tuple[Positions, list[Site], list[tuple[list[int], int]]]:
+    pos = Positions.parse(positions)
+    pos.check_token_types(lm.token_types if lm.tokenizer is not None else {})
+    return pos, _parse_sites(lm, sites), encode_inputs(lm, data, max_length)
+
+
+def _reduce(batch: CaptureBatch, sites: Sequence[Site], reduce: str | None, dtype: torch.dtype) -> dict[Site, torch.Tensor]:
+    """Per-token rows of a batch → one row per input with ≥ 1 selected token (batch order).
+
+    ``mean``: (1/n_i) Σ_t x_{i,t} over the n_i selected tokens of input i (in float32);
+    ``last``: x_{i,t*} with t* the last selected position."""
+    if reduce is None:
+        return {s: batch[s].to(dtype) for s in sites}
+    counts = batch.n_selected
+    kept = counts[counts > 0]
+    out = {}
+    for s in sites:
+        rows = batch[s]
+        if reduce == "mean":
+            seg = torch.repeat_interleave(torch.arange(len(kept)), kept)
+            acc = torch.zeros(len(kept), rows.shape[-1], dtype=torch.float32).index_add_(0, seg, rows.to(torch.float32))
+            out[s] = (acc / kept[:, None]).to(dtype)
+        else:
+            out[s] = rows[kept.cumsum(0) - 1].to(dtype)
+    return out
+
+
+@torch.no_grad()
+def capture(
+    lm: LoadedModel,
+    data: Iterable[Any],
+    sites: SiteLike | Sequence[SiteLike],
+    positions: str | Positions = "all",
+    *,
+    reduce: str | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    store: str | ActivationStore | None = None,
+    val_fraction: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+    early_exit: bool = True,
+    progress: bool = True,
+    dataset_name: str | None = None,
+) -> Captured | ActivationStore:
+    """Capture activations at ``sites`` and ``positions`` over ``data``.
+
+    Args:
+        lm: the model.
+        data: texts, Generations, (prompt, response) pairs or dicts (see module docstring).
+        sites: one site or several (``(6, "resid")``, ``"mlp_out.3"``, ``Site(...)``, an int).
+        positions: position spec (``all``, ``prompt[-1]``, ``response[:5]``, ``asst`` …).
+        reduce: ``None`` (one row per selected token), ``"mean"`` or ``"last"`` (one row per
+            input; inputs with no selected token get no row, see ``n_selected``).
+        batch_size: sequences per forward.
+        max_length: truncate inputs to this many tokens (keeping the start).
+        store: write into this ActivationStore directory instead of memory (resumable).
+        val_fraction: fraction of sequences marked ``val`` in the store's index.
+        dtype: dtype of returned / stored activations.
+        early_exit: stop each forward after the deepest requested site.
+
+    Returns:
+        :class:`Captured` (``{Site: [rows, d]}``, rows in (input, position) order, padding
+        excluded) or the :class:`ActivationStore` written to.
+    """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    pos, site_list, encoded = _prepare(lm, data, sites, positions, max_length)
+    work = torch.float32 if reduce else dtype
+
+    if store is not None:
+        st = store if isinstance(store, ActivationStore) else ActivationStore(store)
+        st.init(
+            model={"name": lm.name, "spec": lm.spec, "weights_hash": lm.weights_hash},
+            sites=site_list,
+            d_model=lm.d_model,
+            positions=pos.text,
+            reduce=reduce,
+            dtype=dtype,
+            val_fraction=val_fraction,
+            dataset=dataset_name,
+            extra={"provenance": provenance(lm, positions=pos.text, reduce=reduce)},
+        )
+        if st.complete and st.n_sequences >= len(encoded):
+            return st
+        order = list(range(st.n_sequences, len(encoded)))  # input order: resumable by sequence count
+        for b in _batches(lm, encoded, order, site_list, pos, batch_size, work, early_exit, progress, "capture"):
+            acts = _reduce(b, site_list, reduce, dtype)
+            if reduce is None:
+                seq, posn, tok, resp = b.seq_ids, b.positions, b.token_ids, b.is_response
+                ttype = _token_type_names(lm, posn, b.prompt_lens)
+            else:
+                seq = b.batch_ids[b.n_selected > 0]
+                posn = tok = torch.full((len(seq),), -1, dtype=torch.long)
+                resp = torch.zeros(len(seq), dtype=torch.bool)
+                ttype = np.full(len(seq), "", dtype=object)
+            index = {
+                "seq_id": seq.numpy().astype(np.int64),
+                "position": posn.numpy().astype(np.int32),
+                "token_id": tok.numpy().astype(np.int32),
+                "region": resp.numpy().astype(np.int8),
+                "token_type": ttype.astype(str),
+                "split": np.array([split_of(int(i), val_fraction) for i in seq.tolist()], dtype=str),
+            }
+            st.append(acts, index, n_sequences=len(b.batch_ids))
+        st.finish()
+        return st
+
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    parts: dict[Site, list[torch.Tensor]] = {s: [] for s in site_list}
+    meta: dict[str, list[torch.Tensor]] = {"seq": [], "pos": [], "tok": [], "resp": []}
+    n_sel = torch.zeros(len(encoded), dtype=torch.long)
+    for b in _batches(lm, encoded, order, site_list, pos, batch_size, work, early_exit, progress, "capture"):
+        for s, rows in _reduce(b, site_list, reduce, dtype).items():
+            parts[s].append(rows)
+        n_sel[b.batch_ids] = b.n_selected
+        if reduce is None:
+            meta["seq"].append(b.seq_ids)
+            meta["pos"].append(b.positions)
+            meta["tok"].append(b.token_ids)
+            meta["resp"].append(b.is_response)
+        else:
+            kept = b.batch_ids[b.n_selected > 0]
+            meta["seq"].append(kept)
+            meta["pos"].append(torch.full((len(kept),), -1, dtype=torch.long))
+
+    out = Captured()
+    seq = torch.cat(meta["seq"]) if meta["seq"] else torch.zeros(0, dtype=torch.long)
+    posn = torch.cat(meta["pos"]) if meta["pos"] else torch.zeros(0, dtype=torch.long)
+    # back to input order: stable sort by (input index, position)
+    key = seq * (int(posn.max()) + 2 if len(posn) else 1) + (posn + 1)
+    perm = torch.argsort(key, stable=True)
+    for s in site_list:
+        rows = torch.cat(parts[s], 0) if parts[s] else torch.zeros(0, lm.d_model, dtype=dtype)
+        out[s] = rows[perm]
+    out.seq_ids = seq[perm]
+    if reduce is None:
+        out.positions = posn[perm]
+        out.token_ids = torch.cat(meta["tok"])[perm] if meta["tok"] else torch.zeros(0, dtype=torch.long)
+        out.is_response = torch.cat(meta["resp"])[perm] if meta["resp"] else torch.zeros(0, dtype=torch.bool)
+    else:
+        out.positions = out.token_ids = out.is_response = None
+    out.n_selected = n_sel
+    return out
+
+
 @torch.no_grad()
 def iter_capture(
     lm: LoadedModel,
@@ -373,16 +330,30 @@ def iter_capture(
     ``sort_by_length=False``; rows carry their input index in ``seq_ids``. The hooks are
     removed before each batch is yielded, so the consumer may run the model itself.
     """
-    pos = Positions.parse(positions)
-    pos.check_token_types(lm.token_types if lm.tokenizer is not None else {})
-    site_list = _parse_sites(lm, sites)
-    encoded = encode_inputs(lm, data, max_length)
+    pos, site_list, encoded = _prepare(lm, data, sites, positions, max_length)
     order = list(range(len(encoded)))
     if sort_by_length:
         order.sort(key=lambda i: -len(encoded[i][0]))
+    yield from _batches(lm, encoded, order, site_list, pos, batch_size, dtype, early_exit, progress, desc)
+
+
+def _batches(
+    lm: LoadedModel,
+    encoded: Sequence[tuple[list[int], int]],
+    order: Sequence[int],
+    site_list: Sequence[Site],
+    pos: Positions,
+    batch_size: int,
+    dtype: torch.dtype,
+    early_exit: bool,
+    progress: bool,
+    desc: str,
+) -> Iterator[CaptureBatch]:
+    """The capture loop shared by :func:`capture` and :func:`iter_capture`: one left-padded
+    forward per batch of ``order`` (input indices), hooks registered only during it."""
     stop = hooks.deepest_site(site_list) if early_exit else None
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    n_tokens = sum(len(ids) for ids, _ in encoded)
+    n_tokens = sum(len(encoded[i][0]) for i in order)
     bar = tqdm(total=n_tokens, desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False)
     got: dict[Any, Any] = {}
 
@@ -397,10 +368,10 @@ def iter_capture(
 
     try:
         for k in range(0, len(order), batch_size):
-            batch = order[k : k + batch_size]
+            batch = list(order[k : k + batch_size])
             seqs = [encoded[i][0] for i in batch]
             plens = torch.as_tensor([encoded[i][1] for i in batch], dtype=torch.long)
-            lens = torch.as_tensor([len(s) for s in seqs], dtype=torch.long)
+            lens = torch.as_tensor([len(q) for q in seqs], dtype=torch.long)
             input_ids, attn = left_pad(seqs, pad, lm.device)
             reads = [Read(s, pos, callback=make_callback(s, j == 0)) for j, s in enumerate(site_list)]
             got.clear()
