@@ -146,7 +146,8 @@ def test_demo_stage_runs_and_skips(tiny, tmp_path):
     noise = [tiny.tokenizer.convert_tokens_to_ids(tiny.tokenizer.tokenize(w)[0]) for w in [" the", " is", "?"]]
     sae, _ = planted_sae(tiny, noise)
     ctx.state.update(sae=sae, sae_site="embed")
-    ctx.state["generations"] = [{"question": "Why is the sky blue?", "response": "assistant: it scatters the light."}]
+    ctx.state["generations"] = [{"question": "Why is the sky blue?", "response": "assistant: it scatters the light."},
+                                {"question": "Hello", "response": "assistant<script>alert(1)</script>"}]
     STAGE.run(ctx)
     text = console.export_text(clear=False)
     assert "most universal latents of tiny_trainer0_layer0" in text and "24/24" in text
@@ -154,3 +155,10 @@ def test_demo_stage_runs_and_skips(tiny, tmp_path):
     assert ctx.exp.universal_features_path("demo_universal").exists()
     assert list(ctx.state["universal_features"].feature_id) == [ASST]
     assert (ctx.exp.dashboard_dir("tiny_trainer0_layer0", "demo_questions") / "index.json").exists()
+    # the report renders the feature section, escaping model/data text
+    from deltalens.report.html import render_report
+
+    html = render_report(ctx.exp)
+    assert "SAE features" in html and "tiny_trainer0_layer0" in html and "universal features" in html
+    assert "background:rgba(255,140,0,1.00)" in html  # the firing token of a top example
+    assert "<script>alert" not in html and "&lt;" in html
