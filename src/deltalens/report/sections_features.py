@@ -122,8 +122,11 @@ def _evolution(d: Path) -> str:
     return "".join(out)
 
 
-@section(60, "SAE features")
+@section(80, "SAE features")
 def features_section(exp: Experiment) -> str | None:
+    """Replaces the generic per-area section of the same title (``sections_areas``; modules
+    load in name order, so this registration comes last): the same CSVs and figures,
+    summarised, plus firing statistics and dashboards."""
     root = exp.features_dir()
     if not root.is_dir():
         return None
