@@ -31,7 +31,7 @@ def test_encode_matches_the_formulas(arch, k):
             idx = pre[i].argsort(descending=True)[:k]
             want[i, idx] = pre[i, idx].clamp(min=0)
     else:
-        want = torch.where(pre > sae.threshold, pre, torch.zeros_like(pre))
+        want = torch.where(pre > sae.threshold, pre.clamp(min=0), torch.zeros_like(pre))
     torch.testing.assert_close(sae.encode(x), want)
     torch.testing.assert_close(sae(x), want @ sae.W_dec + sae.b_dec)
     if arch == "topk":

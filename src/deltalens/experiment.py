@@ -132,6 +132,17 @@ class Experiment:
     def sae_dir(self, name: str) -> Path:
         return self._dir("saes", _safe(name, "SAE"))
 
+    def sae_eval_dir(self, name: str) -> Path:
+        """Evaluation results (``eval.json`` + figures) of the SAE ``name``."""
+        return self.sae_dir(name) / "eval"
+
+    def sae_series_dir(self, series: str) -> Path:
+        """Iterative SAEs of one checkpoint series: ``saes/<series>/M<m>D<d>/``."""
+        return self._dir("saes", _safe(series, "SAE series"))
+
+    def crosscoder_dir(self, name: str) -> Path:
+        return self._dir("saes", "crosscoders", _safe(name, "crosscoder"))
+
     def features_dir(self, *parts: str) -> Path:
         return self._dir("features", *(_safe(p, "features part") for p in parts))
 

@@ -1,7 +1,25 @@
-"""Sparse autoencoders: the inference SAE, SAELens-compatible files (training,
-evaluation and crosscoders build on these)."""
+"""Sparse autoencoders: the inference SAE and SAELens-compatible files, training (ReLU,
+TopK, BatchTopK, JumpReLU; from a store or on the fly), evaluation, iterative fine-tuning
+along a checkpoint series, and crosscoders."""
 
 from .base import ARCHITECTURES, SAE, SAEConfig
-from .io import load_sae, read_sparsity, save_sae
+from .io import load_any, load_sae, read_dictionary_learning, read_sparsify, read_sparsity, save_sae
+from .train import TrainConfig, Trainer, TrainingDiverged, TrainResult, train_sae, train_saes
 
-__all__ = ["ARCHITECTURES", "SAE", "SAEConfig", "load_sae", "read_sparsity", "save_sae"]
+__all__ = [
+    "ARCHITECTURES",
+    "SAE",
+    "SAEConfig",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "load_any",
+    "load_sae",
+    "read_dictionary_learning",
+    "read_sparsify",
+    "read_sparsity",
+    "save_sae",
+    "train_sae",
+    "train_saes",
+]

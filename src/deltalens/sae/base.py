@@ -10,7 +10,7 @@ and one of three activation functions (``cfg.architecture``):
 
 * ``standard`` (ReLU):  f = ReLU(pre)
 * ``topk``:             f = ReLU(TopK_k(pre)) — the k largest pre-activations per token kept
-* ``jumprelu``:         f = pre · 1[pre > threshold]  (BatchTopK SAEs are saved this way)
+* ``jumprelu``:         f = ReLU(pre) · 1[pre > threshold]  (as SAELens; BatchTopK SAEs are saved this way)
 
 with ``pre = (x − b_dec·apply_b_dec_to_input) @ W_enc + b_enc`` and the decoder
 ``x̂ = f @ W_dec + b_dec``.
@@ -117,7 +117,7 @@ class SAE(nn.Module):
             vals, idx = pre.topk(k, dim=-1)
             return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
         assert self.threshold is not None
-        return pre * (pre > self.threshold)
+        return torch.relu(pre) * (pre > self.threshold)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent activations ``f`` (``[..., d_sae]``)."""
