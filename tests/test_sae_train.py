@@ -281,3 +281,34 @@ def test_bad_inputs_are_refused(tiny):
     with pytest.raises(SiteError, match="resid.1.*resid.2"):
         with deltalens.intervene(tiny, [deltalens.Splice("resid.2", res64.sae)]):
             pass
+
+
+def test_iterative_finetuning_keeps_latent_indices(tmp_path):
+    from deltalens.sae.iterative import branch_names, latent_alignment, run_name, train_iterative
+
+    assert run_name(0, 4) == "M0D4" and branch_names("MD", 3) == ["M0D0", "M1D1", "M2D2"]
+    assert branch_names("M0D", 3) == ["M0D0", "M0D1", "M0D2"]
+    g = torch.Generator().manual_seed(0)
+    d, n_feat = 32, 96
+    D0 = torch.randn(n_feat, d, generator=g)
+    D0 /= D0.norm(dim=1, keepdim=True)
+    D1 = D0 + 0.15 * torch.randn(n_feat, d, generator=g)  # iteration 1: features drift a little
+    D1 /= D1.norm(dim=1, keepdim=True)
+
+    def data(D, n, p):
+        on = torch.rand(n, n_feat, generator=g) < p
+        return (on * torch.rand(n, n_feat, generator=g) * 3) @ D
+
+    x0, x1 = data(D0, 12000, 4 / n_feat), data(D1, 12000, 5 / n_feat)
+    cfg = TrainConfig(d_sae=128, k=4, total_tokens=30_000, batch_size=256, lr=3e-3)
+    res = train_iterative([x0, x1], ["M0D0", "M1D1"], lambda n: tmp_path / n, cfg, site="resid.1", progress=False)
+    parent, child = res[0].sae, res[1].sae
+    al = latent_alignment(parent, child)
+    assert al["median_cosine"] > 0.9 and al["aligned_fraction"] > 0.7
+    assert res[1].extra["alignment_with_parent"]["median_cosine"] == pytest.approx(al["median_cosine"])
+    assert ev(child, x1[:3000]) > 0.6
+    assert load_sae(tmp_path / "M1D1").cfg.metadata["deltalens_parent"] == "M0D0"
+    # an SAE trained from scratch (another initialisation) on iteration 1 data has unrelated indices
+    cfg.seed = 1
+    scratch = train_sae(x1, cfg, progress=False).sae
+    assert latent_alignment(parent, scratch)["median_cosine"] < 0.5
