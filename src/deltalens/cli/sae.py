@@ -146,7 +146,108 @@ def eval_cmd(
     console.print(f"wrote {(out or (sae_path / 'eval')) / 'eval.json'}")
 
 
+def iterate_cmd(
+    stores: list[Path] = typer.Option(..., "--store", help="One ActivationStore per iteration, in order (repeat the option)."),
+    names: Optional[str] = typer.Option(None, "--names", help="Run names, comma-separated (default: M0D0,M1D1,… or with --branch M0D: M0D0,M0D1,…)."),
+    branch: str = typer.Option("MD", "--branch", help="MD (each model on its own data) or M0D (base model on each iteration's data)."),
+    site: Optional[str] = typer.Option(None, "--site", "-s"),
+    k: int = typer.Option(32, "--k"),
+    expansion: int = typer.Option(8, "--expansion"),
+    tokens: int = typer.Option(1_000_000, "--tokens", help="Training tokens of iteration 0."),
+    finetune_tokens: Optional[int] = typer.Option(None, "--finetune-tokens", help="Tokens per later iteration (default: tokens/4)."),
+    batch_size: int = typer.Option(1024, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start iteration 0 from this SAE."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for the series (one SAE per run name)."),
+    exp: Optional[str] = typer.Option(None, "--exp"),
+    series: str = typer.Option("series", "--series", help="Series name inside the experiment."),
+) -> None:
+    """Iterative SAEs along a checkpoint series (M*D*): each fine-tuned from the previous one."""
+    from ..errors import DeltalensError
+    from ..experiment import Experiment
+    from ..sae.iterative import branch_names, train_iterative
+    from ..sae.train import TrainConfig
+
+    run_names = split_list(names) or branch_names(branch, len(stores))
+    if len(run_names) != len(stores):
+        raise DeltalensError(f"{len(stores)} stores but {len(run_names)} run names")
+    root = out if out is not None else Experiment.named(exp or "default").sae_series_dir(series)
+    cfg = TrainConfig(k=k, expansion=expansion, total_tokens=tokens, batch_size=batch_size, lr=lr)
+    ft = None
+    if finetune_tokens is not None:
+        d = cfg.to_dict()
+        d.update(total_tokens=finetune_tokens, lr_warmup=0.0)
+        ft = TrainConfig.from_dict(d)
+    results = train_iterative([str(s) for s in stores], run_names, lambda n: root / n, cfg, finetune=ft, site=site,
+                              init_from=init_from)
+    rows = []
+    for nm, r in zip(run_names, results):
+        al = r.extra.get("alignment_with_parent") or {}
+        last = r.history[-1] if r.history else {}
+        rows.append((nm, f"{last.get('l0', 0):.1f}", f"{1 - last.get('fvu', 1):.3f}", f"{100 * r.dead_fraction:.1f} %",
+                     "-" if not al else f"{al['median_cosine']:.3f}", "-" if not al else f"{100 * al['aligned_fraction']:.1f} %"))
+    console.print(table(f"iterative SAEs → {root}", ["run", "L0", "EV (last batch)", "dead", "median cos(parent)", "aligned ≥0.9"], rows))
+
+
+def crosscoder_cmd(
+    stores: list[Path] = typer.Option(..., "--store", help="Stores of the same tokens, one per model (base first)."),
+    site: Optional[str] = typer.Option(None, "--site", "-s"),
+    k: int = typer.Option(32, "--k"),
+    expansion: int = typer.Option(8, "--expansion"),
+    tokens: int = typer.Option(1_000_000, "--tokens"),
+    batch_size: int = typer.Option(1024, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o"),
+    exp: Optional[str] = typer.Option(None, "--exp"),
+    name: str = typer.Option("crosscoder", "--name"),
+) -> None:
+    """Train a BatchTopK crosscoder on two or more models' activations of the same tokens."""
+    from ..errors import DeltalensError
+    from ..experiment import Experiment
+    from ..sae.crosscoder import train_crosscoder
+    from ..sae.sources import StoreSource
+    from ..sae.train import TrainConfig
+
+    if len(stores) < 2:
+        raise DeltalensError("a crosscoder needs at least two --store (one per model, same inputs)")
+    src = StoreSource([str(s) for s in stores], site, split="train")
+    dest = out if out is not None else Experiment.named(exp or "default").crosscoder_dir(name)
+    res = train_crosscoder(src, TrainConfig(architecture="batchtopk", k=k, expansion=expansion, total_tokens=tokens,
+                                            batch_size=batch_size, lr=lr), out=dest)
+    c = res.classes["counts"]
+    console.print(table(f"crosscoder latents ({res.crosscoder.cfg.model_names[0]} → {res.crosscoder.cfg.model_names[1]})",
+                        ["class", "latents", "rule (r = ‖d_ft‖/(‖d_base‖+‖d_ft‖))"],
+                        [("base-only", c.get("base-only", 0), "r < 0.1"), ("ft-only", c.get("ft-only", 0), "r > 0.9"),
+                         ("shared", c.get("shared", 0), "0.4 ≤ r ≤ 0.6"), ("other", c.get("other", 0), "otherwise"),
+                         ("dead", c.get("dead", 0), "never selected in training")]))
+    console.print(f"{res.tokens} tokens in {res.seconds:.0f} s → {dest}")
+
+
+def convert_cmd(
+    src: Path = typer.Argument(..., help="A sparsify or dictionary_learning SAE (or a SAELens directory)."),
+    out: Path = typer.Option(..., "--out", "-o", help="SAELens-format directory to write."),
+    site: Optional[str] = typer.Option(None, "--site", help="Site, if the source does not say (e.g. resid.6)."),
+) -> None:
+    """Convert another tool's SAE checkpoint into a SAELens-format directory."""
+    from ..sae.io import detect_format, load_any, save_sae
+
+    sae = load_any(src, site=site)
+    save_sae(sae, out)
+    console.print(f"{detect_format(src)} → SAELens: {sae} → {out}")
+
+
 def register(app: typer.Typer) -> None:
+    from ..info import register_describer
+
+    def _describe(path: Path):
+        from ..sae.io import describe
+
+        return describe(path)
+
+    register_describer(_describe)
     sae_app.command("train")(train_cmd)
     sae_app.command("eval")(eval_cmd)
+    sae_app.command("iterate")(iterate_cmd)
+    sae_app.command("crosscoder")(crosscoder_cmd)
+    sae_app.command("convert")(convert_cmd)
     app.add_typer(sae_app, name="sae")

@@ -250,3 +250,33 @@ def load_any(path: str | Path, device: str | torch.device = "cpu", site: str | N
     if fmt == "sparsify":
         return read_sparsify(path, device=device, site=site)
     return read_dictionary_learning(path, device=device, site=site)
+
+
+def describe(path: str | Path) -> dict[str, Any] | None:
+    """``deltalens info`` for SAE directories (any supported format) and crosscoders: the
+    config plus training and evaluation summaries when present."""
+    path = Path(path)
+    if (path / "cfg.json").is_file() and (path / "crosscoder_weights.safetensors").is_file():
+        cfg = json.loads((path / "cfg.json").read_text())
+        out: dict[str, Any] = {"kind": "crosscoder", "path": str(path), "cfg": cfg}
+    else:
+        if not path.is_dir():
+            return None
+        try:
+            fmt = detect_format(path)
+            sae = load_any(path)
+        except Exception:
+            return None
+        out = {"kind": f"SAE ({fmt} format)", "path": str(path), "architecture": sae.cfg.architecture, "d_in": sae.d_in,
+               "d_sae": sae.d_sae, "k": sae.cfg.k, "site": sae.site, "model": sae.cfg.model_name}
+    tj = path / "training.json"
+    if tj.is_file():
+        t = json.loads(tj.read_text())
+        out["training"] = {k: t.get(k) for k in ("tokens", "steps", "seconds", "tokens_per_second", "dead_fraction",
+                                                 "dead_window_tokens", "final", "classes") if k in t}
+    ej = path / "eval" / "eval.json"
+    if ej.is_file():
+        e = json.loads(ej.read_text())
+        r, loss = e.get("reconstruction") or {}, e.get("loss") or {}
+        out["eval"] = {k: v for k, v in {**r, **loss}.items() if isinstance(v, (int, float, str))}
+    return out
