@@ -88,6 +88,36 @@ def test_replace_full_residual_transplants_the_run(tiny):
     torch.testing.assert_close(patched.logits, out_b.logits)
 
 
+def test_replace_where_patches_a_different_position_in_each_row(tiny):
+    """Replace(where=[R, L]) = per-row position sets; equals one single-row patch per row."""
+    a, b = ["Tell me a story about a brave mouse."], ["Tell me a story about a brave house."]
+    donor = Read((1, "resid"))
+    with intervene(tiny, [donor]):
+        _forward(tiny, b)
+    T = donor.value.shape[1]
+    where = torch.zeros(3, T, dtype=torch.bool)
+    where[0, T - 1] = True  # row 0 patches the last position, row 1 the one before, row 2 nothing
+    where[1, T - 2] = True
+    vals = donor.value.expand(3, -1, -1)
+    r = Read((1, "resid"))
+    with intervene(tiny, [Replace((1, "resid"), vals, where=where), r]):
+        batched, _ = _forward(tiny, a * 3)
+    plain, _ = _forward(tiny, a)
+    torch.testing.assert_close(batched.logits[2], plain.logits[0], atol=1e-5, rtol=1e-5)
+    for row, pos in ((0, T - 1), (1, T - 2)):
+        with intervene(tiny, [Replace((1, "resid"), donor.value, positions=f"all[{pos}]")]):
+            single, _ = _forward(tiny, a)
+        torch.testing.assert_close(batched.logits[row], single.logits[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(r.value[row, pos], donor.value[0, pos])
+    # with rows=: the mask and values are looked up by global row id
+    with intervene(tiny, [Replace((1, "resid"), vals[:1], rows=[1], where=where[:1])]):
+        rowed, _ = _forward(tiny, a * 2)
+    torch.testing.assert_close(rowed.logits[0], plain.logits[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rowed.logits[1], batched.logits[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ShapeError, match="where has 2 rows but values have 3"):
+        Replace((1, "resid"), vals, where=where[:2])
+
+
 def test_ablate_direction_and_zero(tiny):
     d = torch.randn(tiny.d_model)
     r = Read((1, "mlp_out"))
@@ -135,6 +165,22 @@ def test_splice_with_error_term_reproduces_logits_and_passes_gradients(tiny):
     with intervene(tiny, [Splice((2, "resid"), sae, keep_error=False)]):
         no_err, _ = _forward(tiny, PROMPTS)
     assert (no_err.logits - base.logits).abs().max() > 1e-2
+
+
+def test_splice_edit_error_replaces_the_error_term(tiny):
+    sae = LinearSAE(tiny.d_model, 128)
+    sp = Splice((2, "resid"), sae, record=True)
+    with intervene(tiny, [sp]):
+        _forward(tiny, PROMPTS[:1])
+    no_err_read, zero_err_read = Read((2, "resid")), Read((2, "resid"))
+    with intervene(tiny, [Splice((2, "resid"), sae, keep_error=False), no_err_read]):
+        _forward(tiny, PROMPTS[:1])
+    with intervene(tiny, [Splice((2, "resid"), sae, edit_error=torch.zeros_like), zero_err_read]):
+        _forward(tiny, PROMPTS[:1])
+    torch.testing.assert_close(zero_err_read.value, no_err_read.value)
+    assert (zero_err_read.value - (sae.decode(sp.latents[0]) + sp.errors[0])).abs().max() > 1e-2
+    with pytest.raises(ShapeError, match="edit_error needs keep_error=True"):
+        Splice((2, "resid"), sae, keep_error=False, edit_error=torch.zeros_like)
 
 
 def test_splice_refuses_wrong_width_and_site(tiny):

@@ -390,6 +390,10 @@ class Replace(Intervention):
     or ``[R, L, d]`` (per row and position; R = len(rows), or the batch size without rows).
     Position-indexed values are aligned to absolute positions of the padded sequence, so
     under KV caching step t reads ``values[..., t, :]``.
+
+    ``where`` (optional) narrows the selection further with a boolean mask over absolute
+    positions: ``[L]`` (shared by rows) or ``[R, L]`` (per row, indexed like ``values``), so
+    one forward can patch a different position set in every row.
     """
 
     def __init__(
@@ -398,12 +402,23 @@ class Replace(Intervention):
         values: torch.Tensor,
         positions: str | Positions = "all",
         rows: RowsLike = None,
+        where: torch.Tensor | None = None,
     ):
         super().__init__(site, positions, rows)
         self.values = torch.as_tensor(values).detach()
         if self.values.dim() not in (1, 2, 3):
             raise ShapeError(f"Replace at {self.site}: values must be [d], [L, d] or [R, L, d]")
-        self._table = self._row_table(self.values.shape[0], "values") if (self.values.dim() == 3 and self.rows is not None) else None
+        self.where = None if where is None else torch.as_tensor(where).detach().bool()
+        if self.where is not None and self.where.dim() not in (1, 2):
+            raise ShapeError(f"Replace at {self.site}: where must be [L] or [R, L], got {tuple(self.where.shape)}")
+        if self.where is not None and self.where.dim() == 2 and self.values.dim() == 3 and self.where.shape[0] != self.values.shape[0]:
+            raise ShapeError(
+                f"Replace at {self.site}: where has {self.where.shape[0]} rows but values have {self.values.shape[0]}"
+            )
+        n_rowed = self.values.shape[0] if self.values.dim() == 3 else (
+            self.where.shape[0] if self.where is not None and self.where.dim() == 2 else None
+        )
+        self._table = self._row_table(n_rowed, "values") if (n_rowed is not None and self.rows is not None) else None
 
     def bind(self, lm: LoadedModel) -> None:
         super().bind(lm)
@@ -420,13 +435,29 @@ class Replace(Intervention):
                     f"Replace at {self.site}: values cover {L} positions but the sequence reaches {step.start + T}"
                 )
             v = v[..., step.start : step.start + T, :]
+        idx = None
+        if self._table is not None:
+            idx = self._lookup(self._table, step.row_ids)
+            m = m & (idx >= 0)[:, None]
+            idx = idx.clamp(min=0)
         if v.dim() == 3:
-            if self._table is not None:
-                idx = self._lookup(self._table, step.row_ids)
-                m = m & (idx >= 0)[:, None]
-                v = v[idx.clamp(min=0).to(v.device)]
+            if idx is not None:
+                v = v[idx.to(v.device)]
             elif v.shape[0] != B:
                 raise ShapeError(f"Replace at {self.site}: values for {v.shape[0]} rows but the batch has {B}")
+        if self.where is not None:
+            w = self.where.to(x.device)
+            if w.shape[-1] < step.start + T:
+                raise ShapeError(
+                    f"Replace at {self.site}: where covers {w.shape[-1]} positions but the sequence reaches {step.start + T}"
+                )
+            w = w[..., step.start : step.start + T]
+            if w.dim() == 2:
+                if idx is not None:
+                    w = w[idx.to(w.device)]
+                elif w.shape[0] != B:
+                    raise ShapeError(f"Replace at {self.site}: where for {w.shape[0]} rows but the batch has {B}")
+            m = m & w
         return torch.where(m[..., None], v, x)
 
 
@@ -474,7 +505,9 @@ class Splice(Intervention):
     detached x and ε = x − x̂.detach(), so gradients to earlier layers pass through ε
     unchanged). Without the error term gradients flow through the SAE itself. ``record=True`` keeps ``latents`` and
     ``errors`` per forward (with ``retain_grad`` when gradients are on). ``edit`` receives
-    the latents ``[B, T, d_sae]`` and returns new ones (ablation/steering with features).
+    the latents ``[B, T, d_sae]`` and returns new ones (ablation/steering with features);
+    ``edit_error`` receives the error term ``[B, T, d_in]`` and returns a new one (e.g.
+    mean-ablating the error node; only with ``keep_error=True``).
     The SAE must provide ``encode``, ``decode`` and ``d_in``; if it names a site
     (``sae.site``) that differs from this one, the splice is refused unless
     ``check_site=False``.
@@ -490,11 +523,15 @@ class Splice(Intervention):
         edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
         record: bool = False,
         check_site: bool = True,
+        edit_error: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__(site, positions, rows)
         self.sae = sae
         self.keep_error = keep_error
         self.edit = edit
+        self.edit_error = edit_error
+        if edit_error is not None and not keep_error:
+            raise ShapeError(f"Splice at {self.site}: edit_error needs keep_error=True (there is no error term)")
         self.record = record
         self.check_site = check_site
         self.latents: list[torch.Tensor] = []
@@ -540,6 +577,8 @@ class Splice(Intervention):
             self.errors.append(err)
         if self.edit is not None:
             x_hat = self.sae.decode(self.edit(f))
+        if self.edit_error is not None:
+            err = self.edit_error(err)
         out = x_hat + err if self.keep_error else x_hat
         return torch.where(m[..., None], out.to(x.dtype), x)
 
