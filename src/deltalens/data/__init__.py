@@ -1,10 +1,16 @@
 """Dataset formats and bundled data."""
 
 from .jsonl import iter_jsonl, read_jsonl
+from .pairs import PairRecord, bundled_pairs, load_pairs, pair_from_dict, read_pairs
 from .prompts import PromptRecord, bundled_path, bundled_prompts, read_prompts
 from .texts import read_capture_inputs
 
 __all__ = [
+    "PairRecord",
+    "bundled_pairs",
+    "load_pairs",
+    "pair_from_dict",
+    "read_pairs",
     "PromptRecord",
     "bundled_path",
     "bundled_prompts",

@@ -1,0 +1,37 @@
+"""Circuit discovery: clean/corrupted pairs, patching metrics, exact activation patching,
+attribution patching and integrated gradients, SAE-latent attribution with the error
+term, and faithfulness of the circuits they find.
+
+Typical use::
+
+    from deltalens.circuits import build_task, activation_patching, attribution_patching
+    from deltalens.data.pairs import bundled_pairs
+
+    task = build_task(lm, bundled_pairs("capitals"), metric="logit_diff")
+    exact = activation_patching(lm, task, components=["resid"])        # layers × positions
+    approx = attribution_patching(lm, task, components=["attn_out", "mlp_out"])
+"""
+
+from .attribution import attribution_patching, integrated_gradients
+from .metrics import METRICS, answer_logprob, logit_diff, logprob_diff, normalise
+from .patching import COMPONENTS, activation_patching, cache_run, run_patches
+from .results import PatchingResult, pearson
+from .task import PairTask, build_task
+
+__all__ = [
+    "COMPONENTS",
+    "METRICS",
+    "PairTask",
+    "PatchingResult",
+    "activation_patching",
+    "answer_logprob",
+    "attribution_patching",
+    "build_task",
+    "cache_run",
+    "integrated_gradients",
+    "logit_diff",
+    "logprob_diff",
+    "normalise",
+    "pearson",
+    "run_patches",
+]
