@@ -112,8 +112,11 @@ class PairTask:
         """Run the model and return the logits the metric reads: ``[B, keep, V]``."""
         dev = lm.device
         ids, mask = ids.to(dev), mask.to(dev)
-        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=self.keep,
-                       use_cache=False)
+        kw = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask), "use_cache": False}
+        try:  # unembed only the columns the metric reads
+            out = lm.model(**kw, logits_to_keep=self.keep)
+        except TypeError:  # models whose forward has no logits_to_keep
+            out = lm.model(**kw)
         return out.logits[:, -self.keep :]
 
     def metric(self, logits: torch.Tensor) -> torch.Tensor:
