@@ -310,6 +310,9 @@ def test_sae_site_errors(tiny, tmp_path):
     torch.testing.assert_close(back.scores, res.scores)
     assert json.loads(paths["top"].read_text())[0]["description"] is None
     assert res.latent_heatmap(tmp_path / "h.png", pair=0).stat().st_size > 0
+    assert res.latent_heatmap_at(tmp_path / "end.png", task.positions[-1]).stat().st_size > 0
+    with pytest.raises(ConfigError, match="position 99 is not in this attribution's grid"):
+        res.latent_heatmap_at(tmp_path / "x.png", 99)
 
 
 # ---- faithfulness ----------------------------------------------------------------------------

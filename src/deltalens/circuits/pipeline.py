@@ -152,6 +152,13 @@ def run_sae_attribute(
     ]
     if res.error_scores is not None:
         figs.append(_error_figure(res, out_dir / "error_positions.png"))
+    # the seed's per-position heatmaps: latents × pairs at each named position
+    named = task.names[0] if task.names else {}
+    pair_labels = [str(r.id if r.id is not None else i) for i, r in enumerate(task.records)]
+    for name, col in named.items():
+        if col in res.positions and all(nm.get(name) == col for nm in task.names):
+            figs.append(res.latent_heatmap_at(out_dir / f"latent_heatmap_{name}.png", col, run="clean",
+                                              pair_labels=pair_labels))
     out: dict[str, Any] = {"result": res, "files": paths, "figures": figs, "dir": out_dir}
     if faithfulness:
         curve: FaithfulnessCurve = faithfulness_curve(lm, task, res, ks=ks, sae=sae, batch_tokens=batch_tokens)

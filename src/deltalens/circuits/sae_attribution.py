@@ -221,6 +221,27 @@ class SAEAttribution:
                        title=f"SAE latent activations at {self.site} ({run} run, {what})", xlabel="position",
                        ylabel="latent", cmap="viridis", center=None, colorbar_label="activation")
 
+    def latent_heatmap_at(self, path: str | Path, position: int, latents: list[int] | None = None,
+                          run: str = "clean", pair_labels: list[str] | None = None, k: int = 12) -> Path:
+        """The seed's per-position view: latents (rows) × pairs (columns) at one grid
+        position (a column index of the task, e.g. a named position's column)."""
+        from ..report.figures import heatmap
+
+        if position not in self.positions:
+            raise ConfigError(f"position {position} is not in this attribution's grid {self.positions}")
+        p = self.positions.index(position)
+        if latents is None:
+            latents = [r["latent"] for r in sorted(
+                ({"latent": i, "s": float(self.scores[p, i])} for i in range(self.d_sae)), key=lambda r: -abs(r["s"]))[:k]]
+        seq = self.seq_latents.get(run)
+        if seq is None:
+            raise ConfigError("per-pair latent activations are not stored (a loaded result keeps only means)")
+        m = seq[:, p, latents].T.numpy()
+        xl = pair_labels or [str(i) for i in range(m.shape[1])]
+        return heatmap(m, path, xlabels=xl, ylabels=[f"L{self.site.layer}/{i}" for i in latents],
+                       title=f"SAE latents at position {position} ({self.labels[p]}), {run} run", xlabel="pair",
+                       ylabel="latent", cmap="viridis", center=None, colorbar_label="activation")
+
 
 def _splice_run(lm: LoadedModel, task: PairTask, which: str, sae: Any, site: Site, keep_error: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair metric and kept logits of a run with the SAE spliced in."""

@@ -14,7 +14,7 @@ def run(ctx: DemoContext) -> None:
     from ..data.pairs import bundled_pairs
 
     lm, exp, con = ctx.lm, ctx.exp, ctx.console
-    n = 6 if ctx.fast else 8
+    n = 4 if ctx.fast else 6
     task = build_task(lm, bundled_pairs("capitals"), metric="logit_diff", limit=n)
     m_clean, m_corr = task.run_metric(lm, "clean"), task.run_metric(lm, "corrupted")
     rows = [(r.clean, r.corrupted, f"{r.clean_answer!r} vs {r.corrupted_answer!r}", float(a), float(b))
