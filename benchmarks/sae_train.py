@@ -80,7 +80,7 @@ def run_saelens(batches: list[torch.Tensor], d_sae: int, k: int, lr: float, warm
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device="cpu"))
 
     def fit(bat: list[torch.Tensor]) -> float:
-        cfg = SAETrainerConfig(total_training_samples=bs * len(bat), train_batch_size_samples=bs, lr=lr, device="cpu")
+        cfg = SAETrainerConfig(total_training_samples=bs * len(bat), train_batch_size_samples=bs, lr=lr, lr_end=lr, device="cpu")
         trainer = SAETrainer(cfg, sae, iter(bat))
         t0 = time.perf_counter()
         trainer.fit()
@@ -102,9 +102,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--target", type=float, default=1.5)
     args = ap.parse_args()
-    from tqdm import tqdm
-
-    tqdm.__init__.__kwdefaults__["disable"] = True  # no progress bars in the timed loops
+    os.environ["TQDM_DISABLE"] = "1"  # no progress bars in the timed loops
     n_batches = args.steps + args.warmup
     x = activations(args.store, n_batches * args.batch_size)
     g = torch.Generator().manual_seed(0)
