@@ -40,5 +40,63 @@ def capture() -> None:
     print(store, f"{time.time() - t:.0f} s")
 
 
+K = int(sys.argv[2]) if len(sys.argv) > 2 else 32
+TRAIN_TOKENS = int(float(sys.argv[3])) if len(sys.argv) > 3 else 2_000_000
+NAME = f"topk_k{K}_x8_l15"
+
+
+def train() -> None:
+    from deltalens.sae import TrainConfig, train_sae
+
+    lm = deltalens.load("smollm2-135m-instruct")
+    store = EXP.activations_dir("pydocs", "base", "all")
+    cfg = TrainConfig(architecture="topk", expansion=8, k=K, total_tokens=TRAIN_TOKENS, batch_size=1024,
+                      checkpoint_every_tokens=250_000)
+    res = train_sae(store, cfg, site=SITE, out=EXP.sae_dir(NAME), exclude_token_ids=lm.tokenizer.all_special_ids,
+                    metadata={"training_data": "python3.11-doc sources, 256-token windows"})
+    print(res.sae, f"{res.tokens} tokens in {res.seconds:.0f} s ({res.tokens_per_second:.0f} tok/s), dead {res.dead_fraction:.3%}")
+    _curves(res.history, EXP.sae_eval_dir(NAME) / "training_curves.png")
+
+
+def _curves(history, path) -> None:
+    from deltalens.report.figures import lines_by_layer
+
+    toks = [h["tokens"] for h in history]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deltalens.report.figures import save_figure
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, key, label in zip(axes, ("fvu", "l0", "dead"), ("1 − explained variance (batch)", "L0", "dead latents")):
+        ax.plot(toks, [h[key] for h in history])
+        ax.set_xlabel("training tokens")
+        ax.set_title(label)
+    axes[0].set_yscale("log")
+    save_figure(fig, path)
+    _ = lines_by_layer
+
+
+def eval() -> None:  # noqa: A001 - command name
+    from deltalens.cli._common import console, table
+    from deltalens.sae import load_sae
+    from deltalens.sae.eval import evaluate, summary_rows
+
+    lm = deltalens.load("smollm2-135m-instruct")
+    sae = load_sae(EXP.sae_dir(NAME))
+    store = EXP.activations_dir("pydocs", "base", "all")
+    # CE metrics on windows the SAE never saw: the corpus after the captured part
+    windows = list(token_windows(lm.tokenizer, read_texts(CORPUS), CONTEXT, max_tokens=TOKENS + 64 * CONTEXT))
+    held = windows[-64:]
+    t = time.time()
+    res = evaluate(sae, activations=store, lm=lm, windows=held, split="val", out=EXP.sae_eval_dir(NAME),
+                   exclude_token_ids=lm.tokenizer.all_special_ids, progress=True)
+    console.print(table(f"{NAME}: eval on the store's val split + {len(held)} held-out windows", ["metric", "value", "definition"],
+                        summary_rows(res)))
+    print(f"eval {time.time() - t:.0f} s → {EXP.sae_eval_dir(NAME)}")
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]]()
