@@ -63,7 +63,7 @@ class Pattern:
         counts = torch.bincount(row, minlength=n_rows)
         crow = torch.zeros(n_rows + 1, dtype=torch.long, device=row.device)
         crow[1:] = counts.cumsum(0)
-        tperm = torch.argsort(col, stable=True)
+        tperm = _stable_argsort(col)
         tcounts = torch.bincount(col, minlength=n_cols)
         tcrow = torch.zeros(n_cols + 1, dtype=torch.long, device=row.device)
         tcrow[1:] = tcounts.cumsum(0)
@@ -89,6 +89,16 @@ class Pattern:
         out = torch.zeros(self.n_rows, self.n_cols, dtype=values.dtype, device=values.device)
         out[self.row, self.col] = values
         return out
+
+
+def _stable_argsort(v: torch.Tensor) -> torch.Tensor:
+    """Stable argsort of an integer vector. On CPU through numpy: torch's CPU ``argsort`` is
+    two orders of magnitude slower for this size (≈0.8 s vs 10 ms for 32k entries)."""
+    if v.device.type == "cpu":
+        import numpy as np
+
+        return torch.from_numpy(np.argsort(v.numpy(), kind="stable"))
+    return torch.argsort(v, stable=True)
 
 
 def _spmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -211,7 +211,7 @@ class Trainer:
         groups = [{"params": [p for n, p in self.module.named_parameters() if n != "log_threshold"], "lr_scale": 1.0}]
         if hasattr(self.module, "log_threshold"):
             groups.append({"params": [self.module.log_threshold], "lr_scale": config.threshold_lr_scale})
-        self.opt = torch.optim.Adam(groups, lr=self.lr, betas=config.adam_betas)
+        self.opt = _adam(groups, self.lr, config.adam_betas)
         self._calib: torch.Tensor | None = None
         self._last: dict[str, float] = {}
 
@@ -526,3 +526,11 @@ def train_sae(
     trainer = Trainer(config, src.d_in, site=site_s, model_name=model_name or src.model_name, out=out,
                       init_from=init_from, metadata=metadata)
     return train_saes(src, {"sae": trainer}, progress=progress, resume=resume)["sae"]
+
+
+def _adam(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """Adam, fused into one kernel per step where this torch build supports it."""
+    try:
+        return torch.optim.Adam(groups, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(groups, lr=lr, betas=betas)
