@@ -45,7 +45,7 @@ def run(ctx: DemoContext) -> None:
     windows = list(token_windows(lm.tokenizer, read_texts(corpus), 128))
     n_eval = 8 if ctx.fast else 16
     train_w, eval_w = windows[:-n_eval], windows[-n_eval:]
-    train_w = train_w[: (120 if ctx.fast else 320)]
+    train_w = train_w[: (120 if ctx.fast else 240)]
     items = train_w + _chat_items(ctx)
     acts = capture(lm, items, [SITE], "all", batch_size=16, progress=False)
     x = acts[SITE]
@@ -58,7 +58,7 @@ def run(ctx: DemoContext) -> None:
               f"(special and high-norm tokens excluded)")
 
     cfg = TrainConfig(architecture="topk", expansion=4, k=32, batch_size=1024,
-                      total_tokens=(50_000 if ctx.fast else 160_000), lr=1e-3, dead_window_tokens=40_000)
+                      total_tokens=(50_000 if ctx.fast else 120_000), lr=1e-3, dead_window_tokens=30_000)
     out = ctx.exp.sae_dir(f"topk_{SITE.replace('.', '')}")
     res = train_sae(src, cfg, out=out, resume=False, progress=False,
                     metadata={"training_data": "bundled python_tutorial.txt + chat prompts/generations"})
