@@ -44,6 +44,7 @@ def _dense(tiny, sae, data):
     return f, acts
 
 
+@pytest.mark.filterwarnings("ignore:.*(empty slice|All-NaN|Degrees of freedom).*:RuntimeWarning")
 def test_statistics_match_a_dense_computation(tiny, sae):
     data = _data()
     cfg = FiringConfig(activation_threshold=0.05, top_k=7, max_position=16)
