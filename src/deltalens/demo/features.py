@@ -49,7 +49,10 @@ def run(ctx: DemoContext) -> None:
     gens = ctx.state.get("generations")
     data = list(gens) if gens else prompt_inputs(prompts)
     dname = "demo_questions" if gens else "chat_prompts"
-    table_rows = uni.table.sort_values(["num_prompts", "activation_mean"], ascending=False).head(8 if not ctx.fast else 5)
+    per_token = 4 if not ctx.fast else 3
+    ranked = uni.table.sort_values(["num_prompts", "activation_mean"], ascending=False)
+    table_rows = ranked.groupby("token", sort=False).head(per_token).sort_values(["token", "num_prompts", "activation_mean"],
+                                                                                ascending=[True, False, False])
     shown = list(dict.fromkeys(int(f) for f in table_rows.feature_id))
     t1 = time.time()
     recs, stats = build_dashboards(lm, sae, data, shown, n_examples=10, batch_size=16, progress=False,
