@@ -58,9 +58,11 @@ def lines_by_layer(
     layers: Sequence[int] | None = None,
     kind: str = "line",
     xlabel: str = "layer",
+    xticklabels: Sequence[str] | None = None,
 ) -> Path:
     """One line (or grouped bars with ``kind="bar"``) per named series over layers (or any
-    other integer axis: pass ``xlabel``, e.g. ``"iteration"``)."""
+    other integer axis: pass ``xlabel``, e.g. ``"iteration"``, and ``xticklabels`` to name
+    the ticks)."""
     fig, ax = new_figure()
     names = list(series)
     n = max((len(v) for v in series.values()), default=0)
@@ -73,6 +75,9 @@ def lines_by_layer(
         for name in names:
             ax.plot(xs[: len(series[name])], series[name], marker="o", ms=3, label=name)
     ax.set_xlabel(xlabel)
+    if xticklabels is not None:
+        ax.set_xticks(xs[: len(xticklabels)])
+        ax.set_xticklabels([label(t, 18) for t in xticklabels], fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if len(names) > 1:
