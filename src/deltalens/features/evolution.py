@@ -193,6 +193,9 @@ class Evolution:
         return paths
 
     def figures(self, out: Path, max_latents: int = 12) -> dict[str, Path]:
+        """``evolution_counts.png`` (alive/born/died/changed/changed back per iteration), a
+        heatmap of decoder cosine with the previous iteration and trajectories (firing rate,
+        threshold, decoder norm) for a few latents of each non-stable status."""
         from ..report import figures as fig
 
         T = self.n_iterations
@@ -200,28 +203,48 @@ class Evolution:
         rows = self.summary_table()
         series = {k: [r.get(k, 0) for r in rows] for k in ("alive", "born", "died", "changed", "changed_back") if k in rows[0]}
         paths = {"counts_png": fig.lines_by_layer(series, out / "evolution_counts.png", layers=its, xlabel="iteration",
-                                                    title="latents per iteration: " + " → ".join(self.names),
+                                                    xticklabels=self.names, title="latents per iteration",
                                                     ylabel="latents")}
-        flagged = [i for i, s in enumerate(self.status) if s not in ("stable", "dead")]
-        flagged.sort(key=lambda i: (STATUSES.index(self.status[i]), i))
-        show = flagged[:max_latents] or list(range(min(max_latents, self.d_sae)))
+        show = self.examples(max_latents)
         if T > 1:
             m = self.cos_prev[1:, show].T.numpy()
             paths["cos_png"] = fig.heatmap(
                 m, out / "evolution_cos_prev.png", xlabels=[f"{self.names[t - 1]}→{self.names[t]}" for t in range(1, T)],
-                ylabels=[f"{i} {self.status[i]}" for i in show], title="decoder cosine with the previous iteration",
+                ylabels=[f"{i} {_SHORT[self.status[i]]}" for i in show], title="decoder cosine with the previous iteration",
                 cmap="viridis", center=None, colorbar_label="cos",
             )
         trajectories = {"dec_norm": self.dec_norm, "threshold": self.threshold}
         if self.firing_rate is not None:
             trajectories["firing_rate"] = self.firing_rate
+        few = self.examples(8)
         for name, t in trajectories.items():
-            if not torch.isfinite(t[:, show]).any():
+            if not torch.isfinite(t[:, few]).any():
                 continue
-            s = {f"{i} ({self.status[i]})": t[:, i].tolist() for i in show[:8]}
+            s = {f"{i} ({self.status[i]})": t[:, i].tolist() for i in few}
             paths[f"{name}_png"] = fig.lines_by_layer(s, out / f"evolution_{name}.png", layers=its, xlabel="iteration",
-                                                      title=f"{name} of flagged latents", ylabel=name)
+                                                      xticklabels=self.names, title=f"{name} of example latents",
+                                                      ylabel=name)
         return paths
+
+    def examples(self, n: int) -> list[int]:
+        """Up to ``n`` latents, taken in turn from each non-stable, non-dead status (the
+        strongest direction change first within a status); stable ones if nothing else."""
+        strength = torch.nan_to_num(self.cos_prev, nan=1.0).min(0).values
+        groups = []
+        for st in ("changed_back", "changed", "born", "died", "born_then_died", "revived"):
+            ids = self.latents_with(st)
+            ids.sort(key=lambda i: (float(strength[i]), i))
+            groups.append(ids)
+        out: list[int] = []
+        k = 0
+        while len(out) < n and any(k < len(g) for g in groups):
+            out += [g[k] for g in groups if k < len(g)][: n - len(out)]
+            k += 1
+        return out or list(range(min(n, self.d_sae)))
+
+
+_SHORT = {"dead": "dead", "born_then_died": "born→died", "born": "born", "died": "died", "revived": "revived",
+          "changed_back": "back", "changed": "changed", "stable": "stable"}
 
 
 def _stack(vals: Sequence[torch.Tensor]) -> torch.Tensor:
