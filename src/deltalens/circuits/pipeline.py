@@ -10,6 +10,8 @@ Files written (all atomically)::
         faithfulness.json, faithfulness.png                      with faithfulness
     sae_<site>_<mode>_<direction>/attribution.json, top_latents.json, scores.safetensors,
         latent_heatmap.png, error_positions.png, faithfulness.json/png
+
+plus ``top_sites.csv`` / ``top_latents.csv`` (the largest effects, for the HTML report).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..io import provenance, write_json
+from ..io import atomic_write, provenance, write_json
 from .attribution import attribution_patching, integrated_gradients
 from .faithfulness import FaithfulnessCurve, faithfulness_curve
 from .patching import activation_patching
@@ -47,7 +49,22 @@ def run_patch(
     res = activation_patching(lm, task, components, layers, direction, batch_tokens=batch_tokens, progress=progress)
     res.meta["provenance"] = provenance(lm, method=res.method, direction=direction)
     res.save(out_dir / "results.json")
+    write_csv(out_dir / "top_sites.csv", res.top(20))
     return res, res.heatmaps(out_dir)
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Rows of dicts as CSV (atomically); floats with 5 significant digits."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: f"{v:.5g}" if isinstance(v, float) else v for k, v in r.items()})
+    return atomic_write(path, buf.getvalue())
 
 
 def correlation_figure(exact: PatchingResult, approx: PatchingResult, path: str | Path,
@@ -101,6 +118,7 @@ def run_attribute(
         raise ConfigError(f"unknown attribution method '{method}'; valid: attribution, ig")
     res.meta["provenance"] = provenance(lm, method=res.method, direction=direction)
     res.save(out_dir / "results.json")
+    write_csv(out_dir / "top_sites.csv", res.top(20))
     out: dict[str, Any] = {"result": res, "figures": res.heatmaps(out_dir), "dir": out_dir}
     if compare_exact:
         exact = activation_patching(lm, task, components, layers, direction, batch_tokens=batch_tokens,
@@ -115,6 +133,7 @@ def run_attribute(
         out.update(exact=exact, r=r, figures=out["figures"] + exact.heatmaps(out_dir, prefix="exact_") + [fig])
     if faithfulness:
         curve = faithfulness_curve(lm, task, res, ks=ks, batch_tokens=batch_tokens)
+        curve.meta["provenance"] = provenance(lm, method="faithfulness")
         curve.save(out_dir / "faithfulness.json")
         out["faithfulness"] = curve
         out["figures"].append(curve.plot(out_dir / "faithfulness.png"))
@@ -145,6 +164,7 @@ def run_sae_attribute(
                                            force_site=force_site)
     res.meta["provenance"] = provenance(lm, method="sae_attribution", site=str(res.site), mode=mode)
     paths = res.save(out_dir, k=top_k)
+    write_csv(out_dir / "top_latents.csv", res.top(top_k, include_error=True))
     lat = list(latents) if latents else None
     figs = [
         res.latent_heatmap(out_dir / "latent_heatmap.png", lat, run="clean"),
@@ -162,6 +182,7 @@ def run_sae_attribute(
     out: dict[str, Any] = {"result": res, "files": paths, "figures": figs, "dir": out_dir}
     if faithfulness:
         curve: FaithfulnessCurve = faithfulness_curve(lm, task, res, ks=ks, sae=sae, batch_tokens=batch_tokens)
+        curve.meta["provenance"] = provenance(lm, method="faithfulness")
         curve.save(out_dir / "faithfulness.json")
         out["faithfulness"] = curve
         figs.append(curve.plot(out_dir / "faithfulness.png"))
