@@ -83,7 +83,7 @@ def correlation_figure(exact: PatchingResult, approx: PatchingResult, path: str 
     if keep.any() and not keep.all():
         r["all_differing_positions"] = pearson(ex[..., keep], ap[..., keep])
     scatter(ex.flatten().tolist(), ap.flatten().tolist(), path, diagonal=True,
-            title=f"{approx.method} vs exact patching ({', '.join(comps)}): r = {r['all']:.3f}",
+            title=f"{approx.method.replace('_', ' ')} vs exact patching\n{', '.join(comps)}: Pearson r = {r['all']:.3f}",
             xlabel="exact patching (normalised)", ylabel=f"{approx.method} (normalised)")
     return r
 

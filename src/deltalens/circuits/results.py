@@ -150,7 +150,7 @@ class PatchingResult:
             p = out_dir / f"{prefix}{c}.png"
             heatmap(
                 m, p, xlabels=self.labels, ylabels=[str(layer) for layer in self.layers],
-                title=f"{what} ({self.direction}) of {c}: {self.metric_name}, normalised",
+                title=f"{c}: {what}, {self.direction}\n({self.metric_name}, normalised)",
                 xlabel="position", ylabel="layer", colorbar_label="(m − m_corr)/(m_clean − m_corr)",
                 center=0.0 if self.direction == "denoising" else 1.0,
             )

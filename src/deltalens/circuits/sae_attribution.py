@@ -218,7 +218,7 @@ class SAEAttribution:
             what = f"pair {pair}"
         m = acts[:, latents].T.numpy()
         return heatmap(m, path, xlabels=self.labels, ylabels=[f"L{self.site.layer}/{i}" for i in latents],
-                       title=f"SAE latent activations at {self.site} ({run} run, {what})", xlabel="position",
+                       title=f"SAE latents at {self.site}\n{run} run, {what}", xlabel="position",
                        ylabel="latent", cmap="viridis", center=None, colorbar_label="activation")
 
     def latent_heatmap_at(self, path: str | Path, position: int, latents: list[int] | None = None,
@@ -239,7 +239,8 @@ class SAEAttribution:
         m = seq[:, p, latents].T.numpy()
         xl = pair_labels or [str(i) for i in range(m.shape[1])]
         return heatmap(m, path, xlabels=xl, ylabels=[f"L{self.site.layer}/{i}" for i in latents],
-                       title=f"SAE latents at position {position} ({self.labels[p]}), {run} run", xlabel="pair",
+                       title=f"SAE latents at {self.site}, position {position}\n({self.labels[p].strip()}), {run} run",
+                       xlabel="pair",
                        ylabel="latent", cmap="viridis", center=None, colorbar_label="activation")
 
 
