@@ -176,13 +176,16 @@ def test_batched_grid_equals_one_forward_per_patch(tiny):
 # ---- attribution patching and integrated gradients ------------------------------------------
 
 
-def test_attribution_equals_gradient_from_hf_hidden_states(tiny):
-    """(h_clean − h_corrupt)·∂m/∂h at the corrupted run, recomputed from HF hidden_states."""
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_attribution_equals_gradient_from_hf_hidden_states(tiny, direction):
+    """Denoising: (h_clean − h_corrupt)·∂m/∂h at the corrupted run; noising: (h_corrupt −
+    h_clean)·∂m/∂h at the clean run — recomputed from HF hidden_states."""
     task = build_task(tiny, pairs())
-    res = attribution_patching(tiny, task, ["resid"])
-    ids, mask = task.corrupted_ids, task.mask
+    res = attribution_patching(tiny, task, ["resid"], direction=direction)
+    src, base = (task.clean_ids, task.corrupted_ids) if direction == "denoising" else (task.corrupted_ids, task.clean_ids)
+    ids, mask = base, task.mask
     with torch.no_grad():
-        hc = tiny.model(task.clean_ids, attention_mask=mask, position_ids=position_ids(mask),
+        hc = tiny.model(src, attention_mask=mask, position_ids=position_ids(mask),
                         output_hidden_states=True).hidden_states
     with torch.enable_grad():
         out = tiny.model(ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True)
@@ -193,7 +196,7 @@ def test_attribution_equals_gradient_from_hf_hidden_states(tiny):
     for L, g in zip(layers, grads):
         want = ((hc[L + 1] - hs[L + 1].detach()) * g).sum(-1).sum(0)[task.positions]
         torch.testing.assert_close(res.effect[0, L], want, atol=1e-4, rtol=1e-4)
-    assert res.meta["gradient_on"] == "corrupted"
+    assert res.meta["gradient_on"] == ("corrupted" if direction == "denoising" else "clean")
 
 
 def test_attribution_tracks_exact_patching_on_a_mild_model(tiny):

@@ -38,12 +38,15 @@ def _print_task(task: Any, lm: Any) -> None:
     m_corr = task.run_metric(lm, "corrupted")
     rows = []
     for i, r in enumerate(task.records[:12]):
-        a, b = task.answer_tokens[i]
-        rows.append((r.id or i, r.clean[-48:], r.corrupted[-48:], f"{lm.token_str(a[:1])[0]!r}/{lm.token_str(b[:1])[0]!r}",
+        rows.append((r.id if r.id is not None else i, f"{r.clean_answer!r} / {r.corrupted_answer!r}",
                      float(m_clean[i]), float(m_corr[i])))
-    console.print(table(f"{task.n_pairs} pairs — metric {task.metric_name} "
-                        f"({'first answer token' if task.metric_name == 'logit_diff' else 'summed answer log-prob'})",
-                        ["id", "clean", "corrupted", "answers", "m clean", "m corrupted"], rows))
+    r0 = task.records[0]
+    console.print(f"pair 0: clean {r0.clean!r} → {r0.clean_answer!r}; corrupted {r0.corrupted!r} → {r0.corrupted_answer!r}",
+                  markup=False)
+    console.print(table(f"{task.n_pairs} pairs, metric {task.metric_name} "
+                        f"({'first answer token' if task.metric_name == 'logit_diff' else 'summed answer log-prob'})"
+                        + (", first 12 shown" if task.n_pairs > 12 else ""),
+                        ["pair", "answers (clean / corrupted)", "m clean", "m corrupted"], rows))
     console.print(f"mean metric: clean {float(m_clean.mean()):.3f}, corrupted {float(m_corr.mean()):.3f}")
 
 
