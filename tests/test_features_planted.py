@@ -217,3 +217,56 @@ def test_errors_name_the_csv_line(tiny, planted, tmp_path):
     bad.write_text("")
     with pytest.raises(DataFormatError, match="the features CSV is empty"):
         read_features_csv(bad)
+
+
+def test_many_sources_of_two_models_in_one_run(tiny, monkeypatch):
+    """Three SAEs (two layers of one model, one of another) × both token types, one forward
+    pass per model; every activation equals the SAE applied to capture() at that token."""
+    import deltalens
+    from tiny import tiny_model
+
+    other = tiny_model("qwen2", seed=3)
+    g = torch.Generator().manual_seed(5)
+
+    def rand_sae(lm, site):
+        from deltalens.sae import SAE, SAEConfig
+
+        s = SAE(SAEConfig(lm.d_model, 32, "standard", site=site))
+        with torch.no_grad():
+            s.W_enc.copy_(torch.randn(lm.d_model, 32, generator=g) * 0.2)
+            s.W_dec.copy_(torch.randn(32, lm.d_model, generator=g))
+        return s
+
+    saes = {("llama", "resid.1"): rand_sae(tiny, "resid.1"), ("llama", "resid.3"): rand_sae(tiny, "resid.3"),
+            ("qwen", "resid.2"): rand_sae(other, "resid.2")}
+    sources = make_sources(tiny, [saes[("llama", "resid.1")], saes[("llama", "resid.3")]], model_alias="llama")
+    sources += make_sources(other, [saes[("qwen", "resid.2")]], model_alias="qwen", existing=sources)
+    assert [s.name for s in sources] == ["llama_trainer0_layer1", "llama_trainer0_layer3", "qwen_trainer0_layer2"]
+    calls = {"n": 0}
+    for lm in (tiny, other):
+        orig = lm.model.forward
+
+        def counted(*a, _orig=orig, **k):
+            calls["n"] += 1
+            return _orig(*a, **k)
+
+        monkeypatch.setattr(lm.model, "forward", counted)
+    refs = [FeatureRef(f, s.name) for s in sources for f in range(32)]
+    prompts = _prompts()
+    res = analyse(sources, prompts, universal=True, features=refs, threshold=0.2, progress=False)
+    assert calls["n"] == 2  # one batch per model, every layer and token type from it
+    monkeypatch.undo()
+    t = res.specific.table
+    assert sorted(set(zip(t.source, t.token))) == [(s.name, tok) for s in sources for tok in ("asst", "newline")]
+    for s, (model, site) in zip(sources, saes):
+        lm = tiny if model == "llama" else other
+        for tok in ("asst", "newline"):
+            ref = deltalens.capture(lm, [{"question": p.text, "response": ""} for p in prompts], [site], tok, progress=False)
+            want = saes[(model, site)].encode(ref[site]).detach()
+            got = t[(t.source == s.name) & (t.token == tok)].sort_values(["prompt_idx", "feature_id"])
+            torch.testing.assert_close(torch.tensor(got.activation.to_numpy(), dtype=torch.float32).view(len(prompts), 32),
+                                       want, atol=1e-5, rtol=1e-5)
+            u = res.universal.table
+            u = u[(u.source == s.name) & (u.token == tok)]
+            n_active = (want > 0.01).sum(0)
+            assert sorted(u.feature_id) == sorted(torch.nonzero(n_active >= 1).flatten().tolist())
