@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..hooks import Read, Replace, Site, intervene
+from ..hooks import Read, Replace, intervene
 from .patching import cache_run, runs_for, sweep_sites
 from .results import PatchingResult
 from .task import PairTask
@@ -179,6 +179,3 @@ def integrated_gradients(
         meta={"task": task.describe(), "steps": steps, "gradient_on": f"path {base_run} -> {src_run} per site",
               "rule": "left Riemann sum, alpha = k/N, k = 0..N-1"},
     )
-
-
-__all__ = ["Site", "attribution_patching", "gradient_path", "integrated_gradients"]
