@@ -312,3 +312,28 @@ def test_iterative_finetuning_keeps_latent_indices(tmp_path):
     cfg.seed = 1
     scratch = train_sae(x1, cfg, progress=False).sae
     assert latent_alignment(parent, scratch)["median_cosine"] < 0.5
+
+
+def test_store_windows_mix_every_shard(tmp_path):
+    import numpy as np
+
+    from deltalens.store import ActivationStore
+
+    st = ActivationStore(tmp_path / "s")
+    st.init(model={"name": "m", "weights_hash": "h"}, sites=["resid.0"], d_model=4, positions="all", reduce=None,
+            shard_mb=100 * 16 / 2**20)  # 100 rows of 4 floats per shard
+    for shard in range(8):
+        rows = torch.full((100, 4), float(shard)) + torch.rand(100, 4) * 0.1
+        index = {"seq_id": np.full(100, shard), "position": np.arange(100, dtype=np.int32),
+                 "token_id": np.full(100, 5, dtype=np.int32), "region": np.zeros(100, dtype=np.int8),
+                 "token_type": np.array([""] * 100), "split": np.array(["train"] * 100)}
+        st.append({st.sites[0]: rows}, index, n_sequences=1)
+    st.finish()
+    assert len(st.shard_names()) == 8
+    src = StoreSource(st, "resid.0", buffer_shards=2, high_norm_factor=None)
+    it = src.batches(50)
+    first_window = torch.cat([next(it) for _ in range(4)])  # 200 rows = one window (800 / 4)
+    shards_seen = set(first_window[:, 0].floor().long().tolist())
+    assert shards_seen == set(range(8))  # a window draws from every shard, not from 2 whole shards
+    epoch = torch.cat([first_window] + [next(it) for _ in range(12)])
+    assert sorted(epoch[:, 0].tolist()) == sorted(st.read("resid.0")[:, 0].tolist())  # each row once per epoch

@@ -167,38 +167,63 @@ class StoreSource(ActivationSource):
             keep &= ~np.isin(t["token_id"].to_numpy(), self.exclude)
         return keep
 
-    def _shard(self, i: int) -> list[torch.Tensor]:
+    def _kept(self, i: int) -> torch.Tensor:
+        """Row indices of shard ``i`` that pass the split, token and norm rules (cached)."""
+        cache = self.__dict__.setdefault("_kept_cache", {})
+        if i in cache:
+            return cache[i]
         keep = self._keep(i)
-        parts = []
-        for s in self.stores:
-            t = s.shard(self._site, i)
-            t = t[torch.from_numpy(keep)] if keep is not None else t
-            parts.append(t.to(torch.float32))
-        if self._limits is None:
-            self._limits = [_high_norm_limit(p[:20000], self.high_norm_factor) for p in parts]
-        ok = None
-        for p, lim in zip(parts, self._limits):
-            if lim is not None:
-                m = p.norm(dim=-1) <= lim
-                ok = m if ok is None else ok & m
-        if ok is not None:
-            parts = [p[ok] for p in parts]
-        return parts
+        n = int(self.stores[0].manifest["shards"][i]["n_rows"])
+        idx = torch.arange(n) if keep is None else torch.from_numpy(np.flatnonzero(keep))
+        if self.high_norm_factor:
+            parts = [s.shard(self._site, i)[idx].to(torch.float32) for s in self.stores]
+            if self._limits is None:
+                self._limits = [_high_norm_limit(p[:20000], self.high_norm_factor) for p in parts]
+            ok = torch.ones(len(idx), dtype=torch.bool)
+            for p, lim in zip(parts, self._limits):
+                if lim is not None:
+                    ok &= p.norm(dim=-1) <= lim
+            idx = idx[ok]
+        cache[i] = idx
+        return idx
+
+    def _rows(self, i: int, idx: torch.Tensor) -> list[torch.Tensor]:
+        return [s.shard(self._site, i)[idx].to(torch.float32) for s in self.stores]
+
+    def _shard(self, i: int) -> list[torch.Tensor]:
+        """All kept rows of shard ``i``, float32, one tensor per store."""
+        return self._rows(i, self._kept(i))
 
     def n_shards(self) -> int:
         return len(self.stores[0].shard_names())
 
+    def _slice(self, i: int, part: int, n_parts: int, g: torch.Generator) -> list[torch.Tensor]:
+        """Rows of shard ``i`` in its ``part``-th of ``n_parts`` random subsets (per epoch)."""
+        kept = self._kept(i)
+        n = len(kept)
+        perm = self._perms.setdefault(i, torch.randperm(n, generator=g))
+        lo, hi = part * n // n_parts, (part + 1) * n // n_parts
+        return self._rows(i, kept[perm[lo:hi]].sort().values)
+
     def batches(self, batch_size, *, seed=0, device="cpu"):
+        """Each epoch is cut into windows of about ``buffer_shards`` shards' worth of rows; a
+        window holds a random subset of the rows of *every* shard (not a few whole shards), so
+        batches mix all of the data (stores are written in input order, so whole shards
+        would cluster documents), while memory stays bounded by the window."""
         n = self.n_shards()
         if n == 0:
             raise StoreMismatchError(f"{self.stores[0].path} holds no activations yet")
         g = torch.Generator().manual_seed(seed)
         carry: list[torch.Tensor] | None = None
         produced = False
+        n_windows = max(1, -(-n // self.buffer_shards))
         while True:
-            order = torch.randperm(n, generator=g).tolist()
-            for w in range(0, n, self.buffer_shards):
-                shards = [self._shard(i) for i in order[w : w + self.buffer_shards]]
+            self._perms: dict[int, torch.Tensor] = {}
+            for w in range(n_windows):
+                if n_windows == 1:
+                    shards = [self._shard(i) for i in torch.randperm(n, generator=g).tolist()]
+                else:
+                    shards = [self._slice(i, w, n_windows, g) for i in range(n)]
                 cols = [torch.cat([sh[m] for sh in shards] + ([carry[m]] if carry else []), 0) for m in range(len(self.stores))]
                 perm = torch.randperm(len(cols[0]), generator=g)
                 full = (len(perm) // batch_size) * batch_size
