@@ -23,7 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
+import torch
 
 
 def activations(store: str | None, n: int) -> torch.Tensor:

@@ -79,7 +79,7 @@ def _curves(history, path) -> None:
     _ = lines_by_layer
 
 
-def eval() -> None:  # noqa: A001 - command name
+def eval() -> None:
     from deltalens.cli._common import console, table
     from deltalens.sae import load_sae
     from deltalens.sae.eval import evaluate, summary_rows

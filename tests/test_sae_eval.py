@@ -187,8 +187,14 @@ def test_saelens_loads_ours_with_the_same_outputs(tmp_path, arch):
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
 def test_we_load_saelens_files_with_the_same_outputs(tmp_path, arch):
     sae_lens = pytest.importorskip("sae_lens")
-    from sae_lens.saes import (JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE,
-                               TopKSAEConfig)
+    from sae_lens.saes import (
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        StandardSAE,
+        StandardSAEConfig,
+        TopKSAE,
+        TopKSAEConfig,
+    )
 
     meta = dict(hook_name="blocks.3.hook_resid_post", model_name="tiny")
     if arch == "standard":

@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from deltalens.errors import ConfigError, ShapeError, SiteError
-from deltalens.sae import SAE, TrainConfig, Trainer, TrainingDiverged, load_sae, read_sparsity, train_sae, train_saes
+from deltalens.sae import (
+    SAE,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    load_sae,
+    read_sparsity,
+    train_sae,
+    train_saes,
+)
 from deltalens.sae.kernels import Pattern, sparse_decode, sparse_encode
 from deltalens.sae.modules import make_training_sae
 from deltalens.sae.sources import ModelSource, StoreSource, TensorSource

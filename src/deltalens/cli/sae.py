@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,7 +11,7 @@ from ._common import console, split_list, table
 sae_app = typer.Typer(help="Sparse autoencoders: train, eval, iterate (M*D*), crosscoder, convert.", no_args_is_help=True)
 
 
-def _out_dir(out: Optional[Path], exp: Optional[str], name: Optional[str], default_name: str) -> Path:
+def _out_dir(out: Path | None, exp: str | None, name: str | None, default_name: str) -> Path:
     from ..errors import DeltalensError
     from ..experiment import Experiment
 
@@ -23,35 +22,35 @@ def _out_dir(out: Optional[Path], exp: Optional[str], name: Optional[str], defau
     return Experiment.named(exp or "default").sae_dir(name or default_name)
 
 
-def _windows(lm, data: str, context_len: int, max_tokens: Optional[int], text_key: str):
+def _windows(lm, data: str, context_len: int, max_tokens: int | None, text_key: str):
     from ..data.corpus import read_texts, token_windows
 
     return list(token_windows(lm.tokenizer, read_texts(data, text_key=text_key), context_len, max_tokens=max_tokens))
 
 
 def train_cmd(
-    store: Optional[Path] = typer.Option(None, "--store", help="ActivationStore to train on (shuffled streaming)."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Text corpus for on-the-fly training: .txt/.jsonl/.parquet file, directory or hf:NAME[:CONFIG][@SPLIT]."),
+    store: Path | None = typer.Option(None, "--store", help="ActivationStore to train on (shuffled streaming)."),
+    data: str | None = typer.Option(None, "--data", "-d", help="Text corpus for on-the-fly training: .txt/.jsonl/.parquet file, directory or hf:NAME[:CONFIG][@SPLIT]."),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Model (on-the-fly training; for stores its tokenizer marks special tokens)."),
-    sites: Optional[str] = typer.Option(None, "--site", "--sites", "-s", help="Site(s), e.g. resid.15 or 'resid.6,resid.15' (one SAE each, one forward pass)."),
+    sites: str | None = typer.Option(None, "--site", "--sites", "-s", help="Site(s), e.g. resid.15 or 'resid.6,resid.15' (one SAE each, one forward pass)."),
     arch: str = typer.Option("topk", "--arch", help="relu, topk, batchtopk or jumprelu."),
     k: str = typer.Option("32", "--k", help="Active latents per token (topk/batchtopk); comma-separated trains one SAE per k."),
     expansion: int = typer.Option(8, "--expansion", help="d_sae = expansion × d_in."),
-    d_sae: Optional[int] = typer.Option(None, "--d-sae", help="Number of latents (overrides --expansion)."),
+    d_sae: int | None = typer.Option(None, "--d-sae", help="Number of latents (overrides --expansion)."),
     tokens: int = typer.Option(1_000_000, "--tokens", help="Training tokens."),
     batch_size: int = typer.Option(1024, "--batch-size"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: 2e-4·sqrt(2^14/d_sae) for topk)."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default: 2e-4·sqrt(2^14/d_sae) for topk)."),
     l1: float = typer.Option(5.0, "--l1", help="L1 coefficient (relu)."),
-    target_l0: Optional[float] = typer.Option(None, "--target-l0", help="Target L0 (jumprelu)."),
-    dead_window: Optional[int] = typer.Option(None, "--dead-window", help="Tokens without firing after which a latent counts as dead."),
+    target_l0: float | None = typer.Option(None, "--target-l0", help="Target L0 (jumprelu)."),
+    dead_window: int | None = typer.Option(None, "--dead-window", help="Tokens without firing after which a latent counts as dead."),
     context_len: int = typer.Option(128, "--context-len", help="Tokens per window (on the fly)."),
     text_key: str = typer.Option("text", "--text-key", help="Text field of JSONL/Parquet/HF data."),
     high_norm: float = typer.Option(10.0, "--high-norm", help="Drop rows with norm > this × median norm (0: keep all)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="SAE directory (SAELens format)."),
-    exp: Optional[str] = typer.Option(None, "--exp", help="Experiment name (SAE goes to <exp>/saes/<name>)."),
-    name: Optional[str] = typer.Option(None, "--name", help="SAE name inside the experiment."),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Fine-tune this SAE (latent indices are kept)."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N tokens."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="SAE directory (SAELens format)."),
+    exp: str | None = typer.Option(None, "--exp", help="Experiment name (SAE goes to <exp>/saes/<name>)."),
+    name: str | None = typer.Option(None, "--name", help="SAE name inside the experiment."),
+    init_from: Path | None = typer.Option(None, "--init-from", help="Fine-tune this SAE (latent indices are kept)."),
+    checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="Checkpoint every N tokens."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from the newest checkpoint in the output."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device"),
@@ -113,16 +112,16 @@ def train_cmd(
 
 def eval_cmd(
     sae_path: Path = typer.Argument(..., help="SAE directory (SAELens, sparsify or dictionary_learning)."),
-    store: Optional[Path] = typer.Option(None, "--store", help="ActivationStore for reconstruction metrics."),
+    store: Path | None = typer.Option(None, "--store", help="ActivationStore for reconstruction metrics."),
     split: str = typer.Option("val", "--split", help="Store split to evaluate on ('all' for every row)."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Text corpus for CE metrics (and reconstruction if no store)."),
+    data: str | None = typer.Option(None, "--data", "-d", help="Text corpus for CE metrics (and reconstruction if no store)."),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
     n_windows: int = typer.Option(64, "--windows", help="Token windows for the CE metrics."),
     context_len: int = typer.Option(128, "--context-len"),
     text_key: str = typer.Option("text", "--text-key"),
-    tokens: Optional[int] = typer.Option(None, "--tokens", help="Cap on tokens for reconstruction metrics."),
+    tokens: int | None = typer.Option(None, "--tokens", help="Cap on tokens for reconstruction metrics."),
     positions: str = typer.Option("all[1:]", "--positions", help="Tokens the SAE / ablations replace in the CE metrics."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where eval.json and figures go (default: <sae>/eval)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Where eval.json and figures go (default: <sae>/eval)."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Evaluate an SAE: MSE, explained variance, L0/L1, dead latents, density, shrinkage, CE/KL recovered."""
@@ -148,18 +147,18 @@ def eval_cmd(
 
 def iterate_cmd(
     stores: list[Path] = typer.Option(..., "--store", help="One ActivationStore per iteration, in order (repeat the option)."),
-    names: Optional[str] = typer.Option(None, "--names", help="Run names, comma-separated (default: M0D0,M1D1,… or with --branch M0D: M0D0,M0D1,…)."),
+    names: str | None = typer.Option(None, "--names", help="Run names, comma-separated (default: M0D0,M1D1,… or with --branch M0D: M0D0,M0D1,…)."),
     branch: str = typer.Option("MD", "--branch", help="MD (each model on its own data) or M0D (base model on each iteration's data)."),
-    site: Optional[str] = typer.Option(None, "--site", "-s"),
+    site: str | None = typer.Option(None, "--site", "-s"),
     k: int = typer.Option(32, "--k"),
     expansion: int = typer.Option(8, "--expansion"),
     tokens: int = typer.Option(1_000_000, "--tokens", help="Training tokens of iteration 0."),
-    finetune_tokens: Optional[int] = typer.Option(None, "--finetune-tokens", help="Tokens per later iteration (default: tokens/4)."),
+    finetune_tokens: int | None = typer.Option(None, "--finetune-tokens", help="Tokens per later iteration (default: tokens/4)."),
     batch_size: int = typer.Option(1024, "--batch-size"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start iteration 0 from this SAE."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for the series (one SAE per run name)."),
-    exp: Optional[str] = typer.Option(None, "--exp"),
+    lr: float | None = typer.Option(None, "--lr"),
+    init_from: Path | None = typer.Option(None, "--init-from", help="Start iteration 0 from this SAE."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Directory for the series (one SAE per run name)."),
+    exp: str | None = typer.Option(None, "--exp"),
     series: str = typer.Option("series", "--series", help="Series name inside the experiment."),
 ) -> None:
     """Iterative SAEs along a checkpoint series (M*D*): each fine-tuned from the previous one."""
@@ -191,14 +190,14 @@ def iterate_cmd(
 
 def crosscoder_cmd(
     stores: list[Path] = typer.Option(..., "--store", help="Stores of the same tokens, one per model (base first)."),
-    site: Optional[str] = typer.Option(None, "--site", "-s"),
+    site: str | None = typer.Option(None, "--site", "-s"),
     k: int = typer.Option(32, "--k"),
     expansion: int = typer.Option(8, "--expansion"),
     tokens: int = typer.Option(1_000_000, "--tokens"),
     batch_size: int = typer.Option(1024, "--batch-size"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o"),
-    exp: Optional[str] = typer.Option(None, "--exp"),
+    lr: float | None = typer.Option(None, "--lr"),
+    out: Path | None = typer.Option(None, "--out", "-o"),
+    exp: str | None = typer.Option(None, "--exp"),
     name: str = typer.Option("crosscoder", "--name"),
 ) -> None:
     """Train a BatchTopK crosscoder on two or more models' activations of the same tokens."""
@@ -226,7 +225,7 @@ def crosscoder_cmd(
 def convert_cmd(
     src: Path = typer.Argument(..., help="A sparsify or dictionary_learning SAE (or a SAELens directory)."),
     out: Path = typer.Option(..., "--out", "-o", help="SAELens-format directory to write."),
-    site: Optional[str] = typer.Option(None, "--site", help="Site, if the source does not say (e.g. resid.6)."),
+    site: str | None = typer.Option(None, "--site", help="Site, if the source does not say (e.g. resid.6)."),
 ) -> None:
     """Convert another tool's SAE checkpoint into a SAELens-format directory."""
     from ..sae.io import detect_format, load_any, save_sae

@@ -196,7 +196,7 @@ class TrainingSAE(nn.Module):
         if sae.threshold is not None:
             self.set_threshold(sae.threshold.detach().to(dt))
 
-    def set_threshold(self, threshold: torch.Tensor) -> None:  # noqa: B027 - optional hook
+    def set_threshold(self, threshold: torch.Tensor) -> None:
         pass
 
 
