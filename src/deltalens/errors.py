@@ -40,3 +40,7 @@ class StoreMismatchError(DeltalensError):
 
 class ConfigError(DeltalensError):
     """A missing or invalid configuration value (e.g. an API key not in the environment)."""
+
+
+class ModelMismatchError(DeltalensError):
+    """Two models that cannot be compared (different architecture, width or depth)."""

@@ -2,7 +2,7 @@
 
 from .arch import ARCH_TABLE, COMPONENTS, SUPPORTED_MODEL_TYPES, Arch, ArchSpec
 from .bundled import BUNDLED
-from .loading import LoadedModel, bundled_names, cache_root, load
+from .loading import LoadedModel, bundled_names, cache_root, load, local_dir
 
 __all__ = [
     "ARCH_TABLE",
@@ -15,4 +15,5 @@ __all__ = [
     "bundled_names",
     "cache_root",
     "load",
+    "local_dir",
 ]

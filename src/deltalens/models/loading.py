@@ -295,6 +295,10 @@ def _convert_gguf(gguf: Path, target: Path, name: str) -> None:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
+        # the weights are de-quantised: a GGUF quantization_config would make transformers treat
+        # the cached directory as quantized (and refuse to fine-tune it)
+        if hasattr(model.config, "quantization_config"):
+            delattr(model.config, "quantization_config")
         model.config.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None:
             with contextlib.suppress(Exception):
@@ -345,7 +349,18 @@ def _load_dir(
     with warnings.catch_warnings(), _quiet_progress():
         warnings.simplefilter("ignore")
         tok = AutoTokenizer.from_pretrained(path, **kw)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+        extra: dict[str, Any] = {}
+        if Path(path).is_dir():
+            from transformers import AutoConfig
+
+            cfg = AutoConfig.from_pretrained(path, **kw)
+            qc = getattr(cfg, "quantization_config", None)
+            method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+            if str(getattr(method, "value", method)) == "gguf":
+                # a de-quantised GGUF cache written by an older deltalens: plain float weights
+                delattr(cfg, "quantization_config")
+                extra["config"] = cfg
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw, **extra)
     model.to(device)
     return model, tok
 
@@ -366,6 +381,54 @@ def _quiet_progress() -> Any:
 
 def bundled_names() -> list[str]:
     return list(BUNDLED)
+
+
+def local_dir(spec: str | os.PathLike | LoadedModel) -> Path:
+    """The local Hugging Face directory (``config.json`` + safetensors) holding a spec's weights,
+    without loading the model: a bundled name or ``.gguf`` file gives its de-quantised cache
+    (built on first use), a directory itself, a hub id its local snapshot, a
+    :class:`LoadedModel` the directory it was loaded from.
+
+    Raises:
+        ModelSpecError: nothing on disk holds these weights (e.g. an in-memory model).
+    """
+    if isinstance(spec, LoadedModel):
+        if spec.source_dir is None:
+            raise ModelSpecError(
+                f"model '{spec.name}' was not loaded from a directory; save it with save_pretrained first"
+            )
+        return Path(spec.source_dir)
+    spec_s = str(spec)
+    gguf: Path | None = None
+    name = spec_s
+    if spec_s in BUNDLED:
+        gguf = BUNDLED[spec_s].gguf_path(cache_root())
+    elif spec_s.lower().endswith(".gguf"):
+        p = Path(spec_s).expanduser()
+        if not p.is_file():
+            raise ModelSpecError(f"GGUF file not found: {p}")
+        gguf, name = p.resolve(), p.stem
+    if gguf is not None:
+        target = _gguf_cache_dir(gguf, name)
+        if not (target / "model.safetensors").exists():
+            _convert_gguf(gguf, target, name)
+        return target
+    p = Path(spec_s).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise ModelSpecError(f"{p} is a directory but has no config.json; not a Hugging Face model directory")
+        return p.resolve()
+    if "/" in spec_s and not spec_s.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(spec_s, local_files_only=True))
+        except Exception:
+            pass
+    raise ModelSpecError(
+        f"no local model directory for '{spec_s}': give a bundled name ({', '.join(BUNDLED)}), a .gguf file, "
+        "a model directory, or a hub id that is in the local cache"
+    )
 
 
 def load(
