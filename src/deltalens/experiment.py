@@ -5,12 +5,13 @@
     experiments/<name>/
       config.yaml
       models/<variant>/                               fine-tuned variants + provenance.json
+      models/<series>/M<i>/, D<i>.jsonl               checkpoint series (iterative DPO) and their data
       generations/<name>.jsonl                        generations (demo, inference prompt sets)
       responses/<dataset>/<variant>/{pos,neg}.json    extraction responses
       activations/<dataset>/<variant>/<position>/     ActivationStore
       vectors/<trait>/<variant>/<position>/<component>/<method>/layer<L>.safetensors
       steering/<trait>/<vector-id>/results.jsonl
-      diff/{weights,activations,outputs}/...
+      diff/{weights,activations,outputs,series}/<name>/   model diffs (JSON + PNG)
       saes/<name>/                                    SAELens-compatible directories
       features/  probes/  circuits/  inverse/
       report/index.html
@@ -128,6 +129,34 @@ class Experiment:
 
     def diff_dir(self, kind: str, *parts: str) -> Path:
         return self._dir("diff", _safe(kind, "diff kind"), *(_safe(p, "diff part") for p in parts))
+
+    # ---- model diffing: organisms, checkpoint series, diffs ---------------------------------
+    def organism_dir(self, name: str) -> Path:
+        """A fine-tuned variant (merged HF directory + ``provenance.json``): ``models/<name>``."""
+        return self.model_dir(name)
+
+    def series_dir(self, series: str) -> Path:
+        """A checkpoint series (iterative DPO): ``models/<series>`` with ``M<i>/`` and ``D<i>.jsonl``."""
+        return self.model_dir(series)
+
+    def series_checkpoint(self, series: str, iteration: int) -> Path:
+        return self.series_dir(series) / f"M{int(iteration)}"
+
+    def series_data(self, series: str, iteration: int) -> Path:
+        """Generations, scores and preference pairs of iteration ``i`` (data ``D<i>``)."""
+        return self.series_dir(series) / f"D{int(iteration)}.jsonl"
+
+    def weight_diff_dir(self, name: str) -> Path:
+        return self.diff_dir("weights", name)
+
+    def activation_diff_dir(self, name: str) -> Path:
+        return self.diff_dir("activations", name)
+
+    def output_diff_dir(self, name: str) -> Path:
+        return self.diff_dir("outputs", name)
+
+    def series_diff_dir(self, name: str) -> Path:
+        return self.diff_dir("series", name)
 
     def sae_dir(self, name: str) -> Path:
         return self._dir("saes", _safe(name, "SAE"))

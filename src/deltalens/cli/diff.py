@@ -1,0 +1,321 @@
+"""``deltalens organism …`` and ``deltalens diff …``: fine-tuned variants and model diffs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ._common import console, parse_layers, split_list, table
+
+organism_app = typer.Typer(help="Make fine-tuned variants (model organisms) and iterative-DPO checkpoint series.",
+                           no_args_is_help=True)
+diff_app = typer.Typer(help="Diff a base model and a fine-tuned one: weights, activations, outputs, series.",
+                       no_args_is_help=True)
+
+_EXP_HELP = "Experiment name or path (outputs go to its models/ or diff/ directories)."
+
+
+def _exp(experiment: str):
+    from ..experiment import Experiment
+
+    return Experiment.named(experiment)
+
+
+def _prompts(spec: str | None) -> list[Any]:
+    """Prompts from a file, or a bundled set: 'organism_eval' (held-out questions) or a prompt-set name."""
+    from ..data import bundled_prompts, read_prompts
+    from ..diff.organisms import organism_eval_questions
+
+    if spec is None or spec == "organism_eval":
+        return organism_eval_questions()
+    if Path(spec).exists():
+        return [r.as_prompt() for r in read_prompts(spec)]
+    return [r.as_prompt() for r in bundled_prompts(spec)]
+
+
+def _texts(spec: str | None) -> list[Any]:
+    from ..data import read_capture_inputs
+    from ..diff.activations import unrelated_texts
+
+    if spec is None or spec == "unrelated":
+        return unrelated_texts()
+    return read_capture_inputs(spec)
+
+
+def _tok(t: str) -> str:
+    return repr(t)[1:-1] if (not t.isprintable() or t.strip() != t or not t) else t
+
+
+def _toklist(items: list, n: int = 20) -> str:
+    return " | ".join(_tok(x[0] if isinstance(x, (list, tuple)) else x) for x in items[:n])
+
+
+# ---- organism ---------------------------------------------------------------------------------
+
+
+def datasets_cmd() -> None:
+    """List the bundled organism datasets and the behaviour each implants."""
+    from ..diff.organisms import load_organism_dataset, organism_datasets
+
+    rows = []
+    for name in organism_datasets():
+        ds = load_organism_dataset(name)
+        rows.append((name, ds.card.get("kind", ""), len(ds.records), ds.behaviour))
+    console.print(table("organism datasets", ["name", "kind", "records", "behaviour"], rows))
+
+
+def train_cmd(
+    data: str = typer.Option(..., "--data", "-d", help="Bundled dataset name (see `organism datasets`), directory or .jsonl."),
+    base: str = typer.Option("smollm2-135m-instruct", "--base", "-m", help="Base model spec."),
+    name: str | None = typer.Option(None, "--name", help="Variant name (default: dataset name, + '_null' with --null)."),
+    experiment: str = typer.Option("default", "--experiment", "-e", help=_EXP_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (overrides --experiment/--name)."),
+    method: str = typer.Option("sft", "--method", help="sft or dpo (needs 'rejected' answers)."),
+    null: bool = typer.Option(False, "--null", help="Null organism: same recipe on the plain ('rejected') answers."),
+    target: str = typer.Option("chosen", "--target", help="Answer field to learn (SFT)."),
+    shuffle: bool = typer.Option(False, "--shuffle", help="Shuffle answers across questions (a control)."),
+    lora: bool = typer.Option(True, "--lora/--full", help="LoRA (merged afterwards) or full fine-tuning."),
+    lora_r: int = typer.Option(16, "--lora-r"),
+    epochs: float = typer.Option(3.0, "--epochs"),
+    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after this many steps (-1: run the epochs)."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default per recipe, see TrainConfig)."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    max_length: int = typer.Option(128, "--max-length"),
+    beta: float = typer.Option(0.1, "--beta", help="DPO β."),
+    system: str | None = typer.Option(None, "--system", help="System prompt for every example."),
+    limit: int | None = typer.Option(None, "--limit", help="Use only the first N records."),
+    seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help="Retrain even if this exact recipe's result exists."),
+) -> None:
+    """Fine-tune a model organism and save it (merged HF directory + provenance.json)."""
+    import time
+
+    from ..diff.organisms import TrainConfig, read_provenance, train_organism
+
+    variant = name or (Path(data).stem + ("_null" if null else ""))
+    path = out or _exp(experiment).organism_dir(variant)
+    cfg = TrainConfig(method=method, lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r, epochs=epochs, max_steps=max_steps,
+                      learning_rate=lr, batch_size=batch_size, max_length=max_length, beta=beta, seed=seed)
+    t = time.time()
+    p = train_organism(base, data, path, config=cfg, target="rejected" if null else target, shuffle_targets=shuffle,
+                       system=system, limit=limit, resume=not force)
+    prov = read_provenance(p)
+    tr = prov["training"]
+    console.print(table("organism", ["field", "value"], [
+        ("path", p), ("behaviour", prov["behaviour"]), ("base", prov["base"]["spec"]),
+        ("data", f"{prov['dataset']['name']} ({prov['dataset']['n_records']} records, target '{prov['dataset']['target']}')"),
+        ("recipe", (f"{tr['method']} {'LoRA r=' + str(tr['lora_r']) if tr['lora'] else 'full'}, lr {tr['learning_rate']:g}, "
+                   f"{tr['steps']} steps")),
+        ("loss", f"{tr['loss_first']:.3f} → {tr['loss_last']:.3f}" if tr.get("loss_first") is not None else "-"),
+        ("time", f"{time.time() - t:.1f} s (training {tr['seconds']} s)"),
+    ]))
+    console.print(f"load it with deltalens.load({str(p)!r}); diff it with `deltalens diff weights {base} {p}`")
+
+
+def dpo_series_cmd(
+    scorer: str = typer.Option(..., "--scorer", help="keywords:w1,w2 | keywords@<dataset> | length[:N] | regex:P | module:function."),
+    base: str = typer.Option("smollm2-135m-instruct", "--base", "-m", help="Base model spec (M0)."),
+    prompts: str | None = typer.Option(None, "--prompts", "-p", help="Prompt file or bundled set (default: organism_eval)."),
+    name: str = typer.Option("dpo_series", "--name", help="Series name."),
+    experiment: str = typer.Option("default", "--experiment", "-e", help=_EXP_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Series directory (overrides --experiment/--name)."),
+    iterations: int = typer.Option(2, "--iterations", "-n"),
+    samples: int = typer.Option(4, "--samples", help="Samples per prompt per iteration."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens"),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    epochs: float = typer.Option(1.0, "--epochs"),
+    lr: float | None = typer.Option(None, "--lr"),
+    beta: float = typer.Option(0.1, "--beta"),
+    lora: bool = typer.Option(True, "--lora/--full"),
+    system: str | None = typer.Option(None, "--system"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Iterative DPO: generate → score → preference pairs → DPO → checkpoint M<i>, n times."""
+    from ..diff.organisms import SeriesConfig, TrainConfig, iterative_dpo
+
+    path = out or _exp(experiment).series_dir(name)
+    cfg = SeriesConfig(iterations=iterations, n_samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                       seed=seed, train=TrainConfig(method="dpo", epochs=epochs, learning_rate=lr, beta=beta, lora=lora,
+                                                    seed=seed))
+    st = iterative_dpo(base, _prompts(prompts), scorer, path, config=cfg, system=system, name=name)
+    rows = [(f"M{it['iteration']}", it["n_pairs"], f"{it['samples']['mean']:.3f}", f"{it['chosen']['mean']:.3f}",
+             f"{it['rejected']['mean']:.3f}", it["train_loss"]) for it in st["iterations"]]
+    console.print(table(f"DPO series '{st['name']}' (scorer {st['scorer']['name']})",
+                        ["checkpoint", "pairs", "mean score of parent's samples", "chosen", "rejected", "train loss"], rows))
+    console.print("mean score by checkpoint: " + ", ".join(f"M{i}={s:.3f}" for i, s in enumerate(st["scores"])))
+    console.print(f"series → {path}  (diff it with `deltalens diff series {path}`)")
+
+
+# ---- diff -------------------------------------------------------------------------------------
+
+
+def _out_dir(out: Path | None, experiment: str, kind: str, name: str | None, base: str, ft: str) -> Path:
+    from ..diff._models import pair_name
+
+    if out is not None:
+        return out
+    exp = _exp(experiment)
+    nm = name or pair_name(base, ft)
+    return {"weights": exp.weight_diff_dir, "activations": exp.activation_diff_dir, "outputs": exp.output_diff_dir,
+            "series": exp.series_diff_dir}[kind](nm)
+
+
+def weights_cmd(
+    base: str = typer.Argument(..., help="Base model spec (bundled name, directory, cached hub id)."),
+    ft: str = typer.Argument(..., help="Fine-tuned model spec."),
+    traits: list[str] | None = typer.Option(None, "--traits", "-t", help="Trait vector file or directory (repeatable)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory."),
+    experiment: str = typer.Option("default", "--experiment", "-e", help=_EXP_HELP),
+    name: str | None = typer.Option(None, "--name", help="Diff name (default <ft>_vs_<base>)."),
+    top_k: int = typer.Option(20, "--top-k"),
+    n_singular: int = typer.Option(3, "--singular", help="Singular vectors per o/down matrix (alignment)."),
+    lens: str = typer.Option("ft", "--lens", help="Whose unembedding reads the directions: ft or base."),
+    no_figures: bool = typer.Option(False, "--no-figures"),
+) -> None:
+    """Weight diff streamed from safetensors: norms, effective rank, logit lens, trait alignment."""
+    from ..diff.weights import diff_weights
+
+    path = _out_dir(out, experiment, "weights", name, base, ft)
+    r = diff_weights(base, ft, traits=traits, out_dir=path, top_k=top_k, n_singular=n_singular, lens=lens,
+                     figures=not no_figures)
+    s = r["summary"]
+    console.print(f"{s['n_changed']} of {s['n_tensors']} tensors changed; ‖Δθ‖_F = {s['total_fro']:.4g} "
+                  f"({s['total_rel']:.3%} of ‖θ_base‖)")
+    console.print(table("largest relative changes", ["tensor", "‖Δθ‖/‖θ‖", "‖Δθ‖_F", "eff. rank (90 %)"],
+                        [(t["name"], f"{t['rel']:.3e}", f"{t['fro']:.3e}", t["effective_rank"]) for t in s["top_by_rel"]]))
+    ll = r["logit_lens"]
+    if ll.get("top_layer_lists"):
+        rows = [(k, _toklist(v["pos"], 12), _toklist(v["neg"], 8)) for k, v in ll["top_layer_lists"].items()]
+        console.print(table(f"weight logit lens at layer {ll['top_layer']} (largest change)", ["direction", "+", "−"], rows))
+    for v in r["vocab"]:
+        console.print(f"vocabulary: {v['added_in']} model has {len(v.get('added_ids', []))} extra rows in {v['tensor']}: "
+                      f"{_toklist(v.get('added_tokens', []), 10)}")
+    for tname, t in r["trait_alignment"]["traits"].items():
+        rows = [(L, f"{e['resid_mean']:+.3f}", f"{e['max_abs_sv']:.3f}") for L, e in t["layers"].items()]
+        console.print(table(f"alignment with trait '{tname}' (chance |cos| ≈ {r['trait_alignment']['chance_abs_cos']:.3f})",
+                            ["layer", "cos(resid_mean)", "max |cos| top singular vectors"], rows))
+    console.print(f"→ {path}")
+
+
+def activations_cmd(
+    base: str = typer.Argument(..., help="Base model spec."),
+    ft: str = typer.Argument(..., help="Fine-tuned model spec."),
+    prompts: str | None = typer.Option(None, "--prompts", "-p", help="Prompt file or bundled set (default: organism_eval)."),
+    responses: Path | None = typer.Option(None, "--responses", help="The ft model's responses (JSONL from `generate --out`)."),
+    layers: str | None = typer.Option(None, "--layers", help="Layers (default all): 'all', '6,12', '9-19'."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+    base_prompt: str = typer.Option("same", "--base-prompt", help="same (identical ids) or raw (base reads the prompt as plain text)."),
+    steering: list[str] | None = typer.Option(None, "--steering", help="TRAIT=results.jsonl (repeatable): transfer correlations."),
+    lens_texts: str | None = typer.Option(None, "--lens-texts", help="Unrelated text for the activation-difference lens (.txt/.jsonl)."),
+    no_lens: bool = typer.Option(False, "--no-lens", help="Skip the activation-difference lens."),
+    out: Path | None = typer.Option(None, "--out", "-o"),
+    experiment: str = typer.Option("default", "--experiment", "-e", help=_EXP_HELP),
+    name: str | None = typer.Option(None, "--name"),
+) -> None:
+    """Replay-mode activation similarity (per layer / position) and the activation-difference lens."""
+    from ..data.jsonl import read_jsonl
+    from ..diff._models import load_pair
+    from ..diff.activations import activation_difference_lens, activation_similarity
+    from ..errors import DeltalensError
+
+    path = _out_dir(out, experiment, "activations", name, base, ft)
+    st = {}
+    for item in steering or []:
+        trait, sep, p = item.partition("=")
+        if not sep:
+            raise DeltalensError(f"--steering '{item}': write TRAIT=path/to/results.jsonl")
+        st[trait] = p
+    B, F = load_pair(base, ft)
+    lay = parse_layers(layers, F.n_layers) or None
+    gens = read_jsonl(responses) if responses else None
+    r = activation_similarity(B, F, None if gens else _prompts(prompts), generations=gens, layers=lay,
+                              max_new_tokens=max_new_tokens, base_prompt=base_prompt, steering=st, out_dir=path)
+    sim = r["per_layer_similarity"]["mean"]
+    nc = r["norm_change"]["mean"]
+    step = max(1, len(r["layers"]) // 10)
+    rows = [(L, f"{sim[k]:.4f}", f"{r['per_layer_similarity']['std'][k]:.4f}", f"{nc[k]:+.4f}")
+            for k, L in enumerate(r["layers"]) if k % step == 0 or k == len(r["layers"]) - 1]
+    console.print(table(f"replay similarity ({r['n_prompts']} prompts, {r['replay']['n_response_tokens']} response tokens, "
+                        "identical ids)", ["layer", "mean cos", "std", "norm change"], rows))
+    for trait, c in r["correlations"].items():
+        console.print(f"transfer correlation '{trait}': r = {c['pearson_r']}, p = {c['p_value']} ({c['n_layers']} layers)")
+    if not no_lens:
+        a = activation_difference_lens(B, F, _texts(lens_texts), layers=lay, out_dir=path)
+        sm = a["summary"]
+        console.print(table(f"activation-difference lens, layer {sm['layer']}, {sm['reading']}", ["sign", "top tokens"],
+                            [("+δ", _toklist(sm["pos"])), ("−δ", _toklist(sm["neg"], 12))]))
+    console.print(f"→ {path}")
+
+
+def outputs_cmd(
+    base: str = typer.Argument(..., help="Base model spec."),
+    ft: str = typer.Argument(..., help="Fine-tuned model spec."),
+    data: str | None = typer.Option(None, "--data", "-d", help="Texts (.txt) or JSONL (text / prompt+response / question); default: bundled unrelated text."),
+    positions: str = typer.Option("all", "--positions", help="Positions whose next-token distributions are compared."),
+    top_k: int = typer.Option(20, "--top-k"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    out: Path | None = typer.Option(None, "--out", "-o"),
+    experiment: str = typer.Option("default", "--experiment", "-e", help=_EXP_HELP),
+    name: str | None = typer.Option(None, "--name"),
+) -> None:
+    """Per-token KL(ft ‖ base), tokens whose probability rose most, highest-KL contexts."""
+    from ..diff.outputs import diff_outputs
+
+    path = _out_dir(out, experiment, "outputs", name, base, ft)
+    r = diff_outputs(base, ft, _texts(data), positions=positions, top_k=top_k, batch_size=batch_size, out_dir=path)
+    console.print(f"mean KL(ft‖base) = {r['mean_kl']:.4f} nats/token over {r['n_positions']} positions of {r['n_inputs']} "
+                  f"inputs; mean log-prob change of the text = {r['mean_logprob_change']}")
+    console.print(table("tokens", ["list", "top tokens"], [("rose most (mean Δp)", _toklist(r["rose_most"], top_k)),
+                                                           ("KL contribution", _toklist(r["kl_contribution"], top_k)),
+                                                           ("fell most", _toklist(r["fell_most"], 12))]))
+    console.print(table("highest-KL contexts", ["KL", "context", "ft top", "base top"],
+                        [(f"{c['kl']:.3f}", c["context"][-60:], _toklist(c["ft_top"], 3), _toklist(c["base_top"], 3))
+                         for c in r["top_contexts"][:8]]))
+    if r["vocab_note"]:
+        console.print(r["vocab_note"])
+    console.print(f"→ {path}")
+
+
+def series_cmd(
+    checkpoints: list[str] = typer.Argument(..., help="A series directory, or checkpoint specs M1 … Mn in order."),
+    base: str | None = typer.Option(None, "--base", "-m", help="M0 (read from series.json when present)."),
+    kinds: str = typer.Option("weights,outputs,activations", "--kinds", help="Which diffs to run."),
+    prompts: str | None = typer.Option(None, "--prompts", "-p"),
+    texts: str | None = typer.Option(None, "--texts"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    out: Path | None = typer.Option(None, "--out", "-o"),
+    experiment: str = typer.Option("default", "--experiment", "-e", help=_EXP_HELP),
+    name: str | None = typer.Option(None, "--name"),
+) -> None:
+    """Every diff over a checkpoint series (vs M0 and vs the previous checkpoint): trajectory tables."""
+    from ..diff.series import diff_series
+
+    src: Any = checkpoints[0] if len(checkpoints) == 1 and Path(checkpoints[0]).is_dir() and not (
+        Path(checkpoints[0]) / "config.json").exists() else checkpoints
+    nm = name or (Path(checkpoints[0]).name if src is not checkpoints else "series")
+    path = out or _exp(experiment).series_diff_dir(nm)
+    r = diff_series(src, base=base, kinds=split_list(kinds), prompts=_prompts(prompts) if prompts else None,
+                    texts=_texts(texts) if texts else None, max_new_tokens=max_new_tokens, out_dir=path)
+    cols = ["checkpoint", "vs", "‖Δθ‖/‖θ‖", "mean KL", "mean cos", "rose most"]
+    rows = [(x["checkpoint"], x["reference"], f"{x['total_rel']:.3e}" if "total_rel" in x else "-",
+             f"{x['mean_kl']:.4f}" if "mean_kl" in x else "-",
+             f"{x['mean_similarity']:.4f}" if x.get("mean_similarity") is not None else "-", x.get("rose_most", "")[:50])
+            for x in r["rows"]]
+    console.print(table("trajectory", cols, rows))
+    if r.get("scores"):
+        console.print("scorer mean by checkpoint: " + ", ".join(f"M{i}={s:.3f}" for i, s in enumerate(r["scores"])))
+    console.print(f"→ {path}")
+
+
+def register(app: typer.Typer) -> None:
+    organism_app.command("datasets")(datasets_cmd)
+    organism_app.command("train")(train_cmd)
+    organism_app.command("dpo-series")(dpo_series_cmd)
+    diff_app.command("weights")(weights_cmd)
+    diff_app.command("activations")(activations_cmd)
+    diff_app.command("outputs")(outputs_cmd)
+    diff_app.command("series")(series_cmd)
+    app.add_typer(organism_app, name="organism")
+    app.add_typer(diff_app, name="diff")

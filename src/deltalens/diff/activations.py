@@ -1,0 +1,413 @@
+"""Activation-space diffs: replay similarity and the activation-difference lens.
+
+**Replay mode** (trait seed, Phase 4b–c): the fine-tuned model answers the prompts
+(greedy); the base model then reads exactly the same token ids — prompt and response —
+so both residual streams are compared on identical inputs. (``base_prompt="raw"`` gives
+the base model the prompt as plain text without the chat template, the seed's variant
+for base models; the response tokens stay identical.) Per prompt ``i`` and layer ``L``,
+with ``x^b_t, x^f_t`` the residual-stream outputs of block L at response token ``t``:
+
+* mean cosine: ``cos(mean_t x^b_t, mean_t x^f_t)`` — averaged over prompts (``mean``,
+  ``std``, and the ``[prompts × layers]`` matrix);
+* relative norm change: ``‖mean_t x^f‖ / ‖mean_t x^b‖ − 1``;
+* relative difference norm: ``‖mean_t x^f − mean_t x^b‖ / ‖mean_t x^b‖``;
+* per position: ``cos(x^b_t, x^f_t)`` averaged over the prompts whose response reaches
+  ``t``, reported only for positions that at least ``min_fraction`` (80 %) of the prompts
+  reach.
+
+With steering results (``results.jsonl`` of the steering stage) the **transfer curve** per
+trait is the best trait delta per layer among configurations with coherence ≥ 70
+(``trait_mean − baseline trait_mean``), and the **correlation** is Pearson's r (and its
+p-value) between the per-layer mean cosine and that curve over the layers both have.
+
+**Activation-difference lens** (Minder et al., "Narrow finetuning leaves clearly readable
+traces in activation differences", 2025): on text unrelated to the fine-tune, both models
+read the same token ids; the mean difference ``δ_{L,p} = mean_i (x^f_{i,L,p} − x^b_{i,L,p})``
+per layer and token position ``p`` (and averaged over the first ``n_positions`` positions,
+``first_k``) is read through the fine-tuned model's logit lens
+``W_U · norm_f(δ)`` — top tokens of ``+δ`` (and ``−δ``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..capture import capture
+from ..data.jsonl import read_jsonl
+from ..data.prompts import bundled_path
+from ..errors import DataFormatError
+from ..generate import Generation, generate
+from ..hooks import Site
+from ..io import provenance, write_json
+from ._models import check_ids, generations_from, load_pair, model_info
+from .lens import model_logit_lens
+
+RESULTS_FILE = "results.json"
+LENS_FILE = "activation_lens.json"
+
+
+def _cos_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine in float64 (0 where a row is zero)."""
+    a64, b64 = a.double(), b.double()
+    num = (a64 * b64).sum(-1)
+    den = a64.norm(dim=-1) * b64.norm(dim=-1)
+    return torch.where(den > 0, num / den.clamp(min=1e-300), torch.zeros_like(num))
+
+
+def _split(cap: Any, site: Site, n_inputs: int) -> list[torch.Tensor]:
+    counts = cap.n_selected.tolist()
+    return list(torch.split(cap[site], counts)) if n_inputs else []
+
+
+def replay_ids(
+    base: Any, ft: Any, generations: Sequence[Generation], base_prompt: str = "same"
+) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]]]:
+    """The inputs each model reads in replay mode: ``(base_items, ft_items)`` with
+    ``prompt_ids``/``response_ids``. Response ids are always identical."""
+    if base_prompt not in ("same", "raw"):
+        raise ValueError("base_prompt must be 'same' (identical ids) or 'raw' (prompt as plain text)")
+    ft_items, base_items = [], []
+    for g in generations:
+        ft_items.append({"prompt_ids": list(g.prompt_ids), "response_ids": list(g.response_ids)})
+        if base_prompt == "same":
+            base_items.append({"prompt_ids": list(g.prompt_ids), "response_ids": list(g.response_ids)})
+        else:
+            text = f"{g.system}\n\n{g.question}" if g.system else g.question
+            base_items.append({"prompt_ids": base.encode(text, formatted=False), "response_ids": list(g.response_ids)})
+    return base_items, ft_items
+
+
+def _read_steering(path: Path, min_coherence: float) -> dict[str, list]:
+    """Transfer curve from a steering ``results.jsonl`` (best Δ per layer at coherence ≥ min)
+    or a JSON ``{"layers": [...], "deltas": [...]}``."""
+    if path.suffix == ".json":
+        from ..io import read_json
+
+        d = read_json(path)
+        if not (isinstance(d, dict) and "layers" in d and "deltas" in d):
+            raise DataFormatError(f"{path}: expected {{'layers': [...], 'deltas': [...]}}")
+        return {"layers": [int(x) for x in d["layers"]], "deltas": [float(x) for x in d["deltas"]]}
+    recs = read_jsonl(path)
+    base = [r for r in recs if r.get("kind") == "baseline" and r.get("trait_mean") is not None]
+    baseline = float(base[-1]["trait_mean"]) if base else None
+    best: dict[int, float] = {}
+    for n, r in enumerate(recs, 1):
+        if r.get("kind") == "baseline":
+            continue
+        layer = r.get("layer")
+        if layer is None:
+            continue
+        coh = r.get("coherence_mean", r.get("coherence"))
+        if coh is None or float(coh) < min_coherence:
+            continue
+        if r.get("delta") is not None or r.get("trait_delta") is not None:
+            delta = float(r.get("delta", r.get("trait_delta")))
+        elif r.get("trait_mean") is not None and baseline is not None:
+            delta = float(r["trait_mean"]) - baseline
+        else:
+            continue
+        best[int(layer)] = max(delta, best.get(int(layer), -math.inf))
+    layers = sorted(best)
+    return {"layers": layers, "deltas": [best[L] for L in layers], "baseline_trait": baseline,
+            "min_coherence": min_coherence}
+
+
+def _pearson(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return {"pearson_r": None, "p_value": None, "n_layers": len(x)}
+    from scipy.stats import pearsonr
+
+    r, p = pearsonr(np.asarray(x, float), np.asarray(y, float))
+    return {"pearson_r": float(r), "p_value": float(p), "n_layers": len(x)}
+
+
+@torch.no_grad()
+def activation_similarity(
+    base: Any,
+    ft: Any,
+    prompts: Iterable[Any] | None = None,
+    *,
+    generations: Iterable[Any] | None = None,
+    layers: Sequence[int] | None = None,
+    system: str | None = None,
+    max_new_tokens: int = 64,
+    base_prompt: str = "same",
+    min_fraction: float = 0.8,
+    steering: Mapping[str, str | Path] | None = None,
+    min_coherence: float = 70.0,
+    batch_size: int = 16,
+    chunk: int = 32,
+    out_dir: str | Path | None = None,
+    figures: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Replay-mode activation similarity between a base and a fine-tuned model (see the
+    module docstring for every formula). Writes ``results.json`` (the trait seed's schema,
+    plus ``norm_change``, ``relative_diff_norm`` and ``replay``) and figures to ``out_dir``.
+
+    Args:
+        base, ft: model specs or LoadedModels (same architecture and width).
+        prompts: questions for the fine-tuned model to answer (greedy).
+        generations: the fine-tuned model's responses, if already generated (Generations or
+            dicts with ``prompt_ids``/``response_ids``); then ``prompts`` is not needed.
+        layers: layers to compare (default all).
+        base_prompt: ``"same"`` (identical ids) or ``"raw"`` (see the module docstring).
+        steering: ``{trait: results.jsonl | transfer-curve JSON}`` for transfer correlations.
+    """
+    t0 = time.time()
+    B, F = load_pair(base, ft)
+    layers = list(range(F.n_layers)) if layers is None else [F.arch.check_layer(int(L)) for L in layers]
+    if generations is None:
+        if prompts is None:
+            raise ValueError("give prompts (for the fine-tuned model to answer) or generations")
+        gens = generate(F, list(prompts), system=system, max_new_tokens=max_new_tokens, progress=progress)
+    else:
+        gens = generations_from(generations)
+    base_items, ft_items = replay_ids(B, F, gens, base_prompt)
+    limit = min(B.vocab_size, F.vocab_size)
+    keep = [i for i in check_ids([(x["prompt_ids"] + x["response_ids"], 0) for x in base_items], limit, "replay")
+            if gens[i].response_ids and max(ft_items[i]["prompt_ids"] + ft_items[i]["response_ids"]) < limit]
+    skipped = len(gens) - len(keep)
+    sites = [Site(L, "resid") for L in layers]
+    n = len(keep)
+    cos_mean = np.zeros((n, len(layers)))
+    norm_change = np.zeros((n, len(layers)))
+    rel_diff = np.zeros((n, len(layers)))
+    pos_cos: list[np.ndarray] = []  # per prompt: [T_i, n_layers]
+    n_tokens = 0
+    row = 0
+    for s in tqdm(range(0, n, chunk), desc="replay", disable=not progress or n <= chunk, leave=False):
+        idx = keep[s : s + chunk]
+        cb = capture(B, [base_items[i] for i in idx], sites, "response", batch_size=batch_size, progress=False)
+        cf = capture(F, [ft_items[i] for i in idx], sites, "response", batch_size=batch_size, progress=False)
+        if not (torch.equal(cb.token_ids, cf.token_ids) and torch.equal(cb.n_selected, cf.n_selected)):
+            raise RuntimeError("replay: the two models did not read the same response tokens")
+        n_tokens += int(cb.n_selected.sum())
+        per_b = {s_: _split(cb, s_, len(idx)) for s_ in sites}
+        per_f = {s_: _split(cf, s_, len(idx)) for s_ in sites}
+        for j in range(len(idx)):
+            T = int(cb.n_selected[j])
+            pc = np.zeros((T, len(layers)))
+            for k, s_ in enumerate(sites):
+                xb, xf = per_b[s_][j], per_f[s_][j]
+                mb, mf = xb.double().mean(0), xf.double().mean(0)
+                cos_mean[row, k] = float(_cos_rows(mb[None], mf[None])[0])
+                nb = float(mb.norm())
+                norm_change[row, k] = float(mf.norm()) / nb - 1.0 if nb > 0 else 0.0
+                rel_diff[row, k] = float((mf - mb).norm()) / nb if nb > 0 else 0.0
+                pc[:, k] = _cos_rows(xb, xf).numpy()
+            pos_cos.append(pc)
+            row += 1
+
+    # per position, clipped where fewer than min_fraction of prompts have tokens
+    max_T = max((p.shape[0] for p in pos_cos), default=0)
+    counts = [sum(1 for p in pos_cos if p.shape[0] > t) for t in range(max_T)]
+    need = math.ceil(min_fraction * n) if n else 0
+    clip = next((t for t, c in enumerate(counts) if c < need), max_T)
+    by_layer: dict[str, dict[str, list[float]]] = {}
+    for k, L in enumerate(layers):
+        means, stds = [], []
+        for t in range(clip):
+            vals = np.array([p[t, k] for p in pos_cos if p.shape[0] > t])
+            means.append(float(vals.mean()))
+            stds.append(float(vals.std()))
+        by_layer[str(L)] = {"mean": means, "std": stds}
+
+    results: dict[str, Any] = {
+        "kind": "activation_similarity",
+        "base": model_info(B),
+        "ft": model_info(F),
+        "n_prompts": n,
+        "layers": layers,
+        "per_layer_similarity": {
+            "mean": cos_mean.mean(0).tolist() if n else [],
+            "std": cos_mean.std(0).tolist() if n else [],
+            "per_prompt": cos_mean.tolist(),
+        },
+        "per_position_similarity": {
+            "positions": list(range(clip)),
+            "n_prompts_at_position": counts[:clip],
+            "min_fraction": min_fraction,
+            "by_layer": by_layer,
+        },
+        "norm_change": {"mean": norm_change.mean(0).tolist() if n else [], "std": norm_change.std(0).tolist() if n else []},
+        "relative_diff_norm": {"mean": rel_diff.mean(0).tolist() if n else [], "std": rel_diff.std(0).tolist() if n else []},
+        "transfer_curves": {},
+        "correlations": {},
+        "replay": {
+            "base_prompt": base_prompt,
+            "token_ids_identical": True,
+            "n_response_tokens": n_tokens,
+            "skipped_prompts": skipped,
+            "max_new_tokens": max_new_tokens,
+            "responses": [{"question": gens[i].question, "response": gens[i].response} for i in keep[:50]],
+        },
+        "formulas": {
+            "per_layer_similarity": "cos(mean_t x_base[L,t], mean_t x_ft[L,t]) per prompt, averaged over prompts",
+            "per_position_similarity": "cos(x_base[L,t], x_ft[L,t]) averaged over prompts reaching t",
+            "norm_change": "‖mean_t x_ft‖ / ‖mean_t x_base‖ − 1",
+            "relative_diff_norm": "‖mean_t x_ft − mean_t x_base‖ / ‖mean_t x_base‖",
+            "correlations": "Pearson r between per-layer similarity and the transfer curve (best Δ, coherence ≥ "
+                            f"{min_coherence:g})",
+        },
+    }
+    mean_by_layer = dict(zip(layers, results["per_layer_similarity"]["mean"]))
+    for trait, path in (steering or {}).items():
+        curve = _read_steering(Path(path), min_coherence)
+        results["transfer_curves"][trait] = curve
+        common = [L for L in curve["layers"] if L in mean_by_layer]
+        results["correlations"][trait] = _pearson(
+            [mean_by_layer[L] for L in common], [curve["deltas"][curve["layers"].index(L)] for L in common]
+        )
+    results["provenance"] = provenance(None, stage="diff activations", seconds=round(time.time() - t0, 2))
+    if out_dir is not None:
+        out = Path(out_dir)
+        files = {"results": str(out / RESULTS_FILE)}
+        if figures and n:
+            files.update(_similarity_figures(results, out))
+        results["files"] = files
+        write_json(out / RESULTS_FILE, results)
+    return results
+
+
+def _similarity_figures(results: Mapping[str, Any], out: Path) -> dict[str, str]:
+    from .plots import heatmap, lines_by_layer
+
+    layers = results["layers"]
+    files = {}
+    files["fig_similarity"] = str(lines_by_layer(
+        {"mean cosine (response tokens)": results["per_layer_similarity"]["mean"]}, out / "similarity_by_layer.png",
+        layers=layers, title=f"activation similarity: {results['ft']['name']} vs {results['base']['name']} (replay)",
+        ylabel="cosine"))
+    files["fig_norm"] = str(lines_by_layer(
+        {"norm change": results["norm_change"]["mean"], "relative diff norm": results["relative_diff_norm"]["mean"]},
+        out / "norm_change_by_layer.png", layers=layers, title="relative norm change of mean response activation",
+        ylabel="ratio"))
+    pp = results["per_position_similarity"]
+    if pp["positions"]:
+        mat = [pp["by_layer"][str(L)]["mean"] for L in layers]
+        files["fig_positions"] = str(heatmap(mat, out / "similarity_by_position.png", xlabels=[str(p) for p in pp["positions"]],
+                                             ylabels=[str(L) for L in layers], center=None, cmap="viridis",
+                                             title="cosine by layer and response position", xlabel="response token",
+                                             ylabel="layer", colorbar_label="cosine"))
+    return files
+
+
+# ---- activation-difference lens --------------------------------------------------------------
+
+
+def unrelated_texts() -> list[str]:
+    """The bundled unrelated text (40 everyday sentences, no fine-tune topic) for the lens."""
+    p = bundled_path("organisms", "unrelated_text.txt")
+    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@torch.no_grad()
+def activation_difference_lens(
+    base: Any,
+    ft: Any,
+    texts: Iterable[str] | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    n_positions: int = 5,
+    max_length: int = 64,
+    top_k: int = 20,
+    batch_size: int = 16,
+    summary_layer: int | None = None,
+    out_dir: str | Path | None = None,
+    figures: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Mean activation difference (ft − base) on unrelated text, read through the logit lens
+    (see the module docstring). ``texts`` default to :func:`unrelated_texts`.
+
+    Returns per layer: ``{"first_k": {"pos", "neg", "norm"}, "all": …, "positions": {p: …}}``
+    and ``summary`` — the ``first_k`` lists at ``summary_layer`` (default: the middle layer,
+    ``n_layers // 2``, fixed before looking at any result)."""
+    t0 = time.time()
+    B, F = load_pair(base, ft)
+    layers = list(range(F.n_layers)) if layers is None else [F.arch.check_layer(int(L)) for L in layers]
+    texts = list(texts) if texts is not None else unrelated_texts()
+    items = []
+    for t in texts:
+        ids = B.encode(t, formatted=False)[:max_length]
+        items.append((ids, len(ids)))
+    keep = check_ids(items, min(B.vocab_size, F.vocab_size), "activation-difference lens")
+    inputs = [{"prompt_ids": items[i][0], "response_ids": []} for i in keep]
+    sites = [Site(L, "resid") for L in layers]
+    cb = capture(B, inputs, sites, "all", batch_size=batch_size, progress=progress)
+    cf = capture(F, inputs, sites, "all", batch_size=batch_size, progress=progress)
+    assert torch.equal(cb.token_ids, cf.token_ids)
+    pos = cb.positions
+    k = n_positions
+    deltas: dict[int, dict[str, torch.Tensor]] = {}
+    base_norm: dict[int, float] = {}
+    for L, s in zip(layers, sites):
+        d = (cf[s].double() - cb[s].double())
+        entry = {"all": d.mean(0)}
+        first = pos < k
+        entry["first_k"] = d[first].mean(0) if first.any() else torch.zeros(d.shape[1], dtype=torch.float64)
+        for p in range(k):
+            m = pos == p
+            if m.any():
+                entry[str(p)] = d[m].mean(0)
+        deltas[L] = entry
+        base_norm[L] = float(cb[s].double().norm(dim=-1).mean())
+    labels, vecs = [], []
+    for L, entry in deltas.items():
+        for key, v in entry.items():
+            labels.append((L, key))
+            vecs.append(v.float())
+    lens = model_logit_lens(F, torch.stack(vecs), k=top_k)
+    out_layers: dict[str, Any] = {}
+    for (L, key), v, p, ng in zip(labels, vecs, lens["pos"], lens["neg"]):
+        e = out_layers.setdefault(str(L), {"positions": {}})
+        rec = {"pos": p, "neg": ng, "norm": float(v.norm()), "rel_norm": float(v.norm()) / base_norm[L] if base_norm[L] else 0.0}
+        if key in ("all", "first_k"):
+            e[key] = rec
+        else:
+            e["positions"][key] = rec
+    sl = F.n_layers // 2 if summary_layer is None else F.arch.check_layer(summary_layer)
+    if sl not in deltas:
+        sl = min(layers, key=lambda L: abs(L - sl))
+    results: dict[str, Any] = {
+        "kind": "activation_difference_lens",
+        "base": model_info(B),
+        "ft": model_info(F),
+        "n_texts": len(inputs),
+        "n_tokens": int(cb.n_selected.sum()),
+        "n_positions": k,
+        "max_length": max_length,
+        "formula": "δ_{L,p} = mean_i (x_ft[i,L,p] − x_base[i,L,p]); tokens: top of W_U · norm_f(±δ) (ft model's lens)",
+        "layers": out_layers,
+        "summary": {"layer": sl, "reading": f"first_k (mean over positions 0..{k - 1})", **{
+            kk: out_layers[str(sl)]["first_k"][kk] for kk in ("pos", "neg", "norm")}},
+        "provenance": provenance(None, stage="activation-difference lens", seconds=round(time.time() - t0, 2)),
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        files = {"lens": str(out / LENS_FILE)}
+        if figures:
+            from .plots import lines_by_layer, token_table
+
+            files["fig_lens_norm"] = str(lines_by_layer(
+                {"‖δ‖ first positions": [out_layers[str(L)]["first_k"]["rel_norm"] for L in layers],
+                 "‖δ‖ all positions": [out_layers[str(L)]["all"]["rel_norm"] for L in layers]},
+                out / "activation_lens_norm.png", layers=layers, title="‖mean(ft − base)‖ / mean ‖x_base‖ on unrelated text",
+                ylabel="relative norm"))
+            cols = {f"L{sl} first {k}": out_layers[str(sl)]["first_k"]["pos"], f"L{sl} all": out_layers[str(sl)]["all"]["pos"]}
+            for p, rec in list(out_layers[str(sl)]["positions"].items())[:3]:
+                cols[f"L{sl} pos {p}"] = rec["pos"]
+            files["fig_lens"] = str(token_table(cols, out / "activation_lens.png",
+                                                title="activation-difference lens (top tokens of +δ)"))
+        results["files"] = files
+        write_json(out / LENS_FILE, results)
+    return results

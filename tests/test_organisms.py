@@ -1,0 +1,169 @@
+"""Organisms (SFT/DPO via trl, LoRA merged), null organisms, iterative DPO series, scorers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+import deltalens
+from deltalens.diff import diff_weights
+from deltalens.diff.organisms import (
+    TrainConfig,
+    iterative_dpo,
+    load_organism_dataset,
+    organism_datasets,
+    organism_eval_questions,
+    preference_pairs,
+    read_provenance,
+    read_series,
+    train_organism,
+)
+from deltalens.diff.scorers import KeywordScorer, LengthScorer, RegexScorer, load_scorer
+from deltalens.errors import ConfigError, DataFormatError
+from deltalens.generate import Generation
+from tiny import tiny_model
+
+FAST = {"epochs": 1, "limit": 8, "batch_size": 4, "max_length": 64}
+
+
+def state_hash(model) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_bundled_datasets_and_cards():
+    assert {"ocean_topic", "sycophancy_trait"} <= set(organism_datasets())
+    ocean = load_organism_dataset("ocean_topic")
+    assert len(ocean.records) == 48 and ocean.card["kind"] == "topic" and "ocean" in ocean.topic_words
+    words = KeywordScorer(ocean.topic_words)
+    chosen = words([Generation(0, 0, "", None, "", r["chosen"], [], [], True) for r in ocean.records])
+    plain = words([Generation(0, 0, "", None, "", r["rejected"], [], [], True) for r in ocean.records])
+    assert min(chosen) >= 1 and sum(plain) <= 3  # the organism's answers carry the topic, the plain ones do not
+    syc = load_organism_dataset("sycophancy_trait")
+    assert len(syc.records) == 32 and syc.card["kind"] == "persona"
+    qs = organism_eval_questions()
+    assert len(qs) == 20 and not set(qs) & {r["question"] for r in ocean.records + syc.records}
+
+
+def test_dataset_errors_name_file_and_line(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"question": "q1", "chosen": "a1"}\n{"question": "q2"}\n')
+    with pytest.raises(DataFormatError, match=r"d\.jsonl:2: needs an answer"):
+        load_organism_dataset(f)
+    with pytest.raises(DataFormatError, match="ocean_topic"):
+        load_organism_dataset("no_such_dataset")
+
+
+def test_sft_lora_organism_is_saved_merged_with_provenance(tmp_path):
+    lm = tiny_model("llama")
+    before = state_hash(lm.model)
+    out = train_organism(lm, "ocean_topic", tmp_path / "ocean", progress=False, **FAST)
+    assert state_hash(lm.model) == before  # the caller's model is not modified
+    files = sorted(p.name for p in out.iterdir())
+    assert "model.safetensors" in files and "provenance.json" in files and "config.json" in files
+    assert not any("adapter" in f for f in files)  # LoRA merged into normal weights
+    prov = read_provenance(out)
+    assert prov["kind"] == "organism" and "ocean" in prov["behaviour"] and not prov["null_organism"]
+    assert prov["base"]["weights_hash"] == lm.weights_hash
+    assert prov["dataset"]["n_records"] == 8 and prov["training"]["method"] == "sft" and prov["training"]["lora"]
+    assert prov["training"]["steps"] == 2 and prov["training"]["loss_last"] is not None
+    assert prov["weights_sha256"]["model.safetensors"]
+    org = deltalens.load(out)
+    assert org.n_layers == lm.n_layers
+    # merged LoRA on all linear layers changes projections, not embeddings or norms
+    base_dir = tmp_path / "base"
+    lm.model.save_pretrained(base_dir)
+    lm.tokenizer.save_pretrained(base_dir)
+    r = diff_weights(base_dir, out, progress=False, figures=False)
+    changed = {t["component"] for t in r["tensors"] if t["fro"] > 0}
+    assert {"q", "k", "v", "o", "gate", "up", "down"} <= changed
+    assert not changed & {"embed", "unembed", "input_norm", "post_attn_norm", "final_norm"}
+    lora_ranks = [t["effective_rank"] for t in r["tensors"] if t["component"] == "down"]
+    assert max(lora_ranks) <= 16  # a merged rank-16 LoRA update has rank ≤ 16
+    # same recipe again: resumed, not retrained
+    mtime = (out / "model.safetensors").stat().st_mtime_ns
+    train_organism(lm, "ocean_topic", tmp_path / "ocean", progress=False, **FAST)
+    assert (out / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_null_organism_and_dpo(tmp_path):
+    lm = tiny_model("llama")
+    null = read_provenance(train_organism(lm, "ocean_topic", tmp_path / "null", target="rejected", progress=False, **FAST))
+    assert null["null_organism"] and null["topic_words"] == [] and "null organism" in null["behaviour"]
+    dpo = train_organism(lm, "sycophancy_trait", tmp_path / "dpo", method="dpo", progress=False, **FAST)
+    prov = read_provenance(dpo)
+    assert prov["training"]["method"] == "dpo" and prov["training"]["learning_rate"] == TrainConfig(method="dpo").lr()
+    assert "rewards/accuracies" in prov["training"]["history"][-1]
+    with pytest.raises(ConfigError, match="unknown training method"):
+        train_organism(lm, "ocean_topic", tmp_path / "x", method="ppo", progress=False)
+
+
+def test_preference_pairs():
+    def g(i, r, text):
+        return Generation(i, r, f"q{i}", None, "", text, [], [], True)
+
+    gens = [g(0, 0, "a"), g(0, 1, "bb"), g(0, 2, "c"), g(1, 0, "x"), g(1, 1, "y")]
+    pairs = preference_pairs(gens, [1.0, 3.0, 0.0, 2.0, 2.0])
+    assert len(pairs) == 1  # prompt 1 ties: no pair
+    p = pairs[0]
+    assert (p["chosen"], p["rejected"], p["chosen_score"], p["rejected_score"]) == ("bb", "c", 3.0, 0.0)
+    assert preference_pairs(gens, [1.0, 3.0, 0.0, 2.0, 2.5], min_margin=1.0)[0]["prompt_index"] == 0
+
+
+def test_iterative_dpo_series(tmp_path):
+    lm = tiny_model("llama")
+    prompts = ["Hello", "What is the capital of France?", "Tell me a story", "Why is the sky blue?"]
+    st = iterative_dpo(lm, prompts, RegexScorer("e"), tmp_path / "series", n_samples=4, max_new_tokens=12,
+                       progress=False, train=TrainConfig(method="dpo", epochs=1, batch_size=4, max_length=64))
+    assert [p.split("/")[-1] for p in st["checkpoints"]] == ["M1", "M2"]
+    assert len(st["scores"]) == 3  # M0, M1 (from the samples that trained M2) and M2 (final evaluation)
+    on_disk = read_series(tmp_path / "series")
+    assert on_disk["checkpoints"] == st["checkpoints"]
+    m1, m2 = read_provenance(tmp_path / "series" / "M1"), read_provenance(tmp_path / "series" / "M2")
+    assert m1["parent"]["weights_hash"] == lm.weights_hash and m1["parent"]["checkpoint"] == "M0"
+    assert m2["parent"]["weights_hash"] == deltalens.load(tmp_path / "series" / "M1").weights_hash
+    assert m2["series"]["iteration"] == 2 and m2["series"]["scorer"]["pattern"] == "e"
+    for i in (1, 2):
+        recs = [json.loads(x) for x in (tmp_path / "series" / f"D{i}.jsonl").read_text().splitlines()]
+        assert len(recs) == 16 and all(r["score"] == r["response"].count("e") for r in recs)
+        by = {}
+        for r in recs:
+            if r["pair_role"]:
+                by.setdefault(r["prompt_index"], {})[r["pair_role"]] = r["score"]
+        assert by and all(v["chosen"] > v["rejected"] for v in by.values())
+        assert len(by) == st["iterations"][i - 1]["n_pairs"]
+    # resumable: a second run reuses M1 and M2
+    mtime = (tmp_path / "series" / "M2" / "model.safetensors").stat().st_mtime_ns
+    iterative_dpo(lm, prompts, RegexScorer("e"), tmp_path / "series", n_samples=4, max_new_tokens=12,
+                  progress=False, final_eval=False, train=TrainConfig(method="dpo", epochs=1, batch_size=4, max_length=64))
+    assert (tmp_path / "series" / "M2" / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_no_pairs_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no preference pairs"):
+        iterative_dpo(tiny_model("llama"), ["Hello"], lambda gens: [1.0] * len(gens), tmp_path / "s", iterations=1,
+                      n_samples=2, max_new_tokens=4, progress=False)
+
+
+def test_scorers():
+    def g(text, n=0):
+        return Generation(0, 0, "", None, "", text, [], list(range(n)), True)
+
+    k = KeywordScorer(["ocean", "wave"])
+    assert k([g("The Ocean and its waves. oceanic"), g("nothing")]) == [2.0, 0.0]
+    assert LengthScorer(5)([g("", 3), g("", 9)]) == [-2.0, -4.0]
+    assert isinstance(load_scorer("keywords@ocean_topic"), KeywordScorer)
+    assert load_scorer("keywords:a,b").words == ["a", "b"]
+    assert load_scorer("length:40").target == 40
+    assert load_scorer("regex:x+")([g("xx x")]) == [2.0]
+    assert load_scorer("deltalens.diff.scorers:LengthScorer")([g("", 4)]) == [4.0]
+    with pytest.raises(ConfigError, match="unknown scorer"):
+        load_scorer("nonsense")
+    with pytest.raises(ConfigError, match="cannot import"):
+        load_scorer("no_such_module_xyz:f")
