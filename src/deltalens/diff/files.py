@@ -64,6 +64,9 @@ class SafetensorsFile:
     def keys(self) -> list[str]:
         return list(self.entries)
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
     def shape(self, name: str) -> tuple[int, ...]:
         return self.entries[name][1]
 

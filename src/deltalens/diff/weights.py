@@ -97,11 +97,13 @@ def effective_rank(sq_singular: torch.Tensor, energy: float = 0.9) -> int:
 
 
 def _eig_desc(G: torch.Tensor, vectors: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Eigenvalues (descending, ≥ 0) of a Gram matrix; eigenvectors in float64 when asked,
+    eigenvalues alone in float32 (≈ 2× faster; relative error ~1e-7, ample for energy fractions)."""
     G = (G + G.T) / 2
     if vectors:
-        w, V = torch.linalg.eigh(G)
+        w, V = torch.linalg.eigh(G.double())
         return w.flip(0).clamp(min=0), V.flip(1)
-    return torch.linalg.eigvalsh(G).flip(0).clamp(min=0), None
+    return torch.linalg.eigvalsh(G.float()).double().flip(0).clamp(min=0), None
 
 
 def _order_key(files: ModelFiles):
@@ -192,8 +194,7 @@ def _diff_tensor(
                 dirs.mean_col[comp][layer] = M.mean(1).float()
                 dirs.have[comp].add(layer)
             else:
-                Dd = D.double()
-                G = Dd @ Dd.T if shape[0] <= shape[1] else Dd.T @ Dd
+                G = D @ D.T if shape[0] <= shape[1] else D.T @ D
                 evals, _ = _eig_desc(G, vectors=False)
         del D
     else:  # large matrix, rows > cols: accumulate the column Gram block by block
