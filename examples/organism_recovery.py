@@ -3,7 +3,8 @@
 Fine-tunes the bundled SmolLM2 twice with the same recipe (LoRA SFT, 48 examples, 3 epochs):
 on the ``ocean_topic`` answers (every answer drifts to the sea) and on the plain answers to
 the same questions (the null organism). Then reads each diff's top-20 token lists — the
-activation-difference lens (middle layer, first 5 positions of unrelated text), the weight
+activation-difference lens (first 5 positions of unrelated text, at the middle layer and at
+the layer with the largest relative difference), the weight
 logit lens (layer with the largest relative change; resid_mean and the top singular
 vector of ΔW_down) and the output diff (tokens whose probability rose most on the
 organism's answers to held-out questions) — and counts topic words.
@@ -44,7 +45,8 @@ def lists_for(base, path: Path, exp: deltalens.Experiment, name: str) -> dict[st
     out = diff_outputs(base, ft, gens, positions="prompt[-1]|response", out_dir=exp.output_diff_dir(name), progress=False)
     return {
         "responses": [g.response for g in gens[:3]],
-        f"activation-diff lens L{adl['summary']['layer']} (first 5 positions)": adl["summary"]["pos"],
+        f"activation-diff lens L{adl['summary']['layer']} (middle layer, first 5 positions)": adl["summary"]["pos"],
+        f"activation-diff lens L{adl['summary_max']['layer']} (largest ‖δ‖, first 5 positions)": adl["summary_max"]["pos"],
         f"weight lens L{w['logit_lens']['top_layer']} resid_mean": top["resid_mean"]["pos"],
         f"weight lens L{w['logit_lens']['top_layer']} down.u1 (+)": top.get("down.u1", {}).get("pos", []),
         f"weight lens L{w['logit_lens']['top_layer']} down.u1 (−)": top.get("down.u1", {}).get("neg", []),

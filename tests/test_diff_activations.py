@@ -147,4 +147,5 @@ def test_activation_difference_lens(pair, tmp_path):
     assert [t for t, _ in e["all"]["pos"]] == want
     assert r["layers"]["0"]["all"]["norm"] == 0.0  # before the perturbed layer nothing differs
     assert r["summary"]["layer"] == B.n_layers // 2
+    assert r["summary_max"]["layer"] >= 2  # the difference starts at the perturbed layer
     assert (tmp_path / "activation_lens.json").exists() and (tmp_path / "activation_lens.png").exists()

@@ -243,9 +243,10 @@ def activations_cmd(
         console.print(f"transfer correlation '{trait}': r = {c['pearson_r']}, p = {c['p_value']} ({c['n_layers']} layers)")
     if not no_lens:
         a = activation_difference_lens(B, F, _texts(lens_texts), layers=lay, out_dir=path)
-        sm = a["summary"]
-        console.print(table(f"activation-difference lens, layer {sm['layer']}, {sm['reading']}", ["sign", "top tokens"],
-                            [("+δ", _toklist(sm["pos"])), ("−δ", _toklist(sm["neg"], 12))]))
+        sm, mx = a["summary"], a["summary_max"]
+        console.print(table(f"activation-difference lens ({sm['reading']})", ["layer", "sign", "top tokens"],
+                            [(f"{sm['layer']} (middle)", "+δ", _toklist(sm["pos"])), ("", "−δ", _toklist(sm["neg"], 12)),
+                             (f"{mx['layer']} (largest ‖δ‖)", "+δ", _toklist(mx["pos"])), ("", "−δ", _toklist(mx["neg"], 12))]))
     console.print(f"→ {path}")
 
 

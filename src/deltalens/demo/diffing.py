@@ -120,7 +120,8 @@ def run(ctx: DemoContext) -> None:
         con.print(f"  similarity vs steering transfer ('{trait}'): r = {c['pearson_r']}")
     t = time.time()
     adl = activation_difference_lens(lm, ft, out_dir=exp.activation_diff_dir(NAME), progress=False)
-    lists[f"activation-diff lens L{adl['summary']['layer']}"] = adl["summary"]["pos"]
+    lists[f"activation-diff lens L{adl['summary']['layer']} (middle)"] = adl["summary"]["pos"]
+    lists[f"activation-diff lens L{adl['summary_max']['layer']} (largest ‖δ‖)"] = adl["summary_max"]["pos"]
     con.print(f"  activation-difference lens on {adl['n_texts']} unrelated sentences ({adl['n_tokens']} tokens, "
               f"{time.time() - t:.1f} s)")
 

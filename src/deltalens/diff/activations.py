@@ -329,9 +329,11 @@ def activation_difference_lens(
     """Mean activation difference (ft − base) on unrelated text, read through the logit lens
     (see the module docstring). ``texts`` default to :func:`unrelated_texts`.
 
-    Returns per layer: ``{"first_k": {"pos", "neg", "norm"}, "all": …, "positions": {p: …}}``
-    and ``summary`` — the ``first_k`` lists at ``summary_layer`` (default: the middle layer,
-    ``n_layers // 2``, fixed before looking at any result)."""
+    Returns per layer: ``{"first_k": {"pos", "neg", "norm", "rel_norm"}, "all": …, "positions": {p: …}}``;
+    ``summary`` — the ``first_k`` lists at ``summary_layer`` (default: the middle layer,
+    ``n_layers // 2``, the reading of Minder et al.); ``summary_max`` — the ``first_k`` lists
+    at the layer where the difference is largest relative to the activations
+    (``rel_norm = ‖δ‖ / mean_i ‖x_base‖``), where a fine-tune writes most."""
     t0 = time.time()
     B, F = load_pair(base, ft)
     layers = list(range(F.n_layers)) if layers is None else [F.arch.check_layer(int(L)) for L in layers]
@@ -378,6 +380,7 @@ def activation_difference_lens(
     sl = F.n_layers // 2 if summary_layer is None else F.arch.check_layer(summary_layer)
     if sl not in deltas:
         sl = min(layers, key=lambda L: abs(L - sl))
+    lmax = max(layers, key=lambda L: out_layers[str(L)]["first_k"]["rel_norm"])
     results: dict[str, Any] = {
         "kind": "activation_difference_lens",
         "base": model_info(B),
@@ -390,6 +393,8 @@ def activation_difference_lens(
         "layers": out_layers,
         "summary": {"layer": sl, "reading": f"first_k (mean over positions 0..{k - 1})", **{
             kk: out_layers[str(sl)]["first_k"][kk] for kk in ("pos", "neg", "norm")}},
+        "summary_max": {"layer": lmax, "reading": f"first_k at the layer with the largest ‖δ‖ / mean ‖x_base‖", **{
+            kk: out_layers[str(lmax)]["first_k"][kk] for kk in ("pos", "neg", "norm", "rel_norm")}},
         "provenance": provenance(None, stage="activation-difference lens", seconds=round(time.time() - t0, 2)),
     }
     if out_dir is not None:
