@@ -10,7 +10,11 @@
       responses/<dataset>/<variant>/{pos,neg}.json    extraction responses
       activations/<dataset>/<variant>/<position>/     ActivationStore
       vectors/<trait>/<variant>/<position>/<component>/<method>/layer<L>.safetensors
-      steering/<trait>/<vector-id>/results.jsonl
+                                                      (+ summary.json, control_vector.gguf)
+      steering/<trait>/<vector-id>/results.jsonl      vector-id = <variant>/<position>
+      steering/<trait>/combinations/results.jsonl
+      judges/cache.sqlite                             judge score cache
+      judges/<trait-name>/<variant>/trait_classifier.safetensors
       diff/{weights,activations,outputs,series}/<name>/   model diffs (JSON + PNG)
       saes/<name>/                                    SAELens-compatible directories
       features/  probes/  circuits/  inverse/
@@ -126,6 +130,39 @@ class Experiment:
 
     def steering_results(self, trait: str, vector_id: str) -> Path:
         return self.steering_dir(trait, vector_id) / "results.jsonl"
+
+    def extraction_store_dir(self, trait: str, variant: str, positions: str | Positions, component: str) -> Path:
+        """ActivationStore of per-response mean activations used to fit a trait's vectors."""
+        return self.activations_dir(trait, variant, positions) / _safe(component, "component")
+
+    def extraction_summary_path(self, trait: str, variant: str, positions: str | Positions, component: str, method: str) -> Path:
+        """Per-layer metrics of one vector set (``summary.json`` next to the layer files)."""
+        return self.vectors_dir(trait, variant, positions, component, method) / "summary.json"
+
+    def control_vector_path(self, trait: str, variant: str, positions: str | Positions, component: str, method: str) -> Path:
+        """llama.cpp control vector (GGUF) exported from one vector set."""
+        return self.vectors_dir(trait, variant, positions, component, method) / "control_vector.gguf"
+
+    @staticmethod
+    def steering_vector_id(variant: str, positions: str | Positions) -> str:
+        """The vector id of a steering results directory: ``<variant>/<position slug>``
+        (all methods and layers of that extraction share one ``results.jsonl``)."""
+        return f"{_safe(variant, 'variant')}/{Positions.parse(positions).slug}"
+
+    def combinations_results(self, trait: str) -> Path:
+        """Results of the combination strategies (Phase 2) for a trait."""
+        return self.steering_dir(trait, "combinations") / "results.jsonl"
+
+    def judges_dir(self, *parts: str) -> Path:
+        return self._dir("judges", *(_safe(p, "judges part") for p in parts))
+
+    def judge_cache_path(self) -> Path:
+        """SQLite cache of judge scores shared by every run of the experiment."""
+        return self._dir("judges", "cache.sqlite")
+
+    def trait_classifier_path(self, trait_name: str, variant: str) -> Path:
+        """The offline judge's trait classifier for a trait, trained on ``variant``'s responses."""
+        return self.judges_dir(trait_name, variant) / "trait_classifier.safetensors"
 
     def diff_dir(self, kind: str, *parts: str) -> Path:
         return self._dir("diff", _safe(kind, "diff kind"), *(_safe(p, "diff part") for p in parts))
