@@ -22,9 +22,9 @@ def _fmt(x: Any, nd: int = 1) -> str:
 
 
 def _default_layers(n_layers: int) -> list[int]:
-    """The seed's default search range: 30 %–60 % of the depth."""
-    lo, hi = round(0.3 * n_layers), round(0.6 * n_layers)
-    return list(range(lo, max(hi, lo + 1)))
+    """The seed's default search range: 30 %–60 % of the depth (9–19 of 32 layers)."""
+    lo, hi = int(0.3 * n_layers), int(0.6 * n_layers)
+    return list(range(lo, max(hi, lo) + 1))
 
 
 def _split_trait_ref(ref: str) -> tuple[str | None, str]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..data.traits import TraitSet, load_trait, resolve_trait_path
 from ..errors import ConfigError, DataFormatError
 from ..experiment import Experiment
+from ..io import config_hash
 from ..judges import CoherenceScorer, Judge, JudgeCache, OfflineJudge, TraitClassifier, TraitInfo
 from .combine import MULTIPLIERS, Source, combination_candidates, comparison_table
 from .evaluate import Candidate, EvalSettings, Monitor, evaluate
@@ -77,20 +78,16 @@ def offline_judge(
     inst = instruction_counterpart(trait)
     src = inst or trait
     path = exp.trait_classifier_path(trait.name, variant)
-    clf = None
-    if path.exists():
-        clf = TraitClassifier.load(path)
-        if clf.meta.get("weights_hash") != lm.weights_hash or clf.meta.get("trait") != src.id:
-            clf = None
-    if clf is None:
-        found = existing_responses(lm, exp, src, variant)
-        if found is None:
-            pos, neg, _ = trait_responses(lm, exp, src, variant, max_new_tokens=max_new_tokens, progress=progress)
-        else:
-            pos, neg = found
+    found = existing_responses(lm, exp, src, variant)
+    if found is None:
+        found = trait_responses(lm, exp, src, variant, max_new_tokens=max_new_tokens, progress=progress)[:2]
+    pos, neg = found
+    data_sha = config_hash([[g.response for g in pos], [g.response for g in neg]])
+    clf = TraitClassifier.load(path) if path.exists() else None
+    if clf is None or clf.meta.get("responses_sha") != data_sha or clf.meta.get("weights_hash") != lm.weights_hash:
         clf = TraitClassifier.fit(
             [g.response for g in pos], [g.response for g in neg], trait=src.id, weights_hash=lm.weights_hash,
-            model=lm.name, confounded_by_content=src.format == "natural",
+            model=lm.name, responses_sha=data_sha, confounded_by_content=src.format == "natural",
         )
         clf.save(path)
     return OfflineJudge(clf, CoherenceScorer(lm))
