@@ -154,7 +154,7 @@ def generate_sweep(
     st.rows, st.shared_prefill = len(configs) * P, bool(share_prefill)
     t0 = time.time()
     results: list[list[Generation | None]] = [[None] * P for _ in configs]
-    bar = tqdm(total=len(configs) * P, desc="steer", unit="resp", disable=not progress, leave=False)
+    bar = tqdm(total=len(chunks) * max_new_tokens, desc=f"steer {len(configs)}x{P}", unit="tok", disable=not progress, leave=False)
     prompt_ids = [formatted[p][1] for p in range(P)]
     plen_all = torch.tensor([len(s) for s in prompt_ids])
 
@@ -197,6 +197,8 @@ def generate_sweep(
                     else:
                         tokens[r].append(t)
                 st.new_tokens += len(nl)
+                bar.update(1)
+                bar.set_postfix(rows=len(nl), refresh=False)
                 if step == max_new_tokens - 1:
                     break
                 if done_rows:
@@ -215,7 +217,7 @@ def generate_sweep(
                 nxt = out.logits[:, -1].float().argmax(-1)
                 del out
             del cache
-        bar.update(C * P)
+            bar.update(max_new_tokens - 1 - step)
         for i, c in enumerate(chunk):
             for p in range(P):
                 r = i * P + p
