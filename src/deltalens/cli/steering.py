@@ -101,9 +101,12 @@ def extract_cmd(
         key = "val_separation" if any("val_separation" in r for r in layers_) else "train_separation"
         best = max(layers_, key=lambda r: r.get(key, float("-inf")) if r.get(key) == r.get(key) else float("-inf"))
         acc = best.get("val_accuracy", best.get("train_accuracy"))
-        rows.append((m, len(layers_), best["layer"], _fmt(best.get(key), 2), _fmt(acc, 3), _fmt(best["norm"], 2), str(res.paths[m])))
+        rows.append((m, len(layers_), best["layer"], _fmt(best.get(key), 2), _fmt(acc, 3), _fmt(best["norm"], 2)))
+    split = "held-out" if any("val_separation" in r for ls in res.summary.values() for r in ls) else "train"
     console.print(table(f"{ts.id} · {variant} ({spec}) · {position}", ["method", "layers", "most separating layer",
-                        "separation (d)", "accuracy", "‖v‖", "vectors"], rows))
+                        f"{split} separation d", f"{split} accuracy", "‖v‖"], rows))
+    for m in res.summary:
+        console.print(f"  {m}: {res.paths[m]}/layer*.safetensors + summary.json", highlight=False)
     f = f"; filter kept {res.filtered['pos_kept']}/{res.filtered['pos_before']} pos, {res.filtered['neg_kept']}/{res.filtered['neg_before']} neg" if res.filtered else ""
     console.print(f"{res.n_pos} positive / {res.n_neg} negative responses ({'reused' if res.reused_responses else 'generated'}){f}; {dt:.1f} s")
 
@@ -149,7 +152,7 @@ def steer_cmd(
     from ..data.traits import load_trait
     from ..experiment import Experiment
     from ..models import load
-    from ..steering.pipeline import make_judge, model_spec_for, run_steering
+    from ..steering.pipeline import make_judge, model_spec_for, run_steering, write_steering_report
 
     exp = Experiment.named(experiment)
     vexp_name, trait_spec = _split_trait_ref(vector_from_trait)
@@ -179,6 +182,7 @@ def steer_cmd(
     rows = [(r["method"], r["layer"], r["n"], _fmt(r["best_coef"], 3), _fmt(r["delta"]), _fmt(r["coherence"])) for r in run.layers]
     console.print(table("per layer: best trait Δ with coherence ≥ 70", ["method", "layer", "configs", "coef", "trait Δ", "coherence"], rows))
     _print_summary(run, f"checkpoint · {ts.id} ({extraction_variant}, {position}) steering {variant}")
+    write_steering_report(run, Path(run.log_path).parent)
     console.print(
         f"{run.extra['computed']} configurations computed, {run.extra['reused']} reused from {run.log_path} "
         f"in {time.time() - t0:.1f} s (judge {j.id.split(':')[0]})"
@@ -205,7 +209,7 @@ def combine_cmd(
     from ..data.traits import load_trait
     from ..experiment import Experiment
     from ..models import load
-    from ..steering.pipeline import best_source, make_judge, model_spec_for, run_combinations
+    from ..steering.pipeline import best_source, make_judge, model_spec_for, run_combinations, write_combination_table
 
     exp = Experiment.named(experiment)
     nat, inst = load_trait(natural), load_trait(instruction)
@@ -219,6 +223,7 @@ def combine_cmd(
                         ["config", "layer(s)", "coef", "trait Δ", "coherence", "notes"],
                         [(r["config"], r["layers"], r["coef"] if isinstance(r["coef"], str) else _fmt(r["coef"], 3),
                           _fmt(r["delta"]), _fmt(r["coherence"]), r["notes"]) for r in rows]))
+    write_combination_table(rows, exp.combinations_results(inst.id).parent / "comparison.csv")
     console.print(f"results: {exp.combinations_results(inst.id)}")
 
 

@@ -2,9 +2,9 @@
 
 Extracts ``instruction/pirate`` vectors (mean_diff and probe, every layer) from the bundled
 model's own answers under pirate / plain system prompts, trains the offline judge on the
-same answers, then runs the adaptive coefficient search on three mid-depth layers (all
-layers in one batch per round) over the 20 held-out questions and prints the checkpoint
-table. Everything lands in the demo experiment and is reused by a second run.
+same answers, then runs the adaptive coefficient search for the probe vectors of three
+mid-depth layers (all layers in one batch per round) over the 20 held-out questions and
+prints the checkpoint table. Everything lands in the demo experiment and is reused by a second run.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from . import DemoContext, Stage
 TRAIT = "instruction/pirate"
 VARIANT = "instruct"
 POSITION = "response[:]"
+METHOD = "probe"
 
 
 def _f(x: float | None, nd: int = 1) -> str:
@@ -28,9 +29,9 @@ def run(ctx: DemoContext) -> None:
     from ..judges import JudgeCache, TraitInfo
     from ..steering.evaluate import EvalSettings
     from ..steering.extraction import extract
-    from ..steering.pipeline import offline_judge
+    from ..steering.pipeline import SteeringRun, offline_judge, write_steering_report
     from ..steering.results import ResultsLog
-    from ..steering.search import adaptive_search, checkpoint_summary
+    from ..steering.search import adaptive_search, checkpoint_summary, per_layer_table
 
     lm, exp, con = ctx.lm, ctx.exp, ctx.console
     fast = ctx.fast
@@ -64,14 +65,14 @@ def run(ctx: DemoContext) -> None:
               f"+ likelihood coherence ({time.time() - t:.1f} s)")
 
     # Phase 1: adaptive search, three layers stepped together
-    layers = [L for L in (8, 12, 16) if L < lm.n_layers] if not fast else [L for L in (10, 14) if L < lm.n_layers]
+    layers = [L for L in (12, 14, 16) if L < lm.n_layers] if not fast else [L for L in (12, 15) if L < lm.n_layers]
     if not layers:
         layers = [lm.n_layers // 2]
     questions = trait.steering_questions if not fast else trait.steering_questions[:8]
     settings = EvalSettings(list(questions), max_new_tokens=32 if not fast else 20)
     log = ResultsLog(exp.steering_results(trait.id, exp.steering_vector_id(VARIANT, POSITION)))
     cache = JudgeCache(exp.judge_cache_path())
-    vecs = {L: res.vectors["mean_diff"][L] for L in layers}
+    vecs = {L: res.vectors[METHOD][L] for L in layers}
     t = time.time()
     search_rows: list[tuple] = []
 
@@ -80,8 +81,8 @@ def run(ctx: DemoContext) -> None:
             search_rows.append((step + 1, st.layer, f"{st.coef:g}", _f(rec.get("trait_mean")), _f(rec.get("coherence_mean"))))
 
     try:
-        sr = adaptive_search(lm, {"mean_diff": vecs}, settings, judge, TraitInfo.from_trait(trait), log, start=0.2,
-                             steps=4 if not fast else 2, threshold=75.0, cache=cache, trait_id=trait.id, progress=False,
+        sr = adaptive_search(lm, {METHOD: vecs}, settings, judge, TraitInfo.from_trait(trait), log, start=0.15,
+                             steps=4 if not fast else 2, threshold=72.0, cache=cache, trait_id=trait.id, progress=False,
                              report=report)
     finally:
         cache.close()
@@ -90,9 +91,9 @@ def run(ctx: DemoContext) -> None:
                     f"{len(questions)} held-out questions × {settings.max_new_tokens} tokens)",
                     ["round", "layer", "coef", "trait", "coherence"], search_rows))
     base = sr.baseline
-    summ = checkpoint_summary(sr.records, base)["mean_diff"]
+    summ = checkpoint_summary(sr.records, base)[METHOD]
     a70, a80 = summ.get("at_coh70") or {}, summ.get("at_coh80") or {}
-    con.print(table("checkpoint (mean_diff)", ["best layer", "max Δ coh≥80", "max Δ coh≥70", "coef: coh<80 first", "baseline trait/coh"], [(
+    con.print(table(f"checkpoint ({METHOD})", ["best layer", "max Δ coh≥80", "max Δ coh≥70", "coef: coh<80 first", "baseline trait/coh"], [(
         _f(summ["best_layer"], 0),
         _f(summ["max_delta_coh80"]) + (f" (L{a80['layer']} c{a80['coef']:g})" if a80 else ""),
         _f(summ["max_delta_coh70"]) + (f" (L{a70['layer']} c{a70['coef']:g}, coh {a70['coherence']:.0f})" if a70 else ""),
@@ -104,7 +105,9 @@ def run(ctx: DemoContext) -> None:
         ex = [(q["question"][:40], b["response"].replace("\n", " ")[:70], q["response"].replace("\n", " ")[:70])
               for q, b in zip(best["responses"][:3], base["responses"][:3])]
         con.print(table(f"examples: unsteered vs L{a70['layer']} c{a70['coef']:g}", ["question", "unsteered", "steered"], ex))
-    con.print(f"search: {len(sr.records)} configurations + baseline in {dt:.1f} s → {log.path}")
+    run_ = SteeringRun(base, sr.records, checkpoint_summary(sr.records, base), per_layer_table(sr.records, base), log.path)
+    write_steering_report(run_, log.path.parent)
+    con.print(f"search: {len(sr.records)} configurations + baseline in {dt:.1f} s → {log.path} (+ layers.csv, configs.csv, figures)")
     ctx.state["steering"] = {"trait": trait.id, "summary": summ, "results": str(log.path),
                              "vectors_dir": str(res.paths["mean_diff"])}
 

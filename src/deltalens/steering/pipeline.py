@@ -231,3 +231,56 @@ def run_combinations(
     finally:
         cache.close()
     return comparison_table(a, b, recs, base), base, recs
+
+
+def _csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(columns)
+    for r in rows:
+        w.writerow(["" if r.get(c) is None else (f"{r[c]:.4g}" if isinstance(r[c], float) else r[c]) for c in columns])
+    return buf.getvalue()
+
+
+def write_steering_report(run: SteeringRun, out_dir: Any) -> list[Any]:
+    """Tables (CSV) and figures (PNG) of a steering run next to its ``results.jsonl``:
+    ``layers.csv`` (best Δ per method and layer at coherence ≥ 70), ``configs.csv`` (every
+    configuration), ``trait_delta_by_layer.png`` and ``trait_vs_coherence.png``."""
+    from pathlib import Path
+
+    from ..io import atomic_write
+    from ..report.figures import lines_by_layer, scatter
+    from .evaluate import trait_delta
+
+    out = Path(out_dir)
+    written = [atomic_write(out / "layers.csv", _csv(run.layers, ["method", "layer", "n", "best_coef", "delta", "coherence"]))]
+    rows = [
+        {"method": r.get("method"), "layer": r.get("layer"), "coef": r.get("coef"), "trait": r.get("trait_mean"),
+         "coherence": r.get("coherence_mean"), "delta": trait_delta(r, run.baseline)}
+        for r in sorted(run.records, key=lambda r: (str(r.get("method")), r.get("layer", 0), r.get("coef", 0)))
+    ]
+    written.append(atomic_write(out / "configs.csv", _csv(rows, ["method", "layer", "coef", "trait", "coherence", "delta"])))
+    layers = sorted({r["layer"] for r in run.layers})
+    if layers:
+        series = {}
+        for m in sorted({r["method"] for r in run.layers}):
+            by = {r["layer"]: r["delta"] for r in run.layers if r["method"] == m}
+            series[m] = [float("nan") if by.get(L) is None else by[L] for L in layers]
+        written.append(lines_by_layer(series, out / "trait_delta_by_layer.png", layers=layers,
+                                      title="best trait Δ with coherence ≥ 70", ylabel="trait Δ (judge points)"))
+    ok = [r for r in rows if r["delta"] is not None and r["coherence"] is not None]
+    if ok:
+        written.append(scatter([r["coherence"] for r in ok], [r["delta"] for r in ok], out / "trait_vs_coherence.png",
+                               title="every configuration", xlabel="coherence", ylabel="trait Δ",
+                               annotate=[f"{str(r['method'])[:2]} L{r['layer']} {r['coef']:g}" for r in ok]))
+    return written
+
+
+def write_combination_table(rows: Sequence[dict[str, Any]], path: Any) -> Any:
+    """The Phase-2 comparison table as CSV."""
+    from ..io import atomic_write
+
+    return atomic_write(path, _csv(rows, ["config", "layers", "coef", "delta", "coherence", "notes"]))
