@@ -125,3 +125,18 @@ def test_cli_errors_are_one_line(setup):
     assert r.returncode == 2 and ("OPENAI_API_KEY" in r.stderr) and "Traceback" not in r.stderr
     r = run("extract", "--experiment", str(exp), "--trait", "instruction/nope")
     assert r.returncode == 2 and "unknown trait" in r.stderr
+
+
+def test_info_describes_steering_artifacts(setup):
+    _, _, exp = setup
+    from deltalens.cli.steering import describe_steering
+
+    vec = Path(exp) / "vectors" / "instruction" / "pirate" / "instruct" / "response__4" / "resid" / "probe" / "layer1.safetensors"
+    d = describe_steering(vec)
+    assert d["kind"] == "trait vector" and d["layer"] == 1 and d["method"] == "probe" and "val_accuracy" in d
+    res = results_file(exp)
+    if res.exists():
+        d = describe_steering(res)
+        assert d["kind"] == "steering results" and d["configurations"] >= 1
+    r = run("info", str(vec))
+    assert r.returncode == 0 and "trait vector" in r.stdout

@@ -209,3 +209,19 @@ def test_projection_monitor_matches_hidden_states(tiny):
             hs = tiny.model(input_ids=x, attention_mask=m, position_ids=position_ids(m), output_hidden_states=True).hidden_states[2]
         expect = float(hs[0, len(p):].mean(0) @ (v / v.norm()))
         assert pj == pytest.approx(expect, rel=1e-4, abs=1e-5)
+
+
+def test_projections_are_written_next_to_scores(extracted, tmp_path):
+    from deltalens.steering.evaluate import Monitor
+
+    lm, exp, trait, _ = extracted
+    vs = load_vector_set(exp, trait.id, "instruct", "response[:4]", "mean_diff")
+    settings = EvalSettings(trait.steering_questions[:2], max_new_tokens=4)
+    mon = Monitor(vs[2].vector, (2, "resid"))
+    rec = evaluate(lm, [Candidate.single(vs[1], 0.3)], settings, _judge(lm), TraitInfo.from_trait(trait),
+                   ResultsLog(tmp_path / "r.jsonl"), monitor=mon, progress=False)[0]
+    items = [{"prompt_ids": r["prompt_ids"], "response_ids": r["response_ids"]} for r in rec["responses"]]
+    expect = project(lm, items, vs[2].vector, (2, "resid")).tolist()
+    assert [r["projection"] for r in rec["responses"]] == pytest.approx(expect)
+    assert rec["projection_mean"] == pytest.approx(sum(expect) / len(expect))
+    assert all(r["trait"] is not None and r["coherence"] is not None for r in rec["responses"])

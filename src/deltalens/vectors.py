@@ -220,7 +220,7 @@ def save_vector(path: str | Path, vector: torch.Tensor, meta: Mapping[str, Any])
     v = torch.as_tensor(vector).detach().float()
     if v.dim() != 1:
         raise ShapeError(f"a vector file holds one [d] vector, got shape {tuple(v.shape)}")
-    return save_tensors(path, {"vector": v}, {"format": VECTOR_FORMAT, **dict(meta)})
+    return save_tensors(path, {"vector": v}, {**dict(meta), "format": VECTOR_FORMAT})
 
 
 def load_vector(path: str | Path) -> TraitVector:

@@ -136,7 +136,7 @@ class TraitClassifier:
 
     def save(self, path: str | Path) -> Path:
         tensors = {"w": self.w.float(), "params": torch.tensor([self.b, self.a, self.c], dtype=torch.float64)}
-        return save_tensors(path, tensors, {"format": "deltalens.trait_classifier/1", **self.meta})
+        return save_tensors(path, tensors, {**self.meta, "format": "deltalens.trait_classifier/1"})
 
     @classmethod
     def load(cls, path: str | Path) -> TraitClassifier:

@@ -248,7 +248,7 @@ def extract(
     base_meta = {
         "trait": trait.id,
         "trait_name": trait.name,
-        "format": trait.format,
+        "trait_format": trait.format,
         "variant": variant,
         "positions": pos_spec.text,
         "component": component,
