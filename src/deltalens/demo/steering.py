@@ -42,7 +42,7 @@ def run(ctx: DemoContext) -> None:
 
     # Phase 0: extraction
     t = time.time()
-    res = extract(lm, exp, trait, VARIANT, POSITION, ["mean_diff", "probe"], max_new_tokens=24 if not fast else 16,
+    res = extract(lm, exp, trait, VARIANT, POSITION, ["mean_diff", "probe"], max_new_tokens=20 if not fast else 12,
                   batch_size=32, progress=False)
     dt = time.time() - t
     show = [L for L in range(0, lm.n_layers, max(1, lm.n_layers // 6))]
@@ -82,7 +82,7 @@ def run(ctx: DemoContext) -> None:
 
     try:
         sr = adaptive_search(lm, {METHOD: vecs}, settings, judge, TraitInfo.from_trait(trait), log, start=0.15,
-                             steps=4 if not fast else 2, threshold=72.0, cache=cache, trait_id=trait.id, progress=False,
+                             steps=3 if not fast else 2, threshold=72.0, cache=cache, trait_id=trait.id, progress=False,
                              report=report)
     finally:
         cache.close()

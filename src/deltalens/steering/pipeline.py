@@ -275,7 +275,7 @@ def write_steering_report(run: SteeringRun, out_dir: Any) -> list[Any]:
     if ok:
         written.append(scatter([r["coherence"] for r in ok], [r["delta"] for r in ok], out / "trait_vs_coherence.png",
                                title="every configuration", xlabel="coherence", ylabel="trait Δ",
-                               annotate=[f"{str(r['method'])[:2]} L{r['layer']} {r['coef']:g}" for r in ok]))
+                               annotate=[f"{str(r['method'])[:2]} L{r['layer']} {r['coef']:g}" for r in ok] if len(ok) <= 24 else None))
     return written
 
 
