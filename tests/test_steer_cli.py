@@ -100,8 +100,8 @@ def test_export_gguf_and_import(setup, tmp_path):
     r = run("export-gguf", "--experiment", str(exp), "--trait", "instruction/pirate", "--position", "response[:4]",
             "--layers", "1-2", "--coef", "2", "--out", str(out))
     assert r.returncode == 0, r.stderr
-    from deltalens.steering.extraction import load_vector_set
     from deltalens.experiment import Experiment
+    from deltalens.steering.extraction import load_vector_set
     from deltalens.vectors import import_gguf
 
     dirs, hint = import_gguf(out)

@@ -12,12 +12,12 @@ from deltalens.errors import StoreMismatchError
 from deltalens.experiment import Experiment
 from deltalens.judges import CoherenceScorer, JudgeCache, OfflineJudge, TraitClassifier, TraitInfo
 from deltalens.steering.combine import Source, combination_candidates, comparison_table, summed_vector
-from deltalens.steering.evaluate import Candidate, EvalSettings, Term, evaluate
+from deltalens.steering.evaluate import Candidate, EvalSettings, evaluate
 from deltalens.steering.extraction import extract, load_vector_set
 from deltalens.steering.monitor import project
 from deltalens.steering.results import ResultsLog
 from deltalens.steering.search import LayerState, _next_coef, adaptive_search, checkpoint_summary
-from deltalens.vectors import TraitVector, load_vector
+from deltalens.vectors import TraitVector
 
 
 @pytest.fixture(scope="module")

@@ -209,7 +209,13 @@ def combine_cmd(
     from ..data.traits import load_trait
     from ..experiment import Experiment
     from ..models import load
-    from ..steering.pipeline import best_source, make_judge, model_spec_for, run_combinations, write_combination_table
+    from ..steering.pipeline import (
+        best_source,
+        make_judge,
+        model_spec_for,
+        run_combinations,
+        write_combination_table,
+    )
 
     exp = Experiment.named(experiment)
     nat, inst = load_trait(natural), load_trait(instruction)

@@ -77,7 +77,7 @@ class ResultsLog:
     def latest_per_key(self, judge_id: str | None = None) -> list[dict[str, Any]]:
         """The latest record of every key (optionally only records of one judge), in first-seen order."""
         out = []
-        for key, recs in self._by_key.items():
+        for recs in self._by_key.values():
             cand = [r for r in recs if judge_id is None or r.get("judge") == judge_id]
             if cand:
                 out.append(cand[-1])
