@@ -2,7 +2,9 @@
 
 Workload: the bundled SmolLM2-135M (fp32, 538 MB of safetensors) against a copy with one
 perturbed matrix (``model.layers.12.mlp.down_proj.weight``). Each run is a fresh process;
-its peak resident set (``ru_maxrss``) is what counts.
+its peak resident set is what counts: ``VmHWM`` of ``/proc/self/status`` (the high-water
+mark of the process's own memory; ``ru_maxrss`` would also count the parent's resident set
+at fork time, which Linux carries across ``exec``).
 
 * measured: ``deltalens diff weights BASE COPY`` (norms, effective ranks, logit lens);
 * baseline: the usual script — ``AutoModelForCausalLM.from_pretrained`` of both models and
@@ -30,18 +32,30 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 NAME = "smollm2-135m-instruct"
 TENSOR = "model.layers.12.mlp.down_proj.weight"
 
-STREAMED = """
-import json, resource, sys, time
+PEAK = """
+def peak_kb():
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+"""
+
+STREAMED = PEAK + """
+import json, sys, time
 sys.path.insert(0, {src!r})
 from deltalens.diff import diff_weights
 t = time.time()
 r = diff_weights({base!r}, {ft!r}, out_dir={out!r}, progress=False)
-print(json.dumps({{"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "seconds": time.time() - t,
+print(json.dumps({{"peak_kb": peak_kb(), "seconds": time.time() - t,
                   "changed": [x["name"] for x in r["tensors"] if x["fro"] > 0]}}))
 """
 
-NAIVE = """
-import json, resource, time, warnings
+NAIVE = PEAK + """
+import json, time, warnings
 warnings.simplefilter("ignore")
 import torch
 from transformers import AutoModelForCausalLM
@@ -50,15 +64,15 @@ a = AutoModelForCausalLM.from_pretrained({base!r}, dtype=torch.float32)
 b = AutoModelForCausalLM.from_pretrained({ft!r}, dtype=torch.float32)
 sa, sb = a.state_dict(), b.state_dict()
 norms = {{k: float((sb[k] - sa[k]).norm()) for k in sa}}
-print(json.dumps({{"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "seconds": time.time() - t,
+print(json.dumps({{"peak_kb": peak_kb(), "seconds": time.time() - t,
                   "changed": [k for k, v in norms.items() if v > 0 and not k.startswith("lm_head")]}}))
 """
 
-IMPORTS = """
-import json, resource, sys
+IMPORTS = PEAK + """
+import json, sys
 sys.path.insert(0, {src!r})
 import torch, deltalens.diff  # the interpreter + torch + deltalens, before any tensor is read
-print(json.dumps({{"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+print(json.dumps({{"peak_kb": peak_kb()}}))
 """
 
 
