@@ -1,6 +1,6 @@
 """Peak memory of the streamed weight diff vs loading both models.
 
-Workload: the bundled SmolLM2-135M (fp32, 538 MB of safetensors) against a copy with one
+Workload: the bundled SmolLM2-135M (fp32, 538 MB = 513 MiB of safetensors) against a copy with one
 perturbed matrix (``model.layers.12.mlp.down_proj.weight``). Each run is a fresh process;
 its peak resident set is what counts: ``VmHWM`` of ``/proc/self/status`` (the high-water
 mark of the process's own memory; ``ru_maxrss`` would also count the parent's resident set
@@ -105,18 +105,18 @@ def main() -> None:
         wall = time.time() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    mb = 1024
+    mb = 1024  # MiB
     assert ours["changed"] == [TENSOR], ours["changed"]
     assert naive["changed"] == [TENSOR], naive["changed"]
     peak, base_peak, imp = ours["peak_kb"] * 1024, naive["peak_kb"] * 1024, imports["peak_kb"] * 1024
-    print(f"model file size: {size / mb**2:.0f} MB; interpreter + torch + deltalens: {imp / mb**2:.0f} MB")
-    print(f"streamed diff (norms, ranks, logit lens): peak {peak / mb**2:.0f} MB = {peak / size:.2f}× the model, "
-          f"{ours['seconds']:.1f} s; both models loaded: peak {base_peak / mb**2:.0f} MB = {base_peak / size:.2f}×, "
+    print(f"model file size: {size / mb**2:.0f} MiB; interpreter + torch + deltalens: {imp / mb**2:.0f} MiB")
+    print(f"streamed diff (norms, ranks, logit lens): peak {peak / mb**2:.0f} MiB = {peak / size:.2f}× the model, "
+          f"{ours['seconds']:.1f} s; both models loaded: peak {base_peak / mb**2:.0f} MiB = {base_peak / size:.2f}×, "
           f"{naive['seconds']:.1f} s (norms only)  [{wall:.0f} s total]")
     ok = peak < 1.5 * size
     print(f"streamed peak < 1.5 × model size: {'PASS' if ok else 'FAIL'}")
     report("weight diff peak memory: both models loaded / streamed", base_peak / peak, 1.3,
-           f"{base_peak / mb**2:.0f} MB vs {peak / mb**2:.0f} MB (model {size / mb**2:.0f} MB)")
+           f"{base_peak / mb**2:.0f} MiB vs {peak / mb**2:.0f} MiB (model {size / mb**2:.0f} MiB)")
     if not ok:
         sys.exit(1)
 
