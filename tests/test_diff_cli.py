@@ -129,3 +129,27 @@ def test_series_trajectory(tmp_path, cli):
     r = cli("diff", "series", str(tmp_path / "series"), "--base", base, "--kinds", "weights", "--out", str(tmp_path / "t2"))
     assert r.returncode == 0, r.stderr
     assert "trajectory" in r.stdout and "M2" in r.stdout
+
+
+def test_info_describes_diff_results(dirs, tmp_path, cli):
+    assert cli("diff", "weights", dirs[0], dirs[1], "--out", str(tmp_path / "w"), "--no-figures").returncode == 0
+    r = cli("info", str(tmp_path / "w"), "--json")
+    d = json.loads(r.stdout)
+    assert d["kind"] == "weight diff" and d["tensors_changed"] == "1/39"
+    assert d["top_by_rel"] == ["model.layers.1.self_attn.o_proj.weight"]
+
+
+def test_report_section_escapes_model_text(dirs, tmp_path):
+    from deltalens import Experiment
+    from deltalens.diff import diff_weights
+    from deltalens.diff.outputs import diff_outputs
+    from deltalens.report.html import build_report
+
+    exp = Experiment(tmp_path / "exp")
+    exp.save_config({"name": "exp"})
+    diff_weights(dirs[0], dirs[1], out_dir=exp.weight_diff_dir("pair"), progress=False)
+    diff_outputs(dirs[0], dirs[1], ["<script>alert(1)</script> the quick brown fox"], out_dir=exp.output_diff_dir("pair"),
+                 progress=False)
+    html = build_report(exp).read_text()
+    assert "<h2>Model diff</h2>" in html and "weights: pair" in html and "highest-KL contexts" in html
+    assert "<script>alert(1)" not in html and "&lt;script&gt;" in html

@@ -22,3 +22,4 @@ __all__ = [
     "stream_logit_lens",
     "topic_hits",
 ]
+

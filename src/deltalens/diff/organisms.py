@@ -220,8 +220,8 @@ def _quiet(progress: bool):
     was = datasets.utils.logging.is_progress_bar_enabled()
     was_tf = transformers.utils.logging.is_progress_bar_enabled()
     level = transformers.logging.get_verbosity()
+    datasets.disable_progress_bars()  # tokenizing a few dozen records: instant, only clutter
     if not progress:
-        datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
     try:
