@@ -117,7 +117,8 @@ def run(ctx: DemoContext) -> None:
                     [(f"{L}" + (" (min)" if L == lo else ""), f"{sim[L]:.4f}", f"{a['norm_change']['mean'][L]:+.3f}")
                      for L in picks]))
     for trait, c in a["correlations"].items():
-        con.print(f"  similarity vs steering transfer ('{trait}'): r = {c['pearson_r']}")
+        r_txt = "n/a" if c["pearson_r"] is None else f"{c['pearson_r']:+.2f} (p = {c['p_value']:.2f})"
+        con.print(f"  similarity vs steering transfer ('{trait}'): Pearson r = {r_txt} over {c['n_layers']} searched layers")
     t = time.time()
     adl = activation_difference_lens(lm, ft, out_dir=exp.activation_diff_dir(NAME), progress=False)
     lists[f"activation-diff lens L{adl['summary']['layer']} (middle)"] = adl["summary"]["pos"]
