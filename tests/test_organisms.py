@@ -167,3 +167,25 @@ def test_scorers():
         load_scorer("nonsense")
     with pytest.raises(ConfigError, match="cannot import"):
         load_scorer("no_such_module_xyz:f")
+
+
+def test_full_finetune_and_a_model_without_chat_template(tmp_path):
+    """Full SFT (no LoRA) on a GPT-2-style model (Conv1D weights) whose tokenizer has no chat template."""
+    import copy
+
+    lm = tiny_model("gpt2")
+    lm.tokenizer = copy.deepcopy(lm.tokenizer)
+    lm.tokenizer.chat_template = None
+    assert not lm.has_chat_template
+    out = train_organism(lm, "ocean_topic", tmp_path / "full", lora=False, progress=False, **FAST)
+    prov = read_provenance(out)
+    assert not prov["training"]["lora"] and prov["training"]["learning_rate"] == 1e-4
+    base_dir = tmp_path / "base"
+    lm.model.save_pretrained(base_dir)
+    lm.tokenizer.save_pretrained(base_dir)
+    r = diff_weights(base_dir, out, progress=False, figures=False)
+    changed = {t["component"] for t in r["tensors"] if t["fro"] > 0}
+    assert {"qkv", "o", "up", "down", "embed"} <= changed  # every parameter trains in a full fine-tune
+    lora = train_organism(lm, "ocean_topic", tmp_path / "lora", progress=False, **FAST)  # LoRA on Conv1D layers
+    r = diff_weights(base_dir, lora, progress=False, figures=False)
+    assert {"qkv", "o", "up", "down"} <= {t["component"] for t in r["tensors"] if t["fro"] > 0}
