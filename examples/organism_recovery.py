@@ -6,7 +6,7 @@ the same questions (the null organism). Then reads each diff's top-20 token list
 activation-difference lens (first 5 positions of unrelated text, at the middle layer and at
 the layer with the largest relative difference), the weight
 logit lens (layer with the largest relative change; resid_mean and the top singular
-vector of ΔW_down) and the output diff (tokens whose probability rose most on the
+vectors of ΔW_o and ΔW_down, both signs) and the output diff (tokens whose probability rose most on the
 organism's answers to held-out questions) — and counts topic words.
 
 Passes (exit 0) when at least one list of the topic organism has a topic word in its top
@@ -48,6 +48,8 @@ def lists_for(base, path: Path, exp: deltalens.Experiment, name: str) -> dict[st
         f"activation-diff lens L{adl['summary']['layer']} (middle layer, first 5 positions)": adl["summary"]["pos"],
         f"activation-diff lens L{adl['summary_max']['layer']} (largest ‖δ‖, first 5 positions)": adl["summary_max"]["pos"],
         f"weight lens L{w['logit_lens']['top_layer']} resid_mean": top["resid_mean"]["pos"],
+        f"weight lens L{w['logit_lens']['top_layer']} o.u1 (+)": top.get("o.u1", {}).get("pos", []),
+        f"weight lens L{w['logit_lens']['top_layer']} o.u1 (−)": top.get("o.u1", {}).get("neg", []),
         f"weight lens L{w['logit_lens']['top_layer']} down.u1 (+)": top.get("down.u1", {}).get("pos", []),
         f"weight lens L{w['logit_lens']['top_layer']} down.u1 (−)": top.get("down.u1", {}).get("neg", []),
         "output diff: rose most": out["rose_most"],

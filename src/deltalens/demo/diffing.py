@@ -95,7 +95,7 @@ def run(ctx: DemoContext) -> None:
     top_layer = ll.get("top_layer")
     if ll.get("top_layer_lists"):
         lists[f"weight lens L{top_layer} resid_mean"] = ll["top_layer_lists"]["resid_mean"]["pos"]
-        lists[f"weight lens L{top_layer} down.u1 (+)"] = ll["top_layer_lists"].get("down.u1", {}).get("pos", [])
+        lists[f"weight lens L{top_layer} o.u1 (+)"] = ll["top_layer_lists"].get("o.u1", {}).get("pos", [])
     lists["weight lens consensus (all layers)"] = ll.get("consensus", [])
     if traits:
         tname = next(iter(w["trait_alignment"]["traits"]))

@@ -408,11 +408,14 @@ def activation_difference_lens(
                  "‖δ‖ all positions": [out_layers[str(L)]["all"]["rel_norm"] for L in layers]},
                 out / "activation_lens_norm.png", layers=layers, title="‖mean(ft − base)‖ / mean ‖x_base‖ on unrelated text",
                 ylabel="relative norm"))
-            cols = {f"L{sl} first {k}": out_layers[str(sl)]["first_k"]["pos"], f"L{sl} all": out_layers[str(sl)]["all"]["pos"]}
-            for p, rec in list(out_layers[str(sl)]["positions"].items())[:3]:
-                cols[f"L{sl} pos {p}"] = rec["pos"]
+            cols = {f"L{sl} first {k}": out_layers[str(sl)]["first_k"]["pos"], f"L{sl} all": out_layers[str(sl)]["all"]["pos"],
+                    f"L{lmax} first {k}": out_layers[str(lmax)]["first_k"]["pos"],
+                    f"L{lmax} all": out_layers[str(lmax)]["all"]["pos"]}
+            for p, rec in list(out_layers[str(lmax)]["positions"].items())[:2]:
+                cols[f"L{lmax} pos {p}"] = rec["pos"]
             files["fig_lens"] = str(token_table(cols, out / "activation_lens.png",
-                                                title="activation-difference lens (top tokens of +δ)"))
+                                                title=f"activation-difference lens (top tokens of +δ): middle layer "
+                                                      f"{sl} and layer {lmax} (largest ‖δ‖)"))
         results["files"] = files
         write_json(out / LENS_FILE, results)
     return results

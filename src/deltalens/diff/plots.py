@@ -8,7 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from ..report.figures import heatmap, label, lines_by_layer, new_figure, save_figure
+import warnings
+
+from ..report.figures import heatmap, label, lines_by_layer, new_figure
+from ..report.figures import save_figure as _save_figure
+
+
+def save_figure(fig, path):
+    """:func:`deltalens.report.figures.save_figure`, quiet about glyphs the font lacks (tokens
+    can be any Unicode; they render as boxes)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing")
+        return _save_figure(fig, path)
 
 __all__ = ["hbar", "heatmap", "lines", "lines_by_layer", "printable", "token_table"]
 
