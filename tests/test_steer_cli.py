@@ -140,3 +140,17 @@ def test_info_describes_steering_artifacts(setup):
         assert d["kind"] == "steering results" and d["configurations"] >= 1
     r = run("info", str(vec))
     assert r.returncode == 0 and "trait vector" in r.stdout
+
+
+def test_steer_grid_with_projection(setup):
+    _, _, exp = setup
+    r = run("steer", "--experiment", str(exp), "--vector-from-trait", "instruction/pirate", "--method", "probe",
+            "--position", "response[:4]", "--layers", "1", "--coefficients", "0.1,0.2", "--subset", "2",
+            "--max-new-tokens", "3", "--project-layer", "2")
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in results_file(exp).read_text().splitlines() if x.strip()]
+    mine = [x for x in recs if x["n_questions"] == 2 and x["max_new_tokens"] == 3]
+    assert {x.get("coef") for x in mine if x["kind"] == "single"} == {0.1, 0.2}
+    assert all(isinstance(resp["projection"], float) for x in mine for resp in x["responses"])
+    out = results_file(exp).parent
+    assert (out / "layers.csv").exists() and (out / "configs.csv").exists() and (out / "trait_vs_coherence.png").exists()

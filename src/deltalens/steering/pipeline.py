@@ -157,8 +157,9 @@ def run_steering(
     monitor = None
     if monitor_layer is not None:
         v = sets[methods[0]].get(monitor_layer)
-        if v is not None:
-            monitor = Monitor(v.vector, (monitor_layer, component))
+        if v is None:
+            v = load_vector_set(vector_exp or exp, trait.id, variant, positions, methods[0], component, [monitor_layer])[monitor_layer]
+        monitor = Monitor(v.vector, (monitor_layer, component))
     try:
         if coefficients:
             res = grid_search(lm, sets, settings, judge, info, log, coefficients, layers=layers, coef_mode=coef_mode,
