@@ -225,3 +225,28 @@ def test_projections_are_written_next_to_scores(extracted, tmp_path):
     assert [r["projection"] for r in rec["responses"]] == pytest.approx(expect)
     assert rec["projection_mean"] == pytest.approx(sum(expect) / len(expect))
     assert all(r["trait"] is not None and r["coherence"] is not None for r in rec["responses"])
+
+
+def test_uninformative_offline_judge_is_flagged(tmp_path):
+    """When the trait's positive and negative responses are indistinguishable, the offline
+    judge says so instead of silently returning noise."""
+    from deltalens.generate import Generation
+    from deltalens.io import atomic_write, to_json, write_json
+    from deltalens.steering.extraction import _trait_hash
+    from deltalens.steering.pipeline import offline_judge
+    from tiny import tiny_model
+
+    lm = tiny_model("llama")
+    exp = Experiment(tmp_path / "exp")
+    trait = load_trait("instruction/pirate")
+    pool = ["The meeting is at three.", "Reset your password in settings.", "The library opens at nine.",
+            "Revenue grew slightly this year.", "The train is late again.", "Water the plants twice a week."]
+    d = exp.responses_dir(trait.id, "instruct")
+    for pol in ("pos", "neg"):
+        gens = [Generation(i, 0, "q", None, "p", pool[(i + (pol == "neg")) % len(pool)], [1], [2], True).to_dict()
+                for i in range(24)]
+        atomic_write(d / f"{pol}.json", to_json(gens))
+    write_json(d / "meta.json", {"weights_hash": lm.weights_hash, "trait_data": _trait_hash(trait)})
+    with pytest.warns(UserWarning, match="cannot tell instruction/pirate's positive from its negative"):
+        j = offline_judge(lm, exp, trait, "instruct", progress=False)
+    assert j.classifier.meta["cv_auroc"] < 0.7

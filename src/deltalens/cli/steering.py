@@ -128,7 +128,7 @@ def _print_summary(run: Any, title: str) -> None:
 
 def steer_cmd(
     experiment: str = typer.Option("default", "--experiment", "-e", help="Experiment where results are written."),
-    vector_from_trait: str = typer.Option(..., "--vector-from-trait", help="[experiment/]<format>/<trait>, e.g. model_diff/pv_instruction/sycophancy."),
+    vector_from_trait: str = typer.Option(..., "--vector-from-trait", help="(experiment/)<format>/<trait>, e.g. model_diff/pv_instruction/sycophancy or instruction/pirate."),
     extraction_variant: str = typer.Option("instruct", "--extraction-variant", help="Model variant the vectors were extracted from."),
     method: str = typer.Option("mean_diff", "--method", help="Vector method(s), comma-separated; searched together."),
     position: str = typer.Option("response[:]", "--position", help="Extraction position of the vectors."),
@@ -165,7 +165,14 @@ def steer_cmd(
         from ..errors import DeltalensError
 
         raise DeltalensError(f"--coef-mode must be relative or raw, not '{coef_mode}'")
-    j = make_judge(judge, lm, exp, ts, variant)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        j = make_judge(judge, lm, exp, ts, variant)
+    for w in caught:
+        if "offline judge" in str(w.message):
+            console.print(f"[yellow]warning:[/yellow] {w.message}", highlight=False)
     j.check()
 
     def report(step: int, rows: list) -> None:

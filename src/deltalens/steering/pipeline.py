@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ..models.loading import LoadedModel
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+MIN_JUDGE_AUROC = 0.7  # below this the offline trait classifier is flagged as uninformative
 
 
 def model_spec_for(exp: Experiment, variant: str, model: str | None = None) -> str:
@@ -90,6 +91,16 @@ def offline_judge(
             model=lm.name, responses_sha=data_sha, confounded_by_content=src.format == "natural",
         )
         clf.save(path)
+    auroc = clf.meta.get("cv_auroc")
+    if auroc is not None and auroc < MIN_JUDGE_AUROC:
+        import warnings
+
+        warnings.warn(
+            f"the offline judge cannot tell {src.id}'s positive from its negative responses on {lm.name} "
+            f"(cross-validated AUROC {auroc:.2f} < {MIN_JUDGE_AUROC}); its trait scores carry no signal — "
+            "use an LLM judge (--judge openai or local:<model>) for this trait",
+            stacklevel=2,
+        )
     return OfflineJudge(clf, CoherenceScorer(lm))
 
 
