@@ -250,3 +250,27 @@ def test_uninformative_offline_judge_is_flagged(tmp_path):
     with pytest.warns(UserWarning, match="cannot tell instruction/pirate's positive from its negative"):
         j = offline_judge(lm, exp, trait, "instruct", progress=False)
     assert j.classifier.meta["cv_auroc"] < 0.7
+
+
+def test_judge_filter_keeps_agreeing_coherent_responses():
+    """Persona-vector filtering: positives need trait ≥ 50, negatives trait < 50, both coherence ≥ 50."""
+    from deltalens.generate import Generation
+    from deltalens.judges import Judge, Score
+    from deltalens.steering.extraction import filter_responses
+
+    class KeywordJudge(Judge):  # a deterministic judge implementing the protocol
+        id = "keyword"
+
+        def score_batch(self, kind, items, trait):
+            if kind == "trait":
+                return [Score(90.0 if "arr" in r else 10.0) for _, r in items]
+            return [Score(20.0 if "zzz" in r else 80.0) for _, r in items]
+
+    def g(i, text):
+        return Generation(i, 0, "q", None, "p", text, [1], [2], True)
+
+    pos = [g(0, "arr matey"), g(1, "plain answer"), g(2, "arr zzz")]
+    neg = [g(0, "plain"), g(1, "arr oops"), g(2, "plain zzz")]
+    kp, kn, counts = filter_responses(pos, neg, KeywordJudge(), load_trait("instruction/pirate"))
+    assert [x.response for x in kp] == ["arr matey"] and [x.response for x in kn] == ["plain"]
+    assert counts == {"pos_before": 3, "neg_before": 3, "pos_kept": 1, "neg_kept": 1}
