@@ -4,8 +4,8 @@ projection monitoring.
 * :func:`generate_sweep` — many (layer, vector, coefficient) configurations as row slices
   of one greedy generation batch (:mod:`.sweep`);
 * :func:`extract` — trait-vector extraction from a trait dataset (:mod:`.extraction`);
-* :func:`evaluate` — generate, judge and append results for candidate configurations
-  (:mod:`.evaluate`);
+* :func:`deltalens.steering.evaluate.evaluate` — generate, judge and append results for
+  candidate configurations (the module keeps its name; import the function from it);
 * :func:`adaptive_search`, :func:`grid_search`, :func:`checkpoint_summary` (:mod:`.search`);
 * :func:`combination_candidates`, :func:`comparison_table` — Phase 2 (:mod:`.combine`);
 * :func:`project` — projection monitoring (:mod:`.monitor`);
@@ -13,7 +13,7 @@ projection monitoring.
 """
 
 from .combine import Source, combination_candidates, comparison_table
-from .evaluate import Candidate, EvalSettings, Monitor, Term, evaluate
+from .evaluate import Candidate, EvalSettings, Monitor, Term
 from .extraction import extract, load_vector_set
 from .monitor import project
 from .results import ResultsLog
@@ -34,7 +34,6 @@ __all__ = [
     "checkpoint_summary",
     "combination_candidates",
     "comparison_table",
-    "evaluate",
     "extract",
     "generate_sweep",
     "grid_search",
