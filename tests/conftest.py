@@ -16,6 +16,15 @@ from tiny import tiny_model, tiny_tokenizer  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture
+def one_thread():
+    """Small matrices: one torch thread avoids OpenMP hand-off costs (use via usefixtures)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tok():
     return tiny_tokenizer()

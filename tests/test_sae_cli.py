@@ -18,12 +18,7 @@ def cli(*args):
     return e.value.code
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sae_commands_end_to_end(tiny, tmp_path, capsys):

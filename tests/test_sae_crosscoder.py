@@ -11,12 +11,7 @@ from deltalens.sae.crosscoder import Crosscoder, train_crosscoder
 from deltalens.sae.sources import StoreSource
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def paired(n=16000, d=24, n_shared=24, n_base=8, n_ft=8, seed=0):

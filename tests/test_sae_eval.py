@@ -15,12 +15,7 @@ from deltalens.sae import SAE, SAEConfig, load_any, load_sae, read_dictionary_le
 from deltalens.sae.eval import ce_metrics, evaluate, reconstruction_metrics, summary_rows, write_eval
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_sae(arch="topk", d_in=16, d_sae=48, k=4, site="resid.1", seed=0, scale=0.3):

@@ -23,13 +23,7 @@ from deltalens.sae.modules import make_training_sae
 from deltalens.sae.sources import ModelSource, StoreSource, TensorSource
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small matrices: one thread avoids OpenMP hand-off costs on a shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic(n=20000, d=32, n_feat=128, active=4, seed=0):

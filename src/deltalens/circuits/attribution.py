@@ -95,22 +95,10 @@ def attribution_patching(
     m_base = m.detach().cpu()
     L = len(sites) // len(components)
     values = float(m_base.mean()) + scores.view(len(components), L, len(cols))
-    m_clean, m_corr = (m_src.cpu(), m_base) if direction == "denoising" else (m_base, m_src.cpu())
-    labels_all = dict(zip(task.positions, task.position_labels()))
-    return PatchingResult(
-        method="attribution_patching",
-        direction=direction,
-        metric_name=task.metric_name,
-        components=list(components),
-        layers=[s.layer for s in sites[:L]],
-        positions=cols,
-        labels=[labels_all.get(c, str(c)) for c in cols],
-        clean=float(m_clean.mean()),
-        corrupted=float(m_corr.mean()),
-        values=values,
-        seconds=time.perf_counter() - t0,
-        meta={"task": task.describe(), "gradient_on": base_run,
-              "estimate": "m(base) + sum_pairs sum_d (a_source - a_base) * dm/da|base"},
+    return PatchingResult.for_grid(
+        task, "attribution_patching", direction, components, [s.layer for s in sites[:L]], cols, m_base, m_src.cpu(),
+        values, t0,
+        {"gradient_on": base_run, "estimate": "m(base) + sum_pairs sum_d (a_source - a_base) * dm/da|base"},
     )
 
 
@@ -162,20 +150,9 @@ def integrated_gradients(
             scores[start + j] = _scores(source[s] - base[s], g_site, cols).cpu()
     L = len(sites) // len(components)
     values = float(m_base.mean()) + scores.view(len(components), L, len(cols))
-    m_clean, m_corr = (m_src, m_base) if direction == "denoising" else (m_base, m_src)
-    labels_all = dict(zip(task.positions, task.position_labels()))
-    return PatchingResult(
-        method="integrated_gradients",
-        direction=direction,
-        metric_name=task.metric_name,
-        components=list(components),
-        layers=[s.layer for s in sites[:L]],
-        positions=cols,
-        labels=[labels_all.get(c, str(c)) for c in cols],
-        clean=float(m_clean.mean()),
-        corrupted=float(m_corr.mean()),
-        values=values,
-        seconds=time.perf_counter() - t0,
-        meta={"task": task.describe(), "steps": steps, "gradient_on": f"path {base_run} -> {src_run} per site",
-              "rule": "left Riemann sum, alpha = k/N, k = 0..N-1"},
+    return PatchingResult.for_grid(
+        task, "integrated_gradients", direction, components, [s.layer for s in sites[:L]], cols, m_base, m_src,
+        values, t0,
+        {"steps": steps, "gradient_on": f"path {base_run} -> {src_run} per site",
+         "rule": "left Riemann sum, alpha = k/N, k = 0..N-1"},
     )

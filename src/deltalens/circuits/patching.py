@@ -164,21 +164,9 @@ def activation_patching(
     if len(run_cols):
         per_pair[:, keep] = ran.view(len(sites), len(run_cols), task.n_pairs)
     per_pair = per_pair.view(len(components), L, len(cols), task.n_pairs)
-    m_clean, m_corr = (m_src, m_base) if direction == "denoising" else (m_base, m_src)
-    labels_all = dict(zip(task.positions, task.position_labels()))
-    return PatchingResult(
-        method="activation_patching",
-        direction=direction,
-        metric_name=task.metric_name,
-        components=list(components),
-        layers=[s.layer for s in sites[:L]],
-        positions=cols,
-        labels=[labels_all.get(c, str(c)) for c in cols],
-        clean=float(m_clean.mean()),
-        corrupted=float(m_corr.mean()),
-        values=per_pair.mean(-1),
+    return PatchingResult.for_grid(
+        task, "activation_patching", direction, components, [s.layer for s in sites[:L]], cols, m_base.cpu(),
+        m_src.cpu(), per_pair.mean(-1), t0,
+        {"n_forward_rows": len(patches) * task.n_seqs, "skipped_identical_prefix_columns": [c for c in cols if c < first]},
         per_pair=per_pair,
-        seconds=time.perf_counter() - t0,
-        meta={"task": task.describe(), "n_forward_rows": len(patches) * task.n_seqs,
-              "skipped_identical_prefix_columns": [c for c in cols if c < first]},
     )

@@ -4,6 +4,7 @@ components × layers × positions, with JSON and heatmap output."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,44 @@ class PatchingResult:
     per_pair: torch.Tensor | None = None  # [C, L, P, n_pairs]
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_grid(
+        cls,
+        task: Any,
+        method: str,
+        direction: str,
+        components: Sequence[str],
+        layers: Sequence[int],
+        cols: Sequence[int],
+        m_base: torch.Tensor,
+        m_src: torch.Tensor,
+        values: torch.Tensor,
+        t0: float,
+        meta: dict[str, Any],
+        per_pair: torch.Tensor | None = None,
+    ) -> PatchingResult:
+        """A result over the (component, layer, position) grid of ``task``: the unpatched
+        run is ``m_base`` (corrupted for denoising), the source run ``m_src``."""
+        import time
+
+        m_clean, m_corr = (m_src, m_base) if direction == "denoising" else (m_base, m_src)
+        labels_all = dict(zip(task.positions, task.position_labels()))
+        return cls(
+            method=method,
+            direction=direction,
+            metric_name=task.metric_name,
+            components=list(components),
+            layers=list(layers),
+            positions=list(cols),
+            labels=[labels_all.get(c, str(c)) for c in cols],
+            clean=float(m_clean.float().mean()),
+            corrupted=float(m_corr.float().mean()),
+            values=values,
+            per_pair=per_pair,
+            seconds=time.perf_counter() - t0,
+            meta={"task": task.describe(), **meta},
+        )
 
     @property
     def base(self) -> float:

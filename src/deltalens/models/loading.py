@@ -383,6 +383,18 @@ def bundled_names() -> list[str]:
     return list(BUNDLED)
 
 
+def _gguf_of(spec: str) -> tuple[Path | None, str]:
+    """The GGUF file behind a bundled name or a ``.gguf`` path (``None`` otherwise), and a name."""
+    if spec in BUNDLED:
+        return BUNDLED[spec].gguf_path(cache_root()), spec
+    if spec.lower().endswith(".gguf"):
+        p = Path(spec).expanduser()
+        if not p.is_file():
+            raise ModelSpecError(f"GGUF file not found: {p}")
+        return p.resolve(), p.stem
+    return None, spec
+
+
 def local_dir(spec: str | os.PathLike | LoadedModel) -> Path:
     """The local Hugging Face directory (``config.json`` + safetensors) holding a spec's weights,
     without loading the model: a bundled name or ``.gguf`` file gives its de-quantised cache
@@ -399,15 +411,7 @@ def local_dir(spec: str | os.PathLike | LoadedModel) -> Path:
             )
         return Path(spec.source_dir)
     spec_s = str(spec)
-    gguf: Path | None = None
-    name = spec_s
-    if spec_s in BUNDLED:
-        gguf = BUNDLED[spec_s].gguf_path(cache_root())
-    elif spec_s.lower().endswith(".gguf"):
-        p = Path(spec_s).expanduser()
-        if not p.is_file():
-            raise ModelSpecError(f"GGUF file not found: {p}")
-        gguf, name = p.resolve(), p.stem
+    gguf, name = _gguf_of(spec_s)
     if gguf is not None:
         target = _gguf_cache_dir(gguf, name)
         if not (target / "model.safetensors").exists():
@@ -457,16 +461,7 @@ def load(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
 
-    gguf: Path | None = None
-    name = spec_s
-    if spec_s in BUNDLED:
-        gguf = BUNDLED[spec_s].gguf_path(cache_root())
-    elif spec_s.lower().endswith(".gguf"):
-        p = Path(spec_s).expanduser()
-        if not p.is_file():
-            raise ModelSpecError(f"GGUF file not found: {p}")
-        gguf = p.resolve()
-        name = p.stem
+    gguf, name = _gguf_of(spec_s)
 
     if gguf is not None:
         target = _gguf_cache_dir(gguf, name)
