@@ -19,7 +19,6 @@ from . import DemoContext, Stage
 def run(ctx: DemoContext) -> None:
     from ..data import bundled_prompts
     from ..features import analyse, build_dashboards, make_sources, top_logit_tokens, write_dashboards
-    from ..features.firing import FiringConfig
     from ..features.universal import prompt_inputs
     from ..io import atomic_path
 

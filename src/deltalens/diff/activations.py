@@ -393,7 +393,7 @@ def activation_difference_lens(
         "layers": out_layers,
         "summary": {"layer": sl, "reading": f"first_k (mean over positions 0..{k - 1})", **{
             kk: out_layers[str(sl)]["first_k"][kk] for kk in ("pos", "neg", "norm")}},
-        "summary_max": {"layer": lmax, "reading": f"first_k at the layer with the largest ‖δ‖ / mean ‖x_base‖", **{
+        "summary_max": {"layer": lmax, "reading": "first_k at the layer with the largest ‖δ‖ / mean ‖x_base‖", **{
             kk: out_layers[str(lmax)]["first_k"][kk] for kk in ("pos", "neg", "norm", "rel_norm")}},
         "provenance": provenance(None, stage="activation-difference lens", seconds=round(time.time() - t0, 2)),
     }
