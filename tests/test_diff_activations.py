@@ -11,15 +11,12 @@ import torch
 import deltalens
 from deltalens.diff.activations import activation_difference_lens, activation_similarity, replay_ids
 from deltalens.generate import Generation
+from tiny import save_tiny as save
 from tiny import tiny_model
 
 PROMPTS = ["Hello there", "What is the capital of France?", "Tell me a story about a mouse.", "Why is the sky blue?"]
 
 
-def save(lm, path):
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import save_tiny as save
 from tiny import tiny_model
 
 from deltalens.diff.organisms import TrainConfig, iterative_dpo
@@ -51,10 +52,6 @@ def cli(capsys, monkeypatch):
     return call
 
 
-def save(lm, path):
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

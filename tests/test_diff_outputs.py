@@ -7,16 +7,13 @@ import torch
 
 import deltalens
 from deltalens.diff.outputs import diff_outputs
+from tiny import save_tiny as save
 from tiny import tiny_model, tiny_tokenizer
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "What is the capital of France? The capital is Paris.",
          "I love reading books about science and art.", "Numbers: 1 2 3 4 5"]
 
 
-def save(lm, path):
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,10 @@ from deltalens.diff import ModelFiles, diff_weights, effective_rank
 from deltalens.diff.files import SafetensorsFile
 from deltalens.diff.lens import load_trait_vectors, stream_logit_lens
 from deltalens.errors import DataFormatError, ModelMismatchError, ShapeError
+from tiny import save_tiny as save
 from tiny import tiny_config, tiny_model, tiny_tokenizer
 
 
-def save(lm, path):
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

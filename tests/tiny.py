@@ -102,3 +102,10 @@ def tiny_model(family: str = "llama", n_layers: int = 4, d: int = 64, seed: int 
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return LoadedModel.wrap(model, tok, name=f"tiny-{family}")
+
+
+def save_tiny(lm, path) -> str:
+    """Save a tiny LoadedModel as a normal HF directory (weights + tokenizer); returns the path."""
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return str(path)

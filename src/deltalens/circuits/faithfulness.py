@@ -147,12 +147,7 @@ def _component_curve(lm: LoadedModel, task: PairTask, result: PatchingResult, ks
     corr, _ = cache_run(lm, task, "corrupted", sites)
     means = {s: _masked_mean([clean[s], corr[s]], task.mask.bool()) for s in sites}
 
-    # keep-masks over the node grid per evaluation: M, ∅, then C_k and M∖C_k for each k
-    keeps = [torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)]
-    for k in ks:
-        kc = torch.zeros(n, dtype=torch.bool)
-        kc[order[:k]] = True
-        keeps += [kc, ~kc]
+    keeps = _keep_masks(order, ks, n)
     S, T = task.n_seqs, task.width
     col_idx = torch.tensor(cols)
     per = max(1, batch_tokens // max(1, S * T))
@@ -174,6 +169,17 @@ def _component_curve(lm: LoadedModel, task: PairTask, result: PatchingResult, ks
     return FaithfulnessCurve("component", ks, n, f[0], f[1], f[2::2], f[3::2],
                              meta={"components": comps, "layers": result.layers, "positions": cols,
                                    "ranked_by": f"|{result.method} effect| ({result.direction})"})
+
+
+def _keep_masks(order: torch.Tensor, ks: Sequence[int], n: int) -> list[torch.Tensor]:
+    """Keep-masks over ``n`` nodes, one per evaluation: M (all), ∅ (none), then C_k (the
+    top-k by ``order``) and its complement M∖C_k for each k."""
+    keeps = [torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)]
+    for k in ks:
+        kc = torch.zeros(n, dtype=torch.bool)
+        kc[order[:k]] = True
+        keeps += [kc, ~kc]
+    return keeps
 
 
 def _sae_curve(lm: LoadedModel, task: PairTask, result: SAEAttribution, sae: Any, ks: Sequence[int] | None,
@@ -199,11 +205,7 @@ def _sae_curve(lm: LoadedModel, task: PairTask, result: SAEAttribution, sae: Any
     f_mean = _masked_mean([recs["clean"][0], recs["corrupted"][0]], real)  # [T, d_sae]
     e_mean = _masked_mean([recs["clean"][1], recs["corrupted"][1]], real)  # [T, d]
 
-    keeps = [torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)]
-    for k in ks:
-        kc = torch.zeros(n, dtype=torch.bool)
-        kc[order[:k]] = True
-        keeps += [kc, ~kc]
+    keeps = _keep_masks(order, ks, n)
     S, T = task.n_seqs, task.width
     col_idx = torch.tensor(cols)
     per = max(1, batch_tokens // max(1, S * T))
