@@ -129,7 +129,7 @@ def test_cli_errors_are_one_line(setup):
 
 def test_info_describes_steering_artifacts(setup):
     _, _, exp = setup
-    from deltalens.cli.steering import describe_steering
+    from deltalens.steering.describe import describe_steering
 
     vec = Path(exp) / "vectors" / "instruction" / "pirate" / "instruct" / "response__4" / "resid" / "probe" / "layer1.safetensors"
     d = describe_steering(vec)

@@ -1,8 +1,12 @@
 """``describe(path)``: what an artifact is, its shapes and provenance (``deltalens info``).
 
 Recognised: activation stores, safetensors files (vectors, SAE weights…), SAELens SAE
-directories, Hugging Face model directories, experiment directories, JSON and JSONL
-files. Feature packages can add recognisers with :func:`register_describer`.
+directories, Hugging Face model directories, experiment directories, every registered stage
+result (:func:`deltalens.stage.register_result`), JSON and JSONL files.
+
+Feature packages add recognisers with :func:`register_describer` in a ``describe`` module of
+their own (``deltalens/<package>/describe.py``); :func:`describe` imports every such module
+first, so the Python API sees the same kinds as ``deltalens info`` — no import of the CLI needed.
 """
 
 from __future__ import annotations
@@ -104,7 +108,40 @@ def _json(path: Path) -> dict[str, Any] | None:
     return None
 
 
-_DESCRIBERS.extend([_store, _sae_dir, _hf_model, _experiment, _safetensors, _json])
+def _result(path: Path) -> dict[str, Any] | None:
+    from .stage import describe_result
+
+    return describe_result(path)
+
+
+_DESCRIBERS.extend([_store, _sae_dir, _hf_model, _experiment, _result, _safetensors, _json])
+_plugins_loaded = False
+
+
+def load_describers() -> None:
+    """Import ``deltalens.<package>.describe`` for every feature package that has one.
+
+    Discovery by module name keeps the arrows pointing down: this core module names no
+    feature package.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    import importlib
+    import pkgutil
+
+    import deltalens
+
+    for mod in pkgutil.iter_modules(deltalens.__path__):
+        if not mod.ispkg or mod.name in ("cli", "demo"):
+            continue
+        spec_name = f"deltalens.{mod.name}.describe"
+        try:
+            importlib.import_module(spec_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != spec_name:
+                raise
+    _plugins_loaded = True
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -112,6 +149,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise DataFormatError(f"{p}: no such file or directory")
+    load_describers()
     for fn in _DESCRIBERS:
         out = fn(p)
         if out is not None:

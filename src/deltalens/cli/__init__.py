@@ -1,22 +1,36 @@
 """The ``deltalens`` command line: a thin Typer app over the library.
 
-Every module in this package that defines ``register(app)`` adds its commands; errors
-caused by input (:class:`~deltalens.errors.DeltalensError`) are printed as one line
-without a traceback and exit with status 2.
+Every module in :data:`GROUPS` defines ``register(app)`` and adds its commands under its
+workflow's help panel, in the order a study runs (core → steering → diffing → SAEs →
+features → circuits → report). Errors caused by input
+(:class:`~deltalens.errors.DeltalensError`) are printed as one line without a traceback and
+exit with status 2.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import sys
+from typing import Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from ..errors import DeltalensError
 
+class _StudyOrder(TyperGroup):
+    """Lists commands (and command groups) panel by panel in :data:`GROUPS` order."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        order = {panel: i for i, (_, panel) in reversed(list(enumerate(GROUPS)))}
+        names = list(self.commands)
+        return sorted(names, key=lambda n: order.get(getattr(self.commands[n], "rich_help_panel", None), len(order)))
+
+
 app = typer.Typer(
     name="deltalens",
+    cls=_StudyOrder,
     help="Model diffing and mechanistic interpretability for Hugging Face causal LMs.",
     no_args_is_help=True,
     add_completion=False,
@@ -24,20 +38,43 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+# (module, help panel) in the order a study runs; `deltalens --help` lists them so.
+GROUPS: tuple[tuple[str, str], ...] = (
+    ("core", "Core: models, generation, activations"),
+    ("steering", "Trait vectors and steering"),
+    ("diff", "Model diffing"),
+    ("sae", "Sparse autoencoders"),
+    ("features", "Feature analysis"),
+    ("circuits", "Circuits"),
+    ("report", "Report and demo"),
+    ("demo", "Report and demo"),
+)
+
 _registered = False
+
+
+class _Panel:
+    """``app`` seen by one command module: every command it adds goes under ``panel``."""
+
+    def __init__(self, app: typer.Typer, panel: str):
+        self._app, self._panel = app, panel
+
+    def command(self, name: str | None = None, **kw: Any) -> Any:
+        kw.setdefault("rich_help_panel", self._panel)
+        return self._app.command(name, **kw)
+
+    def add_typer(self, sub: typer.Typer, **kw: Any) -> None:
+        kw.setdefault("rich_help_panel", self._panel)
+        self._app.add_typer(sub, **kw)
 
 
 def _register() -> None:
     global _registered
     if _registered:
         return
-    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if mod.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{mod.name}")
-        reg = getattr(module, "register", None)
-        if callable(reg):
-            reg(app)
+    for name, panel in GROUPS:
+        module = importlib.import_module(f"{__name__}.{name}")
+        module.register(_Panel(app, panel))
     _registered = True
 
 

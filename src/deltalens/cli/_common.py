@@ -1,10 +1,15 @@
-"""Shared CLI helpers: consoles, option parsing, tables."""
+"""Shared CLI helpers: consoles, the ``--experiment`` option, options built from config fields,
+option parsing, tables."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
+
+import typer
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,6 +19,41 @@ from ..errors import DeltalensError
 
 console = Console()
 err_console = Console(stderr=True)
+
+EXPERIMENT_HELP = "Experiment name (under $DELTALENS_EXPERIMENTS or ./experiments) or directory."
+
+
+def experiment_option(default: str = "default", help: str = EXPERIMENT_HELP) -> Any:
+    """The one ``--experiment/-e`` option every command that writes into an experiment takes."""
+    return typer.Option(default, "--experiment", "-e", help=help)
+
+
+def output_dir(out: Path | None, default: Path) -> Path:
+    """``--out`` when given, else the experiment path the library chose (``default``)."""
+    return Path(out) if out is not None else Path(default)
+
+
+def config_option(config_cls: type, name: str, *flags: str, **kw: Any) -> Any:
+    """A ``typer.Option`` for field ``name`` of a stage config: default, flag and help come from the
+    field (:func:`deltalens.stage.option`), so they are defined once. Extra ``flags`` (aliases)
+    and keyword arguments are passed on."""
+    f = next((f for f in dataclasses.fields(config_cls) if f.name == name), None)
+    if f is None:
+        raise AttributeError(f"{config_cls.__name__} has no field {name!r}")
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        default = f.default_factory()  # type: ignore[misc]
+    else:
+        default = ...
+    names = [f.metadata.get("flag") or "--" + name.replace("_", "-")]
+    if f.metadata.get("short"):
+        names.append(f.metadata["short"])
+    names.extend(flags)
+    kw.setdefault("help", f.metadata.get("help") or None)
+    if isinstance(default, (list, tuple)):  # list fields are comma-separated strings on the CLI
+        default = ",".join(map(str, default)) if default else None
+    return typer.Option(default, *names, **kw)
 
 
 def split_list(value: str | None) -> list[str]:
@@ -55,11 +95,17 @@ def parse_floats(value: str | None, what: str = "values") -> list[float]:
         raise DeltalensError(f"cannot read {what} '{value}': write comma-separated numbers, e.g. '2,4,8'") from None
 
 
-def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]], **kw: Any) -> Table:
-    """A rich table; every cell is escaped (model text may contain markup-like brackets)."""
+def table(
+    title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, no_wrap: Sequence[str] = (), **kw: Any
+) -> Table:
+    """A rich table; every cell is escaped (model text may contain markup-like brackets).
+    Columns named in ``no_wrap`` are never wrapped or cut (names to copy); others fold."""
     t = Table(title=title, **kw)
     for c in columns:
-        t.add_column(c)
+        if c in no_wrap:
+            t.add_column(c, no_wrap=True, overflow="fold", min_width=len(c))
+        else:
+            t.add_column(c, overflow="fold")
     for r in rows:
         t.add_row(*(escape(_fmt(x)) for x in r))
     return t

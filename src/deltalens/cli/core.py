@@ -22,7 +22,7 @@ def models_cmd() -> None:
         cached = sorted((root / "models").glob(f"{name}-*/model.safetensors"))
         size = f"{cached[0].stat().st_size / 2**20:.0f} MB" if cached else "-"
         rows.append((name, b.description, "yes" if b.installed() else f"no ({b.pip})", "yes" if cached else "no", size))
-    console.print(table("bundled models", ["name", "model", "installed", "cached", "cache size"], rows))
+    console.print(table("bundled models", ["name", "model", "installed", "cached", "cache size"], rows, no_wrap=["name"]))
     console.print(f"cache: {root}  (set DELTALENS_CACHE to move it)")
 
 

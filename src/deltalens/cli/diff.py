@@ -311,10 +311,6 @@ def series_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    from ..diff.describe import describe_diff
-    from ..info import register_describer
-
-    register_describer(describe_diff)
     organism_app.command("datasets")(datasets_cmd)
     organism_app.command("train")(train_cmd)
     organism_app.command("dpo-series")(dpo_series_cmd)

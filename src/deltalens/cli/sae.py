@@ -236,14 +236,6 @@ def convert_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    from ..info import register_describer
-
-    def _describe(path: Path):
-        from ..sae.io import describe
-
-        return describe(path)
-
-    register_describer(_describe)
     sae_app.command("train")(train_cmd)
     sae_app.command("eval")(eval_cmd)
     sae_app.command("iterate")(iterate_cmd)

@@ -1,4 +1,4 @@
-"""``deltalens info`` for diff results, series and trajectories (registered by the CLI)."""
+"""``deltalens info`` for diff results, series and trajectories (registered on import; :func:`deltalens.info.describe` imports this module)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..info import register_describer
 
+
+@register_describer
 def describe_diff(path: str | Path) -> dict[str, Any] | None:
     """A summary of a diff's ``results.json``, a series' ``series.json`` or a ``trajectory.json``
     (or a directory holding one); ``None`` for anything else."""
