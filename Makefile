@@ -39,8 +39,12 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+LINT_PATHS := src tests benchmarks examples
+
+# ruff with the rules and line length of pyproject.toml, then the formatter in check mode.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 # Refresh the lock file from the current environment (maintainers only).
 lock: $(STAMP)
