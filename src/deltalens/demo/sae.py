@@ -37,7 +37,7 @@ def run(ctx: DemoContext) -> None:
     from ..data.corpus import read_texts, token_windows
     from ..sae.eval import ce_metrics, reconstruction_metrics, summary_rows, write_eval
     from ..sae.sources import TensorSource
-    from ..sae.train import TrainConfig, train_sae
+    from ..sae.train import SAETrainConfig, train_sae
 
     lm, con = ctx.lm, ctx.console
     t0 = time.time()
@@ -57,7 +57,7 @@ def run(ctx: DemoContext) -> None:
               f"{len(items) - len(train_w)} chat texts in {t_cap:.1f} s; training on {len(src)} "
               f"(special and high-norm tokens excluded)")
 
-    cfg = TrainConfig(architecture="topk", expansion=4, k=32, batch_size=1024,
+    cfg = SAETrainConfig(architecture="topk", expansion=4, k=32, batch_size=1024,
                       total_tokens=(50_000 if ctx.fast else 120_000), lr=1e-3, dead_window_tokens=30_000)
     out = ctx.exp.sae_dir(f"topk_{SITE.replace('.', '')}")
     res = train_sae(src, cfg, out=out, resume=False, progress=False,

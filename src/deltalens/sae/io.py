@@ -280,3 +280,12 @@ def describe(path: str | Path) -> dict[str, Any] | None:
         r, loss = e.get("reconstruction") or {}, e.get("loss") or {}
         out["eval"] = {k: v for k, v in {**r, **loss}.items() if isinstance(v, (int, float, str))}
     return out
+
+
+def convert(src: str | Path, out: str | Path, site: str | None = None) -> tuple[str, SAE]:
+    """Read an SAE in any supported format and write it as a SAELens directory; returns the
+    source format and the SAE."""
+    fmt = detect_format(src)
+    sae = load_any(src, site=site)
+    save_sae(sae, out)
+    return fmt, sae
