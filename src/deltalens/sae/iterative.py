@@ -344,6 +344,8 @@ def resolve_series(series: str | Path, experiment: str | Path | None = None) -> 
     p = Path(series)
     if p.is_dir():
         return p
+    if p.is_absolute() or len(p.parts) > 1 or p.exists():
+        raise DataFormatError(f"{p}: not a series directory (no such directory)")
     cand = Experiment.named(str(experiment or "default")).series_dir(str(series))
     if cand.is_dir():
         return cand

@@ -14,11 +14,11 @@ What the loop does, in order:
    folded into the weights (see :mod:`deltalens.sae.modules`), the file records it as
    ``metadata.deltalens_norm_scale`` and takes raw activations (``normalize_activations``
    is ``"none"`` in ``cfg.json``).
-2. **Initialisation**: decoder rows random unit vectors (``relu``: norm 0.1), ``W_enc =
+2. **Initialisation**: decoder rows random unit vectors (``standard``: norm 0.1), ``W_enc =
    W_decᵀ``, ``b_enc = 0``, ``b_dec`` = geometric median of a sample (``b_dec_init``).
    Fine-tuning (``init_from``) starts from an existing SAE instead, keeping latent indices.
 3. **Steps**: Adam; learning rate linear warm-up over ``lr_warmup`` of the steps, constant,
-   linear decay to 0 over the last ``lr_decay``; sparsity coefficient (``relu`` L1,
+   linear decay to 0 over the last ``lr_decay``; sparsity coefficient (``standard`` L1,
    ``jumprelu`` L0) linear warm-up over ``sparsity_warmup``; gradient-norm clipping;
    unit-norm decoder rows where the architecture asks for them.
 4. **Dead latents**: a latent is dead when it has not fired in the last
