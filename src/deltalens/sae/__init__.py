@@ -4,12 +4,14 @@ fine-tuning along a checkpoint series, and crosscoders."""
 
 from .base import ARCHITECTURES, SAE, SAEConfig
 from .io import load_any, load_sae, read_dictionary_learning, read_sparsify, read_sparsity, save_sae
+from .protocol import SAELike
 from .train import SAETrainConfig, SAETrainResult, Trainer, TrainingDiverged, train_sae, train_saes
 
 __all__ = [
     "ARCHITECTURES",
     "SAE",
     "SAEConfig",
+    "SAELike",
     "SAETrainConfig",
     "SAETrainResult",
     "Trainer",
