@@ -233,7 +233,9 @@ def train_crosscoder(
     """Train a BatchTopK crosscoder on paired activations: a
     :class:`~deltalens.sae.sources.StoreSource` over several stores of the same tokens (one per
     model), or a tensor ``[n, n_models, d]``. Uses ``config``'s ``k``, ``expansion``/``d_sae``,
-    ``total_tokens``, ``batch_size``, ``lr`` (default 4e-4), schedules and ``seed``."""
+    ``total_tokens``, ``batch_size``, ``lr`` (default 4e-4), schedules and ``seed``.
+    (One function on purpose: initialisation, the loop and the final calibration and scale
+    folding share the per-model scales, the optimiser and the calibration batch.)"""
     from .sources import StoreSource
 
     cfg = config or SAETrainConfig(architecture="batchtopk")

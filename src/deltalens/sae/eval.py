@@ -204,7 +204,9 @@ def ce_metrics(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Cross-entropy metrics (module docstring) over token ``windows`` (lists of ids or the
-    dicts of :func:`deltalens.data.corpus.token_windows`), all of the same length."""
+    dicts of :func:`deltalens.data.corpus.token_windows`), all of the same length.
+    (One function on purpose: the clean and spliced runs of a batch share its padding, masks
+    and clean log-probabilities, and every sum is accumulated in one pass.)"""
     from .. import hooks
     from ..generate import left_pad, position_ids
 

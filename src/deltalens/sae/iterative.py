@@ -50,7 +50,7 @@ from .train import TRAINING_JSON, SAETrainConfig, SAETrainResult, Trainer, train
 
 BRANCHES = ("MD", "M0D", "both")
 RUN_RE = re.compile(r"M(\d+)D(\d+)")
-SERIES_FILE = "series.json"
+SERIES_FILE = "series.json"  # written by the series writer (deltalens.diff.organisms.SERIES_FILE)
 ITERATE_JSON = "iterate.json"
 
 
@@ -354,12 +354,12 @@ def resolve_series(series: str | Path, experiment: str | Path | None = None) -> 
 
 def default_sae_dir(series_dir: Path) -> Path:
     """Where a series' SAEs go: ``Experiment.sae_series_dir(<series>)`` of the experiment holding
-    ``models/<series>``, else ``<series>/saes``."""
+    ``models/<series>`` (a series elsewhere: of the ``default`` experiment)."""
     from ..experiment import Experiment
 
     if series_dir.parent.name == "models":
         return Experiment(series_dir.parent.parent).sae_series_dir(series_dir.name)
-    return series_dir / "saes"
+    return Experiment.named("default").sae_series_dir(series_dir.name)
 
 
 def train_series(
