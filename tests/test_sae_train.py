@@ -340,3 +340,19 @@ def test_store_windows_mix_every_shard(tmp_path):
     assert shards_seen == set(range(8))  # a window draws from every shard, not from 2 whole shards
     epoch = torch.cat([first_window] + [next(it) for _ in range(12)])
     assert sorted(epoch[:, 0].tolist()) == sorted(st.read("resid.0")[:, 0].tolist())  # each row once per epoch
+
+
+def test_train_grid_one_sae_per_site_and_k(tmp_path):
+    from deltalens.sae import SAETrainResult
+    from deltalens.sae.train import train_grid
+
+    x, _ = synthetic(n=3000)
+    cfg = SAETrainConfig(architecture="relu", d_sae=32, total_tokens=512, batch_size=128)
+    assert cfg.architecture == "standard"  # one name for the vanilla ReLU SAE; relu is read as an alias
+    res = train_grid(TensorSource(x, "resid.1"), cfg.replace(architecture="topk"), ["resid.1"], [2, 4], out=tmp_path,
+                     progress=False)
+    assert [r.extra["name"] for r in res] == ["topk_resid.1_k2", "topk_resid.1_k4"]
+    assert [SAETrainResult.load(tmp_path / r.extra["name"]).config.k for r in res] == [2, 4]
+    with pytest.raises(ConfigError, match="--k must be ≥ 1, got 0"):
+        train_grid(TensorSource(x, "resid.1"), cfg, ["resid.1"], [0], out=tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
