@@ -400,7 +400,7 @@ def training_source(
     cut into ``context_len``-token windows and run through ``model`` on the fly; several sites
     share its forward passes). Returns the source and its sites (default: the store's first
     site, or the model's middle residual stream)."""
-    import warnings
+    import logging
 
     from ..errors import ConfigError, DeltalensError
     from ..models import load
@@ -417,7 +417,7 @@ def training_source(
         try:
             special = list(load(spec or model).tokenizer.all_special_ids)
         except (DeltalensError, OSError, ValueError) as exc:
-            warnings.warn(f"could not load {spec or model} for its special tokens; none excluded ({exc})", stacklevel=2)
+            logging.getLogger(__name__).warning("could not load %s for its special tokens; none excluded (%s)", spec or model, exc)
         return StoreSource(st, site_list[0], exclude_token_ids=special, high_norm_factor=high_norm_factor or None), site_list
     from ..data.corpus import read_texts, token_windows
 
