@@ -55,10 +55,10 @@ def activations(store: str | None, n: int) -> torch.Tensor:
 
 
 def run_deltalens(batches: list[torch.Tensor], d_sae: int, k: int, lr: float, warmup: int) -> float:
-    from deltalens.sae import TrainConfig, Trainer
+    from deltalens.sae import SAETrainConfig, Trainer
 
     bs = batches[0].shape[0]
-    cfg = TrainConfig(architecture="topk", d_sae=d_sae, k=k, batch_size=bs, total_tokens=bs * len(batches), lr=lr,
+    cfg = SAETrainConfig(architecture="topk", d_sae=d_sae, k=k, batch_size=bs, total_tokens=bs * len(batches), lr=lr,
                       normalize="none", lr_warmup=0.0, lr_decay=0.0)
     t = Trainer(cfg, batches[0].shape[1])
     t.initialize(batches[0])

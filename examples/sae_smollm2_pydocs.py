@@ -46,11 +46,11 @@ NAME = f"topk_k{K}_x8_l15"
 
 
 def train() -> None:
-    from deltalens.sae import TrainConfig, train_sae
+    from deltalens.sae import SAETrainConfig, train_sae
 
     lm = deltalens.load("smollm2-135m-instruct")
     store = EXP.activations_dir("pydocs", "base", "all")
-    cfg = TrainConfig(architecture="topk", expansion=8, k=K, total_tokens=TRAIN_TOKENS, batch_size=1024,
+    cfg = SAETrainConfig(architecture="topk", expansion=8, k=K, total_tokens=TRAIN_TOKENS, batch_size=1024,
                       checkpoint_every_tokens=250_000)
     res = train_sae(store, cfg, site=SITE, out=EXP.sae_dir(NAME), exclude_token_ids=lm.tokenizer.all_special_ids,
                     metadata={"training_data": "python3.11-doc sources, 256-token windows"})
@@ -82,7 +82,7 @@ def _curves(history, path) -> None:
 def eval() -> None:
     from deltalens.cli._common import console, table
     from deltalens.sae import load_sae
-    from deltalens.sae.eval import evaluate, summary_rows
+    from deltalens.sae.eval import SAEEvalConfig, evaluate_sae, summary_rows
 
     lm = deltalens.load("smollm2-135m-instruct")
     sae = load_sae(EXP.sae_dir(NAME))
@@ -91,8 +91,8 @@ def eval() -> None:
     windows = list(token_windows(lm.tokenizer, read_texts(CORPUS), CONTEXT, max_tokens=TOKENS + 64 * CONTEXT))
     held = windows[-64:]
     t = time.time()
-    res = evaluate(sae, activations=store, lm=lm, windows=held, split="val", out=EXP.sae_eval_dir(NAME),
-                   exclude_token_ids=lm.tokenizer.all_special_ids, progress=True)
+    res = evaluate_sae(sae, SAEEvalConfig(split="val"), activations=store, lm=lm, windows=held, out=EXP.sae_eval_dir(NAME),
+                       exclude_token_ids=lm.tokenizer.all_special_ids, progress=True)
     console.print(table(f"{NAME}: eval on the store's val split + {len(held)} held-out windows", ["metric", "value", "definition"],
                         summary_rows(res)))
     print(f"eval {time.time() - t:.0f} s → {EXP.sae_eval_dir(NAME)}")

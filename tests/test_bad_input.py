@@ -62,6 +62,51 @@ CASES: list[Case] = []
 
 # == SAEs ==
 
+
+def _corrupt_sae(tmp: Path) -> dict[str, str]:
+    """A SAELens directory whose weights file is not safetensors, and a store-like directory."""
+    import json
+
+    d = tmp / "inputs" / "sae"
+    d.mkdir(parents=True)
+    (d / "cfg.json").write_text(json.dumps({"architecture": "topk", "d_in": 8, "d_sae": 16, "k": 2}))
+    (d / "sae_weights.safetensors").write_bytes(b"this is not a safetensors file")
+    return {"sae": str(d)}
+
+
+def _series_without_models(tmp: Path) -> dict[str, str]:
+    d = tmp / "inputs" / "series"
+    d.mkdir(parents=True)
+    (d / "D0.jsonl").write_text('{"text": "a generated sequence"}\n')
+    return {"series": str(d)}
+
+
+_TRAIN = ["sae", "train", "--store", "{tmp}/no_store", "--out", "{tmp}/out"]
+CASES += [
+    Case("sae-train-k0", [*_TRAIN, "--k", "0"], "--k must be ≥ 1, got 0"),
+    Case("sae-train-k-list-0", [*_TRAIN, "--k", "16,0"], "--k must be ≥ 1, got 0"),
+    Case("sae-train-k-not-int", [*_TRAIN, "--k", "16,x"], "--k: cannot read '16,x'"),
+    Case("sae-train-expansion0", [*_TRAIN, "--expansion", "0"], "--expansion must be ≥ 1, got 0"),
+    Case("sae-train-batch0", [*_TRAIN, "--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
+    Case("sae-train-tokens0", [*_TRAIN, "--tokens", "0"], "--tokens must be ≥ 1, got 0"),
+    Case("sae-train-lr0", [*_TRAIN, "--lr", "0"], "--lr must be > 0, got 0.0"),
+    Case("sae-train-arch", [*_TRAIN, "--arch", "gated"], "unknown SAE architecture 'gated'"),
+    Case("sae-train-no-store", _TRAIN, "{tmp}/no_store: not an activation store"),
+    Case("sae-train-no-data", ["sae", "train", "--out", "{tmp}/out"], "give exactly one of --store DIR or --data CORPUS"),
+    Case("sae-eval-corrupt-weights", ["sae", "eval", "{sae}", "--store", "{tmp}/no_store"],
+         "not a valid SAE: {sae}/sae_weights.safetensors (", _corrupt_sae),
+    Case("sae-eval-not-an-sae", ["sae", "eval", "{tmp}", "--store", "{tmp}/no_store"], "not a valid SAE: {tmp} ("),
+    Case("sae-eval-windows0", ["sae", "eval", "{tmp}", "--data", "x.txt", "--windows", "0"], "--windows must be ≥ 1, got 0"),
+    Case("sae-eval-nothing", ["sae", "eval", "{tmp}"], "give --store (reconstruction metrics) and/or --data"),
+    Case("sae-iterate-bad-name", ["sae", "iterate", "--series", "{tmp}", "--names", "M0D0,X1"], "--names: 'X1' is not a run name"),
+    Case("sae-iterate-branch", ["sae", "iterate", "--series", "{tmp}", "--branch", "MX"], "--branch must be one of MD, M0D, both"),
+    Case("sae-iterate-no-series", ["sae", "iterate", "--series", "{tmp}/nope", "--out", "{tmp}/out"], "{tmp}/nope: not a series directory"),
+    Case("sae-iterate-no-model", ["sae", "iterate", "--series", "{series}", "--out", "{tmp}/out"],
+         "no iteration with both a model and data", _series_without_models),
+    Case("sae-iterate-nothing", ["sae", "iterate"], "give --series DIR_OR_NAME, or one --store per run"),
+    Case("sae-crosscoder-one-store", ["sae", "crosscoder", "--store", "{tmp}", "--out", "{tmp}/out"], "at least two --store"),
+]
+
 # == features ==
 
 # == circuits ==

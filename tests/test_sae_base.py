@@ -57,3 +57,11 @@ def test_bad_files_and_shapes(tmp_path):
     sae = _random("standard")
     with pytest.raises(ShapeError, match="width 3, expected d_in=16"):
         sae.encode(torch.randn(2, 3))
+
+
+def test_sae_satisfies_the_protocol():
+    from deltalens.sae import SAELike
+
+    sae = _random("topk", k=4)
+    assert isinstance(sae, SAELike)
+    assert not isinstance(object(), SAELike)

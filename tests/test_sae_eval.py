@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import deltalens
 from deltalens.errors import ShapeError, SiteError
 from deltalens.sae import SAE, SAEConfig, load_any, load_sae, read_dictionary_learning, read_sparsify
-from deltalens.sae.eval import ce_metrics, evaluate, reconstruction_metrics, summary_rows, write_eval
+from deltalens.sae.eval import ce_metrics, evaluate_sae, reconstruction_metrics, summary_rows, write_eval
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -152,11 +152,11 @@ def test_clean_ce_equals_hf_loss(tiny):
 def test_evaluate_writes_json_and_figures(tiny, tmp_path):
     sae = random_sae("topk", d_in=64, d_sae=64, k=4, site="resid.1")
     windows = [list(range(5, 25)), list(range(30, 50))]
-    res = evaluate(sae, lm=tiny, windows=windows, out=tmp_path / "ev")
+    res = evaluate_sae(sae, lm=tiny, windows=windows, out=tmp_path / "ev")
     assert (tmp_path / "ev" / "eval.json").is_file()
     assert (tmp_path / "ev" / "density_histogram.png").stat().st_size > 1000
     assert (tmp_path / "ev" / "loss_by_position.png").stat().st_size > 1000
-    assert res["reconstruction"]["tokens"] == 40 and res["loss"]["tokens"] == 38
+    assert res.reconstruction["tokens"] == 40 and res.loss["tokens"] == 38
     names = [r[0] for r in summary_rows(res)]
     assert "explained variance" in names and "CE recovered (mean)" in names
     write_eval(res, tmp_path / "again")
@@ -219,11 +219,11 @@ def test_we_load_saelens_files_with_the_same_outputs(tmp_path, arch):
 
 def test_trained_sae_loads_in_saelens(tmp_path):
     sae_lens = pytest.importorskip("sae_lens")
-    from deltalens.sae import TrainConfig, train_sae
+    from deltalens.sae import SAETrainConfig, train_sae
 
     x = torch.randn(4000, 16) * 5 + 2
     for arch in ("topk", "batchtopk"):
-        res = train_sae(x, TrainConfig(architecture=arch, d_sae=32, k=4, total_tokens=1024, batch_size=256),
+        res = train_sae(x, SAETrainConfig(architecture=arch, d_sae=32, k=4, total_tokens=1024, batch_size=256),
                         site="resid.0", out=tmp_path / arch, progress=False)
         theirs = sae_lens.SAE.load_from_disk(str(tmp_path / arch), device="cpu")
         with torch.no_grad():

@@ -7,7 +7,7 @@ import torch
 
 from deltalens.data import bundled_path
 from deltalens.data.corpus import read_texts, token_windows
-from deltalens.sae import TrainConfig, Trainer, train_saes
+from deltalens.sae import SAETrainConfig, Trainer, train_saes
 from deltalens.sae.eval import ce_metrics, reconstruction_metrics
 from deltalens.sae.sources import ModelSource
 
@@ -18,7 +18,7 @@ def test_on_the_fly_training_and_ce_eval_on_smollm(smollm):
                                  max_windows=48))
     assert all(len(w["prompt_ids"]) == 64 for w in windows)
     src = ModelSource(smollm, windows[:40], ["resid.2"], batch_sequences=8, buffer_tokens=1024)
-    cfg = TrainConfig(expansion=2, k=16, total_tokens=8192, batch_size=256, lr=2e-3, norm_sample_tokens=1024)
+    cfg = SAETrainConfig(expansion=2, k=16, total_tokens=8192, batch_size=256, lr=2e-3, norm_sample_tokens=1024)
     res = train_saes(src, {"l2": Trainer(cfg, smollm.d_model, site="resid.2", model_name=smollm.name)}, progress=False)["l2"]
     sae = res.sae
     held = windows[40:]

@@ -10,7 +10,7 @@ import torch
 from deltalens.errors import ConfigError, ShapeError, SiteError
 from deltalens.sae import (
     SAE,
-    TrainConfig,
+    SAETrainConfig,
     Trainer,
     TrainingDiverged,
     load_sae,
@@ -74,7 +74,7 @@ def test_sparse_kernels_match_dense_autograd():
 def test_topk_training_learns_and_exports_raw_space(tmp_path):
     x, _ = synthetic()
     x = x * 7.0  # raw scale far from √d, so the folded normalisation matters
-    cfg = TrainConfig(architecture="topk", d_sae=256, k=4, total_tokens=60_000, batch_size=256, lr=5e-3, seed=1)
+    cfg = SAETrainConfig(architecture="topk", d_sae=256, k=4, total_tokens=60_000, batch_size=256, lr=5e-3, seed=1)
     res = train_sae(x, cfg, site="resid.2", model_name="synthetic", out=tmp_path / "sae", progress=False)
     sae = res.sae
     assert sae.cfg.architecture == "topk" and sae.cfg.k == 4 and sae.site == "resid.2"
@@ -129,7 +129,7 @@ def test_module_export_equals_training_function():
 @pytest.mark.parametrize("arch", ["relu", "batchtopk", "jumprelu"])
 def test_other_architectures_learn(arch):
     x, _ = synthetic(n=12000)
-    cfg = TrainConfig(architecture=arch, d_sae=256, k=4, total_tokens=40_000, batch_size=256, lr=2e-3,
+    cfg = SAETrainConfig(architecture=arch, d_sae=256, k=4, total_tokens=40_000, batch_size=256, lr=2e-3,
                       l1_coefficient=2.0, target_l0=6, l0_coefficient=0.3)
     res = train_sae(x, cfg, progress=False)
     sae = res.sae
@@ -149,7 +149,7 @@ def test_other_architectures_learn(arch):
 def test_dead_latents_and_auxk():
     """Latents that never win the TopK count as dead after the window and get AuxK gradient."""
     x, _ = synthetic(n=8000)
-    cfg = TrainConfig(architecture="topk", d_sae=128, k=2, total_tokens=2048, batch_size=256, dead_window_tokens=512)
+    cfg = SAETrainConfig(architecture="topk", d_sae=128, k=2, total_tokens=2048, batch_size=256, dead_window_tokens=512)
     t = Trainer(cfg, 32)
     t.initialize(x[:2000])
     with torch.no_grad():
@@ -165,7 +165,7 @@ def test_dead_latents_and_auxk():
 
 def test_checkpoint_resume_continues(tmp_path):
     x, _ = synthetic(n=8000)
-    cfg = TrainConfig(architecture="topk", d_sae=64, k=4, total_tokens=256 * 12, batch_size=256, checkpoint_every_tokens=256 * 4)
+    cfg = SAETrainConfig(architecture="topk", d_sae=64, k=4, total_tokens=256 * 12, batch_size=256, checkpoint_every_tokens=256 * 4)
     out = tmp_path / "run"
     t = Trainer(cfg, 32, site="resid.1", out=out)
     src = TensorSource(x)
@@ -197,7 +197,7 @@ def test_checkpoint_resume_continues(tmp_path):
 
 def test_nan_stops_with_step_and_keeps_checkpoint(tmp_path):
     x, _ = synthetic(n=4000)
-    cfg = TrainConfig(architecture="topk", d_sae=64, k=4, total_tokens=256 * 10, batch_size=256, checkpoint_every_tokens=512)
+    cfg = SAETrainConfig(architecture="topk", d_sae=64, k=4, total_tokens=256 * 10, batch_size=256, checkpoint_every_tokens=512)
     x_bad = x.clone()
     x_bad[256 * 5 + 3, 0] = float("nan")  # batch 6 (unshuffled stream below)
 
@@ -234,7 +234,7 @@ def test_store_source_exclusions_and_training(tiny, tmp_path):
     # every streamed row is an allowed row (no special token, no val row)
     d = torch.cdist(rows.double(), allowed.double(), compute_mode="donot_use_mm_for_euclid_dist").min(1).values
     assert float(d.max()) < 1e-6
-    res = train_sae(store, TrainConfig(d_sae=128, k=8, total_tokens=2048, batch_size=64), site="resid.2",
+    res = train_sae(store, SAETrainConfig(d_sae=128, k=8, total_tokens=2048, batch_size=64), site="resid.2",
                     exclude_token_ids=special, progress=False)
     assert res.sae.site == "resid.2" and res.sae.cfg.model_name == "tiny-llama"
     with pytest.raises(Exception, match="has no site resid.1"):
@@ -250,11 +250,11 @@ def test_several_saes_from_one_forward_pass(tiny):
     texts = [f"counting {i} {i + 1} {i + 2} and more words here" for i in range(30)]
     windows = [{"prompt_ids": tiny.encode(t), "response_ids": []} for t in texts]
     src = ModelSource(tiny, windows, ["resid.1", "resid.3"], batch_sequences=8, buffer_tokens=512, high_norm_factor=None)
-    cfg = TrainConfig(d_sae=64, k=4, total_tokens=128 * 20, batch_size=128, norm_sample_tokens=256)
+    cfg = SAETrainConfig(d_sae=64, k=4, total_tokens=128 * 20, batch_size=128, norm_sample_tokens=256)
     trainers = {
         "l1": Trainer(cfg, 64, site="resid.1"),
         "l3": Trainer(cfg, 64, site="resid.3"),
-        "l3b": Trainer(TrainConfig(d_sae=32, k=2, total_tokens=128 * 20, batch_size=128, norm_sample_tokens=256), 64,
+        "l3b": Trainer(SAETrainConfig(d_sae=32, k=2, total_tokens=128 * 20, batch_size=128, norm_sample_tokens=256), 64,
                        site="resid.3"),
     }
     res = train_saes(src, trainers, progress=False)
@@ -267,19 +267,19 @@ def test_several_saes_from_one_forward_pass(tiny):
 
 def test_bad_inputs_are_refused(tiny):
     with pytest.raises(ConfigError, match="unknown SAE architecture"):
-        TrainConfig(architecture="gated")
+        SAETrainConfig(architecture="gated")
     with pytest.raises(ShapeError, match="width 16"):
-        Trainer(TrainConfig(d_sae=32, k=4), 32).initialize(torch.randn(10, 16))
+        Trainer(SAETrainConfig(d_sae=32, k=4), 32).initialize(torch.randn(10, 16))
     sae = SAE.load if False else None  # noqa: F841
     x, _ = synthetic(n=3000)
-    res = train_sae(x, TrainConfig(d_sae=64, k=4, total_tokens=512, batch_size=128), site="resid.1", progress=False)
+    res = train_sae(x, SAETrainConfig(d_sae=64, k=4, total_tokens=512, batch_size=128), site="resid.1", progress=False)
     import deltalens
 
     # an SAE of width 32 cannot be spliced into a d_model=64 model; a site mismatch names both sites
     with pytest.raises(ShapeError, match="d_in=32.*d_model=64"):
         with deltalens.intervene(tiny, [deltalens.Splice("resid.1", res.sae)]):
             pass
-    res64 = train_sae(torch.randn(3000, 64), TrainConfig(d_sae=64, k=4, total_tokens=512, batch_size=128), site="resid.1",
+    res64 = train_sae(torch.randn(3000, 64), SAETrainConfig(d_sae=64, k=4, total_tokens=512, batch_size=128), site="resid.1",
                       progress=False)
     with pytest.raises(SiteError, match="resid.1.*resid.2"):
         with deltalens.intervene(tiny, [deltalens.Splice("resid.2", res64.sae)]):
@@ -303,7 +303,7 @@ def test_iterative_finetuning_keeps_latent_indices(tmp_path):
         return (on * torch.rand(n, n_feat, generator=g) * 3) @ D
 
     x0, x1 = data(D0, 12000, 4 / n_feat), data(D1, 12000, 5 / n_feat)
-    cfg = TrainConfig(d_sae=128, k=4, total_tokens=30_000, batch_size=256, lr=3e-3)
+    cfg = SAETrainConfig(d_sae=128, k=4, total_tokens=30_000, batch_size=256, lr=3e-3)
     res = train_iterative([x0, x1], ["M0D0", "M1D1"], lambda n: tmp_path / n, cfg, site="resid.1", progress=False)
     parent, child = res[0].sae, res[1].sae
     al = latent_alignment(parent, child)
@@ -340,3 +340,19 @@ def test_store_windows_mix_every_shard(tmp_path):
     assert shards_seen == set(range(8))  # a window draws from every shard, not from 2 whole shards
     epoch = torch.cat([first_window] + [next(it) for _ in range(12)])
     assert sorted(epoch[:, 0].tolist()) == sorted(st.read("resid.0")[:, 0].tolist())  # each row once per epoch
+
+
+def test_train_grid_one_sae_per_site_and_k(tmp_path):
+    from deltalens.sae import SAETrainResult
+    from deltalens.sae.train import train_grid
+
+    x, _ = synthetic(n=3000)
+    cfg = SAETrainConfig(architecture="relu", d_sae=32, total_tokens=512, batch_size=128)
+    assert cfg.architecture == "standard"  # one name for the vanilla ReLU SAE; relu is read as an alias
+    res = train_grid(TensorSource(x, "resid.1"), cfg.replace(architecture="topk"), ["resid.1"], [2, 4], out=tmp_path,
+                     progress=False)
+    assert [r.extra["name"] for r in res] == ["topk_resid.1_k2", "topk_resid.1_k4"]
+    assert [SAETrainResult.load(tmp_path / r.extra["name"]).config.k for r in res] == [2, 4]
+    with pytest.raises(ConfigError, match="--k must be ≥ 1, got 0"):
+        train_grid(TensorSource(x, "resid.1"), cfg, ["resid.1"], [0], out=tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()

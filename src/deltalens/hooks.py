@@ -50,6 +50,7 @@ from .positions import Geometry, Positions
 
 if TYPE_CHECKING:
     from .models.loading import LoadedModel
+    from .sae.protocol import SAELike
 
 _SAELENS_HOOKS = {
     "hook_resid_pre": "resid_pre",
@@ -516,7 +517,7 @@ class Splice(Intervention):
     def __init__(
         self,
         site: SiteLike,
-        sae: Any,
+        sae: SAELike,
         positions: str | Positions = "all",
         rows: RowsLike = None,
         keep_error: bool = True,

@@ -46,13 +46,14 @@ from .task import PairTask
 
 if TYPE_CHECKING:
     from ..models.loading import LoadedModel
+    from ..sae.protocol import SAELike
 
 log = logging.getLogger(__name__)
 
 MODES = ("indirect", "direct")
 
 
-def sae_site(lm: LoadedModel, sae: Any, site: Any | None = None, force: bool = False) -> Site:
+def sae_site(lm: LoadedModel, sae: SAELike, site: Any | None = None, force: bool = False) -> Site:
     """The site to splice ``sae`` at: the SAE's own ``site`` (or ``site`` for an SAE that
     records none); checked against the model (layer range, width) with messages naming
     both. A ``site`` that differs from the SAE's own is refused unless ``force``."""
@@ -244,14 +245,14 @@ class SAEAttribution:
                        ylabel="latent", cmap="viridis", center=None, colorbar_label="activation")
 
 
-def _splice_run(lm: LoadedModel, task: PairTask, which: str, sae: Any, site: Site, keep_error: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _splice_run(lm: LoadedModel, task: PairTask, which: str, sae: SAELike, site: Site, keep_error: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair metric and kept logits of a run with the SAE spliced in."""
     with torch.no_grad(), intervene(lm, [Splice(site, sae, keep_error=keep_error, check_site=False)]):
         logits = task.forward(lm, task.ids(which), task.mask)
     return task.metric(logits)[0], logits
 
 
-def error_term_table(lm: LoadedModel, task: PairTask, sae: Any, site: Any | None = None,
+def error_term_table(lm: LoadedModel, task: PairTask, sae: SAELike, site: Any | None = None,
                      force_site: bool = False) -> dict[str, dict[str, float]]:
     """The seed's table: mean metric on the clean and corrupted runs for the model, the SAE
     spliced with the error term, and without it; plus the largest |logit difference| of the
@@ -276,7 +277,7 @@ def error_term_table(lm: LoadedModel, task: PairTask, sae: Any, site: Any | None
 def sae_attribution(
     lm: LoadedModel,
     task: PairTask,
-    sae: Any,
+    sae: SAELike,
     site: Any | None = None,
     direction: str = "denoising",
     mode: str = "indirect",

@@ -35,9 +35,9 @@ def run(ctx: DemoContext) -> None:
     from ..capture import capture
     from ..data import bundled_path
     from ..data.corpus import read_texts, token_windows
-    from ..sae.eval import ce_metrics, reconstruction_metrics, summary_rows, write_eval
+    from ..sae.eval import SAEEvalConfig, evaluate_sae, summary_rows
     from ..sae.sources import TensorSource
-    from ..sae.train import TrainConfig, train_sae
+    from ..sae.train import SAETrainConfig, train_sae
 
     lm, con = ctx.lm, ctx.console
     t0 = time.time()
@@ -57,7 +57,7 @@ def run(ctx: DemoContext) -> None:
               f"{len(items) - len(train_w)} chat texts in {t_cap:.1f} s; training on {len(src)} "
               f"(special and high-norm tokens excluded)")
 
-    cfg = TrainConfig(architecture="topk", expansion=4, k=32, batch_size=1024,
+    cfg = SAETrainConfig(architecture="topk", expansion=4, k=32, batch_size=1024,
                       total_tokens=(50_000 if ctx.fast else 120_000), lr=1e-3, dead_window_tokens=30_000)
     out = ctx.exp.sae_dir(f"topk_{SITE.replace('.', '')}")
     res = train_sae(src, cfg, out=out, resume=False, progress=False,
@@ -66,9 +66,8 @@ def run(ctx: DemoContext) -> None:
     con.print(f"trained {sae} on {res.tokens} tokens in {res.seconds:.1f} s ({res.tokens_per_second:.0f} tok/s) → {out}")
 
     held = capture(lm, eval_w, [SITE], "all[1:]", batch_size=16, progress=False)[SITE]
-    ev = {"sae": repr(sae), "site": SITE, "reconstruction": reconstruction_metrics(sae, held),
-          "loss": ce_metrics(lm, sae, eval_w, batch_size=8)}
-    write_eval(ev, ctx.exp.sae_eval_dir(f"topk_{SITE.replace('.', '')}"))
+    ev = evaluate_sae(sae, SAEEvalConfig(positions="all[1:]", ce_batch_size=8), activations=held, lm=lm, windows=eval_w,
+                      out=ctx.exp.sae_eval_dir(f"topk_{SITE.replace('.', '')}"))
     con.print(table(f"SAE eval on {len(eval_w)} held-out windows ({len(held)} tokens)", ["metric", "value", "definition"],
                     summary_rows(ev)))
     ctx.state["sae"] = sae

@@ -8,7 +8,7 @@ SAELens parameter names and shapes::
 
 and one of three activation functions (``cfg.architecture``):
 
-* ``standard`` (ReLU):  f = ReLU(pre)
+* ``standard`` (ReLU; ``relu`` is accepted as another name):  f = ReLU(pre)
 * ``topk``:             f = ReLU(TopK_k(pre)) — the k largest pre-activations per token kept
 * ``jumprelu``:         f = ReLU(pre) · 1[pre > threshold]  (as SAELens; BatchTopK SAEs are saved this way)
 
@@ -31,6 +31,9 @@ from torch import nn
 from ..errors import ShapeError
 
 ARCHITECTURES = ("standard", "topk", "jumprelu")
+#: other names of the same inference architectures (``relu``: the vanilla ReLU + L1 SAE, the
+#: name deltalens' trainer used before it took SAELens's ``standard``); read from any cfg.json
+ARCH_ALIASES = {"relu": "standard"}
 
 
 @dataclass
@@ -47,6 +50,7 @@ class SAEConfig:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.architecture = ARCH_ALIASES.get(self.architecture, self.architecture)
         if self.architecture not in ARCHITECTURES:
             raise ShapeError(f"unknown SAE architecture '{self.architecture}'; valid: {', '.join(ARCHITECTURES)}")
         if self.architecture == "topk" and not self.k:

@@ -32,9 +32,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataFormatError, ShapeError
-from ..io import atomic_write, load_tensors, save_tensors, write_json
-from .train import TrainConfig, TrainingDiverged, _lr_factor
+from ..io import atomic_write, load_tensors, read_json, save_tensors
+from ..stage import StageResult, _jsonable, register_result
+from .train import SAETrainConfig, TrainingDiverged, _lr_factor
 
 WEIGHTS = "crosscoder_weights.safetensors"
 CLASSES = ("base-only", "ft-only", "shared", "other")
@@ -168,19 +170,60 @@ class Crosscoder(nn.Module):
         return cc
 
 
+@register_result
 @dataclass
-class CrosscoderResult:
-    crosscoder: Crosscoder
-    path: Path | None
+class CrosscoderResult(StageResult):
+    """A trained crosscoder: ``training.json`` (config, history, latent classes) beside its
+    weights; ``crosscoder`` and ``path`` are not in the JSON (:meth:`load` reads the crosscoder
+    from the directory). ``classes`` holds ``counts``, ``labels``, ``bands`` and, as tensors,
+    ``relative_norm`` and ``cosine``."""
+
+    KIND: ClassVar[str] = "crosscoder training"
+    FILENAME: ClassVar[str] = "training.json"
+
+    config: SAETrainConfig
     history: list[dict[str, float]]
     tokens: int
     seconds: float
     classes: dict[str, Any]
+    crosscoder: Crosscoder | None = field(default=None, repr=False, compare=False, metadata={"runtime": True})
+    path: Path | None = field(default=None, compare=False, metadata={"runtime": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if not f.metadata.get("runtime")}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CrosscoderResult:
+        classes = dict(data.get("classes") or {})
+        if "counts" not in classes and classes:  # written before results had a kind: the counts only
+            classes = {"counts": classes}
+        for k in ("relative_norm", "cosine"):
+            if k in classes:
+                classes[k] = torch.as_tensor(classes[k], dtype=torch.float32)
+        return cls(config=SAETrainConfig.from_dict(dict(data.get("config") or {})), history=list(data.get("history") or []),
+                   tokens=int(data["tokens"]), seconds=float(data["seconds"]), classes=classes)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> CrosscoderResult:
+        path = cls.path_in(directory)
+        data = read_json(path) if path.is_file() else None
+        if isinstance(data, dict) and "kind" not in data and "classes" in data and "config" in data:
+            res = cls.from_dict(data)  # written before results had a kind
+        else:
+            res = super().load(directory)
+        if (path.parent / WEIGHTS).is_file():
+            res.crosscoder = Crosscoder.load(path.parent)
+        res.path = path.parent
+        return res
+
+    def summary(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, "seconds": self.seconds, "classes": self.classes.get("counts"),
+                "k": self.config.k, "final": self.history[-1] if self.history else None}
 
 
 def train_crosscoder(
     source: Any,
-    config: TrainConfig | None = None,
+    config: SAETrainConfig | None = None,
     *,
     site: str | None = None,
     model_names: list[str] | None = None,
@@ -190,10 +233,12 @@ def train_crosscoder(
     """Train a BatchTopK crosscoder on paired activations: a
     :class:`~deltalens.sae.sources.StoreSource` over several stores of the same tokens (one per
     model), or a tensor ``[n, n_models, d]``. Uses ``config``'s ``k``, ``expansion``/``d_sae``,
-    ``total_tokens``, ``batch_size``, ``lr`` (default 4e-4), schedules and ``seed``."""
+    ``total_tokens``, ``batch_size``, ``lr`` (default 4e-4), schedules and ``seed``.
+    (One function on purpose: initialisation, the loop and the final calibration and scale
+    folding share the per-model scales, the optimiser and the calibration batch.)"""
     from .sources import StoreSource
 
-    cfg = config or TrainConfig(architecture="batchtopk")
+    cfg = config or SAETrainConfig(architecture="batchtopk")
     if isinstance(source, torch.Tensor):
         x_all = source
         if x_all.dim() != 3:
@@ -284,8 +329,31 @@ def train_crosscoder(
         # per-latent factor differs, so store θ per latent in score units of the raw model
         cc.threshold.mul_(new_norm_sum / old_norm_sum.clamp(min=1e-12))
     cc.cfg.metadata.update({"norm_scales": scales.tolist(), "tokens": tokens, "k": cfg.k})
+    res = CrosscoderResult(cfg, history, tokens, seconds, classes, crosscoder=cc, path=None if out is None else Path(out))
     if out is not None:
         cc.save(out)
-        write_json(Path(out) / "training.json", {"config": cfg.to_dict(), "tokens": tokens, "seconds": seconds,
-                                                  "history": history, "classes": classes["counts"]})
-    return CrosscoderResult(cc, None if out is None else Path(out), history, tokens, seconds, classes)
+        res.save(out)
+    return res
+
+
+def train_crosscoder_on_stores(
+    stores: Any,
+    config: SAETrainConfig,
+    *,
+    site: str | None = None,
+    out: str | Path | None = None,
+    experiment: str | Path | None = None,
+    name: str = "crosscoder",
+    progress: bool = True,
+) -> CrosscoderResult:
+    """``deltalens sae crosscoder``: a crosscoder on the ``train`` rows of two or more stores of
+    the same tokens (base first), saved to ``out`` (default ``Experiment(experiment).crosscoder_dir(name)``)."""
+    from ..experiment import Experiment
+    from .sources import StoreSource
+
+    stores = [str(s) for s in stores]
+    if len(stores) < 2:
+        raise ConfigError("a crosscoder needs at least two --store (one per model, same inputs)")
+    src = StoreSource(stores, site, split="train")
+    dest = Path(out) if out is not None else Experiment.named(str(experiment or "default")).crosscoder_dir(name)
+    return train_crosscoder(src, config, out=dest, progress=progress)

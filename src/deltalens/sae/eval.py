@@ -39,21 +39,24 @@ training excludes as a high-norm token).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..errors import ShapeError, SiteError
+from ..errors import ConfigError, DataFormatError, DeltalensError, ShapeError, SiteError
 from ..hooks import Site, SiteLike
+from ..stage import StageConfig, StageResult, _jsonable, at_least, option, register_result
 from .base import SAE
 
 HIST_BINS = np.arange(-8.0, 0.25, 0.25)
+EVAL_JSON = "eval.json"
+DENSITY = "density.safetensors"
 
 
 def _check_sae(sae: SAE, d_in: int, site: SiteLike | None, what: str) -> None:
@@ -201,7 +204,9 @@ def ce_metrics(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Cross-entropy metrics (module docstring) over token ``windows`` (lists of ids or the
-    dicts of :func:`deltalens.data.corpus.token_windows`), all of the same length."""
+    dicts of :func:`deltalens.data.corpus.token_windows`), all of the same length.
+    (One function on purpose: the clean and spliced runs of a batch share its padding, masks
+    and clean log-probabilities, and every sum is accumulated in one pass.)"""
     from .. import hooks
     from ..generate import left_pad, position_ids
 
@@ -290,46 +295,158 @@ def ce_metrics(
     }
 
 
-def evaluate(
-    sae: SAE,
+@dataclass
+class SAEEvalConfig(StageConfig):
+    """How an SAE is evaluated (recorded in ``eval.json``)."""
+
+    split: str = option("val", flag="--split", help="Store split to evaluate on ('all' for every row).")
+    n_tokens: int | None = option(None, flag="--tokens", help="Cap on tokens for reconstruction metrics.")
+    n_windows: int = option(64, flag="--windows", help="Token windows for the CE metrics (the end of the corpus).")
+    context_len: int = option(128, flag="--context-len", help="Tokens per window (CE metrics).")
+    text_key: str = option("text", flag="--text-key", help="Text field of JSONL/Parquet/HF data.")
+    positions: str = option("all[1:]", flag="--positions", help="Tokens the SAE / ablations replace in the CE metrics.")
+    batch_size: int = option(4096, flag="--batch-size", help="Tokens per batch (reconstruction metrics).")
+    ce_batch_size: int = option(8, flag="--ce-batch-size", help="Windows per forward pass (CE metrics).")
+    device: str = option("cpu", flag="--device", help="Device.")
+
+    def validate(self) -> None:
+        for name in ("n_tokens", "n_windows", "batch_size", "ce_batch_size"):
+            at_least(self, name, 1)
+        at_least(self, "context_len", 2)
+        from ..positions import Positions
+
+        try:
+            Positions.parse(self.positions)
+        except DeltalensError as exc:
+            raise ConfigError(f"--positions: {exc}") from None
+
+    @property
+    def store_split(self) -> str | None:
+        return None if self.split == "all" else self.split
+
+
+@register_result
+@dataclass
+class SAEEval(StageResult):
+    """Evaluation of one SAE: ``eval.json`` (metrics, config) + ``density.safetensors`` (per-latent
+    firing density over the evaluated tokens, when reconstruction metrics were computed)."""
+
+    KIND: ClassVar[str] = "SAE evaluation"
+    FILENAME: ClassVar[str] = EVAL_JSON
+
+    sae: str
+    site: str | None
+    d_in: int
+    d_sae: int
+    architecture: str
+    reconstruction: dict[str, Any] | None = None
+    loss: dict[str, Any] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    density: torch.Tensor | None = field(default=None, repr=False, compare=False, metadata={"runtime": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if not f.metadata.get("runtime")}
+
+    def save(self, directory: str | Path) -> Path:
+        from ..io import save_tensors
+
+        path = super().save(directory)
+        if self.density is not None:
+            save_tensors(path.parent / DENSITY, {"density": torch.as_tensor(self.density, dtype=torch.float64)})
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SAEEval:
+        """Read ``eval.json`` (also those written before results had a ``kind``) and the density."""
+        from ..io import load_tensors, read_json
+
+        path = cls.path_in(directory)
+        if path.is_file():
+            data = read_json(path)
+            if isinstance(data, dict) and "kind" not in data and "sae" in data and {"d_in", "d_sae"} <= set(data):
+                data = {"kind": cls.KIND, **data}
+                res = cls.from_dict(data)
+            else:
+                res = super().load(directory)
+        else:
+            res = super().load(directory)
+        dens = path.parent / DENSITY
+        if dens.is_file():
+            try:
+                res.density = load_tensors(dens)["density"]
+            except Exception as exc:
+                raise DataFormatError(f"not a valid {cls.KIND}: {dens} ({exc})") from None
+        return res
+
+    def summary(self) -> dict[str, Any]:
+        r, loss = self.reconstruction or {}, self.loss or {}
+        return {"sae": self.sae, "site": self.site,
+                **{k: v for k, v in {**r, **loss}.items() if isinstance(v, (int, float, str))}}
+
+
+def evaluate_sae(
+    sae: SAE | str | Path,
+    config: SAEEvalConfig | None = None,
     *,
     activations: Any = None,
     lm: Any = None,
     windows: Sequence[Any] | None = None,
+    data: Any = None,
     out: str | Path | None = None,
-    n_tokens: int | None = None,
-    batch_size: int = 4096,
-    ce_batch_size: int = 8,
-    positions: str = "all[1:]",
-    split: str | None = "val",
     progress: bool = False,
     **source_kw: Any,
-) -> dict[str, Any]:
-    """Reconstruction metrics on ``activations`` and/or loss metrics with ``lm`` over
-    ``windows``; with ``out``, writes ``eval.json`` and figures there (see :func:`write_eval`)."""
-    res: dict[str, Any] = {"sae": repr(sae), "site": sae.site, "d_in": sae.d_in, "d_sae": sae.d_sae,
-                           "architecture": sae.cfg.architecture}
+) -> SAEEval:
+    """Reconstruction metrics on ``activations`` (a store, a tensor, a source) and/or loss
+    metrics with ``lm`` (a LoadedModel or a model spec) over token ``windows`` — or over the
+    last ``config.n_windows`` windows cut from the text corpus ``data``. ``sae`` may be a
+    directory in any supported format. Without ``activations``, reconstruction metrics are
+    computed on the windows. With ``out``, writes ``eval.json``, the density and figures."""
+    from .io import load_any
+
+    cfg = config or SAEEvalConfig()
+    if not isinstance(sae, SAE):
+        sae = load_any(sae, device=cfg.device)
+    if activations is None and data is None and windows is None:
+        raise ConfigError("give activations (a store) and/or text data with a model for the CE metrics")
+    if (data is not None or windows is not None) and lm is None:
+        raise ConfigError("the CE metrics need a model (lm=)")
+    if lm is not None and not hasattr(lm, "model"):
+        from ..models import load
+
+        lm = load(lm, device=cfg.device)
+    if data is not None and windows is None:
+        from ..data.corpus import read_texts, token_windows
+
+        windows = list(token_windows(lm.tokenizer, read_texts(data, text_key=cfg.text_key), cfg.context_len))
+        windows = windows[-cfg.n_windows:]  # the end of the corpus (training usually reads it from the start)
+    res = SAEEval(sae=repr(sae), site=sae.site, d_in=sae.d_in, d_sae=sae.d_sae, architecture=sae.cfg.architecture,
+                  config=cfg.to_dict())
+    rec = None
     if activations is not None:
-        res["reconstruction"] = reconstruction_metrics(
-            sae, activations, n_tokens=n_tokens, batch_size=batch_size, split=split, progress=progress, **source_kw
-        )
+        rec = reconstruction_metrics(sae, activations, n_tokens=cfg.n_tokens, batch_size=cfg.batch_size,
+                                     split=cfg.store_split, progress=progress, **source_kw)
     elif lm is not None and windows is not None:
         from .sources import ModelSource
 
         src = ModelSource(lm, windows, sae.site, repeat=False)
-        need = n_tokens or sum(len(w["prompt_ids"]) if isinstance(w, dict) else len(w) for w in windows)
-        res["reconstruction"] = reconstruction_metrics(sae, src.for_site(sae.site), n_tokens=need, batch_size=batch_size)
+        need = cfg.n_tokens or sum(len(w["prompt_ids"]) if isinstance(w, dict) else len(w) for w in windows)
+        rec = reconstruction_metrics(sae, src.for_site(sae.site), n_tokens=need, batch_size=cfg.batch_size)
+    if rec is not None:
+        res.density = torch.as_tensor(np.asarray(rec.pop("density")), dtype=torch.float64)
+        res.reconstruction = rec
     if lm is not None and windows is not None:
-        res["loss"] = ce_metrics(lm, sae, windows, positions=positions, batch_size=ce_batch_size, progress=progress)
+        res.loss = ce_metrics(lm, sae, windows, positions=cfg.positions, batch_size=cfg.ce_batch_size, progress=progress)
     if out is not None:
         write_eval(res, out)
     return res
 
 
-def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str]]:
+def summary_rows(res: SAEEval | dict[str, Any]) -> list[tuple[str, str, str]]:
     """(metric, value, definition) rows for a table."""
+    if not isinstance(res, SAEEval):
+        res = _from_metrics(res)
     rows: list[tuple[str, str, str]] = []
-    r = res.get("reconstruction")
+    r = res.reconstruction
     if r:
         rows += [
             ("explained variance", f"{r['explained_variance']:.4f}", "1 − Σ‖x−x̂‖² / Σ‖x−x̄‖²"),
@@ -340,7 +457,7 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str]]:
             ("shrinkage", f"{r['shrinkage']:.3f}", "E ‖x̂‖/‖x‖"),
             ("cosine", f"{r['cosine']:.3f}", "E cos(x, x̂)"),
         ]
-    loss = res.get("loss")
+    loss = res.loss
     if loss:
         rows += [
             ("CE clean", f"{loss['ce_clean']:.4f}", f"{loss['tokens']} predicted tokens"),
@@ -353,24 +470,32 @@ def summary_rows(res: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def write_eval(res: dict[str, Any], out: str | Path) -> Path:
-    """``eval.json`` plus ``density_histogram.png`` and ``loss_by_position.png`` in ``out``."""
-    from ..io import write_json
-
+def write_eval(res: SAEEval | dict[str, Any], out: str | Path) -> Path:
+    """``eval.json`` (+ ``density.safetensors``) plus ``density_histogram.png`` and
+    ``loss_by_position.png`` in ``out``. A plain dict (``{"sae", "site", "reconstruction",
+    "loss"}``, as the demo builds it) is accepted too."""
+    if not isinstance(res, SAEEval):
+        res = _from_metrics(res)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    clean = {k: v for k, v in res.items()}
-    if "reconstruction" in clean:
-        clean["reconstruction"] = {k: v for k, v in clean["reconstruction"].items() if k != "density"}
-    write_json(out / "eval.json", clean)
+    path = res.save(out)
     try:
         _figures(res, out)
     except Exception as exc:  # figures are a convenience; the JSON is the record
         (out / "figures_error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
-    return out / "eval.json"
+    return path
 
 
-def _figures(res: dict[str, Any], out: Path) -> None:
+def _from_metrics(d: dict[str, Any]) -> SAEEval:
+    rec = dict(d["reconstruction"]) if d.get("reconstruction") else None
+    dens = rec.pop("density", None) if rec else None
+    return SAEEval(sae=str(d.get("sae", "")), site=d.get("site"), d_in=int(d.get("d_in", 0)), d_sae=int(d.get("d_sae", 0)),
+                   architecture=str(d.get("architecture", "")), reconstruction=rec, loss=d.get("loss"),
+                   config=dict(d.get("config") or {}),
+                   density=None if dens is None else torch.as_tensor(np.asarray(dens), dtype=torch.float64))
+
+
+def _figures(res: SAEEval, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -378,9 +503,9 @@ def _figures(res: dict[str, Any], out: Path) -> None:
 
     from ..report.figures import save_figure
 
-    r = res.get("reconstruction")
-    if r:
-        dens = np.asarray(r["density"])
+    r = res.reconstruction
+    if r and res.density is not None:
+        dens = res.density.numpy()
         live = dens[dens > 0]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         if len(live):
@@ -390,7 +515,7 @@ def _figures(res: dict[str, Any], out: Path) -> None:
         ax.set_title(f"feature density ({r['dead']} dead of {len(dens)}, window {r['dead_window_tokens']} tokens)")
         save_figure(fig, out / "density_histogram.png")
         plt.close(fig)
-    loss = res.get("loss")
+    loss = res.loss
     if loss:
         p = loss["ce_by_position"]
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -405,10 +530,8 @@ def _figures(res: dict[str, Any], out: Path) -> None:
         plt.close(fig)
 
 
-def log10_density(res: dict[str, Any]) -> torch.Tensor:
+def log10_density(res: SAEEval) -> torch.Tensor:
     """``log10(density + 1e-10)`` per latent (the ``sparsity.safetensors`` convention)."""
-    d = torch.as_tensor(np.asarray(res["reconstruction"]["density"]), dtype=torch.float32)
-    return torch.log10(d + 1e-10)
-
-
-_ = math  # keep import for formula references in docs
+    if res.density is None:
+        raise ConfigError("this evaluation has no density (it computed no reconstruction metrics)")
+    return torch.log10(res.density.float() + 1e-10)

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from ..errors import DataFormatError
+from ..errors import DataFormatError, ShapeError
 from ..hooks import Site
 from ..io import atomic_write, load_tensors, save_tensors
-from .base import SAE, SAEConfig
+from .base import ARCH_ALIASES, ARCHITECTURES, SAE, SAEConfig
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
@@ -81,36 +81,52 @@ def _site_from_cfg(cfg: dict[str, Any]) -> str | None:
         return None
 
 
+def _invalid(path: Path, reason: str) -> DataFormatError:
+    return DataFormatError(f"not a valid SAE: {path} ({reason})")
+
+
 def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
-    """Read a SAELens-format directory written by deltalens or SAELens."""
+    """Read a SAELens-format directory written by deltalens or SAELens. A directory that is not
+    one (missing or unreadable files, unknown architecture, wrong shapes) is refused with
+    :class:`DataFormatError` "not a valid SAE: <path> (<reason>)"."""
     path = Path(path)
     if not (path / CFG).is_file() or not (path / WEIGHTS).is_file():
-        raise DataFormatError(f"{path}: not a SAELens SAE directory (needs {CFG} and {WEIGHTS})")
+        raise _invalid(path, f"not a SAELens SAE directory: needs {CFG} and {WEIGHTS}")
     try:
         cfg = json.loads((path / CFG).read_text())
     except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{path / CFG}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    arch = cfg.get("architecture", "standard")
-    if arch not in ("standard", "topk", "jumprelu"):
-        raise DataFormatError(f"{path}: SAE architecture '{arch}' is not supported (standard, topk, jumprelu)")
+        raise _invalid(path / CFG, f"line {exc.lineno}: invalid JSON, {exc.msg}") from None
+    if not isinstance(cfg, dict):
+        raise _invalid(path / CFG, f"expected a JSON object, got {type(cfg).__name__}")
+    arch = ARCH_ALIASES.get(str(cfg.get("architecture", "standard")), str(cfg.get("architecture")))
+    if arch not in ARCHITECTURES:
+        raise _invalid(path, f"SAE architecture '{cfg.get('architecture')}' is not supported ({', '.join(ARCHITECTURES)})")
     meta = dict(cfg.get("metadata") or {})
     dtype = str(cfg.get("dtype", "float32")).replace("torch.", "")
-    weights = load_tensors(path / WEIGHTS)
-    c = SAEConfig(
-        d_in=int(cfg["d_in"]),
-        d_sae=int(cfg["d_sae"]),
-        architecture=arch,
-        k=cfg.get("k"),
-        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
-        site=_site_from_cfg(cfg),
-        model_name=meta.get("model_name") or cfg.get("model_name"),
-        dtype=dtype if dtype in ("float32", "float16", "bfloat16", "float64") else "float32",
-        normalize_activations=cfg.get("normalize_activations", "none"),
-        metadata=meta,
-    )
-    if arch == "jumprelu" and "threshold" not in weights and "log_threshold" in weights:
-        weights["threshold"] = weights.pop("log_threshold").exp()
-    return SAE.from_weights(c, weights).to(device)
+    try:
+        weights = load_tensors(path / WEIGHTS)
+    except DataFormatError as exc:
+        raise _invalid(path / WEIGHTS, str(exc).split(": ", 1)[-1]) from None
+    try:
+        c = SAEConfig(
+            d_in=int(cfg["d_in"]),
+            d_sae=int(cfg["d_sae"]),
+            architecture=arch,
+            k=cfg.get("k"),
+            apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+            site=_site_from_cfg(cfg),
+            model_name=meta.get("model_name") or cfg.get("model_name"),
+            dtype=dtype if dtype in ("float32", "float16", "bfloat16", "float64") else "float32",
+            normalize_activations=cfg.get("normalize_activations", "none"),
+            metadata=meta,
+        )
+        if arch == "jumprelu" and "threshold" not in weights and "log_threshold" in weights:
+            weights["threshold"] = weights.pop("log_threshold").exp()
+        return SAE.from_weights(c, weights).to(device)
+    except KeyError as exc:
+        raise _invalid(path / CFG, f"no {exc.args[0]!r}") from None
+    except (ShapeError, TypeError, ValueError) as exc:
+        raise _invalid(path, str(exc)) from None
 
 
 def read_sparsity(path: str | Path) -> torch.Tensor | None:
@@ -233,10 +249,8 @@ def detect_format(path: str | Path) -> str:
         return "sparsify"
     if (path.is_dir() and (path / "ae.pt").is_file()) or path.suffix == ".pt":
         return "dictionary_learning"
-    raise DataFormatError(
-        f"{path}: not an SAE directory (SAELens: cfg.json + sae_weights.safetensors; sparsify: cfg.json + "
-        "sae.safetensors; dictionary_learning: ae.pt + config.json)"
-    )
+    raise _invalid(path, "not an SAE directory; SAELens: cfg.json + sae_weights.safetensors, sparsify: cfg.json + "
+                         "sae.safetensors, dictionary_learning: ae.pt + config.json")
 
 
 def load_any(path: str | Path, device: str | torch.device = "cpu", site: str | None = None) -> SAE:
@@ -280,3 +294,12 @@ def describe(path: str | Path) -> dict[str, Any] | None:
         r, loss = e.get("reconstruction") or {}, e.get("loss") or {}
         out["eval"] = {k: v for k, v in {**r, **loss}.items() if isinstance(v, (int, float, str))}
     return out
+
+
+def convert(src: str | Path, out: str | Path, site: str | None = None) -> tuple[str, SAE]:
+    """Read an SAE in any supported format and write it as a SAELens directory; returns the
+    source format and the SAE."""
+    fmt = detect_format(src)
+    sae = load_any(src, site=site)
+    save_sae(sae, out)
+    return fmt, sae

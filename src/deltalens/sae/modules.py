@@ -9,7 +9,8 @@ with ``pre = (x − b_dec) W_encᵀ + b_enc`` and ``x̂ = f W_dec + b_dec``; the
 loss is ``L_rec = E_batch ‖x − x̂‖²`` (squared error summed over the ``d_in`` dimensions,
 averaged over tokens — SAELens's convention). Per architecture:
 
-``relu`` (standard; Anthropic, "Towards Monosemanticity" with the April 2024 update)
+``standard`` (ReLU + L1, SAELens's name; ``relu`` is accepted as another name; Anthropic,
+"Towards Monosemanticity" with the April 2024 update)
     ``f = ReLU(pre)``; ``L = L_rec + λ · E_batch Σ_i f_i ‖W_dec,i‖`` (L1 weighted by the
     decoder norms, so the decoder norm is not constrained); decoder rows start at norm
     ``decoder_init_norm`` (0.1), ``W_enc = W_decᵀ``.
@@ -50,8 +51,9 @@ from ..errors import ConfigError
 from .base import SAE, SAEConfig
 from .kernels import Pattern, sparse_decode, sparse_encode
 
-TRAIN_ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
-_ALIASES = {"standard": "relu", "relu": "relu", "topk": "topk", "batchtopk": "batchtopk", "batch_topk": "batchtopk", "jumprelu": "jumprelu"}
+TRAIN_ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
+_ALIASES = {"standard": "standard", "relu": "standard", "topk": "topk", "batchtopk": "batchtopk", "batch_topk": "batchtopk",
+            "jumprelu": "jumprelu"}
 
 
 def canonical_architecture(name: str) -> str:
@@ -155,7 +157,7 @@ class TrainingSAE(nn.Module):
 
     # ---- export --------------------------------------------------------------------------------
     def inference_architecture(self) -> str:
-        return {"relu": "standard", "topk": "topk"}.get(self.architecture, "jumprelu")
+        return {"standard": "standard", "topk": "topk"}.get(self.architecture, "jumprelu")
 
     def inference_threshold(self) -> torch.Tensor | None:
         return None
@@ -201,7 +203,7 @@ class TrainingSAE(nn.Module):
 
 
 class ReLUSAE(TrainingSAE):
-    architecture = "relu"
+    architecture = "standard"
     unit_norm_decoder = False
 
     def step_loss(self, x, *, dead=None, sparsity_scale=1.0):
@@ -394,7 +396,7 @@ class JumpReLUSAE(TrainingSAE):
 
 
 MODULES: dict[str, type[TrainingSAE]] = {
-    "relu": ReLUSAE,
+    "standard": ReLUSAE,
     "topk": TopKSAE,
     "batchtopk": BatchTopKSAE,
     "jumprelu": JumpReLUSAE,

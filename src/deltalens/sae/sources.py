@@ -381,3 +381,50 @@ def as_source(data: Any, site: SiteLike | None = None, **kw: Any) -> ActivationS
     if isinstance(data, (ActivationStore, str)) or hasattr(data, "__fspath__") or isinstance(data, (list, tuple)):
         return StoreSource(data, site, **kw)
     raise ShapeError(f"cannot train on {type(data).__name__}: give a tensor, an ActivationStore or a source")
+
+
+def training_source(
+    *,
+    store: Any = None,
+    data: Any = None,
+    model: Any = "smollm2-135m-instruct",
+    sites: Sequence[SiteLike] = (),
+    context_len: int = 128,
+    text_key: str = "text",
+    high_norm_factor: float | None = 10.0,
+    device: str = "cpu",
+) -> tuple[ActivationSource, list[Site]]:
+    """The training stream of ``deltalens sae train``: exactly one of ``store`` (an
+    ActivationStore, one site; the special tokens of the model that made it are excluded when
+    that model loads) or ``data`` (a text corpus, see :func:`deltalens.data.corpus.read_texts`,
+    cut into ``context_len``-token windows and run through ``model`` on the fly; several sites
+    share its forward passes). Returns the source and its sites (default: the store's first
+    site, or the model's middle residual stream)."""
+    import logging
+
+    from ..errors import ConfigError, DeltalensError
+    from ..models import load
+
+    if (store is None) == (data is None):
+        raise ConfigError("give exactly one of --store DIR or --data CORPUS")
+    if store is not None:
+        st = store if isinstance(store, ActivationStore) else ActivationStore.open(store)
+        site_list = [Site.parse(s) for s in sites] or [Site.parse(s) for s in st.sites[:1]]
+        if len(site_list) != 1:
+            raise ConfigError(f"training from a store takes one --site, got {', '.join(map(str, site_list))}")
+        spec = (st.manifest.get("model") or {}).get("spec")
+        special: list[int] = []
+        try:
+            special = list(load(spec or model).tokenizer.all_special_ids)
+        except (DeltalensError, OSError, ValueError) as exc:
+            logging.getLogger(__name__).warning("could not load %s for its special tokens; none excluded (%s)", spec or model, exc)
+        return StoreSource(st, site_list[0], exclude_token_ids=special, high_norm_factor=high_norm_factor or None), site_list
+    from ..data.corpus import read_texts, token_windows
+
+    lm = model if hasattr(model, "model") else load(model, device=device)
+    site_list = [Site.parse(int(s) if isinstance(s, str) and s.lstrip("-").isdigit() else s) for s in sites]
+    site_list = site_list or [Site(lm.n_layers // 2, "resid")]
+    windows = list(token_windows(lm.tokenizer, read_texts(data, text_key=text_key), context_len))
+    src = ModelSource(lm, windows, site_list, high_norm_factor=high_norm_factor or None)
+    src.description = f"{lm.name} on the fly over {len(windows)} windows of {context_len} tokens from {data}"
+    return src, site_list

@@ -2,8 +2,8 @@
 
 ::
 
-    from deltalens.sae import TrainConfig, train_sae
-    result = train_sae(store_dir, TrainConfig(architecture="topk", k=32, expansion=8,
+    from deltalens.sae import SAETrainConfig, train_sae
+    result = train_sae(store_dir, SAETrainConfig(architecture="topk", k=32, expansion=8,
                                               total_tokens=1_000_000), out="saes/l15")
     result.sae            # inference SAE (SAELens layout, normalisation folded in)
 
@@ -14,11 +14,11 @@ What the loop does, in order:
    folded into the weights (see :mod:`deltalens.sae.modules`), the file records it as
    ``metadata.deltalens_norm_scale`` and takes raw activations (``normalize_activations``
    is ``"none"`` in ``cfg.json``).
-2. **Initialisation**: decoder rows random unit vectors (``relu``: norm 0.1), ``W_enc =
+2. **Initialisation**: decoder rows random unit vectors (``standard``: norm 0.1), ``W_enc =
    W_decᵀ``, ``b_enc = 0``, ``b_dec`` = geometric median of a sample (``b_dec_init``).
    Fine-tuning (``init_from``) starts from an existing SAE instead, keeping latent indices.
 3. **Steps**: Adam; learning rate linear warm-up over ``lr_warmup`` of the steps, constant,
-   linear decay to 0 over the last ``lr_decay``; sparsity coefficient (``relu`` L1,
+   linear decay to 0 over the last ``lr_decay``; sparsity coefficient (``standard`` L1,
    ``jumprelu`` L0) linear warm-up over ``sparsity_warmup``; gradient-norm clipping;
    unit-norm decoder rows where the architecture asks for them.
 4. **Dead latents**: a latent is dead when it has not fired in the last
@@ -37,18 +37,20 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DeltalensError, ShapeError
+from ..errors import ConfigError, DataFormatError, DeltalensError, ShapeError
 from ..hooks import Site
 from ..io import load_tensors, read_json, save_tensors, write_json
+from ..stage import StageConfig, StageResult, _jsonable, at_least, flag_of, in_range, one_of, option, register_result
 from .base import SAE
+from .io import CFG as SAE_CFG
 from .io import save_sae
 from .modules import TrainingSAE, canonical_architecture, make_training_sae
 from .sources import ActivationSource, as_source
@@ -62,62 +64,76 @@ class TrainingDiverged(DeltalensError):
 
 
 @dataclass
-class TrainConfig:
-    """Everything that defines a training run (saved in ``training.json``)."""
+class SAETrainConfig(StageConfig):
+    """Everything that defines a training run (saved in ``training.json`` and with every
+    checkpoint; a resume under another config is refused naming the differing fields)."""
 
-    architecture: str = "topk"
-    expansion: int = 8
-    d_sae: int | None = None  # overrides expansion
-    k: int = 32  # topk / batchtopk: active latents per token
-    total_tokens: int = 1_000_000
-    batch_size: int = 1024
-    lr: float | None = None  # None: 2e-4 · sqrt(2^14 / d_sae) (sparsify's rule) for topk, 4e-4 otherwise
-    lr_warmup: float = 0.02  # fraction of steps
-    lr_decay: float = 0.2  # fraction of steps, at the end, decaying linearly to 0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = 1.0
+    architecture: str = option("topk", flag="--arch", help="standard (ReLU + L1; alias relu), topk, batchtopk or jumprelu.")
+    expansion: int = option(8, flag="--expansion", help="d_sae = expansion × d_in.")
+    d_sae: int | None = option(None, flag="--d-sae", help="Number of latents (overrides --expansion).")
+    k: int = option(32, flag="--k", help="Active latents per token (topk/batchtopk).")
+    total_tokens: int = option(1_000_000, flag="--tokens", help="Training tokens.")
+    batch_size: int = option(1024, flag="--batch-size", help="Tokens per training step.")
+    lr: float | None = option(None, flag="--lr", help="Learning rate (default: 2e-4·sqrt(2^14/d_sae) for topk/batchtopk, 4e-4 otherwise).")
+    lr_warmup: float = option(0.02, flag="--lr-warmup", help="Fraction of the steps with a linear learning-rate warm-up.")
+    lr_decay: float = option(0.2, flag="--lr-decay", help="Fraction of the steps, at the end, decaying linearly to 0.")
+    adam_betas: tuple[float, float] = option((0.9, 0.999), flag="--adam-betas", help="Adam betas.")
+    grad_clip: float | None = option(1.0, flag="--grad-clip", help="Gradient-norm clipping (None: off).")
     # sparsity
-    l1_coefficient: float = 5.0  # relu
-    target_l0: float | None = None  # jumprelu: target-L0 variant
-    l0_coefficient: float = 1.0  # jumprelu
-    jumprelu_bandwidth: float = 0.05
-    jumprelu_init_threshold: float = 0.1
-    sparsity_warmup: float = 0.05  # fraction of steps
-    aux_k: int | None = None  # None: d_in // 2
-    aux_coefficient: float = 1 / 32
-    threshold_momentum: float = 0.01  # batchtopk
-    threshold_lr_scale: float = 10.0  # jumprelu: learning-rate multiplier of log θ
-    dead_window_tokens: int | None = None  # None: min(1M, total_tokens // 4)
+    l1_coefficient: float = option(5.0, flag="--l1", help="L1 coefficient (standard).")
+    target_l0: float | None = option(None, flag="--target-l0", help="Target L0 (jumprelu).")
+    l0_coefficient: float = option(1.0, flag="--l0-coefficient", help="L0 coefficient (jumprelu).")
+    jumprelu_bandwidth: float = option(0.05, flag="--jumprelu-bandwidth", help="Straight-through kernel width (jumprelu).")
+    jumprelu_init_threshold: float = option(0.1, flag="--jumprelu-init-threshold", help="Initial threshold (jumprelu).")
+    sparsity_warmup: float = option(0.05, flag="--sparsity-warmup", help="Fraction of the steps with a sparsity warm-up.")
+    aux_k: int | None = option(None, flag="--aux-k", help="AuxK latents (None: d_in // 2).")
+    aux_coefficient: float = option(1 / 32, flag="--aux-coefficient", help="AuxK loss coefficient.")
+    threshold_momentum: float = option(0.01, flag="--threshold-momentum", help="Threshold running-mean momentum (batchtopk).")
+    threshold_lr_scale: float = option(10.0, flag="--threshold-lr-scale", help="Learning-rate multiplier of log θ (jumprelu).")
+    dead_window_tokens: int | None = option(None, flag="--dead-window", help="Tokens without firing after which a latent counts as dead (default: min(1M, tokens/4)).")
     # data
-    normalize: str = "expected_norm"  # or "none"
-    norm_sample_tokens: int = 32768
-    b_dec_init: str = "median"
-    decoder_init_norm: float | None = None
+    normalize: str = option("expected_norm", flag="--normalize", help="expected_norm (scale to E‖x‖ = √d_in) or none.")
+    norm_sample_tokens: int = option(32768, flag="--norm-sample-tokens", help="Rows for the norm scale and b_dec initialisation.")
+    b_dec_init: str = option("median", flag="--b-dec-init", help="median, mean or zeros.")
+    decoder_init_norm: float | None = option(None, flag="--decoder-init-norm", help="Initial decoder row norm.")
     # bookkeeping
-    seed: int = 0
-    device: str = "cpu"
-    checkpoint_every_tokens: int | None = None
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    seed: int = option(0, flag="--seed", help="Random seed.")
+    device: str = option("cpu", flag="--device", help="Training device.")
+    checkpoint_every_tokens: int | None = option(None, flag="--checkpoint-every", help="Checkpoint every N tokens.")
+    keep_checkpoints: int = option(2, flag="--keep-checkpoints", help="Checkpoints kept on disk.")
+    log_every: int = option(10, flag="--log-every", help="Steps between history records.")
+
+    #: fields that do not change the trained SAE (a resume may change them)
+    RESUME_EXEMPT: ClassVar[tuple[str, ...]] = ("device", "checkpoint_every_tokens", "keep_checkpoints", "log_every")
 
     def __post_init__(self) -> None:
-        self.architecture = canonical_architecture(self.architecture)
-        if self.normalize not in ("expected_norm", "none"):
-            raise ConfigError(f"normalize must be 'expected_norm' or 'none', got '{self.normalize}'")
-        if self.batch_size <= 0 or self.total_tokens <= 0:
-            raise ConfigError("batch_size and total_tokens must be positive")
-        self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]
+        if isinstance(self.architecture, str):
+            try:
+                self.architecture = canonical_architecture(self.architecture)
+            except ConfigError as exc:
+                raise ConfigError(f"--arch: {exc}") from None
+        if isinstance(self.adam_betas, list):
+            self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]
+        super().__post_init__()
+
+    def validate(self) -> None:
+        for name in ("expansion", "d_sae", "k", "total_tokens", "batch_size", "aux_k", "dead_window_tokens",
+                     "norm_sample_tokens", "checkpoint_every_tokens", "keep_checkpoints", "log_every"):
+            at_least(self, name, 1)
+        for name in ("lr", "grad_clip", "target_l0", "jumprelu_bandwidth", "threshold_lr_scale"):
+            positive(self, name)
+        for name in ("l1_coefficient", "l0_coefficient", "aux_coefficient", "jumprelu_init_threshold"):
+            at_least(self, name, 0)
+        for name in ("lr_warmup", "lr_decay", "sparsity_warmup", "threshold_momentum"):
+            in_range(self, name, 0, 1)
+        one_of(self, "normalize", ("expected_norm", "none"))
+        one_of(self, "b_dec_init", ("median", "mean", "zeros"))
+        if len(tuple(self.adam_betas)) != 2:
+            raise ConfigError(f"--adam-betas must be two numbers, got {self.adam_betas!r}")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown training options: {', '.join(sorted(unknown))}")
-        return cls(**dict(d))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "") -> SAETrainConfig:
+        return super().from_dict(data, where=where or "SAE training config")
 
     def resolved_d_sae(self, d_in: int) -> int:
         return int(self.d_sae or self.expansion * d_in)
@@ -136,22 +152,96 @@ class TrainConfig:
     def dead_window(self) -> int:
         return int(self.dead_window_tokens or min(1_000_000, max(self.batch_size, self.total_tokens // 4)))
 
+    def check_against(self, recorded: Mapping[str, Any] | None, what: str | Path) -> None:
+        """Refuse to continue ``what`` (a checkpoint, a finished SAE) recorded under another config
+        (older records are read through :meth:`from_dict`, so renamed values compare equal)."""
+        if recorded is None:
+            return
+        try:
+            rec = type(self).from_dict({k: v for k, v in recorded.items() if k in {f.name for f in fields(self)}}).to_dict()
+        except DeltalensError:
+            rec = dict(recorded)
+        self.check_resume(rec, what, exclude=self.RESUME_EXEMPT)
 
+
+def positive(cfg: Any, name: str) -> None:
+    """``cfg.name > 0`` (``None`` allowed)."""
+    v = getattr(cfg, name)
+    if v is not None and not v > 0:
+        raise ConfigError(f"{flag_of(cfg, name)} must be > 0, got {v!r}")
+
+
+@register_result
 @dataclass
-class TrainResult:
-    sae: SAE
-    path: Path | None
-    history: list[dict[str, float]]
-    tokens: int
-    seconds: float
-    dead_fraction: float
-    sparsity: torch.Tensor
-    config: TrainConfig
+class SAETrainResult(StageResult):
+    """A finished training run: ``training.json`` (config, sizes, timing, history) beside the
+    SAELens directory. ``sae``, ``path`` and ``sparsity`` are not in the JSON; :meth:`load`
+    reads them from the directory when it holds the SAE."""
+
+    KIND: ClassVar[str] = "SAE training"
+    FILENAME: ClassVar[str] = TRAINING_JSON
+
+    config: SAETrainConfig
+    d_in: int
+    d_sae: int
+    site: str | None = None
+    model_name: str | None = None
+    tokens: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    norm_scale: float = 1.0
+    dead_fraction: float = 0.0
+    dead_window_tokens: int = 0
+    final: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    parent: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    sae: SAE | None = field(default=None, repr=False, compare=False, metadata={"runtime": True})
+    path: Path | None = field(default=None, compare=False, metadata={"runtime": True})
+    sparsity: torch.Tensor | None = field(default=None, repr=False, compare=False, metadata={"runtime": True})
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / max(self.seconds, 1e-9)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if not f.metadata.get("runtime")}
+        d["config_hash"] = self.config.hash(exclude=SAETrainConfig.RESUME_EXEMPT)
+        d["tokens_per_second"] = self.tokens_per_second
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SAETrainResult:
+        names = {f.name for f in fields(cls) if not f.metadata.get("runtime")}
+        body = {k: v for k, v in data.items() if k in names}
+        body["config"] = SAETrainConfig.from_dict(dict(data.get("config") or {}))
+        return cls(**body)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SAETrainResult:
+        """Read ``training.json`` (also the files of earlier versions, which had no ``kind``)
+        and, when the directory holds the SAE, the SAE and its sparsity."""
+        path = cls.path_in(directory)
+        if not path.is_file():
+            raise DataFormatError(f"not a valid {cls.KIND}: {path} (no such file)")
+        data = read_json(path)
+        if isinstance(data, dict) and "kind" not in data and {"config", "history", "d_sae"} <= set(data):
+            data = {"kind": cls.KIND, **data}  # written before results had a kind
+        if not isinstance(data, dict) or data.get("kind") != cls.KIND:
+            got = data.get("kind") if isinstance(data, dict) else type(data).__name__
+            raise DataFormatError(f"not a valid {cls.KIND}: {path} (kind is {got!r})")
+        try:
+            res = cls.from_dict({k: v for k, v in data.items() if k not in ("kind", "schema")})
+        except (TypeError, KeyError, ValueError, DeltalensError) as exc:
+            raise DataFormatError(f"not a valid {cls.KIND}: {path} ({exc})") from None
+        root = path.parent
+        if (root / SAE_CFG).is_file():
+            from .io import load_sae, read_sparsity
+
+            res.sae, res.sparsity = load_sae(root), read_sparsity(root)
+        res.path = root
+        return res
 
 
 def _lr_factor(step: int, total: int, warmup: float, decay: float) -> float:
@@ -169,7 +259,7 @@ class Trainer:
 
     def __init__(
         self,
-        config: TrainConfig,
+        config: SAETrainConfig,
         d_in: int,
         *,
         site: str | None = None,
@@ -336,7 +426,8 @@ class Trainer:
             path / "trainer.json",
             {"step": self.step_n, "tokens": self.tokens, "scale": self.scale, "seconds": self.seconds,
              "fire_tokens": self.fire_tokens, "prev_tokens": self.prev_tokens, "history": self.history,
-             "config": self.cfg.to_dict(), "site": self.site, "model_name": self.model_name, "d_in": self.d_in},
+             "config": self.cfg.to_dict(), "config_hash": self.cfg.hash(exclude=SAETrainConfig.RESUME_EXEMPT),
+             "site": self.site, "model_name": self.model_name, "d_in": self.d_in},
         )
         self.last_checkpoint = path
         ckpts = sorted((self.out / CHECKPOINTS).glob("step_*"))
@@ -352,13 +443,21 @@ class Trainer:
                 return p
         return None
 
-    def resume(self, path: Path) -> None:
+    def check_resumable(self, path: Path) -> None:
+        """Raise :class:`ConfigError` if checkpoint ``path`` cannot be continued by this trainer."""
         meta = read_json(path / "trainer.json")
         if meta.get("d_in") != self.d_in or (self.site and meta.get("site") and meta["site"] != self.site):
             raise ConfigError(
                 f"{path}: checkpoint is for d_in={meta.get('d_in')} at {meta.get('site')}, this run is d_in={self.d_in} "
-                f"at {self.site}; use another output directory"
+                f"at {self.site}; use another output directory or --overwrite"
             )
+        self.cfg.check_against(meta.get("config"), f"checkpoint {path}")
+
+    def resume(self, path: Path) -> None:
+        """Continue from checkpoint ``path``; refused (naming the differing fields) when it was
+        written under another config, width or site."""
+        self.check_resumable(path)
+        meta = read_json(path / "trainer.json")
         state = load_tensors(path / "state.safetensors", device=self.device)
         self.module.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("module.")})
         params = list(self.module.parameters())
@@ -397,24 +496,42 @@ class Trainer:
         }
         return self.module.to_inference(self.scale, site=self.site, model_name=self.model_name, metadata=meta)
 
-    def save(self) -> TrainResult:
-        sae = self.inference_sae()
-        sparsity = self.log10_density()
-        dead = float(self.dead_mask().float().mean())
+    def check_finished(self) -> None:
+        """Refuse to overwrite a finished SAE in ``out`` that was trained under another config."""
+        if self.out is None or not (self.out / TRAINING_JSON).is_file():
+            return
+        try:
+            recorded = read_json(self.out / TRAINING_JSON)
+        except DataFormatError:
+            return
+        if isinstance(recorded, dict) and isinstance(recorded.get("config"), dict):
+            self.cfg.check_against(recorded["config"], f"the SAE in {self.out}")
+
+    def discard_checkpoints(self) -> None:
+        if self.out is not None and (self.out / CHECKPOINTS).is_dir():
+            shutil.rmtree(self.out / CHECKPOINTS)
+
+    def result(self) -> SAETrainResult:
+        """The typed result of the run so far (the inference SAE with normalisation folded in)."""
+        return SAETrainResult(
+            config=self.cfg, d_in=self.d_in, d_sae=self.d_sae, site=self.site, model_name=self.model_name,
+            tokens=self.tokens, steps=self.step_n, seconds=self.seconds, norm_scale=self.scale,
+            dead_fraction=float(self.dead_mask().float().mean()), dead_window_tokens=self.cfg.dead_window(),
+            final=dict(self._last), history=list(self.history),
+            parent=None if self.parent is None else str(self.parent.cfg.metadata.get("deltalens_path", "")),
+            metadata=dict(self.metadata), sae=self.inference_sae(), path=self.out, sparsity=self.log10_density(),
+        )
+
+    def save(self) -> SAETrainResult:
+        """The result; with ``out``, the SAELens directory + ``training.json`` (checkpoints removed)."""
+        res = self.result()
         if self.out is not None:
-            save_sae(sae, self.out, sparsity=sparsity)
-            write_json(
-                self.out / TRAINING_JSON,
-                {"config": self.cfg.to_dict(), "d_in": self.d_in, "d_sae": self.d_sae, "site": self.site,
-                 "model_name": self.model_name, "tokens": self.tokens, "steps": self.step_n, "seconds": self.seconds,
-                 "tokens_per_second": self.tokens / max(self.seconds, 1e-9), "norm_scale": self.scale,
-                 "dead_fraction": dead, "dead_window_tokens": self.cfg.dead_window(), "final": self._last,
-                 "history": self.history, "parent": None if self.parent is None else str(self.parent.cfg.metadata.get("deltalens_path", "")),
-                 **({"metadata": self.metadata} if self.metadata else {})},
-            )
+            assert res.sae is not None
+            save_sae(res.sae, self.out, sparsity=res.sparsity)
+            res.save(self.out)
             if (self.out / CHECKPOINTS).is_dir():
                 shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
-        return TrainResult(sae, self.out, self.history, self.tokens, self.seconds, dead, sparsity, self.cfg)
+        return res
 
 
 def _postfix(rec: Mapping[str, float]) -> dict[str, str]:
@@ -427,14 +544,26 @@ def train_saes(
     *,
     progress: bool = True,
     resume: bool = True,
+    overwrite: bool = False,
     callback: Callable[[str, dict[str, float]], None] | None = None,
-) -> dict[str, TrainResult]:
+) -> dict[str, SAETrainResult]:
     """Train several SAEs from one stream: the source yields ``{site: batch}`` (a
     :class:`~deltalens.sae.sources.ModelSource` over several sites) or plain batches; each
-    trainer takes the batch of its own site. All trainers must share ``batch_size``."""
+    trainer takes the batch of its own site. All trainers must share ``batch_size``.
+
+    ``resume``: continue each trainer's newest checkpoint; a checkpoint or a finished SAE in
+    the output made under another config is refused (:class:`ConfigError` naming the fields)
+    before anything is written. ``overwrite`` (or ``resume=False``) discards old checkpoints
+    and starts fresh."""
     trainers = dict(trainers)
     if not trainers:
         raise ConfigError("no SAEs to train")
+    for t in trainers.values():  # refuse before anything is written
+        if resume and not overwrite:
+            if (ck := t.latest_checkpoint()) is not None:
+                t.check_resumable(ck)
+            else:
+                t.check_finished()
     bs = {t.cfg.batch_size for t in trainers.values()}
     if len(bs) != 1:
         raise ConfigError(f"SAEs trained from one stream need one batch size, got {sorted(bs)}")
@@ -442,7 +571,9 @@ def train_saes(
     first = next(iter(trainers.values()))
     seed = first.cfg.seed
     for t in trainers.values():
-        if resume and (ck := t.latest_checkpoint()) is not None:
+        if overwrite or not resume:
+            t.discard_checkpoints()
+        elif (ck := t.latest_checkpoint()) is not None:
             t.resume(ck)
             seed += t.step_n
     src = source if isinstance(source, ActivationSource) else as_source(source)
@@ -506,26 +637,27 @@ def _pick(batch: Any, site: str | None) -> torch.Tensor:
 
 def train_sae(
     data: Any,
-    config: TrainConfig | None = None,
+    config: SAETrainConfig | None = None,
     *,
     site: Any = None,
     model_name: str | None = None,
     out: str | Path | None = None,
     init_from: SAE | str | Path | None = None,
     resume: bool = True,
+    overwrite: bool = False,
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
     **source_kw: Any,
-) -> TrainResult:
+) -> SAETrainResult:
     """Train one SAE on ``data`` (a tensor ``[n, d]``, an ActivationStore or its path, or an
     :class:`~deltalens.sae.sources.ActivationSource`). ``out`` gets the SAELens directory
     (and checkpoints while training). ``init_from`` fine-tunes an existing SAE."""
-    config = config or TrainConfig()
+    config = config or SAETrainConfig()
     src = as_source(data, site, **source_kw)
     site_s = str(Site.parse(site)) if site is not None else src.site
     trainer = Trainer(config, src.d_in, site=site_s, model_name=model_name or src.model_name, out=out,
                       init_from=init_from, metadata=metadata)
-    return train_saes(src, {"sae": trainer}, progress=progress, resume=resume)["sae"]
+    return train_saes(src, {"sae": trainer}, progress=progress, resume=resume, overwrite=overwrite)["sae"]
 
 
 def _adam(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
@@ -534,3 +666,55 @@ def _adam(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float]) -
         return torch.optim.Adam(groups, lr=lr, betas=betas, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(groups, lr=lr, betas=betas)
+
+
+def grid_name(architecture: str, site: Any, k: int, *, name: str | None = None, many: bool = True) -> str:
+    """Name of one SAE of a site × k grid: ``<name or arch>_<site>_k<k>`` (one SAE alone:
+    ``<name>`` or ``<arch>_<site>``)."""
+    if many:
+        return f"{name or architecture}_{site}_k{k}"
+    return name or f"{architecture}_{site}"
+
+
+def train_grid(
+    source: ActivationSource | Any,
+    config: SAETrainConfig,
+    sites: Sequence[Any],
+    ks: Sequence[int] = (),
+    *,
+    out: str | Path | None = None,
+    experiment: str | Path | None = None,
+    name: str | None = None,
+    init_from: SAE | str | Path | None = None,
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+    metadata: Mapping[str, Any] | None = None,
+) -> list[SAETrainResult]:
+    """One SAE per ``site × k`` (``ks`` empty: ``config.k``), all from one stream (one forward
+    pass per batch when the source is on the fly). Each goes to ``out`` (one SAE) or
+    ``out/<grid_name>`` (several), else to ``Experiment(experiment).sae_dir(<grid_name>)``.
+    Resume and overwrite as :func:`train_saes`."""
+    from ..experiment import Experiment
+
+    ks = [int(k) for k in ks] or [config.k]
+    site_list = [Site.parse(s) for s in sites] or ([Site.parse(source.site)] if getattr(source, "site", None) else [])
+    if not site_list:
+        raise ConfigError("name the site(s) to train at (--site)")
+    many = len(site_list) * len(ks) > 1
+    src = source if isinstance(source, ActivationSource) else as_source(source, site_list[0] if len(site_list) == 1 else None)
+    meta = {"training_data": src.description, **dict(metadata or {})}
+    trainers: dict[str, Trainer] = {}
+    for s in site_list:
+        for k in ks:
+            nm = grid_name(config.architecture, s, k, name=name, many=many)
+            if out is not None:
+                dest = Path(out) / nm if many else Path(out)
+            else:
+                dest = Experiment.named(str(experiment or "default")).sae_dir(nm)
+            trainers[nm] = Trainer(config.replace(k=k), src.d_in, site=str(s), model_name=src.model_name, out=dest,
+                                   init_from=init_from, metadata=meta)
+    results = train_saes(src, trainers, progress=progress, resume=resume, overwrite=overwrite)
+    for nm, r in results.items():
+        r.extra.setdefault("name", nm)
+    return list(results.values())
