@@ -150,3 +150,38 @@ def test_report_section_escapes_model_text(dirs, tmp_path):
     html = build_report(exp).read_text()
     assert "<h2>Model diff</h2>" in html and "weights: pair" in html and "highest-KL contexts" in html
     assert "<script>alert(1)" not in html and "&lt;script&gt;" in html
+
+
+def _strip_tokenizer(d):
+    from deltalens.models.loading import TOKENIZER_FILES
+
+    for f in (*TOKENIZER_FILES, "special_tokens_map.json", "merges.txt", "chat_template.jinja"):
+        (Path(d) / f).unlink(missing_ok=True)
+    return d
+
+
+def test_checkpoints_without_tokenizer_files(dirs, tmp_path, cli):
+    """Intermediate checkpoints usually ship no tokenizer: the weight lens reads the other model's, or
+    token ids with a warning when neither has one; outputs/activations borrow the other's tokenizer."""
+    import shutil
+
+    ft = _strip_tokenizer(shutil.copytree(dirs[1], tmp_path / "ft_notok"))
+    r = cli("diff", "weights", dirs[0], str(ft), "--out", str(tmp_path / "w"), "--no-figures")
+    assert r.returncode == 0, r.stderr
+    lens = json.loads((tmp_path / "w" / "logit_lens.json").read_text())
+    toks = [t for t, _ in lens["layers"]["1"]["resid_mean"]["pos"]]
+    assert toks and not any(t.startswith("<id ") for t in toks)
+    base = _strip_tokenizer(shutil.copytree(dirs[0], tmp_path / "base_notok"))
+    r = cli("diff", "weights", str(base), str(ft), "--out", str(tmp_path / "w2"), "--no-figures")
+    assert r.returncode == 0, r.stderr
+    lens = json.loads((tmp_path / "w2" / "logit_lens.json").read_text())
+    assert all(t.startswith("<id ") for t, _ in lens["layers"]["1"]["resid_mean"]["pos"])
+    assert "token ids" in r.stdout + r.stderr
+    r = cli("diff", "weights", str(base), str(ft), "--tokenizer", dirs[0], "--out", str(tmp_path / "w3"), "--no-figures")
+    assert r.returncode == 0, r.stderr
+    lens = json.loads((tmp_path / "w3" / "logit_lens.json").read_text())
+    assert not any(t.startswith("<id ") for t, _ in lens["layers"]["1"]["resid_mean"]["pos"])
+    texts = tmp_path / "t.txt"
+    texts.write_text("The quick brown fox.\n")
+    r = cli("diff", "outputs", dirs[0], str(ft), "--data", str(texts), "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr

@@ -7,7 +7,8 @@ from typing import Any
 
 import typer
 
-from ._common import console, parse_layers, split_list, table
+from ..diff.weights import WeightDiffConfig
+from ._common import config_option, console, experiment_option, parse_layers, split_list, table
 
 organism_app = typer.Typer(help="Make fine-tuned variants (model organisms) and iterative-DPO checkpoint series.",
                            no_args_is_help=True)
@@ -167,34 +168,37 @@ def weights_cmd(
     ft: str = typer.Argument(..., help="Fine-tuned model spec."),
     traits: list[str] | None = typer.Option(None, "--traits", "-t", help="Trait vector file or directory (repeatable)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output directory."),
-    experiment: str = typer.Option("default", "--experiment", "-e", help=_EXP_HELP),
+    experiment: str = experiment_option(help=_EXP_HELP),
     name: str | None = typer.Option(None, "--name", help="Diff name (default <ft>_vs_<base>)."),
-    top_k: int = typer.Option(20, "--top-k"),
-    n_singular: int = typer.Option(3, "--singular", help="Singular vectors per o/down matrix (alignment)."),
-    lens: str = typer.Option("ft", "--lens", help="Whose unembedding reads the directions: ft or base."),
-    no_figures: bool = typer.Option(False, "--no-figures"),
+    top_k: int = config_option(WeightDiffConfig, "top_k"),
+    n_singular: int = config_option(WeightDiffConfig, "n_singular"),
+    lens: str = config_option(WeightDiffConfig, "lens"),
+    tokenizer: str | None = config_option(WeightDiffConfig, "tokenizer"),
+    figures: bool = config_option(WeightDiffConfig, "figures"),
 ) -> None:
     """Weight diff streamed from safetensors: norms, effective rank, logit lens, trait alignment."""
     from ..diff.weights import diff_weights
 
+    cfg = WeightDiffConfig(top_k=top_k, n_singular=n_singular, lens=lens, tokenizer=tokenizer, figures=figures)
     path = _out_dir(out, experiment, "weights", name, base, ft)
-    r = diff_weights(base, ft, traits=traits, out_dir=path, top_k=top_k, n_singular=n_singular, lens=lens,
-                     figures=not no_figures)
-    s = r["summary"]
+    r = diff_weights(base, ft, cfg, traits=traits, out_dir=path)
+    s = r.overview
     console.print(f"{s['n_changed']} of {s['n_tensors']} tensors changed; ‖Δθ‖_F = {s['total_fro']:.4g} "
                   f"({s['total_rel']:.3%} of ‖θ_base‖)")
     console.print(table("largest relative changes", ["tensor", "‖Δθ‖/‖θ‖", "‖Δθ‖_F", "eff. rank (90 %)"],
                         [(t["name"], f"{t['rel']:.3e}", f"{t['fro']:.3e}", t["effective_rank"]) for t in s["top_by_rel"]]))
-    ll = r["logit_lens"]
+    ll = r.logit_lens
+    if ll.get("tokenizer", "own") != "own":
+        console.print(f"logit-lens tokenizer: {ll['tokenizer']}")
     if ll.get("top_layer_lists"):
         rows = [(k, _toklist(v["pos"], 12), _toklist(v["neg"], 8)) for k, v in ll["top_layer_lists"].items()]
         console.print(table(f"weight logit lens at layer {ll['top_layer']} (largest change)", ["direction", "+", "−"], rows))
-    for v in r["vocab"]:
+    for v in r.vocab:
         console.print(f"vocabulary: {v['added_in']} model has {len(v.get('added_ids', []))} extra rows in {v['tensor']}: "
                       f"{_toklist(v.get('added_tokens', []), 10)}")
-    for tname, t in r["trait_alignment"]["traits"].items():
+    for tname, t in r.trait_alignment["traits"].items():
         rows = [(L, f"{e['resid_mean']:+.3f}", f"{e['max_abs_sv']:.3f}") for L, e in t["layers"].items()]
-        console.print(table(f"alignment with trait '{tname}' (chance |cos| ≈ {r['trait_alignment']['chance_abs_cos']:.3f})",
+        console.print(table(f"alignment with trait '{tname}' (chance |cos| ≈ {r.trait_alignment['chance_abs_cos']:.3f})",
                             ["layer", "cos(resid_mean)", "max |cos| top singular vectors"], rows))
     console.print(f"→ {path}")
 

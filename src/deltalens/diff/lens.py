@@ -95,8 +95,8 @@ def _lists(token_str, pv, pi, nv, ni, zero) -> dict[str, Any]:
             pos.append([])
             neg.append([])
             continue
-        pos.append([(t, round(float(x), 4)) for t, x in zip(token_str(pi[r].tolist()), pv[r].tolist())])
-        neg.append([(t, round(float(x), 4)) for t, x in zip(token_str(ni[r].tolist()), nv[r].tolist())])
+        pos.append([[t, round(float(x), 4)] for t, x in zip(token_str(pi[r].tolist()), pv[r].tolist())])
+        neg.append([[t, round(float(x), 4)] for t, x in zip(token_str(ni[r].tolist()), nv[r].tolist())])
     return {"pos": pos, "neg": neg}
 
 
