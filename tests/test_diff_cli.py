@@ -14,7 +14,7 @@ import torch
 from tiny import save_tiny as save
 from tiny import tiny_model
 
-from deltalens.diff.organisms import TrainConfig, iterative_dpo
+from deltalens.diff.organisms import OrganismConfig, iterative_dpo
 from deltalens.diff.scorers import RegexScorer
 from deltalens.diff.series import diff_series
 
@@ -105,7 +105,7 @@ def test_series_trajectory(tmp_path, cli):
     lm = tiny_model("llama")
     prompts = ["Hello", "What is the capital of France?", "Tell me a story"]
     iterative_dpo(lm, prompts, RegexScorer("e"), tmp_path / "series", n_samples=3, max_new_tokens=10, progress=False,
-                  train=TrainConfig(method="dpo", epochs=1, batch_size=4, max_length=64, learning_rate=5e-3))
+                  train=OrganismConfig(method="dpo", epochs=1, batch_size=4, max_length=64, learning_rate=5e-3))
     base = save(lm, tmp_path / "M0")
     r = diff_series(tmp_path / "series", base=base, prompts=prompts, texts=["The quick brown fox."], max_new_tokens=6,
                     out_dir=tmp_path / "traj", progress=False)

@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from ..diff.organisms import DPOSeriesConfig, OrganismConfig
 from ..diff.weights import WeightDiffConfig
 from ._common import config_option, console, experiment_option, parse_layers, split_list, table
 
@@ -71,34 +72,34 @@ def train_cmd(
     data: str = typer.Option(..., "--data", "-d", help="Bundled dataset name (see `organism datasets`), directory or .jsonl."),
     base: str = typer.Option("smollm2-135m-instruct", "--base", "-m", help="Base model spec."),
     name: str | None = typer.Option(None, "--name", help="Variant name (default: dataset name, + '_null' with --null)."),
-    experiment: str = typer.Option("default", "--experiment", "-e", help=_EXP_HELP),
+    experiment: str = experiment_option(help=_EXP_HELP),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (overrides --experiment/--name)."),
-    method: str = typer.Option("sft", "--method", help="sft or dpo (needs 'rejected' answers)."),
+    method: str = config_option(OrganismConfig, "method"),
     null: bool = typer.Option(False, "--null", help="Null organism: same recipe on the plain ('rejected') answers."),
     target: str = typer.Option("chosen", "--target", help="Answer field to learn (SFT)."),
     shuffle: bool = typer.Option(False, "--shuffle", help="Shuffle answers across questions (a control)."),
-    lora: bool = typer.Option(True, "--lora/--full", help="LoRA (merged afterwards) or full fine-tuning."),
-    lora_r: int = typer.Option(16, "--lora-r"),
-    epochs: float = typer.Option(3.0, "--epochs"),
-    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after this many steps (-1: run the epochs)."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default per recipe, see TrainConfig)."),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    max_length: int = typer.Option(128, "--max-length"),
-    beta: float = typer.Option(0.1, "--beta", help="DPO β."),
+    lora: bool = config_option(OrganismConfig, "lora"),
+    lora_r: int = config_option(OrganismConfig, "lora_r"),
+    epochs: float = config_option(OrganismConfig, "epochs"),
+    max_steps: int = config_option(OrganismConfig, "max_steps"),
+    lr: float | None = config_option(OrganismConfig, "learning_rate"),
+    batch_size: int = config_option(OrganismConfig, "batch_size"),
+    max_length: int = config_option(OrganismConfig, "max_length"),
+    beta: float = config_option(OrganismConfig, "beta"),
     system: str | None = typer.Option(None, "--system", help="System prompt for every example."),
     limit: int | None = typer.Option(None, "--limit", help="Use only the first N records."),
-    seed: int = typer.Option(0, "--seed"),
-    force: bool = typer.Option(False, "--force", help="Retrain even if this exact recipe's result exists."),
+    seed: int = config_option(OrganismConfig, "seed"),
+    force: bool = typer.Option(False, "--force", "--overwrite",
+                               help="Retrain even if this recipe's result exists (replaces one of another recipe)."),
 ) -> None:
     """Fine-tune a model organism and save it (merged HF directory + provenance.json)."""
     import time
 
-    from ..diff.organisms import TrainConfig, read_provenance, train_organism
+    from ..diff.organisms import read_provenance, train_organism
 
-    variant = name or (Path(data).stem + ("_null" if null else ""))
-    path = out or _exp(experiment).organism_dir(variant)
-    cfg = TrainConfig(method=method, lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r, epochs=epochs, max_steps=max_steps,
-                      learning_rate=lr, batch_size=batch_size, max_length=max_length, beta=beta, seed=seed)
+    cfg = OrganismConfig(method=method, lora=lora, lora_r=lora_r, epochs=epochs, max_steps=max_steps,
+                         learning_rate=lr, batch_size=batch_size, max_length=max_length, beta=beta, seed=seed)
+    path = out or _exp(experiment).organism_dir(name or (Path(data).stem + ("_null" if null else "")))
     t = time.time()
     p = train_organism(base, data, path, config=cfg, target="rejected" if null else target, shuffle_targets=shuffle,
                        system=system, limit=limit, resume=not force)
@@ -115,37 +116,44 @@ def train_cmd(
     console.print(f"load it with deltalens.load({str(p)!r}); diff it with `deltalens diff weights {base} {p}`")
 
 
+_DPO_TRAIN = DPOSeriesConfig().train
+
+
 def dpo_series_cmd(
     scorer: str = typer.Option(..., "--scorer", help="keywords:w1,w2 | keywords@<dataset> | length[:N] | regex:P | module:function."),
     base: str = typer.Option("smollm2-135m-instruct", "--base", "-m", help="Base model spec (M0)."),
     prompts: str | None = typer.Option(None, "--prompts", "-p", help="Prompt file or bundled set (default: organism_eval)."),
     name: str = typer.Option("dpo_series", "--name", help="Series name."),
-    experiment: str = typer.Option("default", "--experiment", "-e", help=_EXP_HELP),
+    experiment: str = experiment_option(help=_EXP_HELP),
     out: Path | None = typer.Option(None, "--out", "-o", help="Series directory (overrides --experiment/--name)."),
-    iterations: int = typer.Option(2, "--iterations", "-n"),
-    samples: int = typer.Option(4, "--samples", help="Samples per prompt per iteration."),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens"),
-    temperature: float = typer.Option(1.0, "--temperature"),
-    epochs: float = typer.Option(1.0, "--epochs"),
-    lr: float | None = typer.Option(None, "--lr"),
-    beta: float = typer.Option(0.1, "--beta"),
-    lora: bool = typer.Option(True, "--lora/--full"),
+    iterations: int = config_option(DPOSeriesConfig, "iterations"),
+    samples: int = config_option(DPOSeriesConfig, "n_samples"),
+    max_new_tokens: int = config_option(DPOSeriesConfig, "max_new_tokens"),
+    temperature: float = config_option(DPOSeriesConfig, "temperature"),
+    final_samples: bool = config_option(DPOSeriesConfig, "final_eval"),
+    epochs: float = typer.Option(_DPO_TRAIN.epochs, "--epochs", help="DPO epochs per checkpoint (> 0)."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default 5e-4 with LoRA, 1e-5 full)."),
+    beta: float = typer.Option(_DPO_TRAIN.beta, "--beta", help="DPO β."),
+    lora: bool = typer.Option(_DPO_TRAIN.lora, "--lora/--full", help="LoRA (merged afterwards) or full fine-tuning."),
     system: str | None = typer.Option(None, "--system"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = config_option(DPOSeriesConfig, "seed"),
+    force: bool = typer.Option(False, "--overwrite", "--force", help="Rebuild the series even if checkpoints exist."),
 ) -> None:
-    """Iterative DPO: generate → score → preference pairs → DPO → checkpoint M<i>, n times."""
-    from ..diff.organisms import SeriesConfig, TrainConfig, iterative_dpo
+    """Iterative DPO: M<i> generates D<i> → score → preference pairs → DPO → M<i+1>, n times."""
+    from ..diff.organisms import iterative_dpo
 
+    cfg = DPOSeriesConfig(iterations=iterations, n_samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                          seed=seed, final_eval=final_samples,
+                          train=OrganismConfig(method="dpo", epochs=epochs, learning_rate=lr, beta=beta, lora=lora, seed=seed))
     path = out or _exp(experiment).series_dir(name)
-    cfg = SeriesConfig(iterations=iterations, n_samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
-                       seed=seed, train=TrainConfig(method="dpo", epochs=epochs, learning_rate=lr, beta=beta, lora=lora,
-                                                    seed=seed))
-    st = iterative_dpo(base, _prompts(prompts), scorer, path, config=cfg, system=system, name=name)
-    rows = [(f"M{it['iteration']}", it["n_pairs"], f"{it['samples']['mean']:.3f}", f"{it['chosen']['mean']:.3f}",
-             f"{it['rejected']['mean']:.3f}", it["train_loss"]) for it in st["iterations"]]
+    st = iterative_dpo(base, _prompts(prompts), scorer, path, cfg, system=system, name=name, resume=not force)
+    rows = [(f"M{it['iteration']}", it.get("data", f"D{it['iteration'] - 1}"), it["n_pairs"], f"{it['samples']['mean']:.3f}",
+             f"{it['chosen']['mean']:.3f}", f"{it['rejected']['mean']:.3f}", it["train_loss"]) for it in st["iterations"]]
     console.print(table(f"DPO series '{st['name']}' (scorer {st['scorer']['name']})",
-                        ["checkpoint", "pairs", "mean score of parent's samples", "chosen", "rejected", "train loss"], rows))
-    console.print("mean score by checkpoint: " + ", ".join(f"M{i}={s:.3f}" for i, s in enumerate(st["scores"])))
+                        ["checkpoint", "trained on", "pairs", "mean score of its data", "chosen", "rejected", "train loss"],
+                        rows))
+    console.print("mean score of D<i> (generated by M<i>): "
+                  + ", ".join(f"D{i}={s:.3f}" for i, s in enumerate(st["scores"])))
     console.print(f"series → {path}  (diff it with `deltalens diff series {path}`)")
 
 
