@@ -7,9 +7,12 @@ from typing import Any
 
 import typer
 
+from ..diff.activations import ActivationDiffConfig
 from ..diff.organisms import DPOSeriesConfig, OrganismConfig
+from ..diff.outputs import OutputDiffConfig
+from ..diff.series import SeriesDiffConfig
 from ..diff.weights import WeightDiffConfig
-from ._common import config_option, console, experiment_option, parse_layers, split_list, table
+from ._common import config_option, console, experiment_option, parse_assignments, parse_layers, split_list, table
 
 organism_app = typer.Typer(help="Make fine-tuned variants (model organisms) and iterative-DPO checkpoint series.",
                            no_args_is_help=True)
@@ -216,109 +219,103 @@ def activations_cmd(
     ft: str = typer.Argument(..., help="Fine-tuned model spec."),
     prompts: str | None = typer.Option(None, "--prompts", "-p", help="Prompt file or bundled set (default: organism_eval)."),
     responses: Path | None = typer.Option(None, "--responses", help="The ft model's responses (JSONL from `generate --out`)."),
-    layers: str | None = typer.Option(None, "--layers", help="Layers (default all): 'all', '6,12', '9-19'."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
-    base_prompt: str = typer.Option("same", "--base-prompt", help="same (identical ids) or raw (base reads the prompt as plain text)."),
+    layers: str | None = config_option(ActivationDiffConfig, "layers"),
+    max_new_tokens: int = config_option(ActivationDiffConfig, "max_new_tokens"),
+    base_prompt: str = config_option(ActivationDiffConfig, "base_prompt"),
     steering: list[str] | None = typer.Option(None, "--steering", help="TRAIT=results.jsonl (repeatable): transfer correlations."),
     lens_texts: str | None = typer.Option(None, "--lens-texts", help="Unrelated text for the activation-difference lens (.txt/.jsonl)."),
-    no_lens: bool = typer.Option(False, "--no-lens", help="Skip the activation-difference lens."),
+    lens: bool = config_option(ActivationDiffConfig, "lens"),
+    tokenizer: str | None = config_option(ActivationDiffConfig, "tokenizer"),
     out: Path | None = typer.Option(None, "--out", "-o"),
-    experiment: str = typer.Option("default", "--experiment", "-e", help=_EXP_HELP),
+    experiment: str = experiment_option(help=_EXP_HELP),
     name: str | None = typer.Option(None, "--name"),
 ) -> None:
     """Replay-mode activation similarity (per layer / position) and the activation-difference lens."""
     from ..data.jsonl import read_jsonl
-    from ..diff._models import load_pair
-    from ..diff.activations import activation_difference_lens, activation_similarity
-    from ..errors import DeltalensError
+    from ..diff.activations import diff_activations
+    from ..diff.files import n_layers_of
 
-    path = _out_dir(out, experiment, "activations", name, base, ft)
-    st = {}
-    for item in steering or []:
-        trait, sep, p = item.partition("=")
-        if not sep:
-            raise DeltalensError(f"--steering '{item}': write TRAIT=path/to/results.jsonl")
-        st[trait] = p
-    B, F = load_pair(base, ft)
-    lay = parse_layers(layers, F.n_layers) or None
+    cfg = ActivationDiffConfig(layers=parse_layers(layers, n_layers_of(ft)) if layers else [],
+                               max_new_tokens=max_new_tokens, base_prompt=base_prompt, lens=lens, tokenizer=tokenizer)
     gens = read_jsonl(responses) if responses else None
-    r = activation_similarity(B, F, None if gens else _prompts(prompts), generations=gens, layers=lay,
-                              max_new_tokens=max_new_tokens, base_prompt=base_prompt, steering=st, out_dir=path)
-    sim = r["per_layer_similarity"]["mean"]
-    nc = r["norm_change"]["mean"]
-    step = max(1, len(r["layers"]) // 10)
-    rows = [(L, f"{sim[k]:.4f}", f"{r['per_layer_similarity']['std'][k]:.4f}", f"{nc[k]:+.4f}")
-            for k, L in enumerate(r["layers"]) if k % step == 0 or k == len(r["layers"]) - 1]
-    console.print(table(f"replay similarity ({r['n_prompts']} prompts, {r['replay']['n_response_tokens']} response tokens, "
+    r = diff_activations(base, ft, None if gens else _prompts(prompts), cfg, generations=gens,
+                         steering=parse_assignments(steering, "--steering", "TRAIT=path/to/results.jsonl"),
+                         lens_texts=_texts(lens_texts), out_dir=_out_dir(out, experiment, "activations", name, base, ft))
+    sim = r.per_layer_similarity["mean"]
+    nc = r.norm_change["mean"]
+    step = max(1, len(r.layers) // 10)
+    rows = [(L, f"{sim[k]:.4f}", f"{r.per_layer_similarity['std'][k]:.4f}", f"{nc[k]:+.4f}")
+            for k, L in enumerate(r.layers) if k % step == 0 or k == len(r.layers) - 1]
+    console.print(table(f"replay similarity ({r.n_prompts} prompts, {r.replay['n_response_tokens']} response tokens, "
                         "identical ids)", ["layer", "mean cos", "std", "norm change"], rows))
-    for trait, c in r["correlations"].items():
+    for trait, c in r.correlations.items():
         console.print(f"transfer correlation '{trait}': r = {c['pearson_r']}, p = {c['p_value']} ({c['n_layers']} layers)")
-    if not no_lens:
-        a = activation_difference_lens(B, F, _texts(lens_texts), layers=lay, out_dir=path)
-        sm, mx = a["summary"], a["summary_max"]
+    if r.lens is not None:
+        sm, mx = r.lens.overview, r.lens.summary_max
         console.print(table(f"activation-difference lens ({sm['reading']})", ["layer", "sign", "top tokens"],
                             [(f"{sm['layer']} (middle)", "+δ", _toklist(sm["pos"])), ("", "−δ", _toklist(sm["neg"], 12)),
                              (f"{mx['layer']} (largest ‖δ‖)", "+δ", _toklist(mx["pos"])), ("", "−δ", _toklist(mx["neg"], 12))]))
-    console.print(f"→ {path}")
+    console.print(f"→ {Path(r.files['results']).parent}")
 
 
 def outputs_cmd(
     base: str = typer.Argument(..., help="Base model spec."),
     ft: str = typer.Argument(..., help="Fine-tuned model spec."),
     data: str | None = typer.Option(None, "--data", "-d", help="Texts (.txt) or JSONL (text / prompt+response / question); default: bundled unrelated text."),
-    positions: str = typer.Option("all", "--positions", help="Positions whose next-token distributions are compared."),
-    top_k: int = typer.Option(20, "--top-k"),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    positions: str = config_option(OutputDiffConfig, "positions"),
+    top_k: int = config_option(OutputDiffConfig, "top_k"),
+    batch_size: int = config_option(OutputDiffConfig, "batch_size"),
+    tokenizer: str | None = config_option(OutputDiffConfig, "tokenizer"),
     out: Path | None = typer.Option(None, "--out", "-o"),
-    experiment: str = typer.Option("default", "--experiment", "-e", help=_EXP_HELP),
+    experiment: str = experiment_option(help=_EXP_HELP),
     name: str | None = typer.Option(None, "--name"),
 ) -> None:
     """Per-token KL(ft ‖ base), tokens whose probability rose most, highest-KL contexts."""
     from ..diff.outputs import diff_outputs
 
+    cfg = OutputDiffConfig(positions=positions, top_k=top_k, batch_size=batch_size, tokenizer=tokenizer)
     path = _out_dir(out, experiment, "outputs", name, base, ft)
-    r = diff_outputs(base, ft, _texts(data), positions=positions, top_k=top_k, batch_size=batch_size, out_dir=path)
-    console.print(f"mean KL(ft‖base) = {r['mean_kl']:.4f} nats/token over {r['n_positions']} positions of {r['n_inputs']} "
-                  f"inputs; mean log-prob change of the text = {r['mean_logprob_change']}")
-    console.print(table("tokens", ["list", "top tokens"], [("rose most (mean Δp)", _toklist(r["rose_most"], top_k)),
-                                                           ("KL contribution", _toklist(r["kl_contribution"], top_k)),
-                                                           ("fell most", _toklist(r["fell_most"], 12))]))
+    r = diff_outputs(base, ft, _texts(data), cfg, out_dir=path)
+    console.print(f"mean KL(ft‖base) = {r.mean_kl:.4f} nats/token over {r.n_positions} positions of {r.n_inputs} "
+                  f"inputs; mean log-prob change of the text = {r.mean_logprob_change}")
+    console.print(table("tokens", ["list", "top tokens"], [("rose most (mean Δp)", _toklist(r.rose_most, top_k)),
+                                                           ("KL contribution", _toklist(r.kl_contribution, top_k)),
+                                                           ("fell most", _toklist(r.fell_most, 12))]))
     console.print(table("highest-KL contexts", ["KL", "context", "ft top", "base top"],
                         [(f"{c['kl']:.3f}", c["context"][-60:], _toklist(c["ft_top"], 3), _toklist(c["base_top"], 3))
-                         for c in r["top_contexts"][:8]]))
-    if r["vocab_note"]:
-        console.print(r["vocab_note"])
+                         for c in r.top_contexts[:8]]))
+    if r.vocab_note:
+        console.print(r.vocab_note)
     console.print(f"→ {path}")
 
 
 def series_cmd(
     checkpoints: list[str] = typer.Argument(..., help="A series directory, or checkpoint specs M1 … Mn in order."),
     base: str | None = typer.Option(None, "--base", "-m", help="M0 (read from series.json when present)."),
-    kinds: str = typer.Option("weights,outputs,activations", "--kinds", help="Which diffs to run."),
+    kinds: str = config_option(SeriesDiffConfig, "kinds"),
     prompts: str | None = typer.Option(None, "--prompts", "-p"),
     texts: str | None = typer.Option(None, "--texts"),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    max_new_tokens: int = config_option(SeriesDiffConfig, "max_new_tokens"),
     out: Path | None = typer.Option(None, "--out", "-o"),
-    experiment: str = typer.Option("default", "--experiment", "-e", help=_EXP_HELP),
+    experiment: str = experiment_option(help=_EXP_HELP),
     name: str | None = typer.Option(None, "--name"),
 ) -> None:
     """Every diff over a checkpoint series (vs M0 and vs the previous checkpoint): trajectory tables."""
-    from ..diff.series import diff_series
+    from ..diff.series import diff_series, is_series_dir
 
-    src: Any = checkpoints[0] if len(checkpoints) == 1 and Path(checkpoints[0]).is_dir() and not (
-        Path(checkpoints[0]) / "config.json").exists() else checkpoints
-    nm = name or (Path(checkpoints[0]).name if src is not checkpoints else "series")
+    cfg = SeriesDiffConfig(kinds=split_list(kinds), max_new_tokens=max_new_tokens)
+    nm = name or (Path(checkpoints[0]).name if len(checkpoints) == 1 and is_series_dir(checkpoints[0]) else "series")
     path = out or _exp(experiment).series_diff_dir(nm)
-    r = diff_series(src, base=base, kinds=split_list(kinds), prompts=_prompts(prompts) if prompts else None,
-                    texts=_texts(texts) if texts else None, max_new_tokens=max_new_tokens, out_dir=path)
+    r = diff_series(checkpoints, cfg, base=base, prompts=_prompts(prompts) if prompts else None,
+                    texts=_texts(texts) if texts else None, out_dir=path)
     cols = ["checkpoint", "vs", "‖Δθ‖/‖θ‖", "mean KL", "mean cos", "rose most"]
     rows = [(x["checkpoint"], x["reference"], f"{x['total_rel']:.3e}" if "total_rel" in x else "-",
              f"{x['mean_kl']:.4f}" if "mean_kl" in x else "-",
              f"{x['mean_similarity']:.4f}" if x.get("mean_similarity") is not None else "-", x.get("rose_most", "")[:50])
-            for x in r["rows"]]
+            for x in r.rows]
     console.print(table("trajectory", cols, rows))
-    if r.get("scores"):
-        console.print("scorer mean by checkpoint: " + ", ".join(f"M{i}={s:.3f}" for i, s in enumerate(r["scores"])))
+    if r.scores:
+        console.print("scorer mean of D<i> (generated by M<i>): " + ", ".join(f"M{i}={s:.3f}" for i, s in enumerate(r.scores)))
     console.print(f"→ {path}")
 
 

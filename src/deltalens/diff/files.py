@@ -408,3 +408,16 @@ def _load_decoder(d: Path) -> Any:
         return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     except (OSError, ValueError):
         return None
+
+
+def n_layers_of(spec: Any) -> int:
+    """The depth of a model from its ``config.json``, without loading it (for parsing ``--layers``)."""
+    from ..models.loading import LoadedModel, local_dir
+
+    if isinstance(spec, LoadedModel):
+        return spec.n_layers
+    cfg_path = local_dir(spec) / "config.json"
+    try:
+        return int(shape_summary(json.loads(cfg_path.read_text()))["layers"] or 0)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataFormatError(f"{cfg_path}: cannot read the model config ({exc})") from None
