@@ -25,7 +25,8 @@ traces in activation differences", 2025): on text unrelated to the fine-tune, bo
 read the same token ids; the mean difference ``δ_{L,p} = mean_i (x^f_{i,L,p} − x^b_{i,L,p})``
 per layer and token position ``p`` (and averaged over the first ``n_positions`` positions,
 ``first_k``) is read through the fine-tuned model's logit lens
-``W_U · norm_f(δ)`` — top tokens of ``+δ`` (and ``−δ``).
+``W_U · norm_f(δ)`` — top tokens of ``+δ`` (and ``−δ``). The definition lives with the other
+logit lenses in :func:`deltalens.diff.lens.difference_lens`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from ..hooks import Site
 from ..io import provenance
 from ..stage import StageConfig, at_least, in_range, one_of, option, register_result
 from ._models import DiffResult, check_ids, generations_from, load_pair, model_info
-from .lens import model_logit_lens
+from .lens import difference_lens
 
 RESULTS_FILE = "results.json"
 LENS_FILE = "activation_lens.json"
@@ -470,37 +471,10 @@ def activation_difference_lens(
     cb = capture(B, inputs, sites, "all", batch_size=batch_size, progress=progress)
     cf = capture(F, inputs, sites, "all", batch_size=batch_size, progress=progress)
     assert torch.equal(cb.token_ids, cf.token_ids)
-    pos = cb.positions
     k = n_positions
-    deltas: dict[int, dict[str, torch.Tensor]] = {}
-    base_norm: dict[int, float] = {}
-    for L, s in zip(layers, sites):
-        d = (cf[s].double() - cb[s].double())
-        entry = {"all": d.mean(0)}
-        first = pos < k
-        entry["first_k"] = d[first].mean(0) if first.any() else torch.zeros(d.shape[1], dtype=torch.float64)
-        for p in range(k):
-            m = pos == p
-            if m.any():
-                entry[str(p)] = d[m].mean(0)
-        deltas[L] = entry
-        base_norm[L] = float(cb[s].double().norm(dim=-1).mean())
-    labels, vecs = [], []
-    for L, entry in deltas.items():
-        for key, v in entry.items():
-            labels.append((L, key))
-            vecs.append(v.float())
-    lens = model_logit_lens(F, torch.stack(vecs), k=top_k)
-    out_layers: dict[str, Any] = {}
-    for (L, key), v, p, ng in zip(labels, vecs, lens["pos"], lens["neg"]):
-        e = out_layers.setdefault(str(L), {"positions": {}})
-        rec = {"pos": p, "neg": ng, "norm": float(v.norm()), "rel_norm": float(v.norm()) / base_norm[L] if base_norm[L] else 0.0}
-        if key in ("all", "first_k"):
-            e[key] = rec
-        else:
-            e["positions"][key] = rec
+    out_layers = difference_lens(F, {L: (cb[s], cf[s]) for L, s in zip(layers, sites)}, cb.positions, k, top_k)
     sl = F.n_layers // 2 if summary_layer is None else F.arch.check_layer(summary_layer)
-    if sl not in deltas:
+    if sl not in layers:
         sl = min(layers, key=lambda L: abs(L - sl))
     lmax = max(layers, key=lambda L: out_layers[str(L)]["first_k"]["rel_norm"])
     results: dict[str, Any] = {
