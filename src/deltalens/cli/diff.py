@@ -29,24 +29,15 @@ def _exp(experiment: str):
 
 
 def _prompts(spec: str | None) -> list[Any]:
-    """Prompts from a file, or a bundled set: 'organism_eval' (held-out questions) or a prompt-set name."""
-    from ..data import bundled_prompts, read_prompts
-    from ..diff.organisms import organism_eval_questions
+    from ..diff._models import prompt_set
 
-    if spec is None or spec == "organism_eval":
-        return organism_eval_questions()
-    if Path(spec).exists():
-        return [r.as_prompt() for r in read_prompts(spec)]
-    return [r.as_prompt() for r in bundled_prompts(spec)]
+    return prompt_set(spec)
 
 
 def _texts(spec: str | None) -> list[Any]:
-    from ..data import read_capture_inputs
-    from ..diff.activations import unrelated_texts
+    from ..diff._models import text_set
 
-    if spec is None or spec == "unrelated":
-        return unrelated_texts()
-    return read_capture_inputs(spec)
+    return text_set(spec)
 
 
 def _tok(t: str) -> str:

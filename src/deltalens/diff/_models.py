@@ -16,6 +16,30 @@ from .files import check_compatible
 R = TypeVar("R", bound="DiffResult")
 
 
+def prompt_set(spec: str | None) -> list[Any]:
+    """Prompts for the diffs from a file, or a bundled set: ``organism_eval`` (the default, the
+    held-out organism questions) or a prompt-set name."""
+    from ..data import bundled_prompts, read_prompts
+    from .organisms import organism_eval_questions
+
+    if spec is None or spec == "organism_eval":
+        return organism_eval_questions()
+    if Path(spec).exists():
+        return [r.as_prompt() for r in read_prompts(spec)]
+    return [r.as_prompt() for r in bundled_prompts(spec)]
+
+
+def text_set(spec: str | None) -> list[Any]:
+    """Texts for the output diff / difference lens: a file (``.txt``/``.jsonl``), or the bundled
+    unrelated text (``unrelated``, the default)."""
+    from ..data import read_capture_inputs
+    from .activations import unrelated_texts
+
+    if spec is None or spec == "unrelated":
+        return unrelated_texts()
+    return read_capture_inputs(spec)
+
+
 def _lacks_tokenizer(spec: Any) -> bool:
     from ..models.loading import has_tokenizer_files
 
