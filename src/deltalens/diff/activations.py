@@ -252,6 +252,60 @@ def _pearson(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     return {"pearson_r": float(r), "p_value": float(p), "n_layers": len(x)}
 
 
+def _replay(B: Any, F: Any, base_items: list, ft_items: list, keep: list[int], sites: list[Site], chunk: int,
+            batch_size: int, progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray], int]:
+    """Both models read the kept inputs chunk by chunk; per prompt and layer the cosine of the mean
+    response activations, the norm change, the relative difference norm, and per-token cosines."""
+    n = len(keep)
+    cos_mean = np.zeros((n, len(sites)))
+    norm_change = np.zeros((n, len(sites)))
+    rel_diff = np.zeros((n, len(sites)))
+    pos_cos: list[np.ndarray] = []  # per prompt: [T_i, n_layers]
+    n_tokens = 0
+    row = 0
+    for s in tqdm(range(0, n, chunk), desc="replay", disable=not progress or n <= chunk, leave=False):
+        idx = keep[s : s + chunk]
+        cb = capture(B, [base_items[i] for i in idx], sites, "response", batch_size=batch_size, progress=False)
+        cf = capture(F, [ft_items[i] for i in idx], sites, "response", batch_size=batch_size, progress=False)
+        if not (torch.equal(cb.token_ids, cf.token_ids) and torch.equal(cb.n_selected, cf.n_selected)):
+            raise RuntimeError("replay: the two models did not read the same response tokens")
+        n_tokens += int(cb.n_selected.sum())
+        per_b = {s_: _split(cb, s_, len(idx)) for s_ in sites}
+        per_f = {s_: _split(cf, s_, len(idx)) for s_ in sites}
+        for j in range(len(idx)):
+            pc = np.zeros((int(cb.n_selected[j]), len(sites)))
+            for k, s_ in enumerate(sites):
+                xb, xf = per_b[s_][j], per_f[s_][j]
+                mb, mf = xb.double().mean(0), xf.double().mean(0)
+                cos_mean[row, k] = float(_cos_rows(mb[None], mf[None])[0])
+                nb = float(mb.norm())
+                norm_change[row, k] = float(mf.norm()) / nb - 1.0 if nb > 0 else 0.0
+                rel_diff[row, k] = float((mf - mb).norm()) / nb if nb > 0 else 0.0
+                pc[:, k] = _cos_rows(xb, xf).numpy()
+            pos_cos.append(pc)
+            row += 1
+    return cos_mean, norm_change, rel_diff, pos_cos, n_tokens
+
+
+def _per_position(pos_cos: list[np.ndarray], layers: list[int], min_fraction: float
+                  ) -> tuple[int, list[int], dict[str, dict[str, list[float]]]]:
+    """Per-position cosine by layer, clipped where fewer than ``min_fraction`` of prompts have tokens."""
+    n = len(pos_cos)
+    max_T = max((p.shape[0] for p in pos_cos), default=0)
+    counts = [sum(1 for p in pos_cos if p.shape[0] > t) for t in range(max_T)]
+    need = math.ceil(min_fraction * n) if n else 0
+    clip = next((t for t, c in enumerate(counts) if c < need), max_T)
+    by_layer: dict[str, dict[str, list[float]]] = {}
+    for k, L in enumerate(layers):
+        means, stds = [], []
+        for t in range(clip):
+            vals = np.array([p[t, k] for p in pos_cos if p.shape[0] > t])
+            means.append(float(vals.mean()))
+            stds.append(float(vals.std()))
+        by_layer[str(L)] = {"mean": means, "std": stds}
+    return clip, counts, by_layer
+
+
 @torch.no_grad()
 def activation_similarity(
     base: Any,
@@ -300,48 +354,9 @@ def activation_similarity(
     skipped = len(gens) - len(keep)
     sites = [Site(L, "resid") for L in layers]
     n = len(keep)
-    cos_mean = np.zeros((n, len(layers)))
-    norm_change = np.zeros((n, len(layers)))
-    rel_diff = np.zeros((n, len(layers)))
-    pos_cos: list[np.ndarray] = []  # per prompt: [T_i, n_layers]
-    n_tokens = 0
-    row = 0
-    for s in tqdm(range(0, n, chunk), desc="replay", disable=not progress or n <= chunk, leave=False):
-        idx = keep[s : s + chunk]
-        cb = capture(B, [base_items[i] for i in idx], sites, "response", batch_size=batch_size, progress=False)
-        cf = capture(F, [ft_items[i] for i in idx], sites, "response", batch_size=batch_size, progress=False)
-        if not (torch.equal(cb.token_ids, cf.token_ids) and torch.equal(cb.n_selected, cf.n_selected)):
-            raise RuntimeError("replay: the two models did not read the same response tokens")
-        n_tokens += int(cb.n_selected.sum())
-        per_b = {s_: _split(cb, s_, len(idx)) for s_ in sites}
-        per_f = {s_: _split(cf, s_, len(idx)) for s_ in sites}
-        for j in range(len(idx)):
-            T = int(cb.n_selected[j])
-            pc = np.zeros((T, len(layers)))
-            for k, s_ in enumerate(sites):
-                xb, xf = per_b[s_][j], per_f[s_][j]
-                mb, mf = xb.double().mean(0), xf.double().mean(0)
-                cos_mean[row, k] = float(_cos_rows(mb[None], mf[None])[0])
-                nb = float(mb.norm())
-                norm_change[row, k] = float(mf.norm()) / nb - 1.0 if nb > 0 else 0.0
-                rel_diff[row, k] = float((mf - mb).norm()) / nb if nb > 0 else 0.0
-                pc[:, k] = _cos_rows(xb, xf).numpy()
-            pos_cos.append(pc)
-            row += 1
-
-    # per position, clipped where fewer than min_fraction of prompts have tokens
-    max_T = max((p.shape[0] for p in pos_cos), default=0)
-    counts = [sum(1 for p in pos_cos if p.shape[0] > t) for t in range(max_T)]
-    need = math.ceil(min_fraction * n) if n else 0
-    clip = next((t for t, c in enumerate(counts) if c < need), max_T)
-    by_layer: dict[str, dict[str, list[float]]] = {}
-    for k, L in enumerate(layers):
-        means, stds = [], []
-        for t in range(clip):
-            vals = np.array([p[t, k] for p in pos_cos if p.shape[0] > t])
-            means.append(float(vals.mean()))
-            stds.append(float(vals.std()))
-        by_layer[str(L)] = {"mean": means, "std": stds}
+    cos_mean, norm_change, rel_diff, pos_cos, n_tokens = _replay(B, F, base_items, ft_items, keep, sites, chunk,
+                                                                  batch_size, progress)
+    clip, counts, by_layer = _per_position(pos_cos, layers, min_fraction)
 
     results: dict[str, Any] = {
         "base": model_info(B),
@@ -444,7 +459,7 @@ def activation_difference_lens(
     **overrides: Any,
 ) -> DifferenceLens:
     """Mean activation difference (ft − base) on unrelated text, read through the logit lens
-    (see the module docstring and :func:`deltalens.diff.lens.difference_lens`). ``texts``
+    (the length is the result record and figures; see the module docstring and :func:`deltalens.diff.lens.difference_lens`). ``texts``
     default to :func:`unrelated_texts`. Settings: ``config.layers``, ``n_positions``,
     ``max_length``, ``top_k``, ``batch_size``, ``summary_layer`` (``overrides`` replace them).
 

@@ -423,7 +423,8 @@ def train_organism(
     progress: bool = True,
     **overrides: Any,
 ) -> Path:
-    """Fine-tune ``base`` on an organism dataset and save the merged model to ``out_dir``.
+    """Fine-tune ``base`` on an organism dataset and save the merged model to ``out_dir``
+    (record preparation, resume check and provenance in one place; most of its length is this docstring).
 
     Args:
         base: model spec or LoadedModel (never modified: a private copy is trained).
@@ -628,7 +629,8 @@ def iterative_dpo(
     progress: bool = True,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Iterative DPO: ``M<i>`` generates ``D<i>`` → score → pairs → DPO → ``M<i+1>`` (module docstring).
+    """Iterative DPO: ``M<i>`` generates ``D<i>`` → score → pairs → DPO → ``M<i+1>`` (module docstring;
+    the loop body is in helpers, the length is the docstring and the series record).
 
     Args:
         base: model spec or LoadedModel (``M0``; not copied into the series).

@@ -153,6 +153,8 @@ def _diff_tensor(
     max_block_elems: int,
     max_svd_dim: int,
 ) -> tuple[TensorDiff, dict[str, Any] | None]:
+    """Diff one tensor pair: norms, spectrum, residual directions, extra vocabulary rows. One
+    streaming pass that fills several accumulators at once (hence its length)."""
     sb, sf = B.shape(bname), F.shape(fname)
     extra: dict[str, Any] | None = None
     note = None
