@@ -82,6 +82,22 @@ def test_diff_results_roundtrip(tmp_path: Path) -> None:
     assert SeriesDiff.load(tmp_path / "s" / "trajectory.json") == s
 
 
+def test_dpo_series_record_roundtrip(tmp_path: Path) -> None:
+    import json
+
+    from deltalens.diff.organisms import DATA_CONVENTION, DPOSeries, DPOSeriesConfig, read_series
+
+    st = DPOSeries(name="s", base={"spec": "tiny", "name": "tiny", "weights_hash": "ab"},
+                   scorer={"name": "regex:e", "pattern": "e"}, config=DPOSeriesConfig().to_dict(), config_hash="cd",
+                   checkpoints=[str(tmp_path / "M1")], data=[str(tmp_path / "D0.jsonl"), str(tmp_path / "D1.jsonl")],
+                   iterations=[{"iteration": 1, "data": "D0", "n_pairs": 2}], scores=[0.5, 1.5])
+    back = roundtrip(st, tmp_path)
+    assert back == st and back.data_convention == DATA_CONVENTION and read_series(tmp_path) == st
+    old = {k: v for k, v in json.loads((tmp_path / "series.json").read_text()).items() if k != "data_convention"}
+    (tmp_path / "series.json").write_text(json.dumps({**old, "kind": "dpo_series"}))
+    assert read_series(tmp_path).data_convention is None  # a series from before the naming convention
+
+
 def test_diff_results_written_before_typing_still_load(tmp_path: Path) -> None:
     """results.json of the former dict results (kind 'weight_diff' …) loads as the typed result."""
     import json
