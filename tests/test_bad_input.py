@@ -72,7 +72,19 @@ def _tiny_pair(widths: tuple[int, int] = (64, 64)):
     return setup
 
 
+def _tiny_pair_without_tokenizers(tmp: Path) -> dict[str, str]:
+    from deltalens.models.loading import TOKENIZER_FILES
+
+    names = _tiny_pair()(tmp)
+    for d in names.values():
+        for f in (*TOKENIZER_FILES, "special_tokens_map.json", "merges.txt", "chat_template.jinja"):
+            (Path(d) / f).unlink(missing_ok=True)
+    return names
+
+
 CASES += [
+    Case("diff-outputs-no-tokenizer-anywhere", ["diff", "outputs", "{a}", "{b}", "--out", "{tmp}/o"],
+         "{a} has no tokenizer files", _tiny_pair_without_tokenizers),
     Case("diff-weights-different-width", ["diff", "weights", "{a}", "{b}", "--out", "{tmp}/w"],
          "they differ in d_model (64 vs 32)", _tiny_pair((64, 32))),
     Case("diff-weights-missing-model", ["diff", "weights", "{tmp}/nope", "{tmp}/nope2", "--out", "{tmp}/w"],
