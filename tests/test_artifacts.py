@@ -49,7 +49,7 @@ def test_diff_results_roundtrip(tmp_path: Path) -> None:
     from deltalens.diff.activations import ActivationDiff, DifferenceLens, diff_activations
     from deltalens.diff.outputs import OutputDiff, diff_outputs
     from deltalens.diff.series import SeriesDiff, diff_series
-    from deltalens.diff.weights import WeightDiff, diff_weights
+    from deltalens.diff.weights import diff_weights
     from deltalens.errors import DataFormatError
 
     b, f, f2 = _diff_pair(tmp_path)
