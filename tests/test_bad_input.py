@@ -60,6 +60,56 @@ CASES: list[Case] = []
 
 # == diffing ==
 
+
+def _tiny_pair(widths: tuple[int, int] = (64, 64)):
+    def setup(tmp: Path) -> dict[str, str]:
+        from tiny import save_tiny, tiny_model
+
+        inputs = tmp / "inputs"
+        return {"a": save_tiny(tiny_model("llama", d=widths[0]), inputs / "a"),
+                "b": save_tiny(tiny_model("llama", d=widths[1]), inputs / "b")}
+
+    return setup
+
+
+def _tiny_pair_without_tokenizers(tmp: Path) -> dict[str, str]:
+    from deltalens.models.loading import TOKENIZER_FILES
+
+    names = _tiny_pair()(tmp)
+    for d in names.values():
+        for f in (*TOKENIZER_FILES, "special_tokens_map.json", "merges.txt", "chat_template.jinja"):
+            (Path(d) / f).unlink(missing_ok=True)
+    return names
+
+
+CASES += [
+    Case("diff-outputs-no-tokenizer-anywhere", ["diff", "outputs", "{a}", "{b}", "--out", "{tmp}/o"],
+         "{a} has no tokenizer files", _tiny_pair_without_tokenizers),
+    Case("diff-weights-different-width", ["diff", "weights", "{a}", "{b}", "--out", "{tmp}/w"],
+         "they differ in d_model (64 vs 32)", _tiny_pair((64, 32))),
+    Case("diff-weights-missing-model", ["diff", "weights", "{tmp}/nope", "{tmp}/nope2", "--out", "{tmp}/w"],
+         "no local model directory for '{tmp}/nope'"),
+    Case("diff-weights-bad-lens", ["diff", "weights", "{a}", "{b}", "--lens", "other", "--out", "{tmp}/w"],
+         "--lens must be one of ft, base; got 'other'", _tiny_pair()),
+    Case("diff-outputs-different-width", ["diff", "outputs", "{a}", "{b}", "--out", "{tmp}/o"],
+         "they differ in d_model (64 vs 32)", _tiny_pair((64, 32))),
+    Case("diff-activations-bad-base-prompt", ["diff", "activations", "{a}", "{b}", "--base-prompt", "plain",
+                                              "--out", "{tmp}/a"], "--base-prompt must be one of same, raw", _tiny_pair()),
+    Case("diff-activations-bad-steering", ["diff", "activations", "{a}", "{b}", "--steering", "nopath", "--out", "{tmp}/a"],
+         "--steering 'nopath': write TRAIT=path/to/results.jsonl", _tiny_pair()),
+    Case("diff-series-bad-kind", ["diff", "series", "{a}", "--base", "{b}", "--kinds", "weights,vibes", "--out", "{tmp}/s"],
+         "unknown diff kind(s) vibes", _tiny_pair()),
+    Case("organism-train-zero-epochs", ["organism", "train", "--data", "ocean_topic", "--base", "{a}", "--epochs", "0",
+                                        "--out", "{tmp}/org"], "--epochs must be > 0, got 0.0", _tiny_pair()),
+    Case("organism-train-negative-lr", ["organism", "train", "--data", "ocean_topic", "--base", "{a}", "--lr", "-1",
+                                        "-e", "{tmp}/exp"], "--lr must be > 0, got -1.0", _tiny_pair()),
+    Case("organism-train-missing-base", ["organism", "train", "--data", "ocean_topic", "--base", "{tmp}/nope",
+                                         "--out", "{tmp}/org"], "no such model directory or file: {tmp}/nope"),
+    Case("organism-dpo-series-one-sample", ["organism", "dpo-series", "--scorer", "length", "--base", "{a}",
+                                            "--samples", "1", "--out", "{tmp}/s"], "--samples must be ≥ 2, got 1",
+         _tiny_pair()),
+]
+
 # == SAEs ==
 
 

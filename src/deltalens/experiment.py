@@ -180,7 +180,10 @@ class Experiment:
         return self.series_dir(series) / f"M{int(iteration)}"
 
     def series_data(self, series: str, iteration: int) -> Path:
-        """Generations, scores and preference pairs of iteration ``i`` (data ``D<i>``)."""
+        """``D<i>``: the sequences checkpoint ``M<i>`` generated, with their scores and the preference
+        pairs built from them (which train ``M<i+1>``; ``D<n>`` of the last checkpoint has no pairs).
+        One JSON object per line with the generated text under ``"text"`` (see
+        :func:`deltalens.diff.organisms.data_record`)."""
         return self.series_dir(series) / f"D{int(iteration)}.jsonl"
 
     def weight_diff_dir(self, name: str) -> Path:

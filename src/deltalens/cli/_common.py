@@ -115,3 +115,14 @@ def _fmt(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
     return str(x)
+
+
+def parse_assignments(items: Iterable[str] | None, flag: str, example: str) -> dict[str, str]:
+    """Repeatable ``NAME=VALUE`` options: ``["a=x", "b=y"]`` → ``{"a": "x", "b": "y"}``."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DeltalensError(f"{flag} '{item}': write {example}")
+        out[key] = value
+    return out

@@ -37,7 +37,7 @@ def run(ctx: DemoContext) -> None:
 
     from ..diff.activations import activation_difference_lens, activation_similarity
     from ..diff.lens import topic_hits
-    from ..diff.organisms import TrainConfig, load_organism_dataset, organism_eval_questions, read_provenance, train_organism
+    from ..diff.organisms import OrganismConfig, load_organism_dataset, organism_eval_questions, read_provenance, train_organism
     from ..diff.outputs import diff_outputs
     from ..diff.weights import diff_weights
 
@@ -46,7 +46,7 @@ def run(ctx: DemoContext) -> None:
     words = ds.topic_words
 
     # 1. the organism
-    cfg = TrainConfig(epochs=3.0 if not fast else 1.0, batch_size=8, max_length=96, lora_r=16, lora_alpha=32)
+    cfg = OrganismConfig(epochs=3.0 if not fast else 1.0, batch_size=8, max_length=96, lora_r=16, lora_alpha=32)
     path = exp.organism_dir(NAME)
     t = time.time()
     train_organism(lm, ds, path, config=cfg, limit=None if not fast else 24, progress=False)

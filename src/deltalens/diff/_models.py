@@ -1,21 +1,65 @@
-"""Shared helpers of the activation and output diffs: loading a pair, token ids, names."""
+"""Shared helpers of the diffs: loading a pair, token ids, names, the base of the diff results."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from ..errors import DataFormatError
 from ..generate import Generation
+from ..io import read_json
+from ..stage import StageResult
 from ..models.loading import LoadedModel, load
 from .files import check_compatible
 
+R = TypeVar("R", bound="DiffResult")
 
-def load_pair(base: Any, ft: Any) -> tuple[LoadedModel, LoadedModel]:
-    """Load (or pass through) both models and refuse incompatible pairs."""
-    b = base if isinstance(base, LoadedModel) else load(base)
-    f = ft if isinstance(ft, LoadedModel) else (b if ft is base else load(ft))
+
+def prompt_set(spec: str | None) -> list[Any]:
+    """Prompts for the diffs from a file, or a bundled set: ``organism_eval`` (the default, the
+    held-out organism questions) or a prompt-set name."""
+    from ..data import bundled_prompts, read_prompts
+    from .organisms import organism_eval_questions
+
+    if spec is None or spec == "organism_eval":
+        return organism_eval_questions()
+    if Path(spec).exists():
+        return [r.as_prompt() for r in read_prompts(spec)]
+    return [r.as_prompt() for r in bundled_prompts(spec)]
+
+
+def text_set(spec: str | None) -> list[Any]:
+    """Texts for the output diff / difference lens: a file (``.txt``/``.jsonl``), or the bundled
+    unrelated text (``unrelated``, the default)."""
+    from ..data import read_capture_inputs
+    from .activations import unrelated_texts
+
+    if spec is None or spec == "unrelated":
+        return unrelated_texts()
+    return read_capture_inputs(spec)
+
+
+def _lacks_tokenizer(spec: Any) -> bool:
+    from ..models.loading import has_tokenizer_files
+
+    p = Path(str(spec)).expanduser()
+    return not isinstance(spec, LoadedModel) and p.is_dir() and not has_tokenizer_files(p)
+
+
+def load_pair(base: Any, ft: Any, tokenizer: Any = None) -> tuple[LoadedModel, LoadedModel]:
+    """Load (or pass through) both models and refuse incompatible pairs.
+
+    A checkpoint directory without tokenizer files reads with ``tokenizer`` (a spec or
+    directory) when given, else with the other model's tokenizer."""
+    if tokenizer is None and _lacks_tokenizer(base) and not _lacks_tokenizer(ft):
+        f = ft if isinstance(ft, LoadedModel) else load(ft)
+        b = load(base, tokenizer=f.tokenizer)
+    else:
+        b = base if isinstance(base, LoadedModel) else load(base, tokenizer=tokenizer)
+        f = ft if isinstance(ft, LoadedModel) else (
+            b if ft is base else load(ft, tokenizer=tokenizer if tokenizer is not None or not _lacks_tokenizer(ft)
+                                      else b.tokenizer))
     check_compatible(b, f, (f"base '{b.name}'", f"fine-tuned '{f.name}'"))
     return b, f
 
@@ -68,3 +112,48 @@ def generations_from(data: Iterable[Any]) -> list[Generation]:
         else:
             raise DataFormatError(f"response {i}: expected a Generation or a dict with prompt_ids and response_ids")
     return out
+
+
+class DiffResult(StageResult):
+    """Base of the diff results: JSON files whose fields keep the layout of the former dict
+    results (``r.summary`` and ``r["summary"]`` both read a field), and that also load files
+    written before the results were typed (their ``kind`` is one of ``LEGACY_KINDS``)."""
+
+    LEGACY_KINDS: ClassVar[tuple[str, ...]] = ()
+    #: JSON key → attribute, for keys that would shadow a method (``summary``)
+    RENAMED: ClassVar[dict[str, str]] = {"summary": "overview"}
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, self.RENAMED.get(key, key))
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, self.RENAMED.get(key, key), default)
+
+    def __contains__(self, key: str) -> bool:
+        return hasattr(self, self.RENAMED.get(key, key))
+
+    def to_dict(self) -> dict[str, Any]:
+        back = {v: k for k, v in self.RENAMED.items()}
+        return {back.get(k, k): v for k, v in super().to_dict().items()}
+
+    @classmethod
+    def from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
+        return super().from_dict({cls.RENAMED.get(k, k): v for k, v in data.items()})  # type: ignore[misc]
+
+    @classmethod
+    def load(cls: type[R], directory: str | Path) -> R:
+        path = cls.path_in(directory)
+        if not path.is_file():
+            raise DataFormatError(f"not a valid {cls.KIND}: {path} (no such file)")
+        data = read_json(path)
+        kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
+        if not isinstance(data, dict) or (kind != cls.KIND and kind not in cls.LEGACY_KINDS):  # type: ignore[attr-defined]
+            raise DataFormatError(f"not a valid {cls.KIND}: {path} (kind is {kind!r})")
+        body = {k: v for k, v in data.items() if k not in ("kind", "schema")}
+        try:
+            return cls.from_dict(body)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise DataFormatError(f"not a valid {cls.KIND}: {path} ({exc})") from None

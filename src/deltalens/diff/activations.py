@@ -25,7 +25,8 @@ traces in activation differences", 2025): on text unrelated to the fine-tune, bo
 read the same token ids; the mean difference ``δ_{L,p} = mean_i (x^f_{i,L,p} − x^b_{i,L,p})``
 per layer and token position ``p`` (and averaged over the first ``n_positions`` positions,
 ``first_k``) is read through the fine-tuned model's logit lens
-``W_U · norm_f(δ)`` — top tokens of ``+δ`` (and ``−δ``).
+``W_U · norm_f(δ)`` — top tokens of ``+δ`` (and ``−δ``). The definition lives with the other
+logit lenses in :func:`deltalens.diff.lens.difference_lens`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +45,136 @@ from tqdm.auto import tqdm
 from ..capture import capture
 from ..data.jsonl import read_jsonl
 from ..data.prompts import bundled_path
-from ..errors import DataFormatError
+from ..errors import ConfigError, DataFormatError
 from ..generate import Generation, generate
 from ..hooks import Site
-from ..io import provenance, write_json
-from ._models import check_ids, generations_from, load_pair, model_info
-from .lens import model_logit_lens
+from ..io import provenance
+from ..stage import StageConfig, at_least, in_range, one_of, option, register_result
+from ._models import DiffResult, check_ids, generations_from, load_pair, model_info
+from .lens import difference_lens
 
 RESULTS_FILE = "results.json"
 LENS_FILE = "activation_lens.json"
+
+
+@dataclass
+class ActivationDiffConfig(StageConfig):
+    """Settings of :func:`activation_similarity` and :func:`activation_difference_lens`."""
+
+    layers: list[int] = option(default_factory=list, flag="--layers", help="Layers (default all): 'all', '6,12', '9-19'.")
+    system: str | None = option(None, flag="--system", help="System prompt for the fine-tuned model's answers.")
+    max_new_tokens: int = option(64, flag="--max-new-tokens", help="Tokens per answer of the fine-tuned model.")
+    base_prompt: str = option("same", flag="--base-prompt",
+                              help="same (identical ids) or raw (base reads the prompt as plain text).")
+    min_fraction: float = option(0.8, flag="--min-fraction",
+                                 help="Per-position similarity only where this share of prompts reaches the position.")
+    min_coherence: float = option(70.0, flag="--min-coherence", help="Coherence a steering result needs (transfer curve).")
+    batch_size: int = option(16, flag="--batch-size", help="Sequences per forward pass.")
+    chunk: int = option(32, flag="--chunk", help="Prompts captured at once (replay).")
+    lens: bool = option(True, flag="--lens/--no-lens", help="Also run the activation-difference lens.")
+    n_positions: int = option(5, flag="--lens-positions", help="Difference lens: the first positions averaged (first_k).")
+    max_length: int = option(64, flag="--lens-max-length", help="Difference lens: tokens per text.")
+    top_k: int = option(20, flag="--top-k", help="Tokens per lens list.")
+    summary_layer: int | None = option(None, flag="--summary-layer", help="Difference lens summary layer (default middle).")
+    tokenizer: str | None = option(None, flag="--tokenizer",
+                                   help="Model or directory whose tokenizer to use for a checkpoint that ships none.")
+    figures: bool = option(True, flag="--figures/--no-figures", help="Write PNG figures.")
+
+    def validate(self) -> None:
+        one_of(self, "base_prompt", ("same", "raw"))
+        at_least(self, "max_new_tokens", 1)
+        in_range(self, "min_fraction", 0.0, 1.0)
+        at_least(self, "batch_size", 1)
+        at_least(self, "chunk", 1)
+        at_least(self, "n_positions", 1)
+        at_least(self, "max_length", 1)
+        at_least(self, "top_k", 1)
+
+
+@register_result
+@dataclass
+class DifferenceLens(DiffResult):
+    """The activation-difference lens (module docstring), ``activation_lens.json``."""
+
+    KIND = "activation-difference lens"
+    FILENAME = LENS_FILE
+    LEGACY_KINDS = ("activation_difference_lens",)
+
+    base: dict[str, Any]
+    ft: dict[str, Any]
+    n_texts: int
+    n_tokens: int
+    n_positions: int
+    max_length: int
+    formula: str
+    layers: dict[str, Any]
+    overview: dict[str, Any]
+    summary_max: dict[str, Any]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"base": self.base["name"], "ft": self.ft["name"], "n_texts": self.n_texts, "layer": self.overview["layer"],
+                "top_tokens": [t for t, _ in self.overview["pos"][:10]]}
+
+
+@register_result
+@dataclass
+class ActivationDiff(DiffResult):
+    """Replay-mode activation similarity (module docstring): ``results.json`` in the trait seed's
+    schema (plus ``norm_change``, ``relative_diff_norm``, ``replay``); :attr:`lens` (the
+    activation-difference lens, when run) is saved beside it as ``activation_lens.json``."""
+
+    KIND = "activation similarity"
+    FILENAME = RESULTS_FILE
+    LEGACY_KINDS = ("activation_similarity",)
+
+    base: dict[str, Any]
+    ft: dict[str, Any]
+    n_prompts: int
+    layers: list[int]
+    per_layer_similarity: dict[str, Any]
+    per_position_similarity: dict[str, Any]
+    norm_change: dict[str, Any]
+    relative_diff_norm: dict[str, Any]
+    transfer_curves: dict[str, Any] = field(default_factory=dict)
+    correlations: dict[str, Any] = field(default_factory=dict)
+    replay: dict[str, Any] = field(default_factory=dict)
+    formulas: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    lens: DifferenceLens | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.pop("lens", None)
+        return d
+
+    def summary(self) -> dict[str, Any]:
+        m = self.per_layer_similarity["mean"]
+        return {"base": self.base["name"], "ft": self.ft["name"], "n_prompts": self.n_prompts,
+                "min_similarity": min(m) if m else None, "min_layer": self.layers[m.index(min(m))] if m else None,
+                "traits": list(self.correlations)}
+
+    def save(self, directory: str | Path) -> Path:
+        if self.lens is not None:
+            self.lens.save(directory)
+        return super().save(directory)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ActivationDiff:
+        r = super().load(directory)
+        if (cls.path_in(directory).parent / LENS_FILE).is_file():
+            r.lens = DifferenceLens.load(cls.path_in(directory).parent)
+        return r
+
+
+def _config(config: ActivationDiffConfig | None, overrides: Mapping[str, Any]) -> ActivationDiffConfig:
+    cfg = config or ActivationDiffConfig()
+    if "layers" in overrides and overrides["layers"] is None:
+        overrides = {**overrides, "layers": []}
+    return cfg.replace(**overrides) if overrides else cfg
 
 
 def _cos_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -73,7 +196,7 @@ def replay_ids(
     """The inputs each model reads in replay mode: ``(base_items, ft_items)`` with
     ``prompt_ids``/``response_ids``. Response ids are always identical."""
     if base_prompt not in ("same", "raw"):
-        raise ValueError("base_prompt must be 'same' (identical ids) or 'raw' (prompt as plain text)")
+        raise ConfigError(f"--base-prompt must be 'same' (identical ids) or 'raw' (prompt as plain text), got {base_prompt!r}")
     ft_items, base_items = [], []
     for g in generations:
         ft_items.append({"prompt_ids": list(g.prompt_ids), "response_ids": list(g.response_ids)})
@@ -129,58 +252,14 @@ def _pearson(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     return {"pearson_r": float(r), "p_value": float(p), "n_layers": len(x)}
 
 
-@torch.no_grad()
-def activation_similarity(
-    base: Any,
-    ft: Any,
-    prompts: Iterable[Any] | None = None,
-    *,
-    generations: Iterable[Any] | None = None,
-    layers: Sequence[int] | None = None,
-    system: str | None = None,
-    max_new_tokens: int = 64,
-    base_prompt: str = "same",
-    min_fraction: float = 0.8,
-    steering: Mapping[str, str | Path] | None = None,
-    min_coherence: float = 70.0,
-    batch_size: int = 16,
-    chunk: int = 32,
-    out_dir: str | Path | None = None,
-    figures: bool = True,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Replay-mode activation similarity between a base and a fine-tuned model (see the
-    module docstring for every formula). Writes ``results.json`` (the trait seed's schema,
-    plus ``norm_change``, ``relative_diff_norm`` and ``replay``) and figures to ``out_dir``.
-
-    Args:
-        base, ft: model specs or LoadedModels (same architecture and width).
-        prompts: questions for the fine-tuned model to answer (greedy).
-        generations: the fine-tuned model's responses, if already generated (Generations or
-            dicts with ``prompt_ids``/``response_ids``); then ``prompts`` is not needed.
-        layers: layers to compare (default all).
-        base_prompt: ``"same"`` (identical ids) or ``"raw"`` (see the module docstring).
-        steering: ``{trait: results.jsonl | transfer-curve JSON}`` for transfer correlations.
-    """
-    t0 = time.time()
-    B, F = load_pair(base, ft)
-    layers = list(range(F.n_layers)) if layers is None else [F.arch.check_layer(int(L)) for L in layers]
-    if generations is None:
-        if prompts is None:
-            raise ValueError("give prompts (for the fine-tuned model to answer) or generations")
-        gens = generate(F, list(prompts), system=system, max_new_tokens=max_new_tokens, progress=progress)
-    else:
-        gens = generations_from(generations)
-    base_items, ft_items = replay_ids(B, F, gens, base_prompt)
-    limit = min(B.vocab_size, F.vocab_size)
-    keep = [i for i in check_ids([(x["prompt_ids"] + x["response_ids"], 0) for x in base_items], limit, "replay")
-            if gens[i].response_ids and max(ft_items[i]["prompt_ids"] + ft_items[i]["response_ids"]) < limit]
-    skipped = len(gens) - len(keep)
-    sites = [Site(L, "resid") for L in layers]
+def _replay(B: Any, F: Any, base_items: list, ft_items: list, keep: list[int], sites: list[Site], chunk: int,
+            batch_size: int, progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray], int]:
+    """Both models read the kept inputs chunk by chunk; per prompt and layer the cosine of the mean
+    response activations, the norm change, the relative difference norm, and per-token cosines."""
     n = len(keep)
-    cos_mean = np.zeros((n, len(layers)))
-    norm_change = np.zeros((n, len(layers)))
-    rel_diff = np.zeros((n, len(layers)))
+    cos_mean = np.zeros((n, len(sites)))
+    norm_change = np.zeros((n, len(sites)))
+    rel_diff = np.zeros((n, len(sites)))
     pos_cos: list[np.ndarray] = []  # per prompt: [T_i, n_layers]
     n_tokens = 0
     row = 0
@@ -194,8 +273,7 @@ def activation_similarity(
         per_b = {s_: _split(cb, s_, len(idx)) for s_ in sites}
         per_f = {s_: _split(cf, s_, len(idx)) for s_ in sites}
         for j in range(len(idx)):
-            T = int(cb.n_selected[j])
-            pc = np.zeros((T, len(layers)))
+            pc = np.zeros((int(cb.n_selected[j]), len(sites)))
             for k, s_ in enumerate(sites):
                 xb, xf = per_b[s_][j], per_f[s_][j]
                 mb, mf = xb.double().mean(0), xf.double().mean(0)
@@ -206,8 +284,13 @@ def activation_similarity(
                 pc[:, k] = _cos_rows(xb, xf).numpy()
             pos_cos.append(pc)
             row += 1
+    return cos_mean, norm_change, rel_diff, pos_cos, n_tokens
 
-    # per position, clipped where fewer than min_fraction of prompts have tokens
+
+def _per_position(pos_cos: list[np.ndarray], layers: list[int], min_fraction: float
+                  ) -> tuple[int, list[int], dict[str, dict[str, list[float]]]]:
+    """Per-position cosine by layer, clipped where fewer than ``min_fraction`` of prompts have tokens."""
+    n = len(pos_cos)
     max_T = max((p.shape[0] for p in pos_cos), default=0)
     counts = [sum(1 for p in pos_cos if p.shape[0] > t) for t in range(max_T)]
     need = math.ceil(min_fraction * n) if n else 0
@@ -220,9 +303,62 @@ def activation_similarity(
             means.append(float(vals.mean()))
             stds.append(float(vals.std()))
         by_layer[str(L)] = {"mean": means, "std": stds}
+    return clip, counts, by_layer
+
+
+@torch.no_grad()
+def activation_similarity(
+    base: Any,
+    ft: Any,
+    prompts: Iterable[Any] | None = None,
+    config: ActivationDiffConfig | None = None,
+    *,
+    generations: Iterable[Any] | None = None,
+    steering: Mapping[str, str | Path] | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> ActivationDiff:
+    """Replay-mode activation similarity between a base and a fine-tuned model (see the
+    module docstring for every formula). Saves ``results.json`` (the trait seed's schema,
+    plus ``norm_change``, ``relative_diff_norm`` and ``replay``) and figures to ``out_dir``.
+    With ``config.lens`` the activation-difference lens is not run here (see
+    :func:`diff_activations`, which runs both).
+
+    Args:
+        base, ft: model specs or LoadedModels (same architecture and width).
+        prompts: questions for the fine-tuned model to answer (greedy).
+        config: :class:`ActivationDiffConfig`; keyword ``overrides`` (``layers=[1, 2]``,
+            ``max_new_tokens=8``, ``figures=False``) replace its fields.
+        generations: the fine-tuned model's responses, if already generated (Generations or
+            dicts with ``prompt_ids``/``response_ids``); then ``prompts`` is not needed.
+        steering: ``{trait: results.jsonl | transfer-curve JSON}`` for transfer correlations.
+    """
+    cfg = _config(config, overrides)
+    layers = cfg.layers or None
+    system, max_new_tokens, base_prompt = cfg.system, cfg.max_new_tokens, cfg.base_prompt
+    min_fraction, min_coherence, batch_size, chunk = cfg.min_fraction, cfg.min_coherence, cfg.batch_size, cfg.chunk
+    t0 = time.time()
+    B, F = load_pair(base, ft, cfg.tokenizer)
+    layers = list(range(F.n_layers)) if layers is None else [F.arch.check_layer(int(L)) for L in layers]
+    if generations is None:
+        if prompts is None:
+            raise ConfigError("give prompts (for the fine-tuned model to answer) or generations")
+        gens = generate(F, list(prompts), system=system, max_new_tokens=max_new_tokens, progress=progress)
+    else:
+        gens = generations_from(generations)
+    base_items, ft_items = replay_ids(B, F, gens, base_prompt)
+    limit = min(B.vocab_size, F.vocab_size)
+    keep = [i for i in check_ids([(x["prompt_ids"] + x["response_ids"], 0) for x in base_items], limit, "replay")
+            if gens[i].response_ids and max(ft_items[i]["prompt_ids"] + ft_items[i]["response_ids"]) < limit]
+    skipped = len(gens) - len(keep)
+    sites = [Site(L, "resid") for L in layers]
+    n = len(keep)
+    cos_mean, norm_change, rel_diff, pos_cos, n_tokens = _replay(B, F, base_items, ft_items, keep, sites, chunk,
+                                                                  batch_size, progress)
+    clip, counts, by_layer = _per_position(pos_cos, layers, min_fraction)
 
     results: dict[str, Any] = {
-        "kind": "activation_similarity",
         "base": model_info(B),
         "ft": model_info(F),
         "n_prompts": n,
@@ -267,18 +403,19 @@ def activation_similarity(
         results["correlations"][trait] = _pearson(
             [mean_by_layer[L] for L in common], [curve["deltas"][curve["layers"].index(L)] for L in common]
         )
+    results["config"] = cfg.to_dict()
     results["provenance"] = provenance(None, stage="diff activations", seconds=round(time.time() - t0, 2))
+    r = ActivationDiff(**results)
     if out_dir is not None:
         out = Path(out_dir)
-        files = {"results": str(out / RESULTS_FILE)}
-        if figures and n:
-            files.update(_similarity_figures(results, out))
-        results["files"] = files
-        write_json(out / RESULTS_FILE, results)
-    return results
+        r.files = {"results": str(out / RESULTS_FILE)}
+        if cfg.figures and n:
+            r.files.update(_similarity_figures(r, out))
+        r.save(out)
+    return r
 
 
-def _similarity_figures(results: Mapping[str, Any], out: Path) -> dict[str, str]:
+def _similarity_figures(results: ActivationDiff, out: Path) -> dict[str, str]:
     from .plots import heatmap, lines_by_layer
 
     layers = results["layers"]
@@ -315,27 +452,28 @@ def activation_difference_lens(
     base: Any,
     ft: Any,
     texts: Iterable[str] | None = None,
+    config: ActivationDiffConfig | None = None,
     *,
-    layers: Sequence[int] | None = None,
-    n_positions: int = 5,
-    max_length: int = 64,
-    top_k: int = 20,
-    batch_size: int = 16,
-    summary_layer: int | None = None,
     out_dir: str | Path | None = None,
-    figures: bool = True,
     progress: bool = True,
-) -> dict[str, Any]:
+    **overrides: Any,
+) -> DifferenceLens:
     """Mean activation difference (ft − base) on unrelated text, read through the logit lens
-    (see the module docstring). ``texts`` default to :func:`unrelated_texts`.
+    (the length is the result record and figures; see the module docstring and :func:`deltalens.diff.lens.difference_lens`). ``texts``
+    default to :func:`unrelated_texts`. Settings: ``config.layers``, ``n_positions``,
+    ``max_length``, ``top_k``, ``batch_size``, ``summary_layer`` (``overrides`` replace them).
 
-    Returns per layer: ``{"first_k": {"pos", "neg", "norm", "rel_norm"}, "all": …, "positions": {p: …}}``;
+    Result per layer: ``{"first_k": {"pos", "neg", "norm", "rel_norm"}, "all": …, "positions": {p: …}}``;
     ``summary`` — the ``first_k`` lists at ``summary_layer`` (default: the middle layer,
     ``n_layers // 2``, the reading of Minder et al.); ``summary_max`` — the ``first_k`` lists
     at the layer where the difference is largest relative to the activations
     (``rel_norm = ‖δ‖ / mean_i ‖x_base‖``), where a fine-tune writes most."""
+    cfg = _config(config, overrides)
+    layers = cfg.layers or None
+    n_positions, max_length, top_k, batch_size = cfg.n_positions, cfg.max_length, cfg.top_k, cfg.batch_size
+    summary_layer, figures = cfg.summary_layer, cfg.figures
     t0 = time.time()
-    B, F = load_pair(base, ft)
+    B, F = load_pair(base, ft, cfg.tokenizer)
     layers = list(range(F.n_layers)) if layers is None else [F.arch.check_layer(int(L)) for L in layers]
     texts = list(texts) if texts is not None else unrelated_texts()
     items = []
@@ -348,41 +486,13 @@ def activation_difference_lens(
     cb = capture(B, inputs, sites, "all", batch_size=batch_size, progress=progress)
     cf = capture(F, inputs, sites, "all", batch_size=batch_size, progress=progress)
     assert torch.equal(cb.token_ids, cf.token_ids)
-    pos = cb.positions
     k = n_positions
-    deltas: dict[int, dict[str, torch.Tensor]] = {}
-    base_norm: dict[int, float] = {}
-    for L, s in zip(layers, sites):
-        d = (cf[s].double() - cb[s].double())
-        entry = {"all": d.mean(0)}
-        first = pos < k
-        entry["first_k"] = d[first].mean(0) if first.any() else torch.zeros(d.shape[1], dtype=torch.float64)
-        for p in range(k):
-            m = pos == p
-            if m.any():
-                entry[str(p)] = d[m].mean(0)
-        deltas[L] = entry
-        base_norm[L] = float(cb[s].double().norm(dim=-1).mean())
-    labels, vecs = [], []
-    for L, entry in deltas.items():
-        for key, v in entry.items():
-            labels.append((L, key))
-            vecs.append(v.float())
-    lens = model_logit_lens(F, torch.stack(vecs), k=top_k)
-    out_layers: dict[str, Any] = {}
-    for (L, key), v, p, ng in zip(labels, vecs, lens["pos"], lens["neg"]):
-        e = out_layers.setdefault(str(L), {"positions": {}})
-        rec = {"pos": p, "neg": ng, "norm": float(v.norm()), "rel_norm": float(v.norm()) / base_norm[L] if base_norm[L] else 0.0}
-        if key in ("all", "first_k"):
-            e[key] = rec
-        else:
-            e["positions"][key] = rec
+    out_layers = difference_lens(F, {L: (cb[s], cf[s]) for L, s in zip(layers, sites)}, cb.positions, k, top_k)
     sl = F.n_layers // 2 if summary_layer is None else F.arch.check_layer(summary_layer)
-    if sl not in deltas:
+    if sl not in layers:
         sl = min(layers, key=lambda L: abs(L - sl))
     lmax = max(layers, key=lambda L: out_layers[str(L)]["first_k"]["rel_norm"])
     results: dict[str, Any] = {
-        "kind": "activation_difference_lens",
         "base": model_info(B),
         "ft": model_info(F),
         "n_texts": len(inputs),
@@ -391,12 +501,13 @@ def activation_difference_lens(
         "max_length": max_length,
         "formula": "δ_{L,p} = mean_i (x_ft[i,L,p] − x_base[i,L,p]); tokens: top of W_U · norm_f(±δ) (ft model's lens)",
         "layers": out_layers,
-        "summary": {"layer": sl, "reading": f"first_k (mean over positions 0..{k - 1})", **{
+        "overview": {"layer": sl, "reading": f"first_k (mean over positions 0..{k - 1})", **{
             kk: out_layers[str(sl)]["first_k"][kk] for kk in ("pos", "neg", "norm")}},
         "summary_max": {"layer": lmax, "reading": "first_k at the layer with the largest ‖δ‖ / mean ‖x_base‖", **{
             kk: out_layers[str(lmax)]["first_k"][kk] for kk in ("pos", "neg", "norm", "rel_norm")}},
         "provenance": provenance(None, stage="activation-difference lens", seconds=round(time.time() - t0, 2)),
     }
+    r = DifferenceLens(**results)
     if out_dir is not None:
         out = Path(out_dir)
         files = {"lens": str(out / LENS_FILE)}
@@ -416,6 +527,31 @@ def activation_difference_lens(
             files["fig_lens"] = str(token_table(cols, out / "activation_lens.png",
                                                 title=f"activation-difference lens (top tokens of +δ): middle layer "
                                                       f"{sl} and layer {lmax} (largest ‖δ‖)"))
-        results["files"] = files
-        write_json(out / LENS_FILE, results)
-    return results
+        r.files = files
+        r.save(out)
+    return r
+
+
+def diff_activations(
+    base: Any,
+    ft: Any,
+    prompts: Iterable[Any] | None = None,
+    config: ActivationDiffConfig | None = None,
+    *,
+    generations: Iterable[Any] | None = None,
+    steering: Mapping[str, str | Path] | None = None,
+    lens_texts: Iterable[str] | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> ActivationDiff:
+    """``deltalens diff activations``: :func:`activation_similarity` and, with ``config.lens``,
+    :func:`activation_difference_lens` on ``lens_texts`` (default: the bundled unrelated text),
+    attached as :attr:`ActivationDiff.lens`. Both models are loaded once."""
+    cfg = _config(config, overrides)
+    B, F = load_pair(base, ft, cfg.tokenizer)
+    r = activation_similarity(B, F, prompts, cfg, generations=generations, steering=steering, out_dir=out_dir,
+                              progress=progress)
+    if cfg.lens:
+        r.lens = activation_difference_lens(B, F, lens_texts, cfg, out_dir=out_dir, progress=progress)
+    return r

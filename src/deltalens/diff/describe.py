@@ -1,4 +1,7 @@
-"""``deltalens info`` for diff results, series and trajectories (registered on import; :func:`deltalens.info.describe` imports this module)."""
+"""``deltalens info`` for DPO series (``series.json``) and for diff results written before they were
+typed (``kind`` ``weight_diff`` …); the typed results (:class:`~deltalens.diff.weights.WeightDiff` …)
+are registered StageResults and described by their own ``summary()``. Registered on import;
+:func:`deltalens.info.describe` imports this module."""
 
 from __future__ import annotations
 

@@ -204,6 +204,7 @@ class ModelFiles:
         self.model_type = tc.get("model_type")
         self.arch = _arch_spec(self.model_type)
         self.layers_prefix = self._find_layers_prefix()
+        self.tokenizer_dir: Path | None = None  # where token strings come from (set on first use)
 
     # ---- tensors ---------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -353,24 +354,34 @@ class ModelFiles:
         return None
 
     # ---- tokens ----------------------------------------------------------------------------
+    @property
+    def has_tokenizer(self) -> bool:
+        """Whether token strings can be decoded (this directory's tokenizer, or one set with
+        :meth:`use_tokenizer`)."""
+        return self._decoder is not None
+
+    def use_tokenizer(self, source: Any) -> None:
+        """Decode token ids with another tokenizer: a :class:`ModelFiles`, a model spec or a
+        directory (checkpoints often ship no tokenizer files)."""
+        from ..models.loading import local_dir
+
+        d = source.dir if isinstance(source, ModelFiles) else local_dir(source)
+        self.__dict__["_decoder"] = _load_decoder(Path(d))
+        self.tokenizer_dir = Path(d)
+
     @cached_property
     def _decoder(self) -> Any:
-        tj = self.dir / "tokenizer.json"
-        if tj.exists():
-            from tokenizers import Tokenizer
-
-            return Tokenizer.from_file(str(tj))
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(self.dir), local_files_only=True)
+        self.tokenizer_dir = self.dir
+        return _load_decoder(self.dir)
 
     def token_str(self, ids: list[int]) -> list[str]:
-        """Readable strings of single token ids (``<id N>`` for ids the tokenizer lacks)."""
+        """Readable strings of single token ids (``<id N>`` for ids the tokenizer lacks, and for
+        every id when there is no tokenizer)."""
         dec = self._decoder
         out = []
         for i in ids:
             try:
-                s = dec.decode([int(i)], skip_special_tokens=False)
+                s = dec.decode([int(i)], skip_special_tokens=False) if dec is not None else ""
             except Exception:
                 s = ""
             out.append(s if s != "" else f"<id {int(i)}>")
@@ -378,3 +389,35 @@ class ModelFiles:
 
     def __repr__(self) -> str:
         return f"ModelFiles({str(self.dir)!r}, {self.model_type}, layers={self.n_layers}, d={self.d_model})"
+
+
+def _load_decoder(d: Path) -> Any:
+    """The tokenizer of a model directory for decoding, or ``None`` when it ships none."""
+    from ..models.loading import has_tokenizer_files
+
+    if not has_tokenizer_files(d):
+        return None
+    tj = d / "tokenizer.json"
+    if tj.exists():
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(tj))
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def n_layers_of(spec: Any) -> int:
+    """The depth of a model from its ``config.json``, without loading it (for parsing ``--layers``)."""
+    from ..models.loading import LoadedModel, local_dir
+
+    if isinstance(spec, LoadedModel):
+        return spec.n_layers
+    cfg_path = local_dir(spec) / "config.json"
+    try:
+        return int(shape_summary(json.loads(cfg_path.read_text()))["layers"] or 0)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataFormatError(f"{cfg_path}: cannot read the model config ({exc})") from None

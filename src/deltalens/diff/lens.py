@@ -1,5 +1,12 @@
 """Reading directions through the unembedding (logit lens), trait vectors, cosines.
 
+The one module for the logit-lens readings of the diffs (formulas in each docstring):
+
+* :func:`stream_logit_lens` — ``W_U · norm_f(v)`` from a model's files on disk (weight diff);
+* :func:`model_logit_lens` — the same through a loaded model (``lm.logits``);
+* :func:`difference_lens` — the activation-difference lens (Minder et al. 2025):
+  ``δ_{L,p} = mean_i (x^ft_{i,L,p} − x^base_{i,L,p})`` read as ``W_U · norm_f(±δ)``.
+
 Logit lens of a residual-stream direction ``v`` (the variant the trait seed's
 ``vector_to_vocab(..., apply_norm=True)`` uses)::
 
@@ -95,14 +102,15 @@ def _lists(token_str, pv, pi, nv, ni, zero) -> dict[str, Any]:
             pos.append([])
             neg.append([])
             continue
-        pos.append([(t, round(float(x), 4)) for t, x in zip(token_str(pi[r].tolist()), pv[r].tolist())])
-        neg.append([(t, round(float(x), 4)) for t, x in zip(token_str(ni[r].tolist()), nv[r].tolist())])
+        pos.append([[t, round(float(x), 4)] for t, x in zip(token_str(pi[r].tolist()), pv[r].tolist())])
+        neg.append([[t, round(float(x), 4)] for t, x in zip(token_str(ni[r].tolist()), nv[r].tolist())])
     return {"pos": pos, "neg": neg}
 
 
 @torch.no_grad()
 def model_logit_lens(lm: Any, directions: torch.Tensor, k: int = 20) -> dict[str, Any]:
-    """:func:`stream_logit_lens` for a loaded model, through ``lm.logits`` (final norm applied)."""
+    """:func:`stream_logit_lens` for a loaded model: ``logits(v) = W_U · norm_f(v)`` through
+    ``lm.logits`` (the model's own final norm, bias included there); top-``k`` of ``±v``."""
     directions = torch.as_tensor(directions, dtype=torch.float32)
     if directions.dim() == 1:
         directions = directions[None]
@@ -112,6 +120,52 @@ def model_logit_lens(lm: Any, directions: torch.Tensor, k: int = 20) -> dict[str
     pv, pi = logits.topk(kk, dim=1)
     nv, ni = (-logits).topk(kk, dim=1)
     return _lists(lm.token_str, pv, pi, nv, ni, zero)
+
+
+def difference_lens(
+    lm: Any,
+    pairs: Mapping[int, tuple[torch.Tensor, torch.Tensor]],
+    positions: torch.Tensor,
+    n_positions: int = 5,
+    k: int = 20,
+) -> dict[str, Any]:
+    """The activation-difference lens of captured activations, per layer.
+
+    ``pairs[L] = (x_base, x_ft)``, both ``[tokens, d]`` on the same token ids; ``positions``
+    ``[tokens]`` the position of each token in its text. For each layer::
+
+        δ_all     = mean over all tokens of (x_ft − x_base)
+        δ_first_k = mean over tokens at positions p < n_positions
+        δ_p       = mean over tokens at position p (p < n_positions)
+        rel_norm  = ‖δ‖ / mean_tokens ‖x_base‖
+
+    each read through ``lm``'s logit lens ``W_U · norm_f(±δ)`` (:func:`model_logit_lens`).
+    Returns ``{str(L): {"all": rec, "first_k": rec, "positions": {str(p): rec}}}`` with
+    ``rec = {"pos", "neg", "norm", "rel_norm"}``."""
+    labels, vecs, base_norm = [], [], {}
+    for L, (xb, xf) in pairs.items():
+        d = xf.double() - xb.double()
+        first = positions < n_positions
+        entry = {"all": d.mean(0),
+                 "first_k": d[first].mean(0) if first.any() else torch.zeros(d.shape[1], dtype=torch.float64)}
+        for p in range(n_positions):
+            m = positions == p
+            if m.any():
+                entry[str(p)] = d[m].mean(0)
+        base_norm[L] = float(xb.double().norm(dim=-1).mean())
+        for key, v in entry.items():
+            labels.append((L, key))
+            vecs.append(v.float())
+    lens = model_logit_lens(lm, torch.stack(vecs), k=k)
+    out: dict[str, Any] = {}
+    for (L, key), v, p, ng in zip(labels, vecs, lens["pos"], lens["neg"]):
+        e = out.setdefault(str(L), {"positions": {}})
+        rec = {"pos": p, "neg": ng, "norm": float(v.norm()), "rel_norm": float(v.norm()) / base_norm[L] if base_norm[L] else 0.0}
+        if key in ("all", "first_k"):
+            e[key] = rec
+        else:
+            e["positions"][key] = rec
+    return out
 
 
 # ---- trait vectors ---------------------------------------------------------------------------
@@ -252,11 +306,3 @@ def topic_hits(tokens: Iterable[Any], words: Iterable[str]) -> list[str]:
         if token_matches(s, words):
             out.append(s)
     return out
-
-
-def write_vector(path: str | Path, vector: torch.Tensor, layer: int, **meta: Any) -> Path:
-    """Save one ``[d]`` vector as ``{"vector": v}`` with its layer in the metadata (the format
-    :func:`load_trait_vectors` reads; used for directions found by the diffs)."""
-    from ..io import save_tensors
-
-    return save_tensors(path, {"vector": torch.as_tensor(vector, dtype=torch.float32).flatten()}, {"layer": layer, **meta})

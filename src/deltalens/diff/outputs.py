@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,66 @@ import torch
 from tqdm.auto import tqdm
 
 from ..generate import left_pad, position_ids
-from ..io import provenance, write_json
+from ..io import provenance
 from ..positions import Geometry, Positions
-from ._models import as_id_items, check_ids, load_pair, model_info
+from ..stage import StageConfig, at_least, option, register_result
+from ._models import DiffResult, as_id_items, check_ids, load_pair, model_info
 
 RESULTS_FILE = "results.json"
+
+
+@dataclass
+class OutputDiffConfig(StageConfig):
+    """Settings of :func:`diff_outputs` (recorded in ``results.json``)."""
+
+    positions: str = option("all", flag="--positions", help="Positions whose next-token distributions are compared.")
+    batch_size: int = option(8, flag="--batch-size", help="Inputs per forward pass.")
+    max_length: int = option(256, flag="--max-length", help="Inputs are truncated to this many tokens.")
+    top_k: int = option(20, flag="--top-k", help="Tokens per list.")
+    n_contexts: int = option(20, flag="--contexts", help="Highest-KL contexts kept.")
+    context_tokens: int = option(16, flag="--context-tokens", help="Tokens of context shown per context.")
+    tokenizer: str | None = option(None, flag="--tokenizer",
+                                   help="Model or directory whose tokenizer to use for a checkpoint that ships none.")
+    figures: bool = option(True, flag="--figures/--no-figures", help="Write PNG figures.")
+
+    def validate(self) -> None:
+        for name in ("batch_size", "max_length", "top_k", "n_contexts", "context_tokens"):
+            at_least(self, name, 1)
+        if isinstance(self.positions, Positions):
+            self.positions = self.positions.text
+
+
+@register_result
+@dataclass
+class OutputDiff(DiffResult):
+    """The output diff (module docstring), ``results.json``."""
+
+    KIND = "output diff"
+    FILENAME = RESULTS_FILE
+    LEGACY_KINDS = ("output_diff",)
+
+    base: dict[str, Any]
+    ft: dict[str, Any]
+    positions: str
+    n_inputs: int
+    n_positions: int
+    skipped_inputs: int
+    mean_kl: float
+    mean_logprob_change: float | None
+    per_input_kl: dict[str, float]
+    rose_most: list[list[Any]]
+    fell_most: list[list[Any]]
+    kl_contribution: list[list[Any]]
+    top_contexts: list[dict[str, Any]]
+    vocab_note: str | None = None
+    formulas: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"base": self.base["name"], "ft": self.ft["name"], "mean_kl": self.mean_kl,
+                "rose_most": [t for t, _ in self.rose_most[:10]]}
 
 
 @torch.no_grad()
@@ -40,29 +96,27 @@ def diff_outputs(
     base: Any,
     ft: Any,
     data: Iterable[Any],
+    config: OutputDiffConfig | None = None,
     *,
-    positions: str | Positions = "all",
-    batch_size: int = 8,
-    max_length: int = 256,
-    top_k: int = 20,
-    n_contexts: int = 20,
-    context_tokens: int = 16,
     out_dir: str | Path | None = None,
-    figures: bool = True,
     progress: bool = True,
-) -> dict[str, Any]:
+    **overrides: Any,
+) -> OutputDiff:
     """Per-token KL(ft ‖ base) and the tokens that gained probability (module docstring).
+    One pass over the batches accumulates every statistic (hence its length).
 
     Args:
         base, ft: model specs or LoadedModels.
         data: texts, (prompt, response) pairs, Generations or dicts (as
             :func:`deltalens.capture`); tokenized with the fine-tuned model's tokenizer.
-        positions: positions whose next-token distributions are compared (position
-            language, e.g. ``all``, ``response``, ``prompt[-1]|response``).
-        max_length: inputs are truncated to this many tokens.
+        config: :class:`OutputDiffConfig` (``positions`` in the position language, e.g.
+            ``all``, ``response``, ``prompt[-1]|response``); ``overrides`` replace its fields.
     """
+    cfg = (config or OutputDiffConfig()).replace(**overrides) if overrides else (config or OutputDiffConfig())
+    positions, batch_size, max_length, top_k = cfg.positions, cfg.batch_size, cfg.max_length, cfg.top_k
+    n_contexts, context_tokens = cfg.n_contexts, cfg.context_tokens
     t0 = time.time()
-    B, F = load_pair(base, ft)
+    B, F = load_pair(base, ft, cfg.tokenizer)
     pos = Positions.parse(positions)
     pos.check_token_types(F.token_types if F.tokenizer is not None else {})
     items = [(ids[:max_length], min(pl, max_length)) for ids, pl in as_id_items(F, data)]
@@ -131,7 +185,7 @@ def diff_outputs(
 
     def toklist(values: torch.Tensor, largest: bool) -> list[tuple[str, float]]:
         v, i = values.topk(min(top_k, len(values)), largest=largest)
-        return [(s, float(x)) for s, x in zip(F.token_str(i.tolist()), v.tolist())]
+        return [[s, float(x)] for s, x in zip(F.token_str(i.tolist()), v.tolist())]
 
     contexts = []
     for v, gi, rel, (fi, fv), (bi, bv) in sorted(heap, key=lambda e: -e[0]):
@@ -144,12 +198,11 @@ def diff_outputs(
             "in_response": rel >= items[gi][1],
             "context": F.tokenizer.decode(ctx_ids),
             "next_token": F.token_str([seq[rel + 1]])[0] if rel + 1 < len(seq) else None,
-            "ft_top": [(s, round(float(p), 4)) for s, p in zip(F.token_str(fi), fv)],
-            "base_top": [(s, round(float(p), 4)) for s, p in zip(F.token_str(bi), bv)],
+            "ft_top": [[s, round(float(p), 4)] for s, p in zip(F.token_str(fi), fv)],
+            "base_top": [[s, round(float(p), 4)] for s, p in zip(F.token_str(bi), bv)],
         })
     per_input_kl = {str(i): sum(v) / len(v) for i, v in sorted(per_input.items())}
     results: dict[str, Any] = {
-        "kind": "output_diff",
         "base": model_info(B),
         "ft": model_info(F),
         "positions": pos.text,
@@ -170,12 +223,14 @@ def diff_outputs(
             "kl_contribution": "mean over positions of p_ft(v) (log p_ft(v) − log p_base(v))",
             "mean_logprob_change": "mean over positions of log p_ft(x_{t+1}) − log p_base(x_{t+1})",
         },
+        "config": cfg.to_dict(),
         "provenance": provenance(None, stage="diff outputs", seconds=round(time.time() - t0, 2)),
     }
+    r = OutputDiff(**results)
     if out_dir is not None:
         out = Path(out_dir)
         files = {"results": str(out / RESULTS_FILE)}
-        if figures and n_sel:
+        if cfg.figures and n_sel:
             from .plots import hbar
 
             files["fig_rose"] = str(hbar([t for t, _ in results["rose_most"]], [v for _, v in results["rose_most"]],
@@ -184,6 +239,6 @@ def diff_outputs(
             files["fig_kl_tokens"] = str(hbar([t for t, _ in results["kl_contribution"]],
                                               [v for _, v in results["kl_contribution"]], out / "kl_contribution.png",
                                               title="tokens contributing most to KL(ft‖base)", xlabel="mean p log(p/q)"))
-        results["files"] = files
-        write_json(out / RESULTS_FILE, results)
-    return results
+        r.files = files
+        r.save(out)
+    return r

@@ -6,19 +6,24 @@ Every checkpoint ``M<i>`` is diffed against the base ``M0`` and against its pred
 the replay activation similarity (mean cosine per layer on the prompts). The trajectory
 tables (``trajectory.json`` and ``trajectory.csv``, one row per (checkpoint, reference)) and
 figures show how the model drifts over the iterations; with an iterative-DPO series the
-scorer's mean score per checkpoint is added.
+scorer's mean score per checkpoint is added (``scores[i]`` = mean score of ``D<i>``, the
+sequences ``M<i>`` generated — the project's naming, see :mod:`deltalens.diff.organisms`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write, provenance, write_json
+from ..errors import ConfigError
+from ..io import atomic_write, provenance
 from ..models.loading import LoadedModel, load
+from ..stage import StageConfig, at_least, flag_of, option, register_result
+from ._models import DiffResult
 
 TRAJECTORY_FILE = "trajectory.json"
 TRAJECTORY_CSV = "trajectory.csv"
@@ -41,27 +46,76 @@ def series_checkpoints(series: str | Path) -> tuple[str, list[tuple[str, str]]]:
     return "", [(d.name, str(d)) for d in cks]
 
 
+@dataclass
+class SeriesDiffConfig(StageConfig):
+    """Settings of :func:`diff_series` (recorded in ``trajectory.json``)."""
+
+    kinds: list[str] = option(default_factory=lambda: list(KINDS), flag="--kinds", help="Which diffs to run.")
+    vs_previous: bool = option(True, flag="--vs-previous/--vs-base-only", help="Also diff each checkpoint with its predecessor.")
+    max_new_tokens: int = option(32, flag="--max-new-tokens", help="Tokens per answer (activation similarity).")
+    figures: bool = option(True, flag="--figures/--no-figures", help="Write PNG figures.")
+
+    def validate(self) -> None:
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad:
+            raise ConfigError(f"{flag_of(self, 'kinds')}: unknown diff kind(s) {', '.join(bad)}; valid: {', '.join(KINDS)}")
+        if not self.kinds:
+            raise ConfigError(f"{flag_of(self, 'kinds')}: name at least one of {', '.join(KINDS)}")
+        at_least(self, "max_new_tokens", 1)
+
+
+@register_result
+@dataclass
+class SeriesDiff(DiffResult):
+    """Diffs over a checkpoint series (module docstring): ``trajectory.json`` and ``trajectory.csv``."""
+
+    KIND = "series diff"
+    FILENAME = TRAJECTORY_FILE
+    LEGACY_KINDS = ("series_diff",)
+
+    base: str
+    checkpoints: list[str]
+    kinds: list[str]
+    rows: list[dict[str, Any]]
+    per_layer_rel: dict[str, Any] = field(default_factory=dict)
+    per_layer_similarity: dict[str, Any] = field(default_factory=dict)
+    scores: list[float] | None = None
+    formulas: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"base": self.base, "checkpoints": self.checkpoints, "kinds": self.kinds, "rows": len(self.rows),
+                "scores": self.scores}
+
+    def save(self, directory: str | Path) -> Path:
+        _write_csv(self.rows, Path(directory) / TRAJECTORY_CSV)
+        return super().save(directory)
+
+
 def diff_series(
     checkpoints: Sequence[Any] | str | Path,
+    config: SeriesDiffConfig | None = None,
     *,
     base: Any = None,
     names: Sequence[str] | None = None,
-    kinds: Iterable[str] = KINDS,
-    vs_previous: bool = True,
     prompts: Sequence[Any] | None = None,
     texts: Sequence[str] | None = None,
-    max_new_tokens: int = 32,
     out_dir: str | Path | None = None,
-    figures: bool = True,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Run the diffs over a series (module docstring).
+    **overrides: Any,
+) -> SeriesDiff:
+    """Run the diffs over a series (module docstring). The loop over (checkpoint, reference)
+    pairs and kinds collects the trajectory rows in one place (hence its length).
 
     Args:
-        checkpoints: a series directory (``series.json`` or ``M<i>/`` folders) or a list of
-            checkpoint specs in order (``M1 … Mn``).
+        checkpoints: a series directory (``series.json`` or ``M<i>/`` folders), or a list of
+            checkpoint specs in order (``M1 … Mn``), or a one-element list holding a series
+            directory.
+        config: :class:`SeriesDiffConfig` (``kinds``: any of ``weights``, ``outputs``,
+            ``activations``); ``overrides`` replace its fields.
         base: ``M0`` (read from ``series.json`` when present).
-        kinds: any of ``weights``, ``outputs``, ``activations``.
         prompts: questions for the activation similarity (default: the bundled held-out
             organism questions); ``texts``: text for the output diff (default: the bundled
             unrelated text).
@@ -71,14 +125,12 @@ def diff_series(
     from .outputs import diff_outputs
     from .weights import diff_weights
 
+    cfg = (config or SeriesDiffConfig()).replace(**overrides) if overrides else (config or SeriesDiffConfig())
+    kinds, vs_previous, max_new_tokens = list(cfg.kinds), cfg.vs_previous, cfg.max_new_tokens
     t0 = time.time()
-    kinds = list(kinds)
-    bad = [k for k in kinds if k not in KINDS]
-    if bad:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"unknown diff kind(s) {', '.join(bad)}; valid: {', '.join(KINDS)}")
     scores = None
+    if not isinstance(checkpoints, (str, Path)) and len(checkpoints) == 1 and is_series_dir(checkpoints[0]):
+        checkpoints = checkpoints[0]
     if isinstance(checkpoints, (str, Path)):
         series_base, named = series_checkpoints(checkpoints)
         if (Path(checkpoints) / SERIES_FILE).exists():
@@ -90,12 +142,8 @@ def diff_series(
         cks = list(checkpoints)
         ck_names = list(names) if names else [f"M{i}" for i in range(1, len(cks) + 1)]
     if not base:
-        from ..errors import ConfigError
-
         raise ConfigError("diff series needs the base model (M0): pass base= or use a directory with series.json")
     if not cks:
-        from ..errors import ConfigError
-
         raise ConfigError("diff series: no checkpoints found")
     out = Path(out_dir) if out_dir is not None else None
     prompts = list(prompts) if prompts is not None else organism_eval_questions()[:12]
@@ -147,7 +195,6 @@ def diff_series(
             if k not in ("M0", name):
                 del loaded[k]
     results: dict[str, Any] = {
-        "kind": "series_diff",
         "base": str(base.spec if isinstance(base, LoadedModel) else base),
         "checkpoints": ck_names,
         "kinds": kinds,
@@ -160,16 +207,22 @@ def diff_series(
             "mean_kl": "mean per-token KL(ckpt ‖ ref) on the texts",
             "mean_similarity": "mean over layers of the replay cosine similarity (activation diff)",
         },
+        "config": cfg.to_dict(),
         "provenance": provenance(None, stage="diff series", seconds=round(time.time() - t0, 2)),
     }
+    r = SeriesDiff(**results)
     if out is not None:
-        files = {"trajectory": str(out / TRAJECTORY_FILE), "csv": str(out / TRAJECTORY_CSV)}
-        _write_csv(rows, out / TRAJECTORY_CSV)
-        if figures:
-            files.update(_figures(results, out))
-        results["files"] = files
-        write_json(out / TRAJECTORY_FILE, results)
-    return results
+        r.files = {"trajectory": str(out / TRAJECTORY_FILE), "csv": str(out / TRAJECTORY_CSV)}
+        if cfg.figures:
+            r.files.update(_figures(r, out))
+        r.save(out)
+    return r
+
+
+def is_series_dir(path: Any) -> bool:
+    """A directory of checkpoints (``series.json`` or ``M<i>/`` folders), not a model directory."""
+    p = Path(str(path))
+    return p.is_dir() and not (p / "config.json").exists()
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -189,7 +242,7 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def _figures(results: dict[str, Any], out: Path) -> dict[str, str]:
+def _figures(results: SeriesDiff, out: Path) -> dict[str, str]:
     from .plots import heatmap, lines
 
     files = {}

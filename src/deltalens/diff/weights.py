@@ -52,7 +52,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ModelMismatchError
-from ..io import provenance, save_tensors, write_json
+from ..io import load_tensors, provenance, save_tensors, write_json
+from ..stage import StageConfig, at_least, in_range, one_of, option, register_result
+from ._models import DiffResult
 from .files import ModelFiles, check_compatible
 from .lens import cosine, resolve_traits, stream_logit_lens
 
@@ -151,6 +153,8 @@ def _diff_tensor(
     max_block_elems: int,
     max_svd_dim: int,
 ) -> tuple[TensorDiff, dict[str, Any] | None]:
+    """Diff one tensor pair: norms, spectrum, residual directions, extra vocabulary rows. One
+    streaming pass that fills several accumulators at once (hence its length)."""
     sb, sf = B.shape(bname), F.shape(fname)
     extra: dict[str, Any] | None = None
     note = None
@@ -247,57 +251,208 @@ def _diff_tensor(
     return td, extra
 
 
+def _lens_tokenizer(lens: ModelFiles, other: ModelFiles, tokenizer: Any = None) -> str:
+    """Make ``lens`` decode token ids: its own tokenizer, ``tokenizer`` when given, else the
+    other model's; without any, token ids are shown as ``<id N>`` (with a warning)."""
+    import warnings
+
+    if tokenizer is not None:
+        lens.use_tokenizer(tokenizer)
+        return f"given: {tokenizer}"
+    if lens.has_tokenizer:
+        return "own"
+    if other.has_tokenizer:
+        lens.use_tokenizer(other)
+        return f"{other.name}'s (the lens model ships no tokenizer files)"
+    warnings.warn(f"neither {lens.dir} nor {other.dir} has tokenizer files: the logit lens shows token ids "
+                  "(<id N>); pass a tokenizer (--tokenizer) to read tokens", stacklevel=3)
+    return "none: token ids"
+
+
 def _model_info(m: ModelFiles) -> dict[str, Any]:
     return {"name": m.name, "spec": m.spec, "dir": str(m.dir), "weights_hash": m.weights_hash,
             "model_type": m.model_type, "tied_embeddings": m.tied, "provenance": m.provenance}
 
 
+@dataclass
+class WeightDiffConfig(StageConfig):
+    """Settings of :func:`diff_weights` (recorded in ``results.json``)."""
+
+    top_k: int = option(20, flag="--top-k", help="Tokens per logit-lens list.")
+    n_singular: int = option(3, flag="--singular", help="Singular vectors per o/down matrix (alignment).")
+    lens_singular: int = option(1, flag="--lens-singular", help="How many of them the logit lens reads.")
+    energy: float = option(0.9, flag="--energy", help="Energy fraction of the effective rank.")
+    lens: str = option("ft", flag="--lens", help="Whose unembedding reads the directions: ft or base.")
+    tokenizer: str | None = option(None, flag="--tokenizer",
+                                   help="Model or directory whose tokenizer decodes the lens tokens (default: the lens "
+                                        "model's, else the other model's; checkpoints often ship none).")
+    max_block_elems: int = option(4 * 1024 * 1024, flag="--max-block-elems",
+                                  help="Matrices larger than this are streamed in row blocks.")
+    max_svd_dim: int = option(8192, flag="--max-svd-dim", help="Skip spectra of matrices whose smaller side exceeds this.")
+    figures: bool = option(True, flag="--figures/--no-figures", help="Write PNG figures.")
+
+    def validate(self) -> None:
+        at_least(self, "top_k", 1)
+        at_least(self, "n_singular", 0)
+        at_least(self, "lens_singular", 0)
+        in_range(self, "energy", 0.0, 1.0)
+        one_of(self, "lens", ("ft", "base"))
+        at_least(self, "max_block_elems", 1)
+        at_least(self, "max_svd_dim", 1)
+
+
+@register_result
+@dataclass
+class WeightDiff(DiffResult):
+    """The weight diff (module docstring): ``results.json`` holds every field; ``save`` also
+    writes the seed's files ``norms.json``, ``logit_lens.json``, ``trait_alignment.json`` and
+    the residual directions (``directions.safetensors``, :attr:`directions`)."""
+
+    KIND = "weight diff"
+    FILENAME = RESULTS_FILE
+    LEGACY_KINDS = ("weight_diff",)
+
+    base: dict[str, Any]
+    ft: dict[str, Any]
+    config: dict[str, Any]
+    formulas: dict[str, Any]
+    overview: dict[str, Any]
+    per_layer: dict[str, Any]
+    tensors: list[dict[str, Any]]
+    vocab: list[dict[str, Any]] = field(default_factory=list)
+    tied_note: str | None = None
+    only_in_base: list[str] = field(default_factory=list)
+    only_in_ft: list[str] = field(default_factory=list)
+    logit_lens: dict[str, Any] = field(default_factory=dict)
+    trait_alignment: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    #: ``resid_mean`` ``[n_layers, d]``, ``<c>.mean_col``, ``<c>.singular_vectors`` ``[n_layers, k, d]``,
+    #: ``<c>.singular_values`` (not in the JSON; ``directions.safetensors``)
+    directions: dict[str, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.pop("directions", None)
+        return d
+
+    def summary(self) -> dict[str, Any]:
+        s = self.overview
+        return {"base": self.base["name"], "ft": self.ft["name"], "tensors_changed": f"{s['n_changed']}/{s['n_tensors']}",
+                "total_rel": s["total_rel"], "top_layer": s["top_layer"],
+                "top_by_rel": [t["name"] for t in s["top_by_rel"][:5]]}
+
+    def save(self, directory: str | Path) -> Path:
+        """``results.json`` (everything) and the seed's ``norms.json``, ``logit_lens.json``,
+        ``trait_alignment.json`` (with traits), ``directions.safetensors`` (with directions)."""
+        out = Path(directory)
+        head = {"kind": self.KIND, "schema": self.SCHEMA, "base": self.base, "ft": self.ft, "config": self.config,
+                "provenance": self.provenance}
+        write_json(out / NORMS_FILE, {**head, "formulas": self.formulas, "summary": self.overview,
+                                      "per_layer": self.per_layer, "tensors": self.tensors, "vocab": self.vocab})
+        write_json(out / LENS_FILE, {**head, **self.logit_lens})
+        if self.trait_alignment.get("traits"):
+            write_json(out / TRAITS_FILE, {**head, **self.trait_alignment})
+        if self.directions:
+            save_tensors(out / DIRECTIONS_FILE, self.directions, {
+                "kind": "weight_diff_directions", "base": self.base["name"], "ft": self.ft["name"],
+                "layout": "resid_mean [n_layers, d]; <c>.singular_vectors [n_layers, k, d] (output side, sign-free)"})
+        return super().save(out)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> WeightDiff:
+        r = super().load(directory)
+        d = cls.path_in(directory).parent / DIRECTIONS_FILE
+        if d.is_file():
+            r.directions = load_tensors(d)
+        return r
+
+
 def diff_weights(
     base: Any,
     ft: Any,
+    config: WeightDiffConfig | None = None,
     *,
     traits: Any = None,
     out_dir: str | Path | None = None,
-    top_k: int = 20,
-    n_singular: int = 3,
-    lens_singular: int = 1,
-    energy: float = 0.9,
-    lens: str = "ft",
-    max_block_elems: int = 4 * 1024 * 1024,
-    max_svd_dim: int = 8192,
-    figures: bool = True,
     progress: bool = True,
-) -> dict[str, Any]:
+    **overrides: Any,
+) -> WeightDiff:
     """Diff two models' weights tensor by tensor (see the module docstring).
 
     Args:
         base, ft: model specs (bundled name, directory, cached hub id), LoadedModels loaded
             from a directory, or :class:`ModelFiles`.
+        config: :class:`WeightDiffConfig`; keyword ``overrides`` (``top_k=10``,
+            ``figures=False``) replace its fields.
         traits: trait vectors to align with — a path (file/directory, see
             :func:`deltalens.diff.lens.load_trait_vectors`), a list of paths, or
             ``{name: path | {layer: vector}}``.
-        out_dir: write ``results.json``, ``norms.json``, ``logit_lens.json``,
-            ``trait_alignment.json``, ``directions.safetensors`` and PNG figures here.
-        top_k: tokens per logit-lens list.
-        n_singular: singular vectors kept per residual-facing matrix (alignment).
-        lens_singular: how many of them are read through the logit lens.
-        energy: energy fraction of the effective rank.
-        lens: ``"ft"`` or ``"base"`` — whose final norm and unembedding read the directions.
-        max_block_elems: matrices larger than this are streamed in row blocks.
-        max_svd_dim: skip spectra of matrices whose smaller side exceeds this.
+        out_dir: save the result here (:meth:`WeightDiff.save`) and the PNG figures.
 
     Raises:
         ModelMismatchError: different architecture, width, depth or tensor shapes.
     """
+    cfg = (config or WeightDiffConfig()).replace(**overrides) if overrides else (config or WeightDiffConfig())
     t0 = time.time()
     B = base if isinstance(base, ModelFiles) else ModelFiles(base)
     F = ft if isinstance(ft, ModelFiles) else ModelFiles(ft)
     check_compatible(B, F, (f"base '{B.name}'", f"fine-tuned '{F.name}'"))
-    if lens not in ("ft", "base"):
-        raise ValueError("lens must be 'ft' or 'base'")
     n_layers, d = F.n_layers, F.d_model
     trait_vecs = resolve_traits(traits, d)
+    dirs = _Directions(n_layers, d, max(cfg.n_singular, cfg.lens_singular))
+    tensors, vocab, notes = _stream_tensors(B, F, dirs, cfg, progress)
+    per_layer = _per_layer(tensors, n_layers)
+    total_fro = math.sqrt(sum(t.fro**2 for t in tensors))
+    total_base = math.sqrt(sum(t.base_fro**2 for t in tensors))
+    changed = [t for t in tensors if t.fro > 0]
+    overview = {
+        "n_tensors": len(tensors),
+        "n_changed": len(changed),
+        "total_fro": total_fro,
+        "total_base_fro": total_base,
+        "total_rel": total_fro / total_base if total_base > 0 else 0.0,
+        "top_by_rel": [{"name": t.name, "rel": t.rel, "fro": t.fro, "effective_rank": t.effective_rank}
+                       for t in sorted(changed, key=lambda t: -t.rel)[:10]],
+        "top_layer": int(max(range(n_layers), key=lambda L: per_layer["layer_rel"][L])) if changed and n_layers else None,
+    }
+    lens_files, other = (F, B) if cfg.lens == "ft" else (B, F)
+    tokenizer_note = _lens_tokenizer(lens_files, other, cfg.tokenizer)
+    result = WeightDiff(
+        base=_model_info(B),
+        ft=_model_info(F),
+        config=cfg.to_dict(),
+        formulas={
+            "fro": "‖Δθ‖_F", "rel": "‖Δθ‖_F / ‖θ_base‖_F",
+            "effective_rank": f"min k: Σ_(i≤k) σ_i² ≥ {cfg.energy} Σ σ_i²", "stable_rank": "‖Δ‖_F² / σ_1²",
+        },
+        overview=overview,
+        per_layer=per_layer,
+        tensors=[asdict(t) for t in tensors],
+        vocab=vocab,
+        tied_note=notes["tied_note"],
+        only_in_base=notes["only_in_base"],
+        only_in_ft=notes["only_in_ft"],
+        logit_lens=_weight_lens(lens_files, dirs, cfg, overview["top_layer"], tokenizer_note),
+        trait_alignment=_alignment(dirs, trait_vecs, cfg.n_singular),
+        provenance=provenance(None, stage="diff weights", seconds=round(time.time() - t0, 2)),
+    )
+    result.directions = _direction_tensors(dirs)
+    if out_dir is not None:
+        out = Path(out_dir)
+        result.files = {"results": str(out / RESULTS_FILE), "norms": str(out / NORMS_FILE), "logit_lens": str(out / LENS_FILE),
+                        "directions": str(out / DIRECTIONS_FILE)}
+        if result.trait_alignment["traits"]:
+            result.files["trait_alignment"] = str(out / TRAITS_FILE)
+        if cfg.figures:
+            result.files.update(_figures(result, out))
+        result.save(out)
+    return result
 
+
+def _stream_tensors(B: ModelFiles, F: ModelFiles, dirs: _Directions, cfg: WeightDiffConfig,
+                    progress: bool) -> tuple[list[TensorDiff], list[dict[str, Any]], dict[str, Any]]:
+    """Diff every shared tensor, one at a time (collecting residual directions in ``dirs``)."""
     bkeys, fkeys = set(B.keys()), set(F.keys())
     pairs: list[tuple[str, str]] = [(k, k) for k in sorted(bkeys & fkeys, key=_order_key(F))]
     only_base, only_ft = sorted(bkeys - fkeys), sorted(fkeys - bkeys)
@@ -310,8 +465,6 @@ def diff_weights(
         )
         only_base = [k for k in only_base if k != B.arch.unembed_param]
         only_ft = [k for k in only_ft if k != F.arch.unembed_param]
-
-    dirs = _Directions(n_layers, d, max(n_singular, lens_singular))
     tensors: list[TensorDiff] = []
     vocab: list[dict[str, Any]] = []
     for bname, fname in tqdm(pairs, desc="weight diff", unit="tensor", disable=not progress, leave=False):
@@ -319,14 +472,16 @@ def diff_weights(
         if bname != fname:
             comp = "unembed"
         td, extra = _diff_tensor(
-            B, F, bname, fname, layer, comp, dirs=dirs, energy=energy, n_sv_report=8,
-            max_block_elems=max_block_elems, max_svd_dim=max_svd_dim,
+            B, F, bname, fname, layer, comp, dirs=dirs, energy=cfg.energy, n_sv_report=8,
+            max_block_elems=cfg.max_block_elems, max_svd_dim=cfg.max_svd_dim,
         )
         tensors.append(td)
         if extra is not None:
             vocab.append(extra)
+    return tensors, vocab, {"tied_note": tie_note, "only_in_base": only_base, "only_in_ft": only_ft}
 
-    # ---- per-layer tables ---------------------------------------------------------------
+
+def _per_layer(tensors: list[TensorDiff], n_layers: int) -> dict[str, Any]:
     comps = [c for c in COMPONENT_ORDER if any(t.component == c and t.layer is not None for t in tensors)]
     comps += sorted({t.component for t in tensors if t.layer is not None} - set(comps))
     per_layer: dict[str, Any] = {"layers": list(range(n_layers)), "components": comps}
@@ -340,62 +495,57 @@ def diff_weights(
     layer_base = [math.sqrt(sum((t.base_fro or 0.0) ** 2 for t in tensors if t.layer == L)) for L in range(n_layers)]
     per_layer["layer_fro"] = layer_fro
     per_layer["layer_rel"] = [f / b if b > 0 else 0.0 for f, b in zip(layer_fro, layer_base)]
+    return per_layer
 
-    total_fro = math.sqrt(sum(t.fro**2 for t in tensors))
-    total_base = math.sqrt(sum(t.base_fro**2 for t in tensors))
-    changed = [t for t in tensors if t.fro > 0]
-    summary = {
-        "n_tensors": len(tensors),
-        "n_changed": len(changed),
-        "total_fro": total_fro,
-        "total_base_fro": total_base,
-        "total_rel": total_fro / total_base if total_base > 0 else 0.0,
-        "top_by_rel": [{"name": t.name, "rel": t.rel, "fro": t.fro, "effective_rank": t.effective_rank}
-                       for t in sorted(changed, key=lambda t: -t.rel)[:10]],
-        "top_layer": int(max(range(n_layers), key=lambda L: per_layer["layer_rel"][L])) if changed and n_layers else None,
-    }
 
-    # ---- logit lens of residual-facing directions -----------------------------------------
+def _weight_lens(lens_files: ModelFiles, dirs: _Directions, cfg: WeightDiffConfig, top_layer: int | None,
+                 tokenizer_note: str) -> dict[str, Any]:
+    """Logit lens of the residual-facing directions (``resid_mean``, ``<c>.u<i>``) per layer."""
     resid_mean = dirs.resid_mean()
     labels: list[tuple[int, str]] = []
     vecs: list[torch.Tensor] = []
-    for L in range(n_layers):
+    for L in range(dirs.n_layers):
         if not any(L in dirs.have[c] for c in RESIDUAL_FACING):
             continue
         labels.append((L, "resid_mean"))
         vecs.append(resid_mean[L])
         for c in RESIDUAL_FACING:
             if L in dirs.have[c]:
-                for i in range(lens_singular):
+                for i in range(cfg.lens_singular):
                     labels.append((L, f"{c}.u{i + 1}"))
                     vecs.append(dirs.sv[c][L, i] * (1.0 if dirs.sigma[c][L, i] > 0 else 0.0))
-    lens_files = F if lens == "ft" else B
     logit_lens: dict[str, Any] = {
         "formula": "logits(v) = W_U · norm_f(v) (final norm applied, bias omitted); pos = top of +v, neg = top of −v",
-        "lens_model": lens,
+        "lens_model": cfg.lens,
         "directions": {
             "resid_mean": "½(mean column of ΔW_o + mean column of ΔW_down) — the seed's Δ_residual",
             "o.u1/down.u1": "top left singular vector (output side) of ΔW_o / ΔW_down; sign-free, read both ways",
         },
-        "top_k": top_k,
+        "top_k": cfg.top_k,
+        "tokenizer": tokenizer_note,
         "layers": {},
     }
-    if vecs:
-        out = stream_logit_lens(lens_files, torch.stack(vecs), k=top_k)
-        for (L, name), pos, neg in zip(labels, out["pos"], out["neg"]):
-            logit_lens["layers"].setdefault(str(L), {})[name] = {"pos": pos, "neg": neg}
-        # tokens found most often among the per-layer resid_mean top-k lists
-        votes: dict[str, int] = {}
-        for L, entry in logit_lens["layers"].items():
-            for tok, _ in entry.get("resid_mean", {}).get("pos", []):
-                votes[tok] = votes.get(tok, 0) + 1
-        logit_lens["consensus"] = sorted(votes.items(), key=lambda kv: -kv[1])[:top_k]
-        top = summary["top_layer"]
-        logit_lens["top_layer"] = top
-        if top is not None and str(top) in logit_lens["layers"]:
-            logit_lens["top_layer_lists"] = logit_lens["layers"][str(top)]
+    if not vecs:
+        return logit_lens
+    out = stream_logit_lens(lens_files, torch.stack(vecs), k=cfg.top_k)
+    for (L, name), pos, neg in zip(labels, out["pos"], out["neg"]):
+        logit_lens["layers"].setdefault(str(L), {})[name] = {"pos": pos, "neg": neg}
+    # tokens found most often among the per-layer resid_mean top-k lists
+    votes: dict[str, int] = {}
+    for entry in logit_lens["layers"].values():
+        for tok, _ in entry.get("resid_mean", {}).get("pos", []):
+            votes[tok] = votes.get(tok, 0) + 1
+    logit_lens["consensus"] = [[t, n] for t, n in sorted(votes.items(), key=lambda kv: -kv[1])[: cfg.top_k]]
+    logit_lens["top_layer"] = top_layer
+    if top_layer is not None and str(top_layer) in logit_lens["layers"]:
+        logit_lens["top_layer_lists"] = logit_lens["layers"][str(top_layer)]
+    return logit_lens
 
-    # ---- trait alignment ----------------------------------------------------------------
+
+def _alignment(dirs: _Directions, trait_vecs: Mapping[str, Mapping[int, torch.Tensor]], n_singular: int) -> dict[str, Any]:
+    """Cosines of the residual directions with trait vectors, per layer."""
+    d, n_layers = dirs.d, dirs.n_layers
+    resid_mean = dirs.resid_mean()
     chance = math.sqrt(2 / (math.pi * d)) if d else 0.0
     alignment: dict[str, Any] = {
         "formula": "cos(a, b) = a·b/(‖a‖‖b‖); |cos| for sign-free singular vectors",
@@ -418,62 +568,19 @@ def diff_weights(
             rows[str(L)] = entry
         best = max(rows.items(), key=lambda kv: abs(kv[1]["resid_mean"]), default=(None, None))[0]
         alignment["traits"][tname] = {"layers": rows, "best_layer_resid_mean": None if best is None else int(best)}
-
-    results: dict[str, Any] = {
-        "kind": "weight_diff",
-        "base": _model_info(B),
-        "ft": _model_info(F),
-        "config": {"top_k": top_k, "n_singular": n_singular, "lens_singular": lens_singular, "energy": energy,
-                   "lens": lens, "max_block_elems": max_block_elems, "max_svd_dim": max_svd_dim},
-        "formulas": {
-            "fro": "‖Δθ‖_F", "rel": "‖Δθ‖_F / ‖θ_base‖_F",
-            "effective_rank": f"min k: Σ_(i≤k) σ_i² ≥ {energy} Σ σ_i²", "stable_rank": "‖Δ‖_F² / σ_1²",
-        },
-        "summary": summary,
-        "per_layer": per_layer,
-        "tensors": [asdict(t) for t in tensors],
-        "vocab": vocab,
-        "tied_note": tie_note,
-        "only_in_base": only_base,
-        "only_in_ft": only_ft,
-        "logit_lens": logit_lens,
-        "trait_alignment": alignment,
-        "provenance": provenance(None, stage="diff weights", seconds=round(time.time() - t0, 2)),
-    }
-    if out_dir is not None:
-        results["files"] = write_weight_diff(results, out_dir, dirs=dirs, figures=figures)
-    return results
+    return alignment
 
 
-def write_weight_diff(results: Mapping[str, Any], out_dir: str | Path, *, dirs: _Directions | None = None,
-                      figures: bool = True) -> dict[str, str]:
-    """Write the JSON files (seed names: ``norms.json``, ``logit_lens.json``,
-    ``trait_alignment.json``; everything in ``results.json``), the directions and figures."""
-    out = Path(out_dir)
-    files: dict[str, str] = {}
-    head = {k: results[k] for k in ("kind", "base", "ft", "config", "provenance")}
-    files["results"] = str(write_json(out / RESULTS_FILE, dict(results)))
-    files["norms"] = str(write_json(out / NORMS_FILE, {**head, "formulas": results["formulas"], "summary": results["summary"],
-                                                       "per_layer": results["per_layer"], "tensors": results["tensors"],
-                                                       "vocab": results["vocab"]}))
-    files["logit_lens"] = str(write_json(out / LENS_FILE, {**head, **results["logit_lens"]}))
-    if results["trait_alignment"]["traits"]:
-        files["trait_alignment"] = str(write_json(out / TRAITS_FILE, {**head, **results["trait_alignment"]}))
-    if dirs is not None:
-        t = {"resid_mean": dirs.resid_mean()}
-        for c in RESIDUAL_FACING:
-            t[f"{c}.mean_col"] = dirs.mean_col[c]
-            t[f"{c}.singular_vectors"] = dirs.sv[c]
-            t[f"{c}.singular_values"] = dirs.sigma[c]
-        files["directions"] = str(save_tensors(out / DIRECTIONS_FILE, t, {
-            "kind": "weight_diff_directions", "base": results["base"]["name"], "ft": results["ft"]["name"],
-            "layout": "resid_mean [n_layers, d]; <c>.singular_vectors [n_layers, k, d] (output side, sign-free)"}))
-    if figures:
-        files.update(_figures(results, out))
-    return files
+def _direction_tensors(dirs: _Directions) -> dict[str, torch.Tensor]:
+    t = {"resid_mean": dirs.resid_mean()}
+    for c in RESIDUAL_FACING:
+        t[f"{c}.mean_col"] = dirs.mean_col[c]
+        t[f"{c}.singular_vectors"] = dirs.sv[c]
+        t[f"{c}.singular_values"] = dirs.sigma[c]
+    return t
 
 
-def _figures(results: Mapping[str, Any], out: Path) -> dict[str, str]:
+def _figures(results: WeightDiff, out: Path) -> dict[str, str]:
     from .plots import heatmap, lines_by_layer, token_table
 
     pl = results["per_layer"]

@@ -340,6 +340,7 @@ def _load_dir(
     trust_remote_code: bool,
     local_files_only: bool = False,
     revision: str | None = None,
+    tokenizer: Any = None,
 ) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -348,7 +349,17 @@ def _load_dir(
         kw["revision"] = revision
     with warnings.catch_warnings(), _quiet_progress():
         warnings.simplefilter("ignore")
-        tok = AutoTokenizer.from_pretrained(path, **kw)
+        if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+            tok = tokenizer
+        elif tokenizer is not None:
+            tok = AutoTokenizer.from_pretrained(str(local_dir(tokenizer)), local_files_only=True)
+        elif Path(path).is_dir() and not has_tokenizer_files(path):
+            raise ModelSpecError(
+                f"{path} has no tokenizer files (intermediate training checkpoints often ship none); pass "
+                "tokenizer= (the CLI's --tokenizer) with a model or directory whose tokenizer to use"
+            )
+        else:
+            tok = AutoTokenizer.from_pretrained(path, **kw)
         extra: dict[str, Any] = {}
         if Path(path).is_dir():
             from transformers import AutoConfig
@@ -363,6 +374,14 @@ def _load_dir(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw, **extra)
     model.to(device)
     return model, tok
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+
+
+def has_tokenizer_files(path: str | os.PathLike) -> bool:
+    """Whether a model directory ships a tokenizer (any of :data:`TOKENIZER_FILES`)."""
+    return any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
 
 
 @contextlib.contextmanager
@@ -442,6 +461,7 @@ def load(
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    tokenizer: Any = None,
 ) -> LoadedModel:
     """Load a causal LM by spec (bundled name, ``.gguf`` file, local directory or hub id).
 
@@ -451,6 +471,8 @@ def load(
         device: ``None``/``auto`` picks CUDA when present, else CPU.
         trust_remote_code: passed to ``from_pretrained``; off by default (no remote code runs).
         revision: hub revision for hub ids.
+        tokenizer: for a directory, a tokenizer object or a spec whose tokenizer to use instead
+            of the directory's own (checkpoints often ship none).
 
     Raises:
         ModelSpecError: the spec names nothing loadable (the message lists bundled names).
@@ -475,7 +497,8 @@ def load(
     if p.is_dir():
         if not (p / "config.json").exists():
             raise ModelSpecError(f"{p} is a directory but has no config.json; not a Hugging Face model directory")
-        model, tok = _load_dir(str(p), dtype=dt, device=dev, trust_remote_code=trust_remote_code, local_files_only=True)
+        model, tok = _load_dir(str(p), dtype=dt, device=dev, trust_remote_code=trust_remote_code, local_files_only=True,
+                               tokenizer=tokenizer)
         return LoadedModel(model, tok, spec=spec_s, name=p.name, source_dir=p.resolve())
     if spec_s.startswith((".", "/", "~")) or os.sep in spec_s and spec_s.count("/") > 1:
         raise ModelSpecError(f"no such model directory or file: {spec_s}")

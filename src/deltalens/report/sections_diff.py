@@ -1,8 +1,10 @@
 """Report section "Model diff": organisms, weight / activation / output diffs, series.
 
 Replaces the generic per-area section of the same title (``sections_areas``; modules load in
-name order, so this registration comes last). Every token and generated string is escaped
-by the table helpers.
+name order, so this registration comes last). It reads the typed diff results
+(:class:`~deltalens.diff.weights.WeightDiff`, :class:`~deltalens.diff.activations.ActivationDiff`,
+:class:`~deltalens.diff.outputs.OutputDiff`, :class:`~deltalens.diff.series.SeriesDiff`). Every
+token and generated string is escaped by the table helpers.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..errors import DeltalensError
 from ..experiment import Experiment
 from .html import esc, figures, json_file, section, table
 
@@ -39,7 +42,7 @@ def _organisms(exp: Experiment) -> str:
                                                      "loss last"], rows)
 
 
-def _weights(d: Path, r: dict[str, Any]) -> str:
+def _weights(d: Path, r: Any) -> str:
     s = r["summary"]
     out = [f"<p>{s['n_changed']} of {s['n_tensors']} tensors changed; ‖Δθ‖/‖θ‖ = {s['total_rel']:.3e}; largest relative "
            f"change at layer {esc(s['top_layer'])}.</p>"]
@@ -59,7 +62,7 @@ def _weights(d: Path, r: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _activations(d: Path, r: dict[str, Any] | None, lens: dict[str, Any] | None) -> str:
+def _activations(d: Path, r: Any, lens: Any) -> str:
     out = []
     if r:
         sim = r["per_layer_similarity"]["mean"]
@@ -81,7 +84,7 @@ def _activations(d: Path, r: dict[str, Any] | None, lens: dict[str, Any] | None)
     return "".join(out)
 
 
-def _outputs(d: Path, r: dict[str, Any]) -> str:
+def _outputs(d: Path, r: Any) -> str:
     out = [f"<p>mean KL(ft‖base) = {r['mean_kl']:.4f} nats/token over {r['n_positions']} positions "
            f"({esc(r['positions'])}).</p>"]
     out.append(table(["list", "tokens"], [("rose most", _toks(r["rose_most"])), ("KL contribution", _toks(r["kl_contribution"])),
@@ -93,7 +96,7 @@ def _outputs(d: Path, r: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _series(d: Path, r: dict[str, Any]) -> str:
+def _series(d: Path, r: Any) -> str:
     cols = ["checkpoint", "reference", "total_rel", "mean_kl", "mean_similarity", "rose_most"]
     out = [table(cols, [[x.get(c) for c in cols] for x in r["rows"]], caption="trajectory")]
     if r.get("scores"):
@@ -103,8 +106,21 @@ def _series(d: Path, r: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _load(cls: Any, d: Path) -> Any:
+    """The typed result saved in ``d`` (also one written before the results were typed), or None."""
+    try:
+        return cls.load(d)
+    except DeltalensError:
+        return None
+
+
 @section(50, "Model diff")
 def diff_section(exp: Experiment) -> str | None:
+    from ..diff.activations import ActivationDiff, DifferenceLens
+    from ..diff.outputs import OutputDiff
+    from ..diff.series import SeriesDiff
+    from ..diff.weights import WeightDiff
+
     parts = [_organisms(exp)]
     for kind in ("weights", "activations", "outputs", "series"):
         root = exp.diff_dir(kind)
@@ -112,16 +128,16 @@ def diff_section(exp: Experiment) -> str | None:
             continue
         for d in sorted(p for p in root.iterdir() if p.is_dir()):
             title = f"<h3>{esc(kind)}: {esc(d.name)}</h3>"
-            if kind == "weights" and isinstance(r := json_file(d / "results.json"), dict):
+            if kind == "weights" and (r := _load(WeightDiff, d)) is not None:
                 parts.append(title + _weights(d, r))
             elif kind == "activations":
-                r, lens = json_file(d / "results.json"), json_file(d / "activation_lens.json")
-                if isinstance(r, dict) or isinstance(lens, dict):
-                    parts.append(title + _activations(d, r if isinstance(r, dict) else None,
-                                                      lens if isinstance(lens, dict) else None))
-            elif kind == "outputs" and isinstance(r := json_file(d / "results.json"), dict):
+                r = _load(ActivationDiff, d)
+                lens = r.lens if r is not None else _load(DifferenceLens, d)
+                if r is not None or lens is not None:
+                    parts.append(title + _activations(d, r, lens))
+            elif kind == "outputs" and (r := _load(OutputDiff, d)) is not None:
                 parts.append(title + _outputs(d, r))
-            elif kind == "series" and isinstance(r := json_file(d / "trajectory.json"), dict):
+            elif kind == "series" and (r := _load(SeriesDiff, d)) is not None:
                 parts.append(title + _series(d, r))
     body = "".join(p for p in parts if p)
     return body or None
