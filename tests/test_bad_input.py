@@ -57,6 +57,10 @@ CASES: list[Case] = []
 # == core (capture, generate, info, stores) ==
 
 # == steering ==
+CASES += [
+    Case("steer-variant-without-model", ["extract", "-e", "{tmp}/exp", "--trait", "instruction/pirate", "--model-variant", "base"],
+         "set models.base in"),
+]
 
 # == diffing ==
 

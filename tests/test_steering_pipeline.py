@@ -274,3 +274,19 @@ def test_judge_filter_keeps_agreeing_coherent_responses():
     kp, kn, counts = filter_responses(pos, neg, KeywordJudge(), load_trait("instruction/pirate"))
     assert [x.response for x in kp] == ["arr matey"] and [x.response for x in kn] == ["plain"]
     assert counts == {"pos_before": 3, "neg_before": 3, "pos_kept": 1, "neg_kept": 1}
+
+
+def test_model_spec_for_defaults_only_the_default_variant(tmp_path):
+    """A variant without a recorded model used to resolve silently to the bundled SmolLM2;
+    only the default variant (instruct) may fall back, any other names the key to set."""
+    from deltalens.errors import ConfigError
+    from deltalens.steering.pipeline import DEFAULT_MODEL, model_spec_for
+
+    exp = Experiment(tmp_path / "exp")
+    with pytest.raises(ConfigError, match=r"models\.base in .*config\.yaml or pass --model"):
+        model_spec_for(exp, "base")
+    assert not exp.root.exists()  # nothing written
+    assert model_spec_for(exp, "instruct") == DEFAULT_MODEL
+    assert model_spec_for(exp, "base", "some/model") == "some/model"
+    assert model_spec_for(exp, "base") == "some/model"  # recorded
+    assert exp.load_config()["models"] == {"instruct": DEFAULT_MODEL, "base": "some/model"}

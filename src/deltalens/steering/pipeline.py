@@ -34,25 +34,35 @@ if TYPE_CHECKING:
     from ..models.loading import LoadedModel
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_VARIANT = "instruct"  # the only variant that falls back to DEFAULT_MODEL
 MIN_JUDGE_AUROC = 0.7  # below this the offline trait classifier is flagged as uninformative
 
 
-def model_spec_for(exp: Experiment, variant: str, model: str | None = None) -> str:
+def model_spec_for(exp: Experiment, variant: str, model: str | None = None, *, record: bool = True) -> str:
     """The model spec of ``variant`` in the experiment (``models`` in config.yaml).
 
     ``model`` given: used, and recorded for the variant if none is recorded (a different
-    recorded spec is an error). Not given: the recorded spec, else the bundled SmolLM2.
+    recorded spec is an error). Not given: the recorded spec; the default variant
+    (``instruct``) falls back to the bundled SmolLM2, any other variant without a recorded
+    model is a :class:`ConfigError` naming the key to set (``models.<variant>``).
+    ``record=False`` resolves without writing the config.
     """
     cfg = exp.load_config() if exp.config_path.exists() else {}
     models = cfg.get("models") or {}
+    if not isinstance(models, dict):
+        raise ConfigError(f"{exp.config_path}: 'models' must be a mapping of variant → model spec")
     have = models.get(variant)
     if model is not None and have is not None and str(have) != str(model):
         raise ConfigError(
             f"{exp.config_path}: variant '{variant}' is {have!r}, not {model!r}; use another --model-variant name "
             "or edit the config"
         )
+    if model is None and have is None and variant != DEFAULT_VARIANT:
+        raise ConfigError(
+            f"no model for variant '{variant}': set models.{variant} in {exp.config_path} or pass --model"
+        )
     spec = str(model or have or DEFAULT_MODEL)
-    if have is None:
+    if have is None and record:
         exp.root.mkdir(parents=True, exist_ok=True)
         cfg.setdefault("name", exp.name)
         cfg.setdefault("models", {})[variant] = spec
