@@ -17,13 +17,14 @@ import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from . import hooks
-from .errors import DataFormatError
+from .errors import ConfigError, DataFormatError
 from .models.loading import LoadedModel
 
 
@@ -68,8 +69,50 @@ class Generation:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Generation:
+        """From :meth:`to_dict` (unknown keys ignored; ``system``/``meta``/``finished`` optional)."""
         keys = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in keys})
+        data = {"system": None, "finished": False, **{k: v for k, v in d.items() if k in keys}}
+        missing = sorted(k for k in keys - {"meta"} if k not in data)
+        if missing:
+            raise DataFormatError(f"not a generation: missing {', '.join(missing)}")
+        return cls(**data)
+
+
+GENERATIONS_SUFFIX = ".jsonl"
+
+
+def save_generations(path: str | Path, gens: Iterable[Generation]) -> Path:
+    """Write generations as JSONL (one :meth:`Generation.to_dict` per line), atomically."""
+    from .io import atomic_write, to_json
+
+    return atomic_write(path, "".join(to_json(g.to_dict(), indent=None) + "\n" for g in gens))
+
+
+def load_generations(path: str | Path) -> list[Generation]:
+    """Read generations written by :func:`save_generations` (errors name the file and line).
+    A JSON array of generation objects (older extraction responses) is read too."""
+    import json
+
+    from .data.jsonl import iter_jsonl
+
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(f"{path}: invalid JSON ({exc.msg})") from None
+        if not isinstance(rows, list):
+            raise DataFormatError(f"{path}: expected a list of generations")
+        numbered = list(enumerate(rows, 1))
+    else:
+        numbered = list(iter_jsonl(path))
+    out = []
+    for n, rec in numbered:
+        try:
+            out.append(Generation.from_dict(rec) if isinstance(rec, Mapping) else Generation.from_dict({}))
+        except (DataFormatError, TypeError) as exc:
+            raise DataFormatError(f"{path}:{n}: {exc}") from None
+    return out
 
 
 def as_prompts(prompts: Iterable[Any], system: str | Sequence[str | None] | None = None) -> list[Prompt]:
@@ -188,8 +231,9 @@ def generate(
     plist = as_prompts(prompts, system)
     if not plist:
         return []
-    if n < 1 or max_new_tokens < 1 or batch_size < 1:
-        raise ValueError("n, max_new_tokens and batch_size must be ≥ 1")
+    for name, flag, v in (("n", "--n", n), ("max_new_tokens", "--max-new-tokens", max_new_tokens), ("batch_size", "--batch-size", batch_size)):
+        if v < 1:
+            raise ConfigError(f"{flag} must be ≥ 1, got {v}")
     formatted = format_prompts(lm, plist, chat)
     items = [(i, r) for i in range(len(plist)) for r in range(n)]
     # longest first: padding is small within a batch, and memory peaks early
