@@ -289,3 +289,45 @@ def test_model_spec_for_defaults_only_the_default_variant(tmp_path):
     assert model_spec_for(exp, "base", "some/model") == "some/model"
     assert model_spec_for(exp, "base") == "some/model"  # recorded
     assert exp.load_config()["models"] == {"instruct": DEFAULT_MODEL, "base": "some/model"}
+
+
+def test_control_vector_names_and_widths_round_trip(tmp_path):
+    """import-gguf files vectors under the trait id steer and extract use (aliases normalised),
+    export-gguf takes that id back, and a control vector of another width is refused before
+    anything is written."""
+    import shutil
+
+    from deltalens.data.traits import resolve_trait_path
+    from deltalens.errors import ShapeError
+    from deltalens.io import write_json
+    from deltalens.steering.control import export_control_vector, import_control_vector
+    from deltalens.steering.pipeline import resolve_trait, trait_id
+    from deltalens.vectors import export_gguf, import_gguf
+    from tiny import save_tiny, tiny_model
+
+    exp = Experiment(tmp_path / "exp")
+    exp.save_config({"name": "exp", "models": {"instruct": save_tiny(tiny_model("llama"), tmp_path / "model")}})
+    g = torch.Generator().manual_seed(0)
+    dirs = {1: torch.randn(64, generator=g), 2: torch.randn(64, generator=g)}
+    export_gguf(dirs, tmp_path / "cv.gguf", "tiny")
+    res = import_control_vector(exp, tmp_path / "cv.gguf", "pv_instruction/pirate")
+    assert res.trait == "instruction/pirate" and res.d_model == 64
+    back = load_vector_set(exp, "instruction/pirate", "imported", "response[:]", "gguf")
+    assert sorted(back) == [1, 2] and torch.equal(back[2].vector, dirs[2]) and back[1].meta["trait"] == "instruction/pirate"
+    out = export_control_vector(exp, "instruction/pirate", tmp_path / "again.gguf", variant="imported", method="gguf", layers=[2])
+    assert out.layers == [2] and torch.equal(import_gguf(out.path)[0][2], dirs[2])
+    # another width: refused, nothing written
+    export_gguf({1: torch.randn(8)}, tmp_path / "narrow.gguf", "other")
+    with pytest.raises(ShapeError, match="width 8 does not match d_model 64"):
+        import_control_vector(exp, tmp_path / "narrow.gguf", "natural/pirate")
+    assert not exp.trait_vectors_dir("natural/pirate").exists()
+    # a trait from its own directory: extract records its id; steer resolves it from the extraction
+    custom = tmp_path / "mytraits" / "corsair"
+    shutil.copytree(resolve_trait_path("instruction/pirate"), custom)
+    tid = load_trait(custom).id
+    assert tid == "instruction/corsair" and trait_id(tid) == tid
+    with pytest.raises(Exception, match="unknown trait"):
+        resolve_trait(exp, tid)
+    write_json(exp.extraction_dir(tid, "instruct", "response[:]", "resid") / "extraction.json",
+               {"kind": "trait vector extraction", "meta": {"trait": tid, "trait_path": str(custom)}})
+    assert resolve_trait(exp, tid).path == custom

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from . import hooks
 from .errors import ConfigError, DataFormatError
 from .models.loading import LoadedModel
+from .stage import StageConfig, at_least, in_range, option
 
 
 @dataclass
@@ -79,6 +80,24 @@ class Generation:
 
 
 GENERATIONS_SUFFIX = ".jsonl"
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output file that cannot be written (its directory is a file, or not
+    writable, or the path is a directory) — without creating anything."""
+    import os
+
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {p} is a directory; give a file path")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {p}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(f"{flag} {p}: not writable")
+    return p
 
 
 def save_generations(path: str | Path, gens: Iterable[Generation]) -> Path:
@@ -193,6 +212,31 @@ def format_prompts(lm: LoadedModel, prompts: Sequence[Prompt], chat: bool | str 
             text = f"{p.system}\n\n{p.question}" if p.system else p.question
             out.append((text, lm.encode(text, formatted=False)))
     return out
+
+
+@dataclass
+class GenerateConfig(StageConfig):
+    """Settings of :func:`generate` as the ``generate`` command takes them."""
+
+    max_new_tokens: int = option(64, flag="--max-new-tokens", help="Generation length cap.")
+    n: int = option(1, flag="--n", help="Rollouts per prompt.")
+    do_sample: bool = option(False, flag="--sample/--greedy", help="Sample (with --temperature/--top-p) or greedy.")
+    temperature: float = option(1.0, flag="--temperature", help="Sampling temperature.")
+    top_p: float = option(1.0, flag="--top-p", help="Nucleus sampling mass.")
+    seed: int = option(0, flag="--seed", help="Base seed for sampling.")
+    batch_size: int = option(32, flag="--batch-size", help="Rows per model.generate call.")
+
+    def validate(self) -> None:
+        at_least(self, "max_new_tokens", 1)
+        at_least(self, "n", 1)
+        at_least(self, "batch_size", 1)
+        if not self.temperature > 0:
+            raise ConfigError(f"--temperature must be > 0, got {self.temperature!r}")
+        in_range(self, "top_p", 0.0, 1.0)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`generate`."""
+        return self.to_dict()
 
 
 @torch.no_grad()
