@@ -257,6 +257,8 @@ def generate(
 ) -> list[Generation]:
     """Generate responses for ``prompts`` (``n`` rollouts each), batched and left-padded.
 
+    (Long because the arguments are documented here; the body is one batch loop.)
+
     Args:
         prompts: user messages (strings), :class:`Prompt` objects or dicts (see :func:`as_prompts`).
         system: one system prompt for all, or one per prompt.

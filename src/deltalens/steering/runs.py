@@ -130,6 +130,10 @@ class SteeringRun(StageResult):
 
     KIND = "steering run"
     FILENAME = "steering.json"
+    LAYERS_CSV = "layers.csv"
+    CONFIGS_CSV = "configs.csv"
+    DELTA_FIGURE = "trait_delta_by_layer.png"
+    SCATTER_FIGURE = "trait_vs_coherence.png"
 
     baseline: SteeringRecord
     records: list[SteeringRecord]
@@ -159,20 +163,20 @@ class SteeringRun(StageResult):
 
         out = Path(directory)
         path = super().save(out)
-        atomic_write(out / "layers.csv", _csv(self.layers, ["method", "layer", "n", "best_coef", "delta", "coherence"]))
+        atomic_write(out / self.LAYERS_CSV, _csv(self.layers, ["method", "layer", "n", "best_coef", "delta", "coherence"]))
         rows = self.config_rows()
-        atomic_write(out / "configs.csv", _csv(rows, ["method", "layer", "coef", "trait", "coherence", "delta"]))
+        atomic_write(out / self.CONFIGS_CSV, _csv(rows, ["method", "layer", "coef", "trait", "coherence", "delta"]))
         layers = sorted({r["layer"] for r in self.layers})
         if layers:
             series = {}
             for m in sorted({r["method"] for r in self.layers}):
                 by = {r["layer"]: r["delta"] for r in self.layers if r["method"] == m}
                 series[m] = [float("nan") if by.get(L) is None else by[L] for L in layers]
-            lines_by_layer(series, out / "trait_delta_by_layer.png", layers=layers,
+            lines_by_layer(series, out / self.DELTA_FIGURE, layers=layers,
                            title="best trait Δ with coherence ≥ 70", ylabel="trait Δ (judge points)")
         ok = [r for r in rows if r["delta"] is not None and r["coherence"] is not None]
         if ok:
-            scatter([r["coherence"] for r in ok], [r["delta"] for r in ok], out / "trait_vs_coherence.png",
+            scatter([r["coherence"] for r in ok], [r["delta"] for r in ok], out / self.SCATTER_FIGURE,
                     title="every configuration", xlabel="coherence", ylabel="trait Δ",
                     annotate=[f"{str(r['method'])[:2]} L{r['layer']} {r['coef']:g}" for r in ok] if len(ok) <= 24 else None)
         return path

@@ -78,6 +78,9 @@ def generate_sweep(
 ) -> list[list[Generation]]:
     """Greedy generation of every prompt under every configuration, batched.
 
+    (One function on purpose: prefill, KV-cache expansion and the shrinking decode loop share
+    the batch state — cache, mask, active rows — that the exact-equality tests pin down.)
+
     Args:
         prompts: as for :func:`deltalens.generate` (strings, dicts, :class:`~deltalens.Prompt`).
         configs: the configurations (:class:`~deltalens.steering.Candidate`); ``Candidate()``
