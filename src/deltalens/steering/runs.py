@@ -111,6 +111,17 @@ def _csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return buf.getvalue()
 
 
+def _read_header(cls: type[StageResult], directory: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The result file of ``cls`` in ``directory`` and its JSON (DataFormatError for another kind)."""
+    path = cls.path_in(directory)
+    if not path.is_file():
+        raise DataFormatError(f"not a valid {cls.KIND}: {path} (no such file)")
+    d = read_json(path)
+    if not isinstance(d, dict) or d.get("kind") != cls.KIND:
+        raise DataFormatError(f"not a valid {cls.KIND}: {path} (kind is {d.get('kind') if isinstance(d, dict) else None!r})")
+    return path, d
+
+
 def _records_from(log_path: Path, judge: str | None, keys: Sequence[str], what: Path) -> list[SteeringRecord]:
     if not log_path.is_file():
         raise DataFormatError(f"not a valid steering result: {what} (its results log {log_path} is missing)")
@@ -183,12 +194,7 @@ class SteeringRun(StageResult):
 
     @classmethod
     def load(cls, directory: str | Path) -> SteeringRun:  # type: ignore[override]
-        path = cls.path_in(directory)
-        if not path.is_file():
-            raise DataFormatError(f"not a valid {cls.KIND}: {path} (no such file)")
-        d = read_json(path)
-        if not isinstance(d, dict) or d.get("kind") != cls.KIND:
-            raise DataFormatError(f"not a valid {cls.KIND}: {path} (kind is {d.get('kind') if isinstance(d, dict) else None!r})")
+        path, d = _read_header(cls, directory)
         try:
             log_path = path.parent / str(d["results"])
             base, *recs = _records_from(log_path, d.get("judge") or None, [d["baseline_key"], *d["record_keys"]], path)
@@ -354,12 +360,7 @@ class CombinationResult(StageResult):
 
     @classmethod
     def load(cls, directory: str | Path) -> CombinationResult:  # type: ignore[override]
-        path = cls.path_in(directory)
-        if not path.is_file():
-            raise DataFormatError(f"not a valid {cls.KIND}: {path} (no such file)")
-        d = read_json(path)
-        if not isinstance(d, dict) or d.get("kind") != cls.KIND:
-            raise DataFormatError(f"not a valid {cls.KIND}: {path} (kind is {d.get('kind') if isinstance(d, dict) else None!r})")
+        path, d = _read_header(cls, directory)
         try:
             log_path = path.parent / str(d["results"])
             base, *recs = _records_from(log_path, d.get("judge") or None, [d["baseline_key"], *d["record_keys"]], path)
