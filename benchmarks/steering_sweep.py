@@ -33,7 +33,7 @@ REPS = int(os.environ.get("DELTALENS_BENCH_REPS", "2"))
 def main() -> int:
     import deltalens
     from deltalens.data.traits import load_trait
-    from deltalens.steering import SteerConfig, SteerTerm, generate_sweep
+    from deltalens.steering import Candidate, Term, generate_sweep
     from deltalens.vectors import reference_norms
 
     if os.environ.get("DELTALENS_THREADS"):
@@ -46,7 +46,7 @@ def main() -> int:
     layers = [6, 10, 14, 18]
     norms = reference_norms(lm, layers)
     configs = [
-        SteerConfig((SteerTerm(L, direction * norms[L], rel),), label=f"L{L} x{rel}")
+        Candidate((Term(direction * norms[L], rel, layer=L, coef_mode="raw"),), label=f"L{L} x{rel}")
         for L in layers
         for rel in (0.2, 0.4)
     ]
@@ -56,7 +56,7 @@ def main() -> int:
     def one_at_a_time():
         out = []
         for cfg in configs:
-            ivs = [deltalens.Add((x.layer, x.component), x.vector, x.coef, positions="response") for x in cfg.terms]
+            ivs = [deltalens.Add(x.site, x.vector.vector, x.coef, positions="response") for x in cfg.terms]
             with deltalens.intervene(lm, ivs):
                 out.append(deltalens.generate(lm, questions, max_new_tokens=N_NEW, batch_size=20, progress=False))
         return out

@@ -57,6 +57,51 @@ CASES: list[Case] = []
 # == core (capture, generate, info, stores) ==
 
 # == steering ==
+def _steer_model(tmp: Path) -> dict[str, str]:
+    """A tiny model (d_model 64) recorded as the experiment's instruct variant, a vector file of
+    width 8 filed as instruction/pirate, and a control vector of width 8."""
+    import torch
+
+    from deltalens.experiment import Experiment
+    from deltalens.vectors import TraitVector, export_gguf
+    from tiny import save_tiny, tiny_model
+
+    model = save_tiny(tiny_model("llama"), tmp / "model")
+    exp = Experiment(tmp / "exp")
+    exp.save_config({"name": "exp", "models": {"instruct": model}})
+    meta = {"trait": "instruction/pirate", "variant": "instruct", "positions": "response[:4]", "component": "resid",
+            "layer": 1, "method": "mean_diff"}
+    TraitVector(torch.ones(8), meta).save(exp.vector_path("instruction/pirate", "instruct", "response[:4]", "resid", "mean_diff", 1))
+    export_gguf({1: torch.ones(8)}, tmp / "cv.gguf", "other")
+    return {"model": model, "exp": str(exp.root), "gguf": str(tmp / "cv.gguf")}
+
+
+CASES += [
+    Case("steer-variant-without-model", ["extract", "-e", "{tmp}/exp", "--trait", "instruction/pirate", "--model-variant", "base"],
+         "set models.base in"),
+    Case("extract-unknown-method", ["extract", "-e", "{tmp}/exp", "--trait", "instruction/pirate", "--methods", "mean_diff,svm"],
+         "--methods must be one of mean_diff, probe, pca; got 'svm'"),
+    Case("extract-val-fraction", ["extract", "-e", "{tmp}/exp", "--trait", "instruction/pirate", "--val-fraction", "1.5"],
+         "--val-fraction must be in [0, 1), got 1.5"),
+    Case("steer-coef-mode", ["steer", "-e", "{tmp}/exp", "--vector-from-trait", "instruction/pirate", "--coef-mode", "huge"],
+         "--coef-mode must be one of relative, raw; got 'huge'"),
+    Case("steer-max-new-tokens", ["steer", "-e", "{tmp}/exp", "--vector-from-trait", "instruction/pirate", "--max-new-tokens", "0"],
+         "--max-new-tokens must be ≥ 1, got 0"),
+    Case("steer-vector-width", ["steer", "-e", "{exp}", "--vector-from-trait", "instruction/pirate", "--position", "response[:4]",
+                                "--layers", "1", "--subset", "1", "--max-new-tokens", "2"],
+         "has width 8, the model", _steer_model),
+    Case("import-gguf-width", ["import-gguf", "{gguf}", "-e", "{exp}", "--trait", "instruction/pirate"],
+         "control vector width 8 does not match d_model 64", _steer_model),
+    Case("import-gguf-trait", ["import-gguf", "{gguf}", "-e", "{exp}", "--trait", "pirate"],
+         "--trait 'pirate': give a trait id <format>/<name>", _steer_model),
+    Case("export-gguf-missing-layer", ["export-gguf", "-e", "{exp}", "--trait", "instruction/pirate", "--position", "response[:4]",
+                                       "--layers", "3", "--out", "{tmp}/x/out.gguf"],
+         "no vectors for layers [3] (have [1])", _steer_model),
+    Case("generate-max-new-tokens", ["generate", "--prompt", "hi", "--max-new-tokens", "-5"], "--max-new-tokens must be ≥ 1, got -5"),
+    Case("generate-batch-size", ["generate", "--prompt", "hi", "--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
+    Case("generate-unwritable-out", ["generate", "--prompt", "hi", "--out", "{tmp}/blocker/out.jsonl"], "is not a directory",
+         lambda tmp: (tmp / "blocker").write_text("a file") and {}),
+]
 
 # == diffing ==
 

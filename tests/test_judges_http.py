@@ -191,7 +191,7 @@ def test_cache_keeps_final_scores_and_retries_errors(judge, server, tmp_path):
 def test_steering_run_with_failing_judge_keeps_scores_and_resumes(judge, server, tmp_path, monkeypatch):
     """Mid-sweep judge failures do not crash the run; the re-run re-scores only what failed
     and does not regenerate anything."""
-    from deltalens.steering.evaluate import Candidate, EvalSettings, evaluate
+    from deltalens.steering.evaluate import Candidate, EvalSettings, evaluate_candidates
     from deltalens.steering.results import ResultsLog
     from tiny import tiny_model
 
@@ -200,9 +200,9 @@ def test_steering_run_with_failing_judge_keeps_scores_and_resumes(judge, server,
     settings = EvalSettings(questions, max_new_tokens=3)
     log = ResultsLog(tmp_path / "results.jsonl")
     cache = JudgeCache(tmp_path / "cache.sqlite")
-    rec = evaluate(lm, [Candidate.baseline()], settings, judge, TRAIT, log, cache=cache, progress=False)[0]
-    assert rec["n_errors"] == 1 and rec["trait_mean"] == pytest.approx((0.25 * 50 + 0.5 * 60 + 0.15 * 70) / 0.9)
-    assert rec["responses"][1]["trait_status"] == "error"
+    rec = evaluate_candidates(lm, [Candidate.baseline()], settings, judge, TRAIT, log, cache=cache, progress=False)[0]
+    assert rec.n_errors == 1 and rec.trait_mean == pytest.approx((0.25 * 50 + 0.5 * 60 + 0.15 * 70) / 0.9)
+    assert rec.responses[1]["trait_status"] == "error"
     # the server recovers; a re-run must not regenerate, only re-score the failed item
     monkeypatch.setattr(judge, "timeout", 5.0)
     import deltalens.steering.evaluate as ev
@@ -213,8 +213,8 @@ def test_steering_run_with_failing_judge_keeps_scores_and_resumes(judge, server,
     monkeypatch.setattr(ev, "generate_sweep", no_generation)
     n = len(server.requests)
     log2 = ResultsLog(tmp_path / "results.jsonl")
-    rec2 = evaluate(lm, [Candidate.baseline()], settings, judge, TRAIT, log2, cache=cache, progress=False)[0]
-    assert rec2["n_errors"] == 0 and rec2["responses"][1]["trait"] == 50.0
+    rec2 = evaluate_candidates(lm, [Candidate.baseline()], settings, judge, TRAIT, log2, cache=cache, progress=False)[0]
+    assert rec2.n_errors == 0 and rec2.responses[1]["trait"] == 50.0
     assert len(server.requests) - n == 2  # trait + coherence of the slow item only
     assert log2.appended == 1
     text = (tmp_path / "results.jsonl").read_text()

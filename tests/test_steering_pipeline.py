@@ -12,10 +12,10 @@ from deltalens.errors import StoreMismatchError
 from deltalens.experiment import Experiment
 from deltalens.judges import CoherenceScorer, JudgeCache, OfflineJudge, TraitClassifier, TraitInfo
 from deltalens.steering.combine import Source, combination_candidates, comparison_table, summed_vector
-from deltalens.steering.evaluate import Candidate, EvalSettings, evaluate
-from deltalens.steering.extraction import extract, load_vector_set
+from deltalens.steering.evaluate import Candidate, EvalSettings, evaluate_candidates
+from deltalens.steering.extraction import ExtractConfig, extract, load_vector_set
 from deltalens.steering.monitor import project
-from deltalens.steering.results import ResultsLog
+from deltalens.steering.results import ResultsLog, SteeringRecord
 from deltalens.steering.search import LayerState, _next_coef, adaptive_search, checkpoint_summary
 from deltalens.vectors import TraitVector
 
@@ -27,7 +27,8 @@ def extracted(tmp_path_factory):
     lm = tiny_model("llama")
     exp = Experiment(tmp_path_factory.mktemp("exp"))
     trait = load_trait("instruction/pirate")
-    res = extract(lm, exp, trait, "instruct", "response[:4]", ["mean_diff", "probe", "pca"], max_new_tokens=6, progress=False)
+    res = extract(lm, exp, trait, ExtractConfig(variant="instruct", position="response[:4]", methods=["mean_diff", "probe", "pca"],
+                                                max_new_tokens=6), progress=False)
     return lm, exp, trait, res
 
 
@@ -53,14 +54,12 @@ def test_extraction_writes_one_file_per_layer_and_method(extracted):
 def test_mean_diff_vector_equals_mean_of_captured_activations(extracted):
     """Independent check: recompute the layer-1 mean_diff from the train split's responses."""
     from deltalens.capture import capture
-    from deltalens.generate import Generation
-    from deltalens.io import read_json
+    from deltalens.generate import load_generations
     from deltalens.store import split_of
 
     lm, exp, trait, res = extracted
     d = exp.responses_dir(trait.id, "instruct")
-    pos = [Generation.from_dict(g) for g in read_json(d / "pos.json")]
-    neg = [Generation.from_dict(g) for g in read_json(d / "neg.json")]
+    pos, neg = load_generations(d / "pos.jsonl"), load_generations(d / "neg.jsonl")
     acts = capture(lm, pos + neg, [(1, "resid")], "response[:4]", reduce="mean", progress=False)
     x = acts[(1, "resid")]
     train = torch.tensor([split_of(g.index, 0.2) == "train" for g in pos + neg])
@@ -71,10 +70,11 @@ def test_mean_diff_vector_equals_mean_of_captured_activations(extracted):
 
 def test_responses_are_reused_or_refused(extracted):
     lm, exp, trait, _ = extracted
-    again = extract(lm, exp, trait, "instruct", "response[:2]", ["mean_diff"], layers=[1], max_new_tokens=6, progress=False)
+    cfg = ExtractConfig(variant="instruct", position="response[:2]", methods=["mean_diff"], layers=[1], max_new_tokens=6)
+    again = extract(lm, exp, trait, cfg, progress=False)
     assert again.reused_responses
     with pytest.raises(StoreMismatchError, match="max_new_tokens .*--regenerate"):
-        extract(lm, exp, trait, "instruct", "response[:2]", ["mean_diff"], layers=[1], max_new_tokens=9, progress=False)
+        extract(lm, exp, trait, cfg.replace(max_new_tokens=9), progress=False)
 
 
 def test_adaptive_step_rule():
@@ -109,24 +109,24 @@ def test_evaluate_resumes_without_recomputing(extracted, tmp_path):
     info = TraitInfo.from_trait(trait)
     log = ResultsLog(tmp_path / "r.jsonl")
     cache = JudgeCache(tmp_path / "c.sqlite")
-    recs = evaluate(lm, cands, settings, judge, info, log, cache=cache, progress=False)
+    recs = evaluate_candidates(lm, cands, settings, judge, info, log, cache=cache, progress=False)
     assert log.appended == 3  # the duplicate candidate is evaluated once
-    assert recs[2]["key"] == recs[3]["key"]
+    assert recs[2].key == recs[3].key
     r = recs[1]
-    assert r["kind"] == "single" and r["layer"] == 1 and r["coef"] == 0.2 and r["method"] == "mean_diff"
-    assert r["n"] == 3 and r["n_errors"] == 0 and len(r["responses"]) == 3
-    assert r["trait_mean"] == pytest.approx(sum(x["trait"] for x in r["responses"]) / 3)
+    assert r.kind == "single" and r.layer == 1 and r.coef == 0.2 and r.method == "mean_diff"
+    assert r.n == 3 and r.n_errors == 0 and len(r.responses) == 3
+    assert r.trait_mean == pytest.approx(sum(x["trait"] for x in r.responses) / 3)
     from deltalens.vectors import reference_norms
 
-    assert r["terms"][0]["added_norm"] == pytest.approx(0.2 * reference_norms(lm, [1])[1], rel=1e-3)
+    assert r.terms[0]["added_norm"] == pytest.approx(0.2 * reference_norms(lm, [1])[1], rel=1e-3)
     # a kill leaves a half-written line; a new process skips it and appends on a fresh line
     with open(tmp_path / "r.jsonl", "a") as fh:
         fh.write('{"key": "half')
     with pytest.warns(UserWarning, match="skipped 1 unreadable line"):
         log2 = ResultsLog(tmp_path / "r.jsonl")
-    recs2 = evaluate(lm, cands + [Candidate.single(vs[3], 0.1)], settings, judge, info, log2, cache=cache, progress=False)
+    recs2 = evaluate_candidates(lm, cands + [Candidate.single(vs[3], 0.1)], settings, judge, info, log2, cache=cache, progress=False)
     assert log2.appended == 1  # only the new candidate
-    assert [x["trait_mean"] for x in recs2[:4]] == [x["trait_mean"] for x in recs]
+    assert [x.trait_mean for x in recs2[:4]] == [x.trait_mean for x in recs]
     lines = (tmp_path / "r.jsonl").read_text().splitlines()
     assert lines[-2] == '{"key": "half' and json.loads(lines[-1])["layer"] == 3
 
@@ -149,11 +149,11 @@ def test_adaptive_search_and_checkpoint(extracted, tmp_path):
 
 
 def test_checkpoint_summary_numbers():
-    base = {"trait_mean": 10.0, "coherence_mean": 90.0}
+    base = SteeringRecord("b", "baseline", trait_mean=10.0, coherence_mean=90.0)
 
     def rec(layer, coef, t, c, method="mean_diff"):
-        return {"kind": "single", "layer": layer, "coef": coef, "trait_mean": t, "coherence_mean": c, "method": method,
-                "terms": [{"coef_mode": "relative"}]}
+        return SteeringRecord.from_dict({"key": f"{method}{layer}{coef}", "kind": "single", "layer": layer, "coef": coef,
+                                         "trait_mean": t, "coherence_mean": c, "method": method, "terms": [{"coef_mode": "relative"}]})
 
     records = [rec(5, 0.1, 20, 92), rec(5, 0.2, 40, 85), rec(5, 0.3, 60, 75), rec(5, 0.4, 80, 50),
                rec(6, 0.1, 25, 88), rec(6, 0.2, 70, 72), rec(6, 0.3, 90, 30), rec(6, 0.1, 50, 95, "probe")]
@@ -183,9 +183,9 @@ def test_combination_strategies():
     assert cands[0].terms[0].at_layer == 3 and cands[2].terms[0].at_layer == 4
     ens = cands[4]
     assert [(t.at_layer, t.coef) for t in ens.terms] == [(3, 0.1), (4, 0.2)]  # half coefficients at m = 1
-    base = {"trait_mean": 10.0}
-    recs = [{"meta": c.meta, "terms": [t.describe() for t in c.terms], "trait_mean": 20.0 + 5 * i, "coherence_mean": 80.0 - 5 * i}
-            for i, c in enumerate(cands)]
+    base = SteeringRecord("b", "baseline", trait_mean=10.0)
+    recs = [SteeringRecord(str(i), "combination", meta=c.meta, terms=[t.describe() for t in c.terms], trait_mean=20.0 + 5 * i,
+                           coherence_mean=80.0 - 5 * i) for i, c in enumerate(cands)]
     table = comparison_table(a, b, recs, base)
     assert [r["config"] for r in table] == ["best single (natural)", "best single (instruction)", "strategy 1", "strategy 2",
                                             "strategy 3", "strategy 4"]
@@ -218,20 +218,20 @@ def test_projections_are_written_next_to_scores(extracted, tmp_path):
     vs = load_vector_set(exp, trait.id, "instruct", "response[:4]", "mean_diff")
     settings = EvalSettings(trait.steering_questions[:2], max_new_tokens=4)
     mon = Monitor(vs[2].vector, (2, "resid"))
-    rec = evaluate(lm, [Candidate.single(vs[1], 0.3)], settings, _judge(lm), TraitInfo.from_trait(trait),
+    rec = evaluate_candidates(lm, [Candidate.single(vs[1], 0.3)], settings, _judge(lm), TraitInfo.from_trait(trait),
                    ResultsLog(tmp_path / "r.jsonl"), monitor=mon, progress=False)[0]
-    items = [{"prompt_ids": r["prompt_ids"], "response_ids": r["response_ids"]} for r in rec["responses"]]
+    items = [{"prompt_ids": r["prompt_ids"], "response_ids": r["response_ids"]} for r in rec.responses]
     expect = project(lm, items, vs[2].vector, (2, "resid")).tolist()
-    assert [r["projection"] for r in rec["responses"]] == pytest.approx(expect)
-    assert rec["projection_mean"] == pytest.approx(sum(expect) / len(expect))
-    assert all(r["trait"] is not None and r["coherence"] is not None for r in rec["responses"])
+    assert [r["projection"] for r in rec.responses] == pytest.approx(expect)
+    assert rec.projection_mean == pytest.approx(sum(expect) / len(expect))
+    assert all(r["trait"] is not None and r["coherence"] is not None for r in rec.responses)
 
 
 def test_uninformative_offline_judge_is_flagged(tmp_path):
     """When the trait's positive and negative responses are indistinguishable, the offline
     judge says so instead of silently returning noise."""
-    from deltalens.generate import Generation
-    from deltalens.io import atomic_write, to_json, write_json
+    from deltalens.generate import Generation, save_generations
+    from deltalens.io import write_json
     from deltalens.steering.extraction import _trait_hash
     from deltalens.steering.pipeline import offline_judge
     from tiny import tiny_model
@@ -243,9 +243,8 @@ def test_uninformative_offline_judge_is_flagged(tmp_path):
             "Revenue grew slightly this year.", "The train is late again.", "Water the plants twice a week."]
     d = exp.responses_dir(trait.id, "instruct")
     for pol in ("pos", "neg"):
-        gens = [Generation(i, 0, "q", None, "p", pool[(i + (pol == "neg")) % len(pool)], [1], [2], True).to_dict()
-                for i in range(24)]
-        atomic_write(d / f"{pol}.json", to_json(gens))
+        gens = [Generation(i, 0, "q", None, "p", pool[(i + (pol == "neg")) % len(pool)], [1], [2], True) for i in range(24)]
+        save_generations(d / f"{pol}.jsonl", gens)
     write_json(d / "meta.json", {"weights_hash": lm.weights_hash, "trait_data": _trait_hash(trait)})
     with pytest.warns(UserWarning, match="cannot tell instruction/pirate's positive from its negative"):
         j = offline_judge(lm, exp, trait, "instruct", progress=False)
@@ -274,3 +273,61 @@ def test_judge_filter_keeps_agreeing_coherent_responses():
     kp, kn, counts = filter_responses(pos, neg, KeywordJudge(), load_trait("instruction/pirate"))
     assert [x.response for x in kp] == ["arr matey"] and [x.response for x in kn] == ["plain"]
     assert counts == {"pos_before": 3, "neg_before": 3, "pos_kept": 1, "neg_kept": 1}
+
+
+def test_model_spec_for_defaults_only_the_default_variant(tmp_path):
+    """A variant without a recorded model used to resolve silently to the bundled SmolLM2;
+    only the default variant (instruct) may fall back, any other names the key to set."""
+    from deltalens.errors import ConfigError
+    from deltalens.steering.pipeline import DEFAULT_MODEL, model_spec_for
+
+    exp = Experiment(tmp_path / "exp")
+    with pytest.raises(ConfigError, match=r"models\.base in .*config\.yaml or pass --model"):
+        model_spec_for(exp, "base")
+    assert not exp.root.exists()  # nothing written
+    assert model_spec_for(exp, "instruct") == DEFAULT_MODEL
+    assert model_spec_for(exp, "base", "some/model") == "some/model"
+    assert model_spec_for(exp, "base") == "some/model"  # recorded
+    assert exp.load_config()["models"] == {"instruct": DEFAULT_MODEL, "base": "some/model"}
+
+
+def test_control_vector_names_and_widths_round_trip(tmp_path):
+    """import-gguf files vectors under the trait id steer and extract use (aliases normalised),
+    export-gguf takes that id back, and a control vector of another width is refused before
+    anything is written."""
+    import shutil
+
+    from deltalens.data.traits import resolve_trait_path
+    from deltalens.errors import ShapeError
+    from deltalens.io import write_json
+    from deltalens.steering.control import export_control_vector, import_control_vector
+    from deltalens.steering.pipeline import resolve_trait, trait_id
+    from deltalens.vectors import export_gguf, import_gguf
+    from tiny import save_tiny, tiny_model
+
+    exp = Experiment(tmp_path / "exp")
+    exp.save_config({"name": "exp", "models": {"instruct": save_tiny(tiny_model("llama"), tmp_path / "model")}})
+    g = torch.Generator().manual_seed(0)
+    dirs = {1: torch.randn(64, generator=g), 2: torch.randn(64, generator=g)}
+    export_gguf(dirs, tmp_path / "cv.gguf", "tiny")
+    res = import_control_vector(exp, tmp_path / "cv.gguf", "pv_instruction/pirate")
+    assert res.trait == "instruction/pirate" and res.d_model == 64
+    back = load_vector_set(exp, "instruction/pirate", "imported", "response[:]", "gguf")
+    assert sorted(back) == [1, 2] and torch.equal(back[2].vector, dirs[2]) and back[1].meta["trait"] == "instruction/pirate"
+    out = export_control_vector(exp, "instruction/pirate", tmp_path / "again.gguf", variant="imported", method="gguf", layers=[2])
+    assert out.layers == [2] and torch.equal(import_gguf(out.path)[0][2], dirs[2])
+    # another width: refused, nothing written
+    export_gguf({1: torch.randn(8)}, tmp_path / "narrow.gguf", "other")
+    with pytest.raises(ShapeError, match="width 8 does not match d_model 64"):
+        import_control_vector(exp, tmp_path / "narrow.gguf", "natural/pirate")
+    assert not exp.trait_vectors_dir("natural/pirate").exists()
+    # a trait from its own directory: extract records its id; steer resolves it from the extraction
+    custom = tmp_path / "mytraits" / "corsair"
+    shutil.copytree(resolve_trait_path("instruction/pirate"), custom)
+    tid = load_trait(custom).id
+    assert tid == "instruction/corsair" and trait_id(tid) == tid
+    with pytest.raises(Exception, match="unknown trait"):
+        resolve_trait(exp, tid)
+    write_json(exp.extraction_dir(tid, "instruct", "response[:]", "resid") / "extraction.json",
+               {"kind": "trait vector extraction", "meta": {"trait": tid, "trait_path": str(custom)}})
+    assert resolve_trait(exp, tid).path == custom

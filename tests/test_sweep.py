@@ -7,7 +7,8 @@ import torch
 
 import deltalens
 from deltalens import Add, Read, intervene
-from deltalens.steering import SteerConfig, SteerTerm, SweepStats, generate_sweep
+from deltalens.errors import PositionSpecError
+from deltalens.steering import Candidate, SweepStats, Term, generate_sweep
 from tiny import tiny_model
 
 PROMPTS = [
@@ -23,16 +24,20 @@ def _configs(d, seed=1):
     g = torch.Generator().manual_seed(seed)
     v1, v2 = torch.randn(d, generator=g), torch.randn(d, generator=g)
     return [
-        SteerConfig(),  # unsteered baseline
-        SteerConfig((SteerTerm(1, v1, 2.0),)),
-        SteerConfig((SteerTerm(2, v2, -3.0),)),
-        SteerConfig((SteerTerm(1, v1, 1.0), SteerTerm(3, v2, 2.0))),  # ensemble over two layers
-        SteerConfig((SteerTerm(0, v2, 0.5, "mlp_out"),)),
+        Candidate(),  # unsteered baseline
+        Candidate((_raw(1, v1, 2.0),)),
+        Candidate((_raw(2, v2, -3.0),)),
+        Candidate((_raw(1, v1, 1.0), _raw(3, v2, 2.0))),  # ensemble over two layers
+        Candidate((_raw(0, v2, 0.5, "mlp_out"),)),
     ]
 
 
+def _raw(layer, v, coef, component=None):
+    return Term(v, coef, layer=layer, coef_mode="raw", component=component)
+
+
 def _one_at_a_time(lm, cfg, positions, n_new):
-    ivs = [Add((t.layer, t.component), t.vector, t.coef, positions=positions) for t in cfg.terms]
+    ivs = [Add((t.at_layer, t.at_component), t.vector.vector, t.coef, positions=positions) for t in cfg.terms]
     with intervene(lm, ivs):
         return deltalens.generate(lm, PROMPTS, max_new_tokens=n_new, batch_size=8, progress=False)
 
@@ -91,7 +96,7 @@ def test_sweep_steers_every_generated_token_and_no_prompt_token():
     unsteered rows."""
     lm = tiny_model("llama")
     v = torch.randn(lm.d_model)
-    configs = [SteerConfig(), SteerConfig((SteerTerm(1, v, 2.5),))]
+    configs = [Candidate(), Candidate((_raw(1, v, 2.5),))]
     before, after = Read((1, "resid")), Read((2, "resid_pre"))  # resid_pre of 2 == resid of 1 after the Add
     with intervene(lm, [before, after]):
         out = generate_sweep(lm, PROMPTS, configs, max_new_tokens=5, progress=False)
@@ -110,6 +115,6 @@ def test_sweep_steers_every_generated_token_and_no_prompt_token():
 
 def test_bad_arguments():
     lm = tiny_model("llama")
-    with pytest.raises(ValueError, match="select prompt tokens"):
-        generate_sweep(lm, PROMPTS, [SteerConfig()], positions="all", share_prefill=True, progress=False)
-    assert generate_sweep(lm, [], [SteerConfig()], progress=False) == [[]]
+    with pytest.raises(PositionSpecError, match="select prompt tokens"):
+        generate_sweep(lm, PROMPTS, [Candidate()], positions="all", share_prefill=True, progress=False)
+    assert generate_sweep(lm, [], [Candidate()], progress=False) == [[]]

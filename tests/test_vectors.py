@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from deltalens.errors import DataFormatError, ShapeError
+from deltalens.errors import ConfigError, DataFormatError, ShapeError
 from deltalens.vectors import (
     auroc,
     cohens_d,
@@ -14,10 +14,9 @@ from deltalens.vectors import (
     export_gguf,
     fit_direction,
     import_gguf,
-    load_vector,
     reference_norms,
-    save_vector,
 )
+from deltalens.vectors import TraitVector, VectorSet
 
 
 def planted(n=120, d=32, sep=3.0, seed=0):
@@ -56,7 +55,7 @@ def test_pca_on_unpaired_data_and_bad_shapes():
     assert float(d.unit @ u) > 0.8
     with pytest.raises(ShapeError):
         fit_direction(pos, neg[:, :5], "mean_diff")
-    with pytest.raises(ValueError, match="unknown method 'svm'"):
+    with pytest.raises(ConfigError, match="unknown method 'svm'"):
         fit_direction(pos, neg, "svm")
 
 
@@ -89,19 +88,23 @@ def test_probe_accuracy_uses_its_decision_function():
 
 def test_vector_file_roundtrip(tmp_path):
     v = torch.randn(16)
-    p = save_vector(tmp_path / "layer3.safetensors", v, {"layer": 3, "method": "probe", "val_accuracy": 0.9, "trait": "x"})
-    tv = load_vector(p)
+    p = TraitVector(v, {"layer": 3, "method": "probe", "val_accuracy": 0.9, "trait": "x"}).save(tmp_path / "layer3.safetensors")
+    tv = TraitVector.load(p)
     torch.testing.assert_close(tv.vector, v)
     assert tv.layer == 3 and tv.method == "probe" and tv.meta["val_accuracy"] == 0.9
     assert tv.meta["format"] == "deltalens.vector/1"
-    assert len(tv.fingerprint()) == 16 and tv.fingerprint() == load_vector(p).fingerprint()
+    assert len(tv.fingerprint()) == 16 and tv.fingerprint() == TraitVector.load(p).fingerprint()
     with pytest.raises(ShapeError):
-        save_vector(tmp_path / "bad.safetensors", torch.zeros(2, 3), {})
+        TraitVector(torch.zeros(2, 3), {}).save(tmp_path / "bad.safetensors")
     from deltalens.io import save_tensors
 
     save_tensors(tmp_path / "other.safetensors", {"w": torch.zeros(3)})
     with pytest.raises(DataFormatError, match="not a deltalens vector file"):
-        load_vector(tmp_path / "other.safetensors")
+        TraitVector.load(tmp_path / "other.safetensors")
+    vs = VectorSet({L: TraitVector(torch.randn(16), {"layer": L}) for L in (2, 10)})
+    back = VectorSet.load(vs.save(tmp_path / "set"))
+    assert sorted(back) == [2, 10] and all(torch.equal(back[L].vector, vs[L].vector) for L in back)
+    assert sorted(VectorSet.load(tmp_path / "set", layers=[10])) == [10] and back.width == 16
 
 
 def test_gguf_control_vector_roundtrip_and_format(tmp_path):

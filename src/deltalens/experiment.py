@@ -143,6 +143,15 @@ class Experiment:
         """llama.cpp control vector (GGUF) exported from one vector set."""
         return self.vectors_dir(trait, variant, positions, component, method) / "control_vector.gguf"
 
+    def trait_vectors_dir(self, trait: str) -> Path:
+        """Every extraction of a trait: ``vectors/<trait>/``."""
+        return self._dir("vectors", _safe(trait, "trait"))
+
+    def extraction_dir(self, trait: str, variant: str, positions: str | Positions, component: str) -> Path:
+        """One extraction (all methods): ``extraction.json`` and one directory per method."""
+        slug = Positions.parse(positions).slug
+        return self._dir("vectors", _safe(trait, "trait"), _safe(variant, "variant"), slug, _safe(component, "component"))
+
     @staticmethod
     def steering_vector_id(variant: str, positions: str | Positions) -> str:
         """The vector id of a steering results directory: ``<variant>/<position slug>``

@@ -17,14 +17,16 @@ import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from . import hooks
-from .errors import DataFormatError
+from .errors import ConfigError, DataFormatError
 from .models.loading import LoadedModel
+from .stage import StageConfig, at_least, in_range, option
 
 
 @dataclass
@@ -68,8 +70,68 @@ class Generation:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Generation:
+        """From :meth:`to_dict` (unknown keys ignored; ``system``/``meta``/``finished`` optional)."""
         keys = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in keys})
+        data = {"system": None, "finished": False, **{k: v for k, v in d.items() if k in keys}}
+        missing = sorted(k for k in keys - {"meta"} if k not in data)
+        if missing:
+            raise DataFormatError(f"not a generation: missing {', '.join(missing)}")
+        return cls(**data)
+
+
+GENERATIONS_SUFFIX = ".jsonl"
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output file that cannot be written (its directory is a file, or not
+    writable, or the path is a directory) — without creating anything."""
+    import os
+
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {p} is a directory; give a file path")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {p}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(f"{flag} {p}: not writable")
+    return p
+
+
+def save_generations(path: str | Path, gens: Iterable[Generation]) -> Path:
+    """Write generations as JSONL (one :meth:`Generation.to_dict` per line), atomically."""
+    from .io import atomic_write, to_json
+
+    return atomic_write(path, "".join(to_json(g.to_dict(), indent=None) + "\n" for g in gens))
+
+
+def load_generations(path: str | Path) -> list[Generation]:
+    """Read generations written by :func:`save_generations` (errors name the file and line).
+    A JSON array of generation objects (older extraction responses) is read too."""
+    import json
+
+    from .data.jsonl import iter_jsonl
+
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(f"{path}: invalid JSON ({exc.msg})") from None
+        if not isinstance(rows, list):
+            raise DataFormatError(f"{path}: expected a list of generations")
+        numbered = list(enumerate(rows, 1))
+    else:
+        numbered = list(iter_jsonl(path))
+    out = []
+    for n, rec in numbered:
+        try:
+            out.append(Generation.from_dict(rec) if isinstance(rec, Mapping) else Generation.from_dict({}))
+        except (DataFormatError, TypeError) as exc:
+            raise DataFormatError(f"{path}:{n}: {exc}") from None
+    return out
 
 
 def as_prompts(prompts: Iterable[Any], system: str | Sequence[str | None] | None = None) -> list[Prompt]:
@@ -152,6 +214,31 @@ def format_prompts(lm: LoadedModel, prompts: Sequence[Prompt], chat: bool | str 
     return out
 
 
+@dataclass
+class GenerateConfig(StageConfig):
+    """Settings of :func:`generate` as the ``generate`` command takes them."""
+
+    max_new_tokens: int = option(64, flag="--max-new-tokens", help="Generation length cap.")
+    n: int = option(1, flag="--n", help="Rollouts per prompt.")
+    do_sample: bool = option(False, flag="--sample/--greedy", help="Sample (with --temperature/--top-p) or greedy.")
+    temperature: float = option(1.0, flag="--temperature", help="Sampling temperature.")
+    top_p: float = option(1.0, flag="--top-p", help="Nucleus sampling mass.")
+    seed: int = option(0, flag="--seed", help="Base seed for sampling.")
+    batch_size: int = option(32, flag="--batch-size", help="Rows per model.generate call.")
+
+    def validate(self) -> None:
+        at_least(self, "max_new_tokens", 1)
+        at_least(self, "n", 1)
+        at_least(self, "batch_size", 1)
+        if not self.temperature > 0:
+            raise ConfigError(f"--temperature must be > 0, got {self.temperature!r}")
+        in_range(self, "top_p", 0.0, 1.0)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`generate`."""
+        return self.to_dict()
+
+
 @torch.no_grad()
 def generate(
     lm: LoadedModel,
@@ -169,6 +256,8 @@ def generate(
     progress: bool = True,
 ) -> list[Generation]:
     """Generate responses for ``prompts`` (``n`` rollouts each), batched and left-padded.
+
+    (Long because the arguments are documented here; the body is one batch loop.)
 
     Args:
         prompts: user messages (strings), :class:`Prompt` objects or dicts (see :func:`as_prompts`).
@@ -188,8 +277,9 @@ def generate(
     plist = as_prompts(prompts, system)
     if not plist:
         return []
-    if n < 1 or max_new_tokens < 1 or batch_size < 1:
-        raise ValueError("n, max_new_tokens and batch_size must be ≥ 1")
+    for name, flag, v in (("n", "--n", n), ("max_new_tokens", "--max-new-tokens", max_new_tokens), ("batch_size", "--batch-size", batch_size)):
+        if v < 1:
+            raise ConfigError(f"{flag} must be ≥ 1, got {v}")
     formatted = format_prompts(lm, plist, chat)
     items = [(i, r) for i in range(len(plist)) for r in range(n)]
     # longest first: padding is small within a batch, and memory peaks early

@@ -49,7 +49,7 @@ from .io import atomic_path, load_tensors, read_safetensors_metadata, save_tenso
 if TYPE_CHECKING:
     from .models.loading import LoadedModel
 
-METHODS = ("mean_diff", "probe", "pca")
+VECTOR_METHODS = ("mean_diff", "probe", "pca")
 VECTOR_FORMAT = "deltalens.vector/1"
 
 
@@ -119,7 +119,9 @@ def fit_direction(pos: torch.Tensor, neg: torch.Tensor, method: str = "mean_diff
             clf = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(xc / scale, y)
         w = torch.from_numpy(clf.coef_[0] / scale).float()
         return Direction(_scaled(w, pos, neg), method, probe_w=w, probe_b=float(clf.intercept_[0]), center=center.float())
-    raise ValueError(f"unknown method '{method}'; valid: {', '.join(METHODS)}")
+    from .errors import ConfigError
+
+    raise ConfigError(f"unknown method '{method}'; valid: {', '.join(VECTOR_METHODS)}")
 
 
 def cohens_d(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -206,8 +208,27 @@ class TraitVector:
 
         return hashlib.sha256(self.vector.detach().float().contiguous().numpy().tobytes()).hexdigest()[:16]
 
+    @property
+    def width(self) -> int:
+        return int(self.vector.shape[-1]) if self.vector.dim() else 0
+
     def save(self, path: str | Path) -> Path:
-        return save_vector(path, self.vector, self.meta)
+        """Write a vector file (safetensors, metadata in the header), atomically."""
+        v = torch.as_tensor(self.vector).detach().float()
+        if v.dim() != 1:
+            raise ShapeError(f"a vector file holds one [d] vector, got shape {tuple(v.shape)}")
+        self.path = save_tensors(path, {"vector": v}, {**dict(self.meta), "format": VECTOR_FORMAT})
+        return self.path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TraitVector:
+        """Read a vector file written by :meth:`save`."""
+        path = Path(path)
+        tensors = load_tensors(path)
+        if "vector" not in tensors:
+            raise DataFormatError(f"{path}: not a deltalens vector file (tensors: {', '.join(tensors) or 'none'})")
+        meta = read_safetensors_metadata(path)
+        return cls(tensors["vector"].float(), meta, path)
 
     def __repr__(self) -> str:
         keys = ("trait", "method", "layer", "positions")
@@ -215,22 +236,39 @@ class TraitVector:
         return f"TraitVector({desc}, d={self.vector.shape[-1]}, norm={self.norm:.3g})"
 
 
-def save_vector(path: str | Path, vector: torch.Tensor, meta: Mapping[str, Any]) -> Path:
-    """Write a vector file (safetensors, metadata in the header), atomically."""
-    v = torch.as_tensor(vector).detach().float()
-    if v.dim() != 1:
-        raise ShapeError(f"a vector file holds one [d] vector, got shape {tuple(v.shape)}")
-    return save_tensors(path, {"vector": v}, {**dict(meta), "format": VECTOR_FORMAT})
+LAYER_GLOB = "layer*.safetensors"
 
 
-def load_vector(path: str | Path) -> TraitVector:
-    """Read a vector file written by :func:`save_vector`."""
-    path = Path(path)
-    tensors = load_tensors(path)
-    if "vector" not in tensors:
-        raise DataFormatError(f"{path}: not a deltalens vector file (tensors: {', '.join(tensors) or 'none'})")
-    meta = read_safetensors_metadata(path)
-    return TraitVector(tensors["vector"].float(), meta, path)
+def _layer_of(path: Path) -> int | None:
+    tail = path.stem[len("layer"):]
+    return int(tail) if path.stem.startswith("layer") and tail.isdigit() else None
+
+
+class VectorSet(dict):  # dict[int, TraitVector]
+    """The vectors of one extraction (trait, variant, position, component, method) by layer:
+    a directory of ``layer<L>.safetensors`` files."""
+
+    def save(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        for layer, v in sorted(self.items()):
+            v.save(d / f"layer{int(layer)}.safetensors")
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, layers: Iterable[int] | None = None) -> VectorSet:
+        """The layer files in ``directory`` (only ``layers`` if given); empty if there are none."""
+        want = None if layers is None else {int(x) for x in layers}
+        out = cls()
+        for f in sorted(Path(directory).glob(LAYER_GLOB), key=lambda p: _layer_of(p) or -1):
+            L = _layer_of(f)
+            if L is not None and (want is None or L in want):
+                out[L] = TraitVector.load(f)
+        return out
+
+    @property
+    def width(self) -> int | None:
+        widths = {v.width for v in self.values()}
+        return widths.pop() if len(widths) == 1 else None
 
 
 # ---- llama.cpp control vectors -----------------------------------------------------------------

@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from ._common import console, split_list, table
+from ..generate import GenerateConfig
+from ._common import config_option, console, split_list, table
 
 
 def models_cmd() -> None:
@@ -31,13 +32,13 @@ def generate_cmd(
     prompts: Optional[Path] = typer.Option(None, "--prompts", "-p", help="Prompt file (.jsonl/.json/.txt) or directory."),
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="A prompt (repeatable)."),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt for all prompts."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
-    n: int = typer.Option(1, "--n", "--rollouts", help="Rollouts per prompt."),
-    sample: bool = typer.Option(False, "--sample/--greedy", help="Sample (with --temperature/--top-p) or greedy."),
-    temperature: float = typer.Option(1.0, "--temperature"),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    max_new_tokens: int = config_option(GenerateConfig, "max_new_tokens"),
+    n: int = config_option(GenerateConfig, "n", "--rollouts"),
+    sample: bool = config_option(GenerateConfig, "do_sample"),
+    temperature: float = config_option(GenerateConfig, "temperature"),
+    top_p: float = config_option(GenerateConfig, "top_p"),
+    seed: int = config_option(GenerateConfig, "seed"),
+    batch_size: int = config_option(GenerateConfig, "batch_size"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write generations as JSONL here."),
     dtype: str = typer.Option("auto", "--dtype"),
     device: Optional[str] = typer.Option(None, "--device"),
@@ -45,10 +46,13 @@ def generate_cmd(
     """Generate responses (chat template, batched, left-padded)."""
     from ..data import read_prompts
     from ..errors import DeltalensError
-    from ..generate import generate
-    from ..io import atomic_write, to_json
+    from ..generate import check_output_file, generate, save_generations
     from ..models import load
 
+    cfg = GenerateConfig(max_new_tokens=max_new_tokens, n=n, do_sample=sample, temperature=temperature, top_p=top_p,
+                         seed=seed, batch_size=batch_size)
+    if out is not None:
+        check_output_file(out)
     items: list = []
     if prompts is not None:
         items.extend(r.as_prompt() for r in read_prompts(prompts))
@@ -57,16 +61,13 @@ def generate_cmd(
         raise DeltalensError("no prompts: pass --prompts FILE or --prompt TEXT")
     lm = load(model, dtype=dtype, device=device)
     t0 = time.time()
-    gens = generate(
-        lm, items, system=system, max_new_tokens=max_new_tokens, n=n, do_sample=sample,
-        temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
-    )
+    gens = generate(lm, items, system=system, **cfg.kwargs())
     dt = time.time() - t0
     toks = sum(g.response_len for g in gens)
     console.print(table(None, ["#", "question", "response"], [(g.index, g.question[:60], g.response[:200]) for g in gens[:20]]))
     console.print(f"{len(gens)} responses, {toks} new tokens in {dt:.1f} s ({toks / max(dt, 1e-9):.0f} tok/s)")
     if out is not None:
-        atomic_write(out, "".join(to_json(g.to_dict(), indent=None) + "\n" for g in gens))
+        save_generations(out, gens)
         console.print(f"wrote {out}")
 
 

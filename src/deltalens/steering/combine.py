@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..vectors import TraitVector
-from .evaluate import Candidate, Term, trait_delta
+from .results import SteeringRecord
+from .terms import Candidate, Term
 
 MULTIPLIERS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
@@ -78,13 +79,13 @@ def combination_candidates(a: Source, b: Source, multipliers: Sequence[float] = 
     return cands
 
 
-def _best_ok(recs: list[dict[str, Any]], min_coh: float) -> dict[str, Any] | None:
-    ok = [r for r in recs if (r.get("coherence_mean") or 0) >= min_coh and r.get("trait_mean") is not None]
-    return max(ok, key=lambda r: r["trait_mean"]) if ok else None
+def _best_ok(recs: list[SteeringRecord], min_coh: float) -> SteeringRecord | None:
+    ok = [r for r in recs if r.coherent(min_coh)]
+    return max(ok, key=lambda r: r.trait_mean or 0.0) if ok else None
 
 
 def comparison_table(
-    a: Source, b: Source, records: Sequence[dict[str, Any]], baseline: dict[str, Any], min_coh: float = 70.0
+    a: Source, b: Source, records: Sequence[SteeringRecord], baseline: SteeringRecord, min_coh: float = 70.0
 ) -> list[dict[str, Any]]:
     """The seed's Phase-2 table: best single per source, then strategies 1–4 (best Δ at coherence ≥ ``min_coh``)."""
     rows: list[dict[str, Any]] = []
@@ -99,9 +100,9 @@ def comparison_table(
                 "notes": "Phase 1 winner",
             }
         )
-    by_strat: dict[str, list[dict[str, Any]]] = {}
+    by_strat: dict[str, list[SteeringRecord]] = {}
     for r in records:
-        by_strat.setdefault((r.get("meta") or {}).get("strategy", "?"), []).append(r)
+        by_strat.setdefault(r.meta.get("strategy", "?"), []).append(r)
     winner = a if (a.best_delta or -1e9) >= (b.best_delta or -1e9) else b
     plan = [
         ("strategy 1", "sum@A", f"sum at {a.name}'s layer", str(a.best_layer)),
@@ -115,15 +116,15 @@ def comparison_table(
             rows.append({"config": name, "layers": layers, "coef": None, "delta": None, "coherence": None,
                          "notes": f"{note}; no multiplier reached coherence ≥ {min_coh:g}"})
             continue
-        coefs = "+".join(f"{t['coef']:g}" for t in best["terms"])
+        coefs = "+".join(f"{c:g}" for c in best.coefs)
         rows.append(
             {
                 "config": name,
                 "layers": layers,
                 "coef": coefs,
-                "delta": trait_delta(best, baseline),
-                "coherence": best.get("coherence_mean"),
-                "notes": f"{note} (x{best['meta'].get('multiplier')})",
+                "delta": best.delta(baseline),
+                "coherence": best.coherence_mean,
+                "notes": f"{note} (x{best.meta.get('multiplier')})",
             }
         )
     return rows

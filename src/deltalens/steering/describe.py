@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..info import register_describer
+from . import extraction, runs  # noqa: F401  (register ExtractionResult, SteeringRun, CombinationResult)
 
 
 @register_describer
@@ -39,14 +40,14 @@ def describe_steering(path: Path) -> dict[str, Any] | None:
 
         log = ResultsLog(path)
         recs = log.latest_per_key()
-        base = next((r for r in recs if r.get("kind") == "baseline"), None)
-        ok = [r for r in recs if r.get("kind") != "baseline" and (r.get("coherence_mean") or 0) >= 70 and r.get("trait_mean") is not None]
-        best = max(ok, key=lambda r: r["trait_mean"]) if ok else None
+        base = next((r for r in recs if r.kind == "baseline"), None)
+        ok = [r for r in recs if r.kind != "baseline" and r.coherent(70.0)]
+        best = max(ok, key=lambda r: r.trait_mean or 0.0) if ok else None
         return {
             "kind": "steering results", "path": str(path), "records": len(log), "configurations": len(recs),
-            "judges": sorted({str(r.get("judge", "")).split(":")[0] for r in recs}),
-            "baseline_trait": None if base is None else base.get("trait_mean"),
+            "judges": sorted({str(r.judge or "").split(":")[0] for r in recs}),
+            "baseline_trait": None if base is None else base.trait_mean,
             "best_with_coherence_70": None if best is None else {
-                "label": best.get("label"), "trait": best["trait_mean"], "coherence": best.get("coherence_mean")},
+                "label": best.label, "trait": best.trait_mean, "coherence": best.coherence_mean},
         }
     return None

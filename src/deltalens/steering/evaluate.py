@@ -1,28 +1,13 @@
 """Steered evaluation: generate under many configurations at once, judge, append results.
 
-A :class:`Candidate` is one configuration to evaluate: zero or more :class:`Term`
-(a trait vector applied at a layer with a coefficient). Coefficients are *relative*
-(default) or *raw*:
-
-* relative — the added vector is ``coef · n_L · v̂``, with ``v̂ = v/‖v‖`` and ``n_L`` the
-  mean activation norm at layer L (:func:`deltalens.vectors.reference_norms`); 0.1 adds
-  10 % of a typical residual norm, comparable across layers and models;
-* raw — the added vector is ``coef · v`` (``v`` as stored in the vector file).
-
-:func:`evaluate` generates every candidate whose responses are not yet in the results
-log (one batched sweep, :func:`~deltalens.steering.generate_sweep`), scores responses
-with a judge (through the cache), optionally projects them on a monitor vector, and
-appends one record per candidate to ``results.jsonl``. Candidates already evaluated
-with the same judge are read back, not recomputed; those with responses but missing or
-failed scores are only re-scored.
-
-Record fields: ``key`` (hash of model, terms, positions, questions, max_new_tokens,
-chat), ``kind`` (``baseline``/``single``/``combination``), ``label``, ``terms`` (layer,
-component, coef, coef_mode, applied norm, vector identity), ``layer``/``coef``/``method``
-(single vectors), ``judge``, ``trait_mean`` / ``coherence_mean`` (means over ``ok``
-scores), ``n``, ``n_errors``, ``status_counts``, ``projection_mean``, ``responses``
-(question, response, scores, statuses, projection), ``meta`` (search round…),
-``model``, ``weights_hash``, ``created``.
+:func:`evaluate_candidates` generates every :class:`~deltalens.steering.Candidate` whose
+responses are not yet in the results log (one batched sweep,
+:func:`~deltalens.steering.generate_sweep`), scores responses with a judge (through the
+cache), optionally projects them on a monitor vector, and appends one
+:class:`~deltalens.steering.results.SteeringRecord` per candidate to ``results.jsonl``.
+Candidates already evaluated with the same judge are read back, not recomputed; those
+with responses but missing or failed scores are only re-scored. Coefficients (relative or
+raw) are explained in :mod:`deltalens.steering.terms`.
 """
 
 from __future__ import annotations
@@ -32,90 +17,22 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .. import judges as J
 from ..io import config_hash, now_iso
-from ..vectors import TraitVector, reference_norms
 from .monitor import project
-from .results import ResultsLog
-from .sweep import SteerConfig, SteerTerm, SweepStats, generate_sweep
+from .results import ResultsLog, SteeringRecord
+from .sweep import SweepStats, generate_sweep
+from .terms import COEF_MODES, Candidate, Term, check_widths, needed_norms
+
+__all__ = ["COEF_MODES", "Candidate", "EvalSettings", "Monitor", "Term", "candidate_key", "evaluate_candidates"]
 
 if TYPE_CHECKING:
     from ..models.loading import LoadedModel
-
-COEF_MODES = ("relative", "raw")
-
-
-@dataclass
-class Term:
-    """A trait vector applied at ``layer`` (default: the vector's own layer) with ``coef``."""
-
-    vector: TraitVector
-    coef: float
-    layer: int | None = None
-    coef_mode: str = "relative"
-    component: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.coef_mode not in COEF_MODES:
-            raise ValueError(f"coef_mode must be one of {COEF_MODES}, got {self.coef_mode!r}")
-
-    @property
-    def at_layer(self) -> int:
-        return int(self.vector.layer if self.layer is None else self.layer)
-
-    @property
-    def at_component(self) -> str:
-        return self.component or self.vector.component
-
-    def added_vector(self, norms: dict[int, float]) -> torch.Tensor:
-        """The vector added at coefficient 1 (``n_L·v̂`` relative, ``v`` raw)."""
-        if self.coef_mode == "relative":
-            return self.vector.unit * float(norms[self.at_layer])
-        return self.vector.vector.float()
-
-    def describe(self, norms: dict[int, float] | None = None) -> dict[str, Any]:
-        m = self.vector.meta
-        d: dict[str, Any] = {
-            "layer": self.at_layer,
-            "component": self.at_component,
-            "coef": round(float(self.coef), 6),
-            "coef_mode": self.coef_mode,
-            "vector": {
-                "trait": m.get("trait"),
-                "variant": m.get("variant"),
-                "positions": m.get("positions"),
-                "method": m.get("method"),
-                "layer": m.get("layer"),
-                "fingerprint": self.vector.fingerprint(),
-            },
-        }
-        if norms is not None:
-            d["added_norm"] = round(abs(float(self.coef)) * float(self.added_vector(norms).norm()), 4)
-        return d
-
-
-@dataclass
-class Candidate:
-    """One configuration to evaluate (no terms = the unsteered baseline)."""
-
-    terms: tuple[Term, ...] = ()
-    kind: str = "single"
-    label: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def baseline(cls) -> Candidate:
-        return cls((), "baseline", "baseline")
-
-    @classmethod
-    def single(cls, vector: TraitVector, coef: float, coef_mode: str = "relative", **meta: Any) -> Candidate:
-        label = f"{vector.method} L{vector.layer} c{coef:g}"
-        return cls((Term(vector, coef, coef_mode=coef_mode),), "single", label, dict(meta))
 
 
 @dataclass
@@ -164,7 +81,73 @@ class Monitor:
         return project(lm, items, self.vector, self.site, positions=self.positions, reduce=self.reduce).tolist()
 
 
-def evaluate(
+def _scored_responses(
+    gens: list[dict[str, Any]], t_scores: Sequence[J.Score], c_scores: Sequence[J.Score], proj: Sequence[float] | None, k0: int
+) -> list[dict[str, Any]]:
+    """Response entries of a record: text, token ids, scores (statuses when not ok), projection."""
+    resp = []
+    for j, g in enumerate(gens):
+        ts, cs = t_scores[k0 + j], c_scores[k0 + j]
+        r = {
+            "question": g["question"],
+            "response": g["response"],
+            "finished": g.get("finished"),
+            "prompt_ids": g["prompt_ids"],
+            "response_ids": g["response_ids"],
+            "trait": ts.value,
+            "coherence": cs.value,
+        }
+        if ts.status != "ok":
+            r["trait_status"] = ts.status
+        if cs.status != "ok":
+            r["coherence_status"] = cs.status
+        if ts.detail and ts.status != "ok" or cs.detail and cs.status == "error":
+            r["detail"] = (ts.detail or cs.detail)[:200]
+        if proj is not None:
+            r["projection"] = proj[k0 + j]
+        resp.append(r)
+    return resp
+
+
+def make_record(
+    lm: LoadedModel, key: str, cand: Candidate, settings: EvalSettings, judge_id: str, trait: str,
+    resp: list[dict[str, Any]], norms: dict[int, float], monitored: bool,
+) -> SteeringRecord:
+    """The :class:`SteeringRecord` of one candidate's scored responses."""
+    statuses = Counter(x.get("trait_status", "ok") for x in resp) + Counter(
+        "coherence_" + x.get("coherence_status", "ok") for x in resp
+    )
+    single = cand.kind == "single" and len(cand.terms) == 1
+    t0 = cand.terms[0] if single else None
+    return SteeringRecord(
+        key=key,
+        kind=cand.kind,
+        label=cand.label,
+        trait=trait,
+        terms=[t.describe(norms) for t in cand.terms],
+        layer=t0.at_layer if t0 else None,
+        coef=float(t0.coef) if t0 else None,
+        method=t0.vector.method if t0 else None,
+        positions=settings.positions,
+        max_new_tokens=settings.max_new_tokens,
+        questions_sha=settings.questions_sha,
+        n_questions=len(settings.questions),
+        judge=judge_id,
+        trait_mean=_mean([x["trait"] for x in resp]),
+        coherence_mean=_mean([x["coherence"] for x in resp]),
+        n=len(resp),
+        n_errors=sum(1 for x in resp if x.get("trait_status") == "error" or x.get("coherence_status") == "error"),
+        status_counts=dict(statuses),
+        projection_mean=_mean([x.get("projection") for x in resp]) if monitored else None,
+        responses=resp,
+        meta=cand.meta,
+        model=lm.name,
+        weights_hash=lm.weights_hash,
+        created=now_iso(),
+    )
+
+
+def evaluate_candidates(
     lm: LoadedModel,
     candidates: Sequence[Candidate],
     settings: EvalSettings,
@@ -176,19 +159,19 @@ def evaluate(
     monitor: Monitor | None = None,
     trait_id: str | None = None,
     progress: bool = True,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_record: Callable[[SteeringRecord], None] | None = None,
     stats: SweepStats | None = None,
-) -> list[dict[str, Any]]:
+) -> list[SteeringRecord]:
     """Evaluate ``candidates`` (see the module docstring); returns one record per candidate."""
     judge.check()
-    norms_needed = sorted({t.at_layer for c in candidates for t in c.terms if t.coef_mode == "relative"})
-    norms = reference_norms(lm, norms_needed) if norms_needed else {}
+    check_widths(candidates, lm.d_model, f"model {lm.name}")
+    norms = needed_norms(lm, candidates)
     keys = [candidate_key(lm, c, settings) for c in candidates]
-    out: dict[int, dict[str, Any]] = {}
+    out: dict[int, SteeringRecord] = {}
     to_generate: list[int] = []
-    to_rescore: list[tuple[int, dict[str, Any]]] = []
+    to_rescore: list[tuple[int, SteeringRecord]] = []
     seen: dict[str, int] = {}
-    for i, (c, k) in enumerate(zip(candidates, keys)):
+    for i, k in enumerate(keys):
         if k in seen:  # the same configuration twice in one call: evaluate once
             continue
         seen[k] = i
@@ -215,85 +198,24 @@ def evaluate(
             proj = monitor(lm, pairs)
         k = 0
         for i, gl in zip(idxs, gens):
-            cand = candidates[i]
-            resp = []
-            for g in gl:
-                ts, cs = t_scores[k], c_scores[k]
-                r = {
-                    "question": g["question"],
-                    "response": g["response"],
-                    "finished": g.get("finished"),
-                    "prompt_ids": g["prompt_ids"],
-                    "response_ids": g["response_ids"],
-                    "trait": ts.value,
-                    "coherence": cs.value,
-                }
-                if ts.status != "ok":
-                    r["trait_status"] = ts.status
-                if cs.status != "ok":
-                    r["coherence_status"] = cs.status
-                if ts.detail and ts.status != "ok" or cs.detail and cs.status == "error":
-                    r["detail"] = (ts.detail or cs.detail)[:200]
-                if proj is not None:
-                    r["projection"] = proj[k]
-                resp.append(r)
-                k += 1
-            statuses = Counter(x.get("trait_status", "ok") for x in resp) + Counter(
-                "coherence_" + x.get("coherence_status", "ok") for x in resp
-            )
-            rec = {
-                "key": keys[i],
-                "kind": cand.kind,
-                "label": cand.label,
-                "trait": trait_id or trait.name,
-                "terms": [t.describe(norms) for t in cand.terms],
-                **(
-                    {"layer": cand.terms[0].at_layer, "coef": float(cand.terms[0].coef), "method": cand.terms[0].vector.method}
-                    if cand.kind == "single" and len(cand.terms) == 1
-                    else {}
-                ),
-                "positions": settings.positions,
-                "max_new_tokens": settings.max_new_tokens,
-                "questions_sha": settings.questions_sha,
-                "n_questions": P,
-                "judge": judge.id,
-                "trait_mean": _mean([x["trait"] for x in resp]),
-                "coherence_mean": _mean([x["coherence"] for x in resp]),
-                "n": len(resp),
-                "n_errors": sum(1 for x in resp if x.get("trait_status") == "error" or x.get("coherence_status") == "error"),
-                "status_counts": dict(statuses),
-                "projection_mean": _mean([x.get("projection") for x in resp]) if proj is not None else None,
-                "responses": resp,
-                "meta": cand.meta,
-                "model": lm.name,
-                "weights_hash": lm.weights_hash,
-                "created": now_iso(),
-            }
+            resp = _scored_responses(gl, t_scores, c_scores, proj, k)
+            k += len(gl)
+            rec = make_record(lm, keys[i], candidates[i], settings, judge.id, trait_id or trait.name, resp, norms, proj is not None)
             log.append(rec)
             out[i] = log.latest(keys[i]) or rec
             if on_record is not None:
                 on_record(rec)
 
     for i, prev in to_rescore:
-        finish([i], [prev["responses"]])
+        finish([i], [prev.responses])
     for s in range(0, len(to_generate), per_chunk):
         idxs = to_generate[s : s + per_chunk]
         t0 = time.time()
-        cfgs = [
-            SteerConfig(tuple(SteerTerm(t.at_layer, t.added_vector(norms), float(t.coef), t.at_component) for t in candidates[i].terms))
-            for i in idxs
-        ]
         gens = generate_sweep(
-            lm, settings.questions, cfgs, max_new_tokens=settings.max_new_tokens, positions=settings.positions,
-            max_rows=settings.max_rows, chat=settings.chat, progress=progress, stats=stats,
+            lm, settings.questions, [candidates[i] for i in idxs], norms=norms, max_new_tokens=settings.max_new_tokens,
+            positions=settings.positions, max_rows=settings.max_rows, chat=settings.chat, progress=progress, stats=stats,
         )
         finish(idxs, [[g.to_dict() for g in gl] for gl in gens])
         if stats is not None:
             stats.seconds = time.time() - t0
     return [out[seen[k]] for k in keys]
-
-
-def trait_delta(record: dict[str, Any], baseline: dict[str, Any]) -> float | None:
-    """``trait_mean(record) − trait_mean(baseline)``."""
-    a, b = record.get("trait_mean"), baseline.get("trait_mean")
-    return None if a is None or b is None else float(a) - float(b)

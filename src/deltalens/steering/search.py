@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..vectors import TraitVector
-from .evaluate import Candidate, EvalSettings, Monitor, evaluate, trait_delta
-from .results import ResultsLog
+from .evaluate import Candidate, EvalSettings, Monitor, evaluate_candidates
+from .results import ResultsLog, SteeringRecord
 
 if TYPE_CHECKING:
     from ..judges import Judge, JudgeCache, TraitInfo
@@ -56,8 +56,8 @@ class LayerState:
 
 @dataclass
 class SearchResult:
-    baseline: dict[str, Any]
-    records: list[dict[str, Any]]
+    baseline: SteeringRecord
+    records: list[SteeringRecord]
     states: dict[str, dict[int, LayerState]] = field(default_factory=dict)
 
 
@@ -97,18 +97,18 @@ def adaptive_search(
     monitor: Monitor | None = None,
     trait_id: str | None = None,
     progress: bool = True,
-    report: Callable[[int, list[tuple[str, LayerState, dict[str, Any]]]], None] | None = None,
+    report: Callable[[int, list[tuple[str, LayerState, SteeringRecord]]], None] | None = None,
 ) -> SearchResult:
     """Adaptive per-layer coefficient search for one or more vector sets (``{method: {layer: vector}}``),
     all layers and sets stepped together in one batch per round (see the module docstring)."""
-    base = evaluate(
+    base = evaluate_candidates(
         lm, [Candidate.baseline()], settings, judge, trait, log, cache=cache, monitor=monitor, trait_id=trait_id, progress=progress
     )[0]
     states: dict[str, dict[int, LayerState]] = {}
     for name, vs in vector_sets.items():
         ls = sorted(vs) if layers is None else [L for L in layers if L in vs]
         states[name] = {L: LayerState(L, start) for L in ls}
-    records: list[dict[str, Any]] = []
+    records: list[SteeringRecord] = []
     for step in range(steps):
         active = [(name, st) for name, sts in states.items() for st in sts.values() if not st.done]
         if not active:
@@ -117,11 +117,11 @@ def adaptive_search(
             Candidate.single(vector_sets[name][st.layer], st.coef, coef_mode, search="adaptive", round=step, vector_set=name)
             for name, st in active
         ]
-        recs = evaluate(lm, cands, settings, judge, trait, log, cache=cache, monitor=monitor, trait_id=trait_id, progress=progress)
+        recs = evaluate_candidates(lm, cands, settings, judge, trait, log, cache=cache, monitor=monitor, trait_id=trait_id, progress=progress)
         rows = []
         for (name, st), rec in zip(active, recs):
-            coh = rec.get("coherence_mean")
-            st.history.append((st.coef, rec.get("trait_mean"), coh))
+            coh = rec.coherence_mean
+            st.history.append((st.coef, rec.trait_mean, coh))
             rows.append((name, LayerState(st.layer, st.coef, st.lo, st.hi), rec))
             _next_coef(st, coh is not None and coh >= threshold, up, down, tol)
             records.append(rec)
@@ -147,7 +147,7 @@ def grid_search(
     progress: bool = True,
 ) -> SearchResult:
     """Evaluate every (layer, coefficient) of a grid for each vector set, in one batch."""
-    base = evaluate(
+    base = evaluate_candidates(
         lm, [Candidate.baseline()], settings, judge, trait, log, cache=cache, monitor=monitor, trait_id=trait_id, progress=progress
     )[0]
     cands = []
@@ -156,7 +156,7 @@ def grid_search(
         for L in ls:
             for c in coefficients:
                 cands.append(Candidate.single(vs[L], float(c), coef_mode, search="grid", vector_set=name))
-    recs = evaluate(lm, cands, settings, judge, trait, log, cache=cache, monitor=monitor, trait_id=trait_id, progress=progress)
+    recs = evaluate_candidates(lm, cands, settings, judge, trait, log, cache=cache, monitor=monitor, trait_id=trait_id, progress=progress)
     return SearchResult(base, recs)
 
 
@@ -168,22 +168,22 @@ def _best(rows: list[dict[str, Any]], min_coh: float) -> dict[str, Any] | None:
     return max(ok, key=lambda r: r["delta"]) if ok else None
 
 
-def checkpoint_summary(records: Sequence[dict[str, Any]], baseline: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def checkpoint_summary(records: Sequence[SteeringRecord], baseline: SteeringRecord) -> dict[str, dict[str, Any]]:
     """Per method: best layer, max Δ at coherence ≥ 80 / ≥ 70, coefficient where coherence
     first drops below 80 (see the module docstring). Records of kind ``single`` only."""
     by_method: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        if r.get("kind") != "single" or r.get("trait_mean") is None:
+        if r.kind != "single" or r.trait_mean is None:
             continue
         row = {
-            "layer": r["layer"],
-            "coef": r["coef"],
-            "trait": r["trait_mean"],
-            "coherence": r.get("coherence_mean"),
-            "delta": trait_delta(r, baseline),
-            "coef_mode": (r.get("terms") or [{}])[0].get("coef_mode"),
+            "layer": r.layer,
+            "coef": r.coef,
+            "trait": r.trait_mean,
+            "coherence": r.coherence_mean,
+            "delta": r.delta(baseline),
+            "coef_mode": r.coef_mode,
         }
-        by_method.setdefault(str(r.get("method")), []).append(row)
+        by_method.setdefault(str(r.method), []).append(row)
     out: dict[str, dict[str, Any]] = {}
     for method, rows in by_method.items():
         b80, b70 = _best(rows, 80.0), _best(rows, 70.0)
@@ -202,30 +202,30 @@ def checkpoint_summary(records: Sequence[dict[str, Any]], baseline: dict[str, An
             "at_coh70": None if b70 is None else {"layer": b70["layer"], "coef": b70["coef"], "coherence": b70["coherence"], "trait": b70["trait"]},
             "coef_coh_below_80": drop,
             "n_configs": len(rows),
-            "baseline_trait": baseline.get("trait_mean"),
-            "baseline_coherence": baseline.get("coherence_mean"),
+            "baseline_trait": baseline.trait_mean,
+            "baseline_coherence": baseline.coherence_mean,
         }
     return out
 
 
-def per_layer_table(records: Sequence[dict[str, Any]], baseline: dict[str, Any], min_coh: float = 70.0) -> list[dict[str, Any]]:
+def per_layer_table(records: Sequence[SteeringRecord], baseline: SteeringRecord, min_coh: float = 70.0) -> list[dict[str, Any]]:
     """Per (method, layer): the best Δ with coherence ≥ ``min_coh`` and its coefficient."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, int], list[SteeringRecord]] = {}
     for r in records:
-        if r.get("kind") == "single" and r.get("trait_mean") is not None:
-            groups.setdefault((str(r.get("method")), int(r["layer"])), []).append(r)
+        if r.kind == "single" and r.trait_mean is not None and r.layer is not None:
+            groups.setdefault((str(r.method), int(r.layer)), []).append(r)
     out = []
     for (method, layer), rs in sorted(groups.items()):
-        ok = [r for r in rs if (r.get("coherence_mean") or 0) >= min_coh]
-        best = max(ok, key=lambda r: r["trait_mean"]) if ok else None
+        ok = [r for r in rs if r.coherent(min_coh)]
+        best = max(ok, key=lambda r: r.trait_mean or 0.0) if ok else None
         out.append(
             {
                 "method": method,
                 "layer": layer,
                 "n": len(rs),
-                "best_coef": None if best is None else best["coef"],
-                "delta": None if best is None else trait_delta(best, baseline),
-                "coherence": None if best is None else best["coherence_mean"],
+                "best_coef": None if best is None else best.coef,
+                "delta": None if best is None else best.delta(baseline),
+                "coherence": None if best is None else best.coherence_mean,
             }
         )
     return out

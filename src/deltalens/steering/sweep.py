@@ -3,9 +3,10 @@ slices of one greedy generation batch.
 
 :func:`generate_sweep` runs ``C`` configurations × ``P`` prompts. Row ``r = c·P + p`` is
 prompt ``p`` under configuration ``c``; each configuration is a list of
-:class:`SteerTerm` (one per steered site, so ensembles over several layers are one
-configuration), applied through :func:`deltalens.intervene` with per-row ``Add``
-interventions (one ``Add`` per site, vectors ``[R, d]`` and coefficients ``[R]``).
+:class:`~deltalens.steering.Term` (a :class:`~deltalens.steering.Candidate`; ensembles over
+several layers are one configuration), applied through :func:`deltalens.intervene` with
+per-row ``Add`` interventions (:func:`deltalens.steering.terms.interventions`: one ``Add``
+per site, vectors ``[R, d]`` and coefficients ``[R]``).
 
 When the steering positions select no prompt token (``response``, ``response[:5]``, …)
 the prompts are identical under every configuration, so they are prefilled **once**
@@ -27,7 +28,7 @@ import inspect
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,32 +36,10 @@ from tqdm.auto import tqdm
 
 from .. import hooks
 from ..generate import Generation, _eos_ids, as_prompts, format_prompts, left_pad
-from ..hooks import Add, Site
+from ..errors import ConfigError, PositionSpecError
 from ..models.loading import LoadedModel
 from ..positions import Positions
-
-
-@dataclass(frozen=True)
-class SteerTerm:
-    """Add ``coef · vector`` at ``(layer, component)``; ``vector`` is in activation units."""
-
-    layer: int
-    vector: torch.Tensor
-    coef: float = 1.0
-    component: str = "resid"
-
-    @property
-    def site(self) -> Site:
-        return Site(int(self.layer), self.component)
-
-
-@dataclass
-class SteerConfig:
-    """One steering configuration: the terms applied together (none = unsteered)."""
-
-    terms: tuple[SteerTerm, ...] = ()
-    label: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
+from .terms import Candidate, interventions, needed_norms
 
 
 @dataclass
@@ -74,23 +53,6 @@ class SweepStats:
     seconds: float = 0.0
 
 
-def _interventions(configs: Sequence[SteerConfig], row0: Sequence[int], P: int, positions: Positions) -> list[Add]:
-    """One per-row ``Add`` per site: rows ``row0[c] + p`` get config c's term at that site."""
-    by_site: dict[Site, tuple[list[int], list[torch.Tensor], list[float]]] = {}
-    for c, cfg in enumerate(configs):
-        for t in cfg.terms:
-            rows, vecs, coefs = by_site.setdefault(t.site, ([], [], []))
-            v = torch.as_tensor(t.vector).detach().float()
-            for p in range(P):
-                rows.append(row0[c] + p)
-                vecs.append(v)
-                coefs.append(float(t.coef))
-    return [
-        Add(site, torch.stack(vecs), torch.tensor(coefs), positions=positions, rows=rows)
-        for site, (rows, vecs, coefs) in by_site.items()
-    ]
-
-
 def _accepts(model: Any, name: str) -> bool:
     try:
         return name in inspect.signature(model.forward).parameters
@@ -102,8 +64,9 @@ def _accepts(model: Any, name: str) -> bool:
 def generate_sweep(
     lm: LoadedModel,
     prompts: Iterable[Any],
-    configs: Sequence[SteerConfig],
+    configs: Sequence[Candidate],
     *,
+    norms: dict[int, float] | None = None,
     system: str | Sequence[str | None] | None = None,
     max_new_tokens: int = 64,
     positions: str | Positions = "response",
@@ -115,9 +78,15 @@ def generate_sweep(
 ) -> list[list[Generation]]:
     """Greedy generation of every prompt under every configuration, batched.
 
+    (One function on purpose: prefill, KV-cache expansion and the shrinking decode loop share
+    the batch state — cache, mask, active rows — that the exact-equality tests pin down.)
+
     Args:
         prompts: as for :func:`deltalens.generate` (strings, dicts, :class:`~deltalens.Prompt`).
-        configs: the configurations; ``SteerConfig()`` is the unsteered baseline.
+        configs: the configurations (:class:`~deltalens.steering.Candidate`); ``Candidate()``
+            is the unsteered baseline.
+        norms: reference norms of the layers relative terms steer (default: measured,
+            :func:`~deltalens.steering.terms.needed_norms`).
         positions: where the terms are added (position language); ``response`` steers every
             generated token and no prompt token.
         max_rows: upper bound on rows per batch; configurations are split into chunks of
@@ -137,11 +106,13 @@ def generate_sweep(
     if share_prefill is None:
         share_prefill = prompt_free
     elif share_prefill and not prompt_free:
-        raise ValueError(f"positions '{pos.text}' select prompt tokens, so the prefill cannot be shared")
+        raise PositionSpecError(f"positions '{pos.text}' select prompt tokens, so the prefill cannot be shared")
     if not plist or not configs:
         return [[] for _ in configs]
     if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be ≥ 1")
+        raise ConfigError(f"--max-new-tokens must be ≥ 1, got {max_new_tokens}")
+    if norms is None:
+        norms = needed_norms(lm, configs)
     formatted = format_prompts(lm, plist, chat)
     P = len(plist)
     eos = set(_eos_ids(lm))
@@ -161,7 +132,7 @@ def generate_sweep(
     for chunk in chunks:
         C = len(chunk)
         row0 = [c * P for c in chunk]  # global row id of (config, prompt 0)
-        ivs = _interventions([configs[c] for c in chunk], row0, P, pos)
+        ivs = interventions([configs[c] for c in chunk], norms, pos, row0=row0, n_prompts=P)
         gid = torch.tensor([row0[i] + p for i in range(C) for p in range(P)])  # global ids, chunk order
         plens = plen_all.repeat(C)
         with hooks.intervene(lm, ivs), warnings.catch_warnings():
