@@ -102,7 +102,7 @@ class FaithfulnessCurve:
         return write_json(path, self.to_dict())
 
     def plot(self, path: str | Path) -> Path:
-        from ..report.figures import new_figure, save_figure
+        from ..plots import new_figure, save_figure
 
         fig, ax = new_figure(6.0, 4.0)
         ax.plot(self.ks, self.faithfulness, marker="o", ms=3, label="faithfulness F(C)")

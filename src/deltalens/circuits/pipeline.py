@@ -71,7 +71,7 @@ def correlation_figure(exact: PatchingResult, approx: PatchingResult, path: str 
                        components: Sequence[str] = ("attn_out", "mlp_out")) -> dict[str, Any]:
     """Scatter of exact vs estimated normalised effects, with Pearson r per component and
     over all of them; returns the r values."""
-    from ..report.figures import scatter
+    from ..plots import scatter
 
     comps = [c for c in components if c in exact.components and c in approx.components]
     ex = torch.stack([exact.component(c) for c in comps])
@@ -190,7 +190,7 @@ def run_sae_attribute(
 
 
 def _error_figure(res: SAEAttribution, path: Path) -> Path:
-    from ..report.figures import label, new_figure, save_figure
+    from ..plots import label, new_figure, save_figure
 
     fig, ax = new_figure(max(5.0, 0.4 * len(res.positions) + 2), 3.5)
     xs = range(len(res.positions))

@@ -178,7 +178,7 @@ class PatchingResult:
 
     def heatmaps(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
         """One layer × position heatmap per component (normalised metric, token labels)."""
-        from ..report.figures import heatmap
+        from ..plots import heatmap
 
         out_dir = Path(out_dir)
         paths = []

@@ -201,7 +201,7 @@ class SAEAttribution:
                        pair: int | None = None, k: int = 12) -> Path:
         """Heatmap of latent activations (rows: latents, columns: positions with token
         labels) on the clean or corrupted run, for one pair or the mean over pairs."""
-        from ..report.figures import heatmap
+        from ..plots import heatmap
 
         if latents is None:
             seen: list[int] = []
@@ -225,7 +225,7 @@ class SAEAttribution:
                           run: str = "clean", pair_labels: list[str] | None = None, k: int = 12) -> Path:
         """The seed's per-position view: latents (rows) × pairs (columns) at one grid
         position (a column index of the task, e.g. a named position's column)."""
-        from ..report.figures import heatmap
+        from ..plots import heatmap
 
         if position not in self.positions:
             raise ConfigError(f"position {position} is not in this attribution's grid {self.positions}")
