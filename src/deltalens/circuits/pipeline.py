@@ -401,16 +401,17 @@ def run_patching(config: PatchConfig, experiment: Any = "default", progress: boo
 def run_attribution(config: AttributeConfig, experiment: Any = "default", progress: bool = True) -> CircuitRun:
     """Attribution patching / IG of ``config``'s components and, with an SAE, SAE-latent
     attribution (the SAE is checked against the model before any work)."""
+    from ..errors import DataFormatError
+
     cfg = config
+    if cfg.sae is not None and not Path(cfg.sae).exists():
+        raise DataFormatError(f"{cfg.sae}: no such SAE directory")
     lm, task, name = _load_task(cfg)
     sae_obj = site = None
     if cfg.sae is not None:
-        from ..errors import DataFormatError
         from ..sae import load_any
         from .sae_attribution import sae_site
 
-        if not Path(cfg.sae).exists():
-            raise DataFormatError(f"{cfg.sae}: no such SAE directory")
         sae_obj = load_any(cfg.sae, device=lm.device)
         site = sae_site(lm, sae_obj, cfg.sae_site, cfg.force_site)
     run = _task_summary(lm, task)

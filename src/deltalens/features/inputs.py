@@ -100,6 +100,19 @@ class ModelCache:
         return self.get(spec)
 
 
+def _not_utf8(path: Path) -> DataFormatError:
+    """The error for a text input that is not UTF-8: the file (of a directory) and byte offset."""
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    for f in files:
+        try:
+            f.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return DataFormatError(f"{f}: not valid UTF-8 at byte {exc.start} ({exc.reason}); save the file as UTF-8")
+        except OSError:
+            continue
+    return DataFormatError(f"{path}: not valid UTF-8; save the file as UTF-8")
+
+
 def read_prompt_set(path: str | Path | None) -> tuple[list[Any], str]:
     """A prompt set (``.jsonl`` of ``{content, label}`` or a directory of them) and its name;
     the bundled ``chat_prompts`` when ``path`` is None."""
@@ -107,7 +120,10 @@ def read_prompt_set(path: str | Path | None) -> tuple[list[Any], str]:
 
     if path is None:
         return bundled_prompts("chat_prompts"), "chat_prompts"
-    return read_prompts(Path(path)), Path(path).stem
+    try:
+        return read_prompts(Path(path)), Path(path).stem
+    except UnicodeDecodeError:
+        raise _not_utf8(Path(path)) from None
 
 
 def read_inputs(path: str | Path | None) -> tuple[list[Any], str]:
@@ -120,6 +136,9 @@ def read_inputs(path: str | Path | None) -> tuple[list[Any], str]:
         return prompt_inputs(prompts), name
     path = Path(path)
     if path.suffix in (".jsonl", ".txt"):
-        return read_capture_inputs(path), path.stem
+        try:
+            return read_capture_inputs(path), path.stem
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
     prompts, name = read_prompt_set(path)
     return prompt_inputs(prompts), name
