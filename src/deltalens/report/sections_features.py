@@ -134,7 +134,7 @@ def features_section(exp: Experiment) -> str | None:
     for title, sub, fn in (("Universal features", "universal", _universal), ("Specific features", "specific", _specific),
                            ("Firing statistics", "firing", _firing), ("Dashboards", "dashboards", _dashboards),
                            ("Evolution across iterations", "evolution", _evolution)):
-        d = root / sub
+        d = exp.features_dir(sub)
         if d.is_dir():
             body = fn(d)
             if body:
