@@ -152,6 +152,21 @@ def build_dashboards(
                 for f, ex, a, b in wanted[seqs[local]]:
                     ex["values"] = [round(float(v), 5) for v in lat[start + a : start + b, f]]
 
+    records = _dashboard_records(lm, sae, s_site, stats, features, examples, n_logits, logit_bins)
+    return records, stats
+
+
+def _dashboard_records(
+    lm: LoadedModel,
+    sae: SAE,
+    s_site: Any,
+    stats: FiringStats,
+    features: list[int],
+    examples: dict[int, list[dict[str, Any]]],
+    n_logits: int,
+    logit_bins: int,
+) -> list[dict[str, Any]]:
+    """One dashboard record per latent: its examples as token strings, logit effects, histograms."""
     cache: dict[int, str] = {}
 
     def tok(i: int) -> str:
@@ -220,7 +235,7 @@ def build_dashboards(
                 },
             }
             records.append(rec)
-    return records, stats
+    return records
 
 
 def write_dashboards(

@@ -279,6 +279,42 @@ def firing_rates_from_sparsity(paths: Sequence[str | Path]) -> torch.Tensor | No
     return torch.stack(out)
 
 
+def _classify(
+    rates: torch.Tensor | None, cfg: EvolutionConfig, back: torch.Tensor, n_changes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``born_at``, ``died_at`` and the status of every latent (see the module docstring)."""
+    d = int(back.shape[0])
+    T = 0 if rates is None else int(rates.shape[0])
+    born_at = torch.full((d,), -1, dtype=torch.long)
+    died_at = torch.full((d,), -1, dtype=torch.long)
+    status = ["stable"] * d
+    if rates is not None:
+        alive = rates > cfg.alive_threshold
+        for t in range(1, T):
+            b = alive[t] & ~alive[t - 1] & (born_at < 0)
+            born_at[b] = t
+            dd = ~alive[t] & alive[t - 1] & (died_at < 0)
+            died_at[dd] = t
+        ever = alive.any(0)
+        first_alive = torch.where(ever, alive.float().argmax(0), torch.full((d,), -1))
+        for i in range(d):
+            if not ever[i]:
+                status[i] = "dead"
+            elif first_alive[i] > 0:
+                status[i] = "born" if alive[-1, i] else "born_then_died"
+            elif not alive[-1, i]:
+                status[i] = "died"
+            elif not alive[:, i].all():
+                status[i] = "revived"
+    for i in range(d):
+        if status[i] == "stable":
+            if back[i] >= 0:
+                status[i] = "changed_back"
+            elif n_changes[i] > 0:
+                status[i] = "changed"
+    return born_at, died_at, status
+
+
 @torch.no_grad()
 def feature_evolution(
     saes: Sequence[SAE],
@@ -335,33 +371,7 @@ def feature_evolution(
             ret = changed[t] & (back < 0) & (cosine_rows(W[s], W[t - 1]) >= cfg.change_threshold)
             back[ret] = s
 
-    born_at = torch.full((d,), -1, dtype=torch.long)
-    died_at = torch.full((d,), -1, dtype=torch.long)
-    status = ["stable"] * d
-    if rates is not None:
-        alive = rates > cfg.alive_threshold
-        for t in range(1, T):
-            b = alive[t] & ~alive[t - 1] & (born_at < 0)
-            born_at[b] = t
-            dd = ~alive[t] & alive[t - 1] & (died_at < 0)
-            died_at[dd] = t
-        ever = alive.any(0)
-        first_alive = torch.where(ever, alive.float().argmax(0), torch.full((d,), -1))
-        for i in range(d):
-            if not ever[i]:
-                status[i] = "dead"
-            elif first_alive[i] > 0:
-                status[i] = "born" if alive[-1, i] else "born_then_died"
-            elif not alive[-1, i]:
-                status[i] = "died"
-            elif not alive[:, i].all():
-                status[i] = "revived"
-    for i in range(d):
-        if status[i] == "stable":
-            if back[i] >= 0:
-                status[i] = "changed_back"
-            elif n_changes[i] > 0:
-                status[i] = "changed"
+    born_at, died_at, status = _classify(rates, cfg, back, n_changes)
     return Evolution(
         names=names, config=cfg, cos_prev=cos_prev, cos_first=cos_first, dec_norm=dec_norm, enc_norm=enc_norm,
         threshold=thr, firing_rate=rates, born_at=born_at, died_at=died_at, first_change=first_change.long(),

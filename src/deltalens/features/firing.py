@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataFormatError
+from ..errors import ConfigError, DataFormatError, ShapeError
 from ..io import load_tensors, provenance, read_safetensors_metadata, save_tensors
 from ..models.loading import LoadedModel
 from ..positions import Positions
@@ -139,7 +139,7 @@ class FiringStats(StageResult):
         cfg = self.config
         d = self.d_sae
         if f.shape[-1] != d:
-            raise ValueError(f"latents have width {f.shape[-1]}, these statistics have d_sae={d}")
+            raise ShapeError(f"latents have width {f.shape[-1]}, these statistics have d_sae={d}")
         f = f.to(dev, torch.float32)
         seq_ids, positions = seq_ids.to(dev), positions.to(dev)
         is_response, seq_lens = is_response.to(dev), seq_lens.to(dev)
@@ -190,7 +190,7 @@ class FiringStats(StageResult):
     def merge(self, other: FiringStats) -> FiringStats:
         """Combine statistics of two disjoint datasets (e.g. shards run in parallel)."""
         if other.d_sae != self.d_sae or asdict(other.config) != asdict(self.config):
-            raise ValueError("can only merge firing statistics with the same d_sae and config")
+            raise ConfigError("can only merge firing statistics with the same d_sae and config")
         out = FiringStats.empty(self.d_sae, self.config)
         for name in (*_COUNTERS, *_SUMS, "hist", "pos_hist"):
             out.tensors[name] = self.tensors[name].cpu() + other.tensors[name].cpu()
