@@ -127,6 +127,16 @@ def test_evolution_roundtrip(tmp_path: Path) -> None:
         assert torch.equal(torch.nan_to_num(getattr(back, name), 9.0), torch.nan_to_num(getattr(ev, name), 9.0)), name
 
 
+def test_feature_dashboards_roundtrip(tmp_path: Path) -> None:
+    from deltalens.features import FeatureDashboards
+
+    rec = {"index": 4, "maxActApprox": 1.5, "frac_nonzero": 0.25, "pos_str": ["a", "\n"], "activations": [
+        {"tokens": ["x", "y"], "values": [0.0, 1.5], "maxValue": 1.5, "maxValueTokenIndex": 1}]}
+    d = FeatureDashboards([rec, {**rec, "index": 0}], {"model": "tiny"})
+    back = roundtrip(d, tmp_path / "dash")
+    assert back == d and (tmp_path / "dash" / "features" / "4.json").is_file()
+
+
 # == circuits ==
 
 

@@ -13,7 +13,7 @@ chat token types, evolution across iterative SAE series, dashboards.
 """
 
 from . import describe as _describe  # noqa: F401  (registers `deltalens info` describers)
-from .dashboard import build_dashboards, logit_effects, top_logit_tokens, write_dashboards
+from .dashboard import FeatureDashboards, build_dashboards, logit_effects, top_logit_tokens, write_dashboards
 from .evolution import Evolution, EvolutionConfig, feature_evolution, firing_rates_from_sparsity
 from .firing import FiringConfig, FiringStats, firing_stats, firing_stats_many
 from .latents import LatentBatch, iter_latents
@@ -68,6 +68,7 @@ __all__ = [
     "UNIVERSAL_COLUMNS",
     "UNIVERSAL_COLUMNS_ANNOTATED",
     "Evolution",
+    "FeatureDashboards",
     "EvolutionConfig",
     "FeatureRef",
     "FeatureSource",

@@ -429,10 +429,14 @@ class DashboardConfig(StageConfig):
 
 @dataclass
 class DashboardRun:
-    records: list[dict[str, Any]]
+    dashboards: Any  # FeatureDashboards
     stats: FiringStats
     index: Path
     seconds: float
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.dashboards.records
 
     def rows(self, n: int = 10) -> list[tuple[Any, ...]]:
         """(latent, frac tokens, max, top logit tokens, top example) of the ``n`` most frequent latents."""
@@ -443,7 +447,8 @@ class DashboardRun:
 
 def run_dashboards(config: DashboardConfig, experiment: Any = "default", progress: bool = True) -> DashboardRun:
     """Per-latent dashboard JSON for the SAE of ``config``."""
-    from .dashboard import build_dashboards, write_dashboards
+    from ..io import provenance
+    from .dashboard import FeatureDashboards, build_dashboards
 
     s = read_sae(config.sae)
     lm = ModelCache(config.dtype, config.device).for_sae(s, config.model)
@@ -454,5 +459,5 @@ def run_dashboards(config: DashboardConfig, experiment: Any = "default", progres
                                    left=left, right=right, batch_size=config.batch_size, dataset_name=dname,
                                    progress=progress)
     target = config.out or _experiment(experiment).dashboard_dir(s.label, dname)
-    index = write_dashboards(recs, target, extra={"sae": str(s.path), "dataset": dname}, lm=lm)
-    return DashboardRun(recs, stats, index, time.time() - t0)
+    dash = FeatureDashboards(recs, provenance(lm, sae=str(s.path), dataset=dname, config=config.to_dict()))
+    return DashboardRun(dash, stats, dash.save(target), time.time() - t0)

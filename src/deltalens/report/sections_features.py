@@ -85,7 +85,7 @@ def _dashboards(d: Path, max_latents: int = 12, max_examples: int = 3) -> str:
     out = []
     for index in sorted(d.rglob("index.json")):
         idx = json_file(index) or {}
-        if idx.get("kind") != "deltalens.feature_dashboards":
+        if idx.get("kind") not in ("feature dashboards", "deltalens.feature_dashboards"):
             continue
         feats = idx.get("features", [])
         cards = []
