@@ -36,6 +36,13 @@ from .task import PairTask
 if TYPE_CHECKING:
     from ..models.loading import LoadedModel
 
+TOP_SITES_FILE = "top_sites.csv"
+TOP_LATENTS_FILE = "top_latents.csv"
+EXACT_FILE = "exact.json"
+CORRELATION_FILE = "correlation.json"
+EXACT_FIGURE = "exact_vs_attribution.png"
+FAITHFULNESS_FIGURE = "faithfulness.png"
+
 
 def run_patch(
     lm: LoadedModel,
@@ -46,13 +53,15 @@ def run_patch(
     direction: str = "denoising",
     batch_tokens: int = 4096,
     progress: bool = True,
+    config: dict[str, Any] | None = None,
 ) -> tuple[PatchingResult, list[Path]]:
-    """Exact activation patching → ``results.json`` + one heatmap per component."""
+    """Exact activation patching → ``results.json`` + one heatmap per component (``config``:
+    the stage config recorded in the result's provenance)."""
     out_dir = Path(out_dir)
     res = activation_patching(lm, task, components, layers, direction, batch_tokens=batch_tokens, progress=progress)
-    res.meta["provenance"] = provenance(lm, method=res.method, direction=direction)
-    res.save(out_dir / "results.json")
-    write_csv(out_dir / "top_sites.csv", res.top(20))
+    res.meta["provenance"] = provenance(lm, method=res.method, direction=direction, config=config)
+    res.save(out_dir)
+    write_csv(out_dir / TOP_SITES_FILE, res.top(20))
     return res, res.heatmaps(out_dir)
 
 
@@ -105,6 +114,7 @@ def run_attribute(
     ks: Sequence[int] | None = None,
     batch_tokens: int = 4096,
     progress: bool = True,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Attribution patching (``method="attribution"``) or integrated gradients (``"ig"``) of
     components × layers × positions; optionally against exact patching (r, scatter) and
@@ -117,17 +127,17 @@ def run_attribute(
         res = attribution_patching(lm, task, components, layers, direction)
     else:
         raise ConfigError(f"unknown attribution method '{method}'; valid: attribution, ig")
-    res.meta["provenance"] = provenance(lm, method=res.method, direction=direction)
-    res.save(out_dir / "results.json")
-    write_csv(out_dir / "top_sites.csv", res.top(20))
+    res.meta["provenance"] = provenance(lm, method=res.method, direction=direction, config=config)
+    res.save(out_dir)
+    write_csv(out_dir / TOP_SITES_FILE, res.top(20))
     out: dict[str, Any] = {"result": res, "figures": res.heatmaps(out_dir), "dir": out_dir}
     if compare_exact:
         exact = activation_patching(lm, task, components, layers, direction, batch_tokens=batch_tokens,
                                     progress=progress)
-        exact.save(out_dir / "exact.json")
-        fig = out_dir / "exact_vs_attribution.png"
+        exact.save(out_dir / EXACT_FILE)
+        fig = out_dir / EXACT_FIGURE
         r = correlation_figure(exact, res, fig, components)
-        write_json(out_dir / "correlation.json", {
+        write_json(out_dir / CORRELATION_FILE, {
             "pearson_r": r, "seconds_exact": exact.seconds, "seconds_estimate": res.seconds,
             "speedup": exact.seconds / max(res.seconds, 1e-9), "method": res.method,
         })
@@ -135,9 +145,9 @@ def run_attribute(
     if faithfulness:
         curve = faithfulness_curve(lm, task, res, ks=ks, batch_tokens=batch_tokens)
         curve.meta["provenance"] = provenance(lm, method="faithfulness")
-        curve.save(out_dir / "faithfulness.json")
+        curve.save(out_dir)
         out["faithfulness"] = curve
-        out["figures"].append(curve.plot(out_dir / "faithfulness.png"))
+        out["figures"].append(curve.plot(out_dir / FAITHFULNESS_FIGURE))
     return out
 
 
@@ -156,6 +166,7 @@ def run_sae_attribute(
     ks: Sequence[int] | None = None,
     batch_tokens: int = 4096,
     force_site: bool = False,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """SAE-latent attribution at one site: error-term table, top-k latents JSON, latent
     activation heatmaps (clean and corrupted), error-node scores by position, and
@@ -163,9 +174,9 @@ def run_sae_attribute(
     out_dir = Path(out_dir)
     res: SAEAttribution = sae_attribution(lm, task, sae, site, direction, mode, keep_error,
                                            force_site=force_site)
-    res.meta["provenance"] = provenance(lm, method="sae_attribution", site=str(res.site), mode=mode)
+    res.meta["provenance"] = provenance(lm, method="sae_attribution", site=str(res.site), mode=mode, config=config)
     paths = res.save_all(out_dir, k=top_k)
-    write_csv(out_dir / "top_latents.csv", res.top(top_k, include_error=True))
+    write_csv(out_dir / TOP_LATENTS_FILE, res.top(top_k, include_error=True))
     lat = list(latents) if latents else None
     figs = [
         res.latent_heatmap(out_dir / "latent_heatmap.png", lat, run="clean"),
@@ -184,9 +195,9 @@ def run_sae_attribute(
     if faithfulness:
         curve: FaithfulnessCurve = faithfulness_curve(lm, task, res, ks=ks, sae=sae, batch_tokens=batch_tokens)
         curve.meta["provenance"] = provenance(lm, method="faithfulness")
-        curve.save(out_dir / "faithfulness.json")
+        curve.save(out_dir)
         out["faithfulness"] = curve
-        figs.append(curve.plot(out_dir / "faithfulness.png"))
+        figs.append(curve.plot(out_dir / FAITHFULNESS_FIGURE))
     return out
 
 
@@ -394,7 +405,8 @@ def run_patching(config: PatchConfig, experiment: Any = "default", progress: boo
     run = _task_summary(lm, task)
     run.out_dir = _dir(config, experiment, name, f"patching_{config.direction}")
     run.result, run.figures = run_patch(lm, task, run.out_dir, config.components, layer_list(config.layers, lm.n_layers),
-                                        config.direction, batch_tokens=config.batch_tokens, progress=progress)
+                                        config.direction, batch_tokens=config.batch_tokens, progress=progress,
+                                        config=config.to_dict())
     return run
 
 
@@ -419,7 +431,8 @@ def run_attribution(config: AttributeConfig, experiment: Any = "default", progre
     if cfg.components:
         run.out_dir = _dir(cfg, experiment, name, f"{cfg.method}_{cfg.direction}")
         res = run_attribute(lm, task, run.out_dir, cfg.components, layer_list(cfg.layers, lm.n_layers), cfg.direction,
-                            cfg.method, cfg.steps, cfg.compare_exact, cfg.faithfulness, ks, cfg.batch_tokens, progress)
+                            cfg.method, cfg.steps, cfg.compare_exact, cfg.faithfulness, ks, cfg.batch_tokens, progress,
+                            config=cfg.to_dict())
         run.result, run.figures = res["result"], res["figures"]
         run.exact, run.r, run.faithfulness = res.get("exact"), res.get("r"), res.get("faithfulness")
     if sae_obj is not None:
@@ -428,5 +441,5 @@ def run_attribution(config: AttributeConfig, experiment: Any = "default", progre
         out_dir = Path(cfg.out) / sub if cfg.out is not None else _dir(cfg, experiment, name, sub)
         run.sae = run_sae_attribute(lm, task, sae_obj, out_dir, site, cfg.direction, cfg.mode, cfg.keep_error,
                                     cfg.top_k, cfg.latents or None, cfg.faithfulness, ks, cfg.batch_tokens,
-                                    force_site=cfg.force_site)
+                                    force_site=cfg.force_site, config=cfg.to_dict())
     return run
