@@ -266,6 +266,7 @@ def run_firing(config: FiringRunConfig, experiment: Any = "default", progress: b
     dt = time.time() - t0
     paths = []
     for s, st in zip(saes, stats):
+        st.meta["config"] = cfg.to_dict()
         target = cfg.out if (cfg.out is not None and len(saes) == 1) else exp.firing_stats_path(s.label, dname)
         paths.append(st.save(target))
     return FiringRun(stats, [s.label for s in saes], paths, dname, dt)
