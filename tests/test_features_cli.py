@@ -196,3 +196,15 @@ def test_universal_reads_dictionary_learning_trainers(on_disk, tiny, capsys, tmp
 
     back = UniversalFeatures.load(out)
     assert back.table.source.tolist() == ["smol_trainer2_layer0"] and back.n_prompts == 3
+
+
+def test_weights_command_writes_table_and_header(on_disk, capsys, tmp_path):
+    root, _ = on_disk
+    code, out, err = run_here(capsys, "features", "weights", "--sae", f"M1={root / 'sae'}", "--reference",
+                              str(root / "sae"), "--out", str(tmp_path / "w.parquet"))
+    assert code == 0, err
+    from deltalens.features import WeightMetrics
+
+    m = WeightMetrics.load(tmp_path / "w.parquet")
+    assert m.d_sae == 6 and m.meta["config"]["sae"].startswith("M1=") and bool((m.dec_cos_ref[[0, 1]] > 0.999).all())
+    assert "weight metrics of" in out and (tmp_path / "w.json").is_file()
