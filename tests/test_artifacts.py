@@ -48,9 +48,12 @@ def _universal_features(recorded: bool = True):
 def test_universal_features_roundtrip(tmp_path: Path) -> None:
     import pandas as pd
 
+    from deltalens.features import UNIVERSAL_COLUMNS
+
     r = _universal_features()
     back = roundtrip(r, tmp_path)
-    pd.testing.assert_frame_equal(back.table, r.table)
+    pd.testing.assert_frame_equal(back.table[UNIVERSAL_COLUMNS], r.table)
+    assert back.table["chat_desc"].tolist() == ["", ""]  # hand-annotation columns survive a load
     assert back.records == r.records and back.meta == r.meta
     assert (back.n_prompts, back.threshold, back.activation_threshold, back.recorded, back.annotation_columns) == (3, 0.3, 0.01, True, True)
     # the CSV keeps the seed's schema (annotated), and the CSV path loads too
@@ -59,7 +62,7 @@ def test_universal_features_roundtrip(tmp_path: Path) -> None:
     assert (tmp_path / "universal_features.csv").read_text().splitlines()[0] == ",".join(UNIVERSAL_COLUMNS_ANNOTATED)
     csv_path, jsonl = r.write(tmp_path / "named" / "u.csv")
     assert jsonl == tmp_path / "named" / "u_activeprompts.jsonl" and (tmp_path / "named" / "u.json").is_file()
-    pd.testing.assert_frame_equal(UniversalFeatures.load(csv_path).table, r.table)
+    pd.testing.assert_frame_equal(UniversalFeatures.load(csv_path).table[UNIVERSAL_COLUMNS], r.table)
     assert describe(tmp_path / "named" / "u.json")["kind"] == UniversalFeatures.KIND
 
 

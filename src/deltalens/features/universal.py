@@ -544,6 +544,8 @@ class UniversalFeatures(StageResult):
         """Read a saved result: its directory, its CSV or its header."""
         d, csv_path, _ = _read_header(cls, path, UNIVERSAL_STEM)
         table = _read_table(csv_path, UNIVERSAL_COLUMNS, cls.KIND)
+        if d.get("annotation_columns"):  # keep what was annotated by hand
+            table = _read_table(csv_path, UNIVERSAL_COLUMNS_ANNOTATED, cls.KIND)
         recs = _read_records(_records_path(csv_path)) if d.get("recorded") else []
         return cls(table, recs, int(d["n_prompts"]), float(d["threshold"]), float(d["activation_threshold"]),
                    bool(d.get("recorded")), bool(d.get("annotation_columns")), dict(d.get("meta") or {}))
