@@ -308,7 +308,7 @@ def test_sae_site_errors(tiny, tmp_path):
         sae_attribution(tiny, task, _sae(tiny), site="resid.2")
     assert sae_attribution(tiny, task, _sae(tiny), site="resid.2", force_site=True).site == Site(2, "resid")
     res = sae_attribution(tiny, task, _sae(tiny))
-    paths = res.save(tmp_path / "sae")
+    paths = res.save_all(tmp_path / "sae")
     back = SAEAttribution.load(tmp_path / "sae")
     torch.testing.assert_close(back.scores, res.scores)
     assert json.loads(paths["top"].read_text())[0]["description"] is None

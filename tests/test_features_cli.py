@@ -162,3 +162,49 @@ def test_demo_stage_runs_and_skips(tiny, tmp_path):
     assert "SAE features" in html and "tiny_trainer0_layer0" in html and "universal features" in html
     assert "background:rgba(255,140,0,1.00)" in html  # the firing token of a top example
     assert "<script>alert" not in html and "&lt;" in html
+
+
+def _dictionary_learning_dir(sae, root: Path, trainer: int, lm_name: str) -> Path:
+    """The planted SAE as a dictionary_learning trainer directory (``trainer_<n>/ae.pt`` + ``config.json``)."""
+    import torch
+
+    d = root / "resid_post_layer_0" / f"trainer_{trainer}"
+    d.mkdir(parents=True)
+    torch.save({"encoder.weight": sae.W_enc.detach().T.contiguous(), "encoder.bias": sae.b_enc.detach(),
+                "decoder.weight": sae.W_dec.detach().T.contiguous(), "bias": sae.b_dec.detach()}, d / "ae.pt")
+    (d / "config.json").write_text(json.dumps({"trainer": {"dict_class": "AutoEncoder", "submodule_name": "embed",
+                                                           "lm_name": lm_name, "layer": 0}}))
+    return d
+
+
+def test_universal_reads_dictionary_learning_trainers(on_disk, tiny, capsys, tmp_path):
+    """The seed's SAEs are dictionary_learning trainers: read them, and name the source with
+    the trainer index of their ``trainer_<n>`` directory."""
+    root, info = on_disk
+    from deltalens.sae import load_sae
+
+    d = _dictionary_learning_dir(load_sae(root / "sae"), tmp_path / "dl", 2, str(root / "model"))
+    out = tmp_path / "u.csv"
+    code, stdout, err = run_here(capsys, "features", "universal", "--sae", str(d), "--model-alias", "smol",
+                                 "--prompts-path", str(root / "prompts.jsonl"), "--threshold", "0.3",
+                                 "--universal-output", str(out))
+    assert code == 0, err
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(int(r["feature_id"]), r["source"], r["token"]) for r in rows] == [(ASST, "smol_trainer2_layer0", "asst")]
+    from deltalens.features import UniversalFeatures
+
+    back = UniversalFeatures.load(out)
+    assert back.table.source.tolist() == ["smol_trainer2_layer0"] and back.n_prompts == 3
+
+
+def test_weights_command_writes_table_and_header(on_disk, capsys, tmp_path):
+    root, _ = on_disk
+    code, out, err = run_here(capsys, "features", "weights", "--sae", f"M1={root / 'sae'}", "--reference",
+                              str(root / "sae"), "--out", str(tmp_path / "w.parquet"))
+    assert code == 0, err
+    from deltalens.features import WeightMetrics
+
+    m = WeightMetrics.load(tmp_path / "w.parquet")
+    assert m.d_sae == 6 and m.meta["config"]["sae"].startswith("M1=") and bool((m.dec_cos_ref[[0, 1]] > 0.999).all())
+    assert "weight metrics of" in out and (tmp_path / "w.json").is_file()

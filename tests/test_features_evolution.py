@@ -76,7 +76,7 @@ def test_three_iteration_series_is_classified(series, tmp_path):
     assert [r["changed"] for r in rows] == [0, 2, 1] and [r["changed_back"] for r in rows] == [0, 0, 1]
     assert ev.counts() == {**{s: 0 for s in STATUSES}, "born": 1, "died": 1, "changed_back": 1, "dead": 1,
                            "changed": 1, "born_then_died": 1, "stable": 2}
-    paths = ev.save(tmp_path / "evo")
+    paths = ev.save_all(tmp_path / "evo")
     frame = __import__("pandas").read_parquet(paths["latents"])
     assert frame.status.tolist() == ev.status
     assert frame.born_at.tolist()[BORN] == "M1D1" and frame.changed_back_at.tolist()[BACK] == "M2D2"

@@ -19,3 +19,16 @@ def test_report_escapes_model_text_and_embeds_figures(tmp_path):
     assert "Say &lt;b&gt;hi&lt;/b&gt;" in html
     assert "x&lt;y&gt;" in html and html.count("<script>") == 1  # only the table-sorting script
     assert path.stat().st_mode & 0o044, "report must be readable by others like any file"
+
+
+def test_features_and_circuits_do_not_import_the_report():
+    """The figures live in deltalens.plots (core level): no features ↔ report import cycle."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    code = ("import sys, deltalens.features, deltalens.circuits, deltalens.features.evolution, deltalens.circuits.pipeline; "
+            "bad = sorted(m for m in sys.modules if m.startswith('deltalens.report')); assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src})
+    assert r.returncode == 0, r.stderr

@@ -107,12 +107,20 @@ class Experiment:
     def generations_path(self, name: str) -> Path:
         return self._dir("generations", f"{_safe(name, 'generation set')}.jsonl")
 
+    def generations_dir(self) -> Path:
+        """``generations/`` (every :meth:`generations_path` is in it)."""
+        return self._dir("generations")
+
     def responses_dir(self, dataset: str, variant: str) -> Path:
         return self._dir("responses", _safe(dataset, "dataset"), _safe(variant, "variant"))
 
     def activations_dir(self, dataset: str, variant: str, positions: str | Positions) -> Path:
         slug = Positions.parse(positions).slug
         return self._dir("activations", _safe(dataset, "dataset"), _safe(variant, "variant"), slug)
+
+    def activations_root(self) -> Path:
+        """``activations/`` (every :meth:`activations_dir` is below it)."""
+        return self._dir("activations")
 
     def vectors_dir(self, trait: str, variant: str, positions: str | Positions, component: str, method: str) -> Path:
         slug = Positions.parse(positions).slug

@@ -17,13 +17,13 @@ Typical use::
 from .attribution import attribution_patching, integrated_gradients
 from .faithfulness import FaithfulnessCurve, faithfulness_curve
 from .metrics import METRICS, answer_logprob, logit_diff, logprob_diff, normalise
-from .patching import COMPONENTS, activation_patching, cache_run, run_patches
+from .patching import PATCH_COMPONENTS, activation_patching, cache_run, run_patches
 from .results import PatchingResult, pearson
 from .sae_attribution import SAEAttribution, error_term_table, sae_attribution
 from .task import PairTask, build_task
 
 __all__ = [
-    "COMPONENTS",
+    "PATCH_COMPONENTS",
     "METRICS",
     "FaithfulnessCurve",
     "PairTask",

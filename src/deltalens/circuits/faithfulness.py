@@ -27,13 +27,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataFormatError
 from ..hooks import Replace, Site, Splice, intervene
 from ..io import write_json
+from ..stage import StageResult, register_result
 from .patching import cache_run
 from .results import PatchingResult
 from .sae_attribution import SAEAttribution
@@ -45,9 +46,15 @@ if TYPE_CHECKING:
 DEFAULT_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
+@register_result
 @dataclass
-class FaithfulnessCurve:
-    """Faithfulness / completeness as the circuit grows (see module docstring)."""
+class FaithfulnessCurve(StageResult):
+    """Faithfulness / completeness as the circuit grows (see module docstring).
+
+    Saved as one JSON file (``faithfulness.json`` in a directory, or any ``.json`` path)."""
+
+    KIND: ClassVar[str] = "circuits.faithfulness"
+    FILENAME: ClassVar[str] = "faithfulness.json"
 
     nodes: str
     ks: list[int]
@@ -79,7 +86,8 @@ class FaithfulnessCurve:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": "circuits.faithfulness",
+            "kind": self.KIND,
+            "schema": self.SCHEMA,
             "nodes": self.nodes,
             "n_nodes": self.n_nodes,
             "definitions": {
@@ -98,11 +106,24 @@ class FaithfulnessCurve:
             "meta": self.meta,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FaithfulnessCurve:
+        if d.get("kind", cls.KIND) != cls.KIND:
+            raise DataFormatError(f"not a valid {cls.KIND} (kind is {d.get('kind')!r})")
+        return cls(str(d["nodes"]), [int(k) for k in d["k"]], int(d["n_nodes"]), float(d["F_model"]),
+                   float(d["F_empty"]), [float(x) for x in d["F_circuit"]], [float(x) for x in d["F_complement"]],
+                   float(d.get("seconds", 0.0)), dict(d.get("meta") or {}))
+
     def save(self, path: str | Path) -> Path:
-        return write_json(path, self.to_dict())
+        """Write the curve: ``path`` is a ``.json`` file or a directory (``faithfulness.json`` in it)."""
+        p = Path(path)
+        return write_json(p if p.suffix == ".json" else p / self.FILENAME, self.to_dict())
+
+    def summary(self) -> dict[str, Any]:
+        return {"nodes": self.nodes, "k": self.ks, "faithfulness": self.faithfulness, "completeness": self.completeness}
 
     def plot(self, path: str | Path) -> Path:
-        from ..report.figures import new_figure, save_figure
+        from ..plots import new_figure, save_figure
 
         fig, ax = new_figure(6.0, 4.0)
         ax.plot(self.ks, self.faithfulness, marker="o", ms=3, label="faithfulness F(C)")

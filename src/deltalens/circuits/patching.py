@@ -33,7 +33,7 @@ from .task import PairTask
 if TYPE_CHECKING:
     from ..models.loading import LoadedModel
 
-COMPONENTS = ("resid", "attn_out", "mlp_out")
+PATCH_COMPONENTS = ("resid", "attn_out", "mlp_out")
 
 #: a patch: site → grid columns to patch there (``None`` = every real position of the sequence)
 Patch = Mapping[Site, "Sequence[int] | None"]
@@ -52,8 +52,8 @@ def runs_for(direction: str) -> tuple[str, str]:
 
 def sweep_sites(lm: LoadedModel, components: Sequence[str], layers: Sequence[int] | None) -> list[Site]:
     for c in components:
-        if c not in COMPONENTS:
-            raise ConfigError(f"cannot patch component '{c}'; valid: {', '.join(COMPONENTS)}")
+        if c not in PATCH_COMPONENTS:
+            raise ConfigError(f"cannot patch component '{c}'; valid: {', '.join(PATCH_COMPONENTS)}")
     layers = list(range(lm.n_layers)) if layers is None else [lm.arch.check_layer(layer) for layer in layers]
     return [Site(layer, c) for c in components for layer in layers]
 

@@ -3,18 +3,19 @@ components × layers × positions, with JSON and heatmap output."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ..errors import DataFormatError
-from ..io import read_json, write_json
+from ..io import write_json
+from ..stage import StageResult, register_result
 from .metrics import normalise
 
-METHODS = ("activation_patching", "attribution_patching", "integrated_gradients")
+PATCH_METHODS = ("activation_patching", "attribution_patching", "integrated_gradients")
 DIRECTIONS = ("denoising", "noising")
 
 DIRECTION_HELP = {
@@ -23,8 +24,9 @@ DIRECTION_HELP = {
 }
 
 
+@register_result
 @dataclass
-class PatchingResult:
+class PatchingResult(StageResult):
     """``values[c, l, p]`` = mean metric (over pairs) of the run with component ``c`` of
     layer ``l`` at grid position ``p`` patched — measured (``activation_patching``) or
     first-order estimated (``attribution_patching``, ``integrated_gradients``).
@@ -32,7 +34,12 @@ class PatchingResult:
     ``normalised`` = (values − m_corrupt)/(m_clean − m_corrupt): 1 = clean behaviour,
     0 = corrupted, for both directions. ``effect`` = values − metric of the unpatched run
     the patches went into (corrupted for denoising, clean for noising).
+
+    Saved as one JSON file (``results.json`` in a directory, or any ``.json`` path).
     """
+
+    KIND: ClassVar[str] = "circuits.patching"
+    FILENAME: ClassVar[str] = "results.json"
 
     method: str
     direction: str
@@ -139,7 +146,8 @@ class PatchingResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": "circuits.patching",
+            "kind": self.KIND,
+            "schema": self.SCHEMA,
             "method": self.method,
             "direction": self.direction,
             "direction_means": DIRECTION_HELP[self.direction],
@@ -160,8 +168,8 @@ class PatchingResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PatchingResult:
-        if d.get("kind") != "circuits.patching":
-            raise DataFormatError("not a deltalens patching result (kind != circuits.patching)")
+        if d.get("kind", cls.KIND) != cls.KIND:
+            raise DataFormatError(f"not a valid {cls.KIND} (kind is {d.get('kind')!r})")
         pp = d.get("per_pair")
         return cls(
             d["method"], d["direction"], d["metric"], list(d["components"]), list(d["layers"]), list(d["positions"]),
@@ -170,15 +178,18 @@ class PatchingResult:
         )
 
     def save(self, path: str | Path) -> Path:
-        return write_json(path, self.to_dict())
+        """Write the result: ``path`` is a ``.json`` file or a directory (``results.json`` in it)."""
+        p = Path(path)
+        return write_json(p if p.suffix == ".json" else p / self.FILENAME, self.to_dict())
 
-    @classmethod
-    def load(cls, path: str | Path) -> PatchingResult:
-        return cls.from_dict(read_json(path))
+    def summary(self) -> dict[str, Any]:
+        return {"method": self.method, "direction": self.direction, "metric": self.metric_name, "clean": self.clean,
+                "corrupted": self.corrupted, "components": self.components, "layers": len(self.layers),
+                "positions": self.labels}
 
     def heatmaps(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
         """One layer × position heatmap per component (normalised metric, token labels)."""
-        from ..report.figures import heatmap
+        from ..plots import heatmap
 
         out_dir = Path(out_dir)
         paths = []

@@ -33,13 +33,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ..errors import ConfigError, DataFormatError
 from ..hooks import Read, Site, Splice, intervene
 from ..io import load_tensors, read_json, save_tensors, write_json
+from ..stage import StageResult, register_result
 from .attribution import gradient_path
 from .patching import runs_for
 from .task import PairTask
@@ -81,14 +82,23 @@ def sae_site(lm: LoadedModel, sae: SAELike, site: Any | None = None, force: bool
     return s
 
 
+@register_result
 @dataclass
-class SAEAttribution:
+class SAEAttribution(StageResult):
     """Latent and error-node attribution at one SAE site (module docstring).
 
     ``scores [P, d_sae]`` and ``error_scores [P]`` are over the grid ``positions``;
     ``act_clean``/``act_corrupted [P, d_sae]`` are mean latent activations over pairs.
     ``error_table`` holds the metric of the model and of the splice with/without ε.
+
+    Saved in a directory: ``attribution.json`` (kind, schema, summary, error table),
+    ``top_latents.json`` and ``scores.safetensors``.
     """
+
+    KIND: ClassVar[str] = "circuits.sae_attribution"
+    FILENAME: ClassVar[str] = "attribution.json"
+    TOP_FILE: ClassVar[str] = "top_latents.json"
+    SCORES_FILE: ClassVar[str] = "scores.safetensors"
 
     site: Site
     direction: str
@@ -153,7 +163,8 @@ class SAEAttribution:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "kind": "circuits.sae_attribution",
+            "kind": self.KIND,
+            "schema": self.SCHEMA,
             "site": str(self.site),
             "direction": self.direction,
             "mode": self.mode,
@@ -172,28 +183,42 @@ class SAEAttribution:
             "meta": self.meta,
         }
 
-    def save(self, out_dir: str | Path, k: int = 25) -> dict[str, Path]:
-        """``attribution.json`` (summary + error table), ``top_latents.json`` and
-        ``scores.safetensors`` (scores, error scores, mean activations)."""
+    def to_dict(self) -> dict[str, Any]:
+        return self.summary()
+
+    def save(self, out_dir: str | Path, k: int = 25) -> Path:
+        """Write the result into ``out_dir`` (see the class docstring); returns ``attribution.json``."""
+        return self.save_all(out_dir, k)["summary"]
+
+    def save_all(self, out_dir: str | Path, k: int = 25) -> dict[str, Path]:
+        """:meth:`save`, returning every file by name: ``summary`` (``attribution.json``),
+        ``top`` (``top_latents.json``, the ``k`` largest) and ``scores`` (``scores.safetensors``)."""
         out_dir = Path(out_dir)
         paths = {
-            "summary": write_json(out_dir / "attribution.json", self.summary()),
-            "top": write_json(out_dir / "top_latents.json", self.top(k)),
+            "summary": write_json(out_dir / self.FILENAME, self.summary()),
+            "top": write_json(out_dir / self.TOP_FILE, self.top(k)),
         }
         tensors = {"scores": self.scores, "act_clean": self.act_clean, "act_corrupted": self.act_corrupted}
         if self.error_scores is not None:
             tensors["error_scores"] = self.error_scores
-        save_tensors(out_dir / "scores.safetensors", tensors, metadata={"site": str(self.site), "mode": self.mode})
-        paths["scores"] = out_dir / "scores.safetensors"
+        save_tensors(out_dir / self.SCORES_FILE, tensors, metadata={"site": str(self.site), "mode": self.mode})
+        paths["scores"] = out_dir / self.SCORES_FILE
         return paths
 
     @classmethod
     def load(cls, out_dir: str | Path) -> SAEAttribution:
-        out_dir = Path(out_dir)
-        s = read_json(out_dir / "attribution.json")
-        if s.get("kind") != "circuits.sae_attribution":
-            raise DataFormatError(f"{out_dir}: not a deltalens SAE attribution directory")
-        t = load_tensors(out_dir / "scores.safetensors")
+        """Read a saved attribution (its directory or its ``attribution.json``)."""
+        path = cls.path_in(out_dir)
+        if not path.is_file():
+            raise DataFormatError(f"not a valid {cls.KIND}: {path} (no such file)")
+        s = read_json(path)
+        if not isinstance(s, dict) or s.get("kind") != cls.KIND:
+            got = s.get("kind") if isinstance(s, dict) else type(s).__name__
+            raise DataFormatError(f"not a valid {cls.KIND}: {path} (kind is {got!r})")
+        scores = path.parent / cls.SCORES_FILE
+        if not scores.is_file():
+            raise DataFormatError(f"not a valid {cls.KIND}: {path} ({cls.SCORES_FILE} is missing)")
+        t = load_tensors(scores)
         return cls(Site.parse(s["site"]), s["direction"], s["mode"], s["keep_error"], s["metric"], s["positions"],
                    s["labels"], s["clean"], s["corrupted"], t["scores"], t.get("error_scores"), t["act_clean"],
                    t["act_corrupted"], s["error_table"], seconds=s.get("seconds", 0.0), meta=s.get("meta", {}))
@@ -202,7 +227,7 @@ class SAEAttribution:
                        pair: int | None = None, k: int = 12) -> Path:
         """Heatmap of latent activations (rows: latents, columns: positions with token
         labels) on the clean or corrupted run, for one pair or the mean over pairs."""
-        from ..report.figures import heatmap
+        from ..plots import heatmap
 
         if latents is None:
             seen: list[int] = []
@@ -226,7 +251,7 @@ class SAEAttribution:
                           run: str = "clean", pair_labels: list[str] | None = None, k: int = 12) -> Path:
         """The seed's per-position view: latents (rows) × pairs (columns) at one grid
         position (a column index of the task, e.g. a named position's column)."""
-        from ..report.figures import heatmap
+        from ..plots import heatmap
 
         if position not in self.positions:
             raise ConfigError(f"position {position} is not in this attribution's grid {self.positions}")

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..data.pairs import PairRecord
-from ..errors import ConfigError, DataFormatError
+from ..errors import ConfigError, DataFormatError, ShapeError
 from ..generate import position_ids
 from .metrics import METRICS, answer_logprob, logit_diff
 
@@ -124,7 +124,7 @@ class PairTask:
         (``[G·S, keep, V]``); see :mod:`deltalens.circuits.metrics` for the formulas."""
         S = self.n_seqs
         if logits.shape[0] % S:
-            raise ValueError(f"{logits.shape[0]} rows are not whole groups of {S} sequences")
+            raise ShapeError(f"{logits.shape[0]} rows are not whole groups of {S} sequences")
         G = logits.shape[0] // S
         dev = logits.device
         if self.targets is None:
@@ -216,6 +216,9 @@ def build_task(
     limit: int | None = None,
 ) -> PairTask:
     """Tokenize pairs for ``lm`` and check them.
+
+    (One pass of per-pair checks, each naming the pair's line, then the padded tensors;
+    kept together so every check sees the same tokenization.)
 
     Args:
         metric: ``logit_diff`` (first answer token) or ``logprob_diff`` (summed log-prob of

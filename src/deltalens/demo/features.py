@@ -20,7 +20,6 @@ def run(ctx: DemoContext) -> None:
     from ..data import bundled_prompts
     from ..features import analyse, build_dashboards, make_sources, top_logit_tokens, write_dashboards
     from ..features.universal import prompt_inputs
-    from ..io import atomic_path
 
     con, lm, exp = ctx.console, ctx.lm, ctx.exp
     sae = ctx.state.get("sae")
@@ -57,9 +56,7 @@ def run(ctx: DemoContext) -> None:
     recs, stats = build_dashboards(lm, sae, data, shown, n_examples=10, batch_size=16, progress=False,
                                    dataset_name=dname)
     dash = write_dashboards(recs, exp.dashboard_dir(src.name, dname), extra={"dataset": dname}, lm=lm)
-    stats.save(exp.firing_stats_path(src.name, dname))
-    with atomic_path(exp.firing_stats_path(src.name, dname).with_suffix(".parquet"), ".parquet") as tmp:
-        stats.to_frame().to_parquet(tmp, index=False)
+    stats.save(exp.firing_stats_path(src.name, dname))  # with its .parquet table beside it
     t_fire = time.time() - t1
 
     promotes = top_logit_tokens(lm, sae, shown, 3)

@@ -8,14 +8,28 @@ chat token types, evolution across iterative SAE series, dashboards.
 * :mod:`.universal` — the universal / specific analysis at ``asst`` / ``endheader`` /
   ``newline`` tokens with the seed's CSV and JSONL schemas;
 * :mod:`.evolution` — born / died / changed / changed-back latents over M0 … Mn;
-* :mod:`.dashboard` — per-latent JSON (top examples, histograms, logit effects).
+* :mod:`.dashboard` — per-latent JSON (top examples, histograms, logit effects);
+* :mod:`.pipeline` — the stages (config → run → result) the CLI and the demo call.
 """
 
 from . import describe as _describe  # noqa: F401  (registers `deltalens info` describers)
-from .dashboard import build_dashboards, logit_effects, top_logit_tokens, write_dashboards
+from .dashboard import FeatureDashboards, build_dashboards, logit_effects, top_logit_tokens, write_dashboards
 from .evolution import Evolution, EvolutionConfig, feature_evolution, firing_rates_from_sparsity
 from .firing import FiringConfig, FiringStats, firing_stats, firing_stats_many
 from .latents import LatentBatch, iter_latents
+from .inputs import NamedSAE, read_sae, read_saes
+from .pipeline import (
+    AnalysisConfig,
+    DashboardConfig,
+    EvolutionRunConfig,
+    FiringRunConfig,
+    WeightsConfig,
+    run_dashboards,
+    run_evolution,
+    run_feature_analysis,
+    run_firing,
+    run_weight_metrics,
+)
 from .universal import (
     RECORD_KEYS,
     SPECIFIC_COLUMNS,
@@ -23,6 +37,8 @@ from .universal import (
     UNIVERSAL_COLUMNS_ANNOTATED,
     FeatureRef,
     FeatureSource,
+    SpecificFeatures,
+    UniversalFeatures,
     analyse,
     make_sources,
     read_features_csv,
@@ -32,11 +48,27 @@ from .universal import (
 from .weights import WeightMetrics, weight_metrics
 
 __all__ = [
+    "AnalysisConfig",
+    "DashboardConfig",
+    "EvolutionRunConfig",
+    "FiringRunConfig",
+    "NamedSAE",
+    "SpecificFeatures",
+    "UniversalFeatures",
+    "WeightsConfig",
+    "read_sae",
+    "read_saes",
+    "run_dashboards",
+    "run_evolution",
+    "run_feature_analysis",
+    "run_firing",
+    "run_weight_metrics",
     "RECORD_KEYS",
     "SPECIFIC_COLUMNS",
     "UNIVERSAL_COLUMNS",
     "UNIVERSAL_COLUMNS_ANNOTATED",
     "Evolution",
+    "FeatureDashboards",
     "EvolutionConfig",
     "FeatureRef",
     "FeatureSource",

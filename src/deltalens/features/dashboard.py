@@ -30,17 +30,20 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..capture import encode_inputs
+from ..errors import DataFormatError
 from ..io import provenance, to_json
 from ..models.loading import LoadedModel
 from ..sae import SAE
+from ..stage import StageResult, register_result
 from .firing import FiringConfig, FiringStats, firing_stats
 from .latents import iter_latents, sae_site
 
@@ -152,6 +155,21 @@ def build_dashboards(
                 for f, ex, a, b in wanted[seqs[local]]:
                     ex["values"] = [round(float(v), 5) for v in lat[start + a : start + b, f]]
 
+    records = _dashboard_records(lm, sae, s_site, stats, features, examples, n_logits, logit_bins)
+    return records, stats
+
+
+def _dashboard_records(
+    lm: LoadedModel,
+    sae: SAE,
+    s_site: Any,
+    stats: FiringStats,
+    features: list[int],
+    examples: dict[int, list[dict[str, Any]]],
+    n_logits: int,
+    logit_bins: int,
+) -> list[dict[str, Any]]:
+    """One dashboard record per latent: its examples as token strings, logit effects, histograms."""
     cache: dict[int, str] = {}
 
     def tok(i: int) -> str:
@@ -220,46 +238,96 @@ def build_dashboards(
                 },
             }
             records.append(rec)
-    return records, stats
+    return records
+
+
+INDEX_FILE = "index.json"
+LEGACY_KIND = "deltalens.feature_dashboards"  # the index kind before the stage convention
+
+
+@register_result
+@dataclass
+class FeatureDashboards(StageResult):
+    """Per-latent dashboard records (see the module docstring) and their provenance.
+
+    Saved as a directory: ``index.json`` (kind, schema, provenance, one entry per latent)
+    and ``features/<index>.json`` per latent."""
+
+    KIND: ClassVar[str] = "feature dashboards"
+    FILENAME: ClassVar[str] = INDEX_FILE
+
+    records: list[dict[str, Any]]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def index(self) -> dict[str, Any]:
+        return {
+            "kind": self.KIND,
+            "schema": self.SCHEMA,
+            "provenance": self.provenance,
+            "features": [
+                {"index": r["index"], "maxActApprox": r["maxActApprox"], "frac_nonzero": r["frac_nonzero"],
+                 "pos_str": r["pos_str"][:5], "file": f"features/{int(r['index'])}.json"}
+                for r in self.records
+            ],
+        }
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the directory; it is built next to ``out_dir`` and swapped into place, so a
+        killed run never leaves a half-written dashboard set under the final name."""
+        out = Path(out_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            (tmp / "features").mkdir()
+            for r in self.records:
+                with open(tmp / "features" / f"{int(r['index'])}.json", "w", encoding="utf-8") as fh:
+                    fh.write(to_json(r, indent=None))
+            (tmp / INDEX_FILE).write_text(to_json(self.index()) + "\n", encoding="utf-8")
+            old = None
+            if out.exists():
+                old = out.parent / f".{out.name}.old-{os.getpid()}"
+                os.replace(out, old)
+            os.replace(tmp, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                shutil.rmtree(tmp)
+            raise
+        return out / INDEX_FILE
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> FeatureDashboards:
+        """Read a dashboard directory (or its ``index.json``)."""
+        index = cls.path_in(out_dir)
+        if not index.is_file():
+            raise DataFormatError(f"not a valid {cls.KIND}: {index} (no such file)")
+        try:
+            data = json.loads(index.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise DataFormatError(f"not a valid {cls.KIND}: {index} ({exc})") from None
+        if not isinstance(data, dict) or data.get("kind") not in (cls.KIND, LEGACY_KIND):
+            got = data.get("kind") if isinstance(data, dict) else type(data).__name__
+            raise DataFormatError(f"not a valid {cls.KIND}: {index} (kind is {got!r})")
+        records = []
+        for entry in data.get("features", []):
+            f = index.parent / entry["file"]
+            if not f.is_file():
+                raise DataFormatError(f"not a valid {cls.KIND}: {index} ({entry['file']} is missing)")
+            records.append(read_dashboard(f))
+        return cls(records, dict(data.get("provenance") or {}))
+
+    def summary(self) -> dict[str, Any]:
+        return {"latents": len(self.records), "first": [r["index"] for r in self.records[:20]],
+                "provenance": self.provenance}
 
 
 def write_dashboards(
     records: Sequence[dict[str, Any]], out_dir: str | Path, extra: dict[str, Any] | None = None, lm: Any = None
 ) -> Path:
-    """Write ``<out_dir>/features/<index>.json`` per latent and ``<out_dir>/index.json``.
-
-    The directory is built next to ``out_dir`` and swapped into place, so a killed run
-    never leaves a half-written dashboard set under the final name."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        (tmp / "features").mkdir()
-        for r in records:
-            with open(tmp / "features" / f"{int(r['index'])}.json", "w", encoding="utf-8") as fh:
-                fh.write(to_json(r, indent=None))
-        index = {
-            "kind": "deltalens.feature_dashboards",
-            "provenance": provenance(lm, **(extra or {})),
-            "features": [
-                {"index": r["index"], "maxActApprox": r["maxActApprox"], "frac_nonzero": r["frac_nonzero"],
-                 "pos_str": r["pos_str"][:5], "file": f"features/{int(r['index'])}.json"}
-                for r in records
-            ],
-        }
-        (tmp / "index.json").write_text(to_json(index) + "\n", encoding="utf-8")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            shutil.rmtree(tmp)
-        raise
-    return out / "index.json"
+    """Write ``<out_dir>/features/<index>.json`` per latent and ``<out_dir>/index.json``
+    (:meth:`FeatureDashboards.save` with the provenance of ``lm`` and ``extra``)."""
+    return FeatureDashboards(list(records), provenance(lm, **(extra or {}))).save(out_dir)
 
 
 def read_dashboard(path: str | Path) -> dict[str, Any]:

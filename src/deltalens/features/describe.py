@@ -31,24 +31,36 @@ def _firing_stats(path: Path) -> dict[str, Any] | None:
 
 @register_describer
 def _dashboards(path: Path) -> dict[str, Any] | None:
-    index = path / "index.json"
-    if not (path.is_dir() and index.is_file()):
+    index = path / "index.json" if path.is_dir() else path
+    if index.name != "index.json" or not index.is_file():
         return None
-    data = json.loads(index.read_text())
-    if data.get("kind") != "deltalens.feature_dashboards":
+    try:
+        kind = json.loads(index.read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
         return None
-    feats = data.get("features", [])
-    return {"kind": "feature dashboards", "path": str(path), "latents": len(feats),
-            "first": [f["index"] for f in feats[:20]], "provenance": data.get("provenance")}
+    from .dashboard import LEGACY_KIND, FeatureDashboards
+
+    if kind not in (FeatureDashboards.KIND, LEGACY_KIND):
+        return None
+    return {"kind": FeatureDashboards.KIND, "path": str(path), **FeatureDashboards.load(index).summary()}
 
 
 @register_describer
-def _evolution(path: Path) -> dict[str, Any] | None:
-    if not (path.is_dir() and (path / "summary.json").is_file() and (path / "trajectories.safetensors").is_file()):
+def _feature_result(path: Path) -> dict[str, Any] | None:
+    """A feature result's JSON header under any name (``universal.json`` beside ``universal.csv``)."""
+    if path.suffix != ".json" or not path.is_file():
         return None
-    data = json.loads((path / "summary.json").read_text())
-    return {"kind": "feature evolution", "path": str(path), "iterations": data.get("iterations"),
-            "status_counts": data.get("status_counts"), "config": data.get("config")}
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    from .universal import SpecificFeatures, UniversalFeatures
+    from .weights import WeightMetrics
+
+    for cls in (UniversalFeatures, SpecificFeatures, WeightMetrics):
+        if kind == cls.KIND:
+            return {"kind": cls.KIND, "path": str(path), **cls.load(path).summary()}
+    return None
 
 
 @register_describer

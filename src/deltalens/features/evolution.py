@@ -30,38 +30,52 @@ firing rates only the direction-based statuses are available.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ShapeError
-from ..io import provenance, save_tensors, write_json
+from ..errors import ConfigError, DataFormatError, ShapeError
+from ..io import load_tensors, provenance, read_json, save_tensors, write_json
 from ..sae import SAE, read_sparsity
+from ..stage import StageConfig, StageResult, in_range, at_least, option, register_result
 from .weights import cosine_rows
 
 STATUSES = ("dead", "born_then_died", "born", "died", "revived", "changed_back", "changed", "stable")
 
 
+LATENTS_FILE = "latents.parquet"
+TRAJECTORIES_FILE = "trajectories.safetensors"
+_TENSORS = ("cos_prev", "cos_first", "dec_norm", "enc_norm", "threshold")
+_EVENTS = ("born_at", "died_at", "first_change", "n_changes", "changed_back_at")
+
+
 @dataclass
-class EvolutionConfig:
+class EvolutionConfig(StageConfig):
     """Thresholds of :func:`feature_evolution` (see the module docstring)."""
 
-    change_threshold: float = 0.9
-    alive_threshold: float = 0.0
+    change_threshold: float = option(0.9, flag="--change-threshold",
+                                     help="Decoder cosine with the previous iteration below this = changed.")
+    alive_threshold: float = option(0.0, flag="--alive-threshold", help="Firing rate above this = alive.")
 
-    def __post_init__(self) -> None:
-        if not -1.0 <= self.change_threshold <= 1.0:
-            raise ConfigError(f"change threshold is a cosine in [-1, 1], got {self.change_threshold}")
-        if self.alive_threshold < 0:
-            raise ConfigError(f"alive threshold is a firing rate >= 0, got {self.alive_threshold}")
+    def validate(self) -> None:
+        in_range(self, "change_threshold", -1.0, 1.0)
+        at_least(self, "alive_threshold", 0.0)
 
 
+@register_result
 @dataclass
-class Evolution:
-    """Result of :func:`feature_evolution`; per-iteration tensors are ``[T, d_sae]``."""
+class Evolution(StageResult):
+    """Result of :func:`feature_evolution`; per-iteration tensors are ``[T, d_sae]``.
+
+    Saved in a directory: ``summary.json`` (kind, schema, iterations, config, counts, the
+    per-iteration table), ``trajectories.safetensors`` (every tensor, statuses as codes
+    into :data:`STATUSES`), ``latents.parquet`` (one row per latent) and optional PNGs."""
+
+    KIND: ClassVar[str] = "feature evolution"
+    FILENAME: ClassVar[str] = "summary.json"
 
     names: list[str]
     config: EvolutionConfig
@@ -160,30 +174,36 @@ class Evolution:
         return rows
 
     # ---- files ------------------------------------------------------------------------------
-    def save(self, out_dir: str | Path, figures: bool = True, max_latents_in_figures: int = 12) -> dict[str, Path]:
-        """Write ``latents.parquet`` (per latent), ``summary.json`` (per iteration + counts),
-        ``trajectories.safetensors`` and, with ``figures``, PNGs."""
+    def save(self, out_dir: str | Path, figures: bool = True, max_latents_in_figures: int = 12) -> Path:
+        """Write ``summary.json``, ``trajectories.safetensors``, ``latents.parquet`` and, with
+        ``figures``, PNGs into ``out_dir``; returns the path of ``summary.json``."""
+        self.save_all(out_dir, figures, max_latents_in_figures)
+        return Path(out_dir) / self.FILENAME
+
+    def save_all(self, out_dir: str | Path, figures: bool = True, max_latents_in_figures: int = 12) -> dict[str, Path]:
+        """:meth:`save`, returning every file written by name (``latents``, ``trajectories``,
+        ``summary``, ``*_png``)."""
+        from ..io import atomic_path
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths: dict[str, Path] = {}
-        from ..io import atomic_path
-
-        with atomic_path(out / "latents.parquet", ".parquet") as tmp:
+        with atomic_path(out / LATENTS_FILE, ".parquet") as tmp:
             self.to_frame().to_parquet(tmp, index=False)
-        paths["latents"] = out / "latents.parquet"
-        tensors = {
-            "cos_prev": self.cos_prev, "cos_first": self.cos_first, "dec_norm": self.dec_norm,
-            "enc_norm": self.enc_norm, "threshold": self.threshold,
-        }
+        paths["latents"] = out / LATENTS_FILE
+        tensors = {k: getattr(self, k) for k in _TENSORS + _EVENTS}
+        tensors["status_code"] = torch.tensor([STATUSES.index(x) for x in self.status], dtype=torch.int8)
         if self.firing_rate is not None:
             tensors["firing_rate"] = self.firing_rate
         paths["trajectories"] = save_tensors(
-            out / "trajectories.safetensors", tensors,
-            metadata={"kind": "deltalens.feature_evolution", "iterations": self.names, "config": asdict(self.config)},
+            out / TRAJECTORIES_FILE, tensors,
+            metadata={"kind": "deltalens.feature_evolution", "iterations": self.names, "config": self.config.to_dict()},
         )
-        paths["summary"] = write_json(out / "summary.json", {
+        paths["summary"] = write_json(out / self.FILENAME, {
+            "kind": self.KIND,
+            "schema": self.SCHEMA,
             "iterations": self.names,
-            "config": asdict(self.config),
+            "config": self.config.to_dict(),
             "status_counts": self.counts(),
             "per_iteration": self.summary_table(),
             "meta": self.meta,
@@ -192,39 +212,37 @@ class Evolution:
             paths.update(self.figures(out, max_latents_in_figures))
         return paths
 
-    def figures(self, out: Path, max_latents: int = 12) -> dict[str, Path]:
-        """``evolution_counts.png`` (alive/born/died/changed/changed back per iteration), a
-        heatmap of decoder cosine with the previous iteration and trajectories (firing rate,
-        threshold, decoder norm) for a few latents of each non-stable status."""
-        from ..report import figures as fig
+    @classmethod
+    def load(cls, directory: str | Path) -> Evolution:
+        """Read a saved evolution (its directory or its ``summary.json``)."""
+        summary = cls.path_in(directory)
+        if not summary.is_file():
+            raise DataFormatError(f"not a valid {cls.KIND}: {summary} (no such file)")
+        d = read_json(summary)
+        if not isinstance(d, dict) or d.get("kind") != cls.KIND:
+            got = d.get("kind") if isinstance(d, dict) else type(d).__name__
+            raise DataFormatError(f"not a valid {cls.KIND}: {summary} (kind is {got!r})")
+        traj = summary.parent / TRAJECTORIES_FILE
+        if not traj.is_file():
+            raise DataFormatError(f"not a valid {cls.KIND}: {summary} ({TRAJECTORIES_FILE} is missing)")
+        t = load_tensors(traj)
+        missing = [k for k in _TENSORS + _EVENTS + ("status_code",) if k not in t]
+        if missing:
+            raise DataFormatError(f"not a valid {cls.KIND}: {traj} (missing {', '.join(missing)})")
+        status = [STATUSES[int(i)] for i in t["status_code"].tolist()]
+        return cls(list(d["iterations"]), EvolutionConfig.from_dict(d["config"], where=str(summary)),
+                   *(t[k] for k in _TENSORS), t.get("firing_rate"), *(t[k] for k in _EVENTS), status,
+                   dict(d.get("meta") or {}))
 
-        T = self.n_iterations
-        its = list(range(T))
-        rows = self.summary_table()
-        series = {k: [r.get(k, 0) for r in rows] for k in ("alive", "born", "died", "changed", "changed_back") if k in rows[0]}
-        paths = {"counts_png": fig.lines_by_layer(series, out / "evolution_counts.png", layers=its, xlabel="iteration",
-                                                    xticklabels=self.names, title="latents per iteration",
-                                                    ylabel="latents")}
-        show = self.examples(max_latents)
-        if T > 1:
-            m = self.cos_prev[1:, show].T.numpy()
-            paths["cos_png"] = fig.heatmap(
-                m, out / "evolution_cos_prev.png", xlabels=[f"{self.names[t - 1]}→{self.names[t]}" for t in range(1, T)],
-                ylabels=[f"{i} {_SHORT[self.status[i]]}" for i in show], title="decoder cosine with the previous iteration",
-                cmap="viridis", center=None, colorbar_label="cos",
-            )
-        trajectories = {"dec_norm": self.dec_norm, "threshold": self.threshold}
-        if self.firing_rate is not None:
-            trajectories["firing_rate"] = self.firing_rate
-        few = self.examples(8)
-        for name, t in trajectories.items():
-            if not torch.isfinite(t[:, few]).any():
-                continue
-            s = {f"{i} ({self.status[i]})": t[:, i].tolist() for i in few}
-            paths[f"{name}_png"] = fig.lines_by_layer(s, out / f"evolution_{name}.png", layers=its, xlabel="iteration",
-                                                      xticklabels=self.names, title=f"{name} of example latents",
-                                                      ylabel=name)
-        return paths
+    def summary(self) -> dict[str, Any]:
+        return {"iterations": self.names, "d_sae": self.d_sae, "status_counts": self.counts(),
+                "config": self.config.to_dict()}
+
+    def figures(self, out: Path, max_latents: int = 12) -> dict[str, Path]:
+        """The evolution figures (see :func:`deltalens.plots.evolution_figures`)."""
+        from ..plots import evolution_figures
+
+        return evolution_figures(self, out, max_latents)
 
     def examples(self, n: int) -> list[int]:
         """Up to ``n`` latents, taken in turn from each non-stable, non-dead status (the
@@ -243,10 +261,6 @@ class Evolution:
         return out or list(range(min(n, self.d_sae)))
 
 
-_SHORT = {"dead": "dead", "born_then_died": "born→died", "born": "born", "died": "died", "revived": "revived",
-          "changed_back": "back", "changed": "changed", "stable": "stable"}
-
-
 def _stack(vals: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([v.detach().float().cpu() for v in vals])
 
@@ -263,6 +277,42 @@ def firing_rates_from_sparsity(paths: Sequence[str | Path]) -> torch.Tensor | No
         r = torch.pow(10.0, s.double())
         out.append(torch.where(r <= 1e-9, torch.zeros_like(r), r).float())
     return torch.stack(out)
+
+
+def _classify(
+    rates: torch.Tensor | None, cfg: EvolutionConfig, back: torch.Tensor, n_changes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``born_at``, ``died_at`` and the status of every latent (see the module docstring)."""
+    d = int(back.shape[0])
+    T = 0 if rates is None else int(rates.shape[0])
+    born_at = torch.full((d,), -1, dtype=torch.long)
+    died_at = torch.full((d,), -1, dtype=torch.long)
+    status = ["stable"] * d
+    if rates is not None:
+        alive = rates > cfg.alive_threshold
+        for t in range(1, T):
+            b = alive[t] & ~alive[t - 1] & (born_at < 0)
+            born_at[b] = t
+            dd = ~alive[t] & alive[t - 1] & (died_at < 0)
+            died_at[dd] = t
+        ever = alive.any(0)
+        first_alive = torch.where(ever, alive.float().argmax(0), torch.full((d,), -1))
+        for i in range(d):
+            if not ever[i]:
+                status[i] = "dead"
+            elif first_alive[i] > 0:
+                status[i] = "born" if alive[-1, i] else "born_then_died"
+            elif not alive[-1, i]:
+                status[i] = "died"
+            elif not alive[:, i].all():
+                status[i] = "revived"
+    for i in range(d):
+        if status[i] == "stable":
+            if back[i] >= 0:
+                status[i] = "changed_back"
+            elif n_changes[i] > 0:
+                status[i] = "changed"
+    return born_at, died_at, status
 
 
 @torch.no_grad()
@@ -321,33 +371,7 @@ def feature_evolution(
             ret = changed[t] & (back < 0) & (cosine_rows(W[s], W[t - 1]) >= cfg.change_threshold)
             back[ret] = s
 
-    born_at = torch.full((d,), -1, dtype=torch.long)
-    died_at = torch.full((d,), -1, dtype=torch.long)
-    status = ["stable"] * d
-    if rates is not None:
-        alive = rates > cfg.alive_threshold
-        for t in range(1, T):
-            b = alive[t] & ~alive[t - 1] & (born_at < 0)
-            born_at[b] = t
-            dd = ~alive[t] & alive[t - 1] & (died_at < 0)
-            died_at[dd] = t
-        ever = alive.any(0)
-        first_alive = torch.where(ever, alive.float().argmax(0), torch.full((d,), -1))
-        for i in range(d):
-            if not ever[i]:
-                status[i] = "dead"
-            elif first_alive[i] > 0:
-                status[i] = "born" if alive[-1, i] else "born_then_died"
-            elif not alive[-1, i]:
-                status[i] = "died"
-            elif not alive[:, i].all():
-                status[i] = "revived"
-    for i in range(d):
-        if status[i] == "stable":
-            if back[i] >= 0:
-                status[i] = "changed_back"
-            elif n_changes[i] > 0:
-                status[i] = "changed"
+    born_at, died_at, status = _classify(rates, cfg, back, n_changes)
     return Evolution(
         names=names, config=cfg, cos_prev=cos_prev, cos_first=cos_first, dec_norm=dec_norm, enc_norm=enc_norm,
         threshold=thr, firing_rate=rates, born_at=born_at, died_at=died_at, first_change=first_change.long(),

@@ -35,16 +35,17 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataFormatError
+from ..errors import ConfigError, DataFormatError, ShapeError
 from ..io import load_tensors, provenance, read_safetensors_metadata, save_tensors
 from ..models.loading import LoadedModel
 from ..positions import Positions
 from ..sae import SAE
+from ..stage import StageConfig, StageResult, at_least, option
 from .latents import iter_latents, sae_site
 
 _COUNTERS = ("fire_tokens", "fire_response_tokens", "fire_sequences")
@@ -52,23 +53,23 @@ _SUMS = ("act_sum", "act_sq_sum", "pos_sum", "rel_pos_sum")
 
 
 @dataclass
-class FiringConfig:
+class FiringConfig(StageConfig):
     """Options of :func:`firing_stats` (see the module docstring for the definitions)."""
 
-    activation_threshold: float = 0.0
-    n_bins: int = 256
-    log10_range: tuple[float, float] = (-4.0, 4.0)
-    top_k: int = 20
-    max_position: int = 256
+    activation_threshold: float = option(0.0, flag="--activation-threshold", help="Fires means activation > this.")
+    n_bins: int = option(256, flag="--bins", help="Bins of the log10 activation histogram.")
+    log10_range: tuple[float, float] = option((-4.0, 4.0), flag="--log10-range", help="Histogram range in log10 units.")
+    top_k: int = option(20, flag="--top-k", help="Top examples kept per latent.")
+    max_position: int = option(256, flag="--max-position", help="Bins of the firing-position histogram.")
 
-    def __post_init__(self) -> None:
-        if self.activation_threshold < 0:
-            raise ConfigError(f"activation_threshold must be >= 0, got {self.activation_threshold}")
+    def validate(self) -> None:
+        at_least(self, "activation_threshold", 0)
         lo, hi = self.log10_range
         if not hi > lo:
-            raise ConfigError(f"log10_range must be increasing, got {self.log10_range}")
-        if self.n_bins < 1 or self.top_k < 0 or self.max_position < 1:
-            raise ConfigError("n_bins and max_position must be >= 1 and top_k >= 0")
+            raise ConfigError(f"--log10-range must be increasing, got {tuple(self.log10_range)}")
+        at_least(self, "n_bins", 1)
+        at_least(self, "top_k", 0)
+        at_least(self, "max_position", 1)
         self.log10_range = (float(lo), float(hi))
 
     @property
@@ -79,8 +80,15 @@ class FiringConfig:
 
 
 @dataclass
-class FiringStats:
-    """Per-latent firing statistics (see the module docstring). Tensors are on the CPU."""
+class FiringStats(StageResult):
+    """Per-latent firing statistics (see the module docstring). Tensors are on the CPU.
+
+    Saved as one safetensors file (all tensors; kind, schema, counts, config and provenance
+    in its header) with a ``.parquet`` table of the per-latent scalars beside it."""
+
+    KIND: ClassVar[str] = "SAE firing statistics"
+    FILENAME: ClassVar[str] = "firing_stats.safetensors"
+    HEADER_KIND: ClassVar[str] = "deltalens.firing_stats"
 
     config: FiringConfig
     d_sae: int
@@ -131,7 +139,7 @@ class FiringStats:
         cfg = self.config
         d = self.d_sae
         if f.shape[-1] != d:
-            raise ValueError(f"latents have width {f.shape[-1]}, these statistics have d_sae={d}")
+            raise ShapeError(f"latents have width {f.shape[-1]}, these statistics have d_sae={d}")
         f = f.to(dev, torch.float32)
         seq_ids, positions = seq_ids.to(dev), positions.to(dev)
         is_response, seq_lens = is_response.to(dev), seq_lens.to(dev)
@@ -182,7 +190,7 @@ class FiringStats:
     def merge(self, other: FiringStats) -> FiringStats:
         """Combine statistics of two disjoint datasets (e.g. shards run in parallel)."""
         if other.d_sae != self.d_sae or asdict(other.config) != asdict(self.config):
-            raise ValueError("can only merge firing statistics with the same d_sae and config")
+            raise ConfigError("can only merge firing statistics with the same d_sae and config")
         out = FiringStats.empty(self.d_sae, self.config)
         for name in (*_COUNTERS, *_SUMS, "hist", "pos_hist"):
             out.tensors[name] = self.tensors[name].cpu() + other.tensors[name].cpu()
@@ -381,11 +389,23 @@ class FiringStats:
         return s
 
     # ---- files -------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write all tensors to one safetensors file; counts, config and provenance go in its header."""
+    @classmethod
+    def path_in(cls, path: str | Path) -> Path:
+        """The statistics file of ``path``: a ``.safetensors`` path as given, else ``<dir>/FILENAME``."""
+        p = Path(path)
+        return p if p.suffix == ".safetensors" else p / cls.FILENAME
+
+    def save(self, path: str | Path, table: bool = True) -> Path:
+        """Write all tensors to one safetensors file (counts, config and provenance in its
+        header) and, with ``table``, :meth:`to_frame` as a ``.parquet`` beside it (same stem).
+        ``path`` is a ``.safetensors`` file or a directory (``FILENAME`` in it)."""
+        from ..io import atomic_path
+
+        path = self.path_in(path)
         meta = {
-            "kind": "deltalens.firing_stats",
-            "config": asdict(self.config),
+            "kind": self.HEADER_KIND,
+            "schema": self.SCHEMA,
+            "config": self.config.to_dict(),
             "d_sae": self.d_sae,
             "n_tokens": self.n_tokens,
             "n_response_tokens": self.n_response_tokens,
@@ -393,14 +413,21 @@ class FiringStats:
             "n_response_sequences": self.n_response_sequences,
             "meta": self.meta,
         }
-        return save_tensors(path, {k: v.cpu() for k, v in self.tensors.items()}, metadata=meta)
+        out = save_tensors(path, {k: v.cpu() for k, v in self.tensors.items()}, metadata=meta)
+        if table:
+            with atomic_path(path.with_suffix(".parquet"), ".parquet") as tmp:
+                self.to_frame().to_parquet(tmp, index=False)
+        return out
 
     @classmethod
     def load(cls, path: str | Path) -> FiringStats:
+        path = cls.path_in(path)
+        if not path.is_file():
+            raise DataFormatError(f"not a valid {cls.KIND}: {path} (no such file)")
         meta = read_safetensors_metadata(path)
-        if meta.get("kind") != "deltalens.firing_stats":
-            raise DataFormatError(f"{path}: not a deltalens firing-statistics file")
-        cfg = meta["config"]
+        if meta.get("kind") != cls.HEADER_KIND:
+            raise DataFormatError(f"not a valid {cls.KIND}: {path} (kind is {meta.get('kind')!r})")
+        cfg = dict(meta["config"])
         cfg["log10_range"] = tuple(cfg["log10_range"])
         st = cls(
             FiringConfig(**cfg),

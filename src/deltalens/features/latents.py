@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..capture import CaptureBatch, iter_capture
-from ..errors import ShapeError, SiteError
+from ..errors import ConfigError, ShapeError, SiteError
 from ..hooks import Site
 from ..models.loading import LoadedModel
 from ..positions import Positions
@@ -79,7 +79,7 @@ def iter_latents(
     """
     saes = list(saes)
     if not saes:
-        raise ValueError("iter_latents needs at least one SAE")
+        raise ConfigError("iter_latents needs at least one SAE")
     site_list = [sae_site(s, None if sites is None else sites[j]) for j, s in enumerate(saes)]
     for sae, site in zip(saes, site_list):
         check_sae_fits(lm, sae, site)

@@ -43,16 +43,17 @@ import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ..data.prompts import PromptRecord
 from ..errors import ConfigError, DataFormatError, PositionSpecError
 from ..hooks import Site
-from ..io import atomic_path, atomic_write, to_json
+from ..io import atomic_path, atomic_write, read_json, to_json, write_json
 from ..models.loading import LoadedModel
 from ..sae import SAE
+from ..stage import StageResult, register_result
 from .latents import check_sae_fits, iter_latents, sae_site
 
 UNIVERSAL_COLUMNS = [
@@ -64,6 +65,8 @@ UNIVERSAL_COLUMNS_ANNOTATED = [
 ]
 SPECIFIC_COLUMNS = ["prompt_idx", "prompt", "label", "feature_id", "activation", "source", "token", "link"]
 RECORD_KEYS = ("model", "layer", "feature_id", "prompt", "label", "activation", "token_type")
+UNIVERSAL_STEM = "universal_features"  # default file stem of a universal result (.csv, .json)
+SPECIFIC_STEM = "specific_features"
 
 SOURCE_RE = re.compile(r"^(?P<model>.+)_trainer(?P<trainer>\d+)_layer(?P<layer>\d+)$")
 LINK_FIELDS = ("model", "trainer", "layer", "feature_id", "source", "token", "neuronpedia_id")
@@ -437,10 +440,68 @@ def _record(src: FeatureSource, fid: int, p: PromptRecord, act: float, token: st
     return dict(zip(RECORD_KEYS, vals))
 
 
+def _table_paths(path: str | Path, default_stem: str) -> tuple[Path, Path]:
+    """``(csv, header json)`` of a table result written at ``path``: a ``.csv`` path (the header
+    beside it, same stem), a ``.json`` header path, or a directory (``<default_stem>.csv``)."""
+    p = Path(path)
+    if p.suffix == ".csv":
+        return p, p.with_suffix(".json")
+    if p.suffix == ".json":
+        return p.with_suffix(".csv"), p
+    if p.suffix:
+        raise ConfigError(f"{p}: a feature table is written as .csv (its header as .json beside it), not '{p.suffix}'")
+    return p / f"{default_stem}.csv", p / f"{default_stem}.json"
+
+
+def _read_header(cls: type[StageResult], path: str | Path, default_stem: str) -> tuple[dict[str, Any], Path, Path]:
+    csv_path, header = _table_paths(path, default_stem)
+    if not header.is_file():
+        raise DataFormatError(f"not a valid {cls.KIND}: {header} (no such file)")
+    data = read_json(header)
+    if not isinstance(data, dict) or data.get("kind") != cls.KIND:
+        got = data.get("kind") if isinstance(data, dict) else type(data).__name__
+        raise DataFormatError(f"not a valid {cls.KIND}: {header} (kind is {got!r})")
+    if not csv_path.is_file():
+        raise DataFormatError(f"not a valid {cls.KIND}: {header} (its table {csv_path.name} is missing)")
+    return data, csv_path, header
+
+
+def _read_table(path: Path, columns: Sequence[str], kind: str) -> Any:
+    import pandas as pd
+
+    frame = pd.read_csv(path, keep_default_na=False, dtype={"source": str, "token": str, "link": str,
+                                                              "prompt": str, "label": str})
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataFormatError(f"not a valid {kind}: {path} (missing column(s) {', '.join(missing)})")
+    return frame[list(columns)]
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    return out
+
+
+@register_result
 @dataclass
-class UniversalResult:
+class UniversalFeatures(StageResult):
     """Universal features: ``table`` has :data:`UNIVERSAL_COLUMNS`; ``records`` the active
-    (feature, prompt) pairs when prompts were recorded."""
+    (feature, prompt) pairs when prompts were recorded.
+
+    Saved as the seed's CSV (``annotation_columns`` adds the empty hand-annotation columns),
+    ``{stem}_activeprompts.jsonl`` when prompts were recorded, and a JSON header
+    ``{stem}.json`` (kind, schema, counts, thresholds, provenance)."""
+
+    KIND: ClassVar[str] = "universal features"
+    FILENAME: ClassVar[str] = f"{UNIVERSAL_STEM}.json"
 
     table: Any
     records: list[dict[str, Any]]
@@ -448,37 +509,110 @@ class UniversalResult:
     threshold: float
     activation_threshold: float
     recorded: bool = False
+    annotation_columns: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
 
-    def write(self, path: str | Path, annotation_columns: bool = False) -> tuple[Path, Path | None]:
-        """Write the CSV (and ``{stem}_activeprompts.jsonl`` when prompts were recorded)."""
+    def save(self, path: str | Path) -> Path:
+        """Write the CSV, the records JSONL (when recorded) and the header; returns the header's path."""
+        csv_path, header = _table_paths(path, UNIVERSAL_STEM)
         frame = self.table.copy()
-        if annotation_columns:
+        if self.annotation_columns:
             for c in ("chat_desc", "pt_desc", "type"):
-                frame[c] = ""
+                if c not in frame.columns:
+                    frame[c] = ""
             frame = frame[UNIVERSAL_COLUMNS_ANNOTATED]
-        csv_path = _write_csv(path, frame)
-        return csv_path, (_write_records(path, self.records) if self.recorded else None)
+        _write_csv(csv_path, frame)
+        jsonl = _write_records(csv_path, self.records) if self.recorded else None
+        write_json(header, {
+            "kind": self.KIND, "schema": self.SCHEMA, "table": csv_path.name, "records": jsonl.name if jsonl else None,
+            "rows": len(self.table), "n_prompts": self.n_prompts, "threshold": self.threshold,
+            "activation_threshold": self.activation_threshold, "recorded": self.recorded,
+            "annotation_columns": self.annotation_columns, "meta": self.meta,
+        })
+        return header
+
+    def write(self, path: str | Path, annotation_columns: bool | None = None) -> tuple[Path, Path | None]:
+        """:meth:`save` at a CSV path; returns ``(csv, jsonl or None)``."""
+        if annotation_columns is not None:
+            self.annotation_columns = annotation_columns
+        csv_path, _ = _table_paths(path, UNIVERSAL_STEM)
+        self.save(csv_path)
+        return csv_path, (_records_path(csv_path) if self.recorded else None)
+
+    @classmethod
+    def load(cls, path: str | Path) -> UniversalFeatures:
+        """Read a saved result: its directory, its CSV or its header."""
+        d, csv_path, _ = _read_header(cls, path, UNIVERSAL_STEM)
+        table = _read_table(csv_path, UNIVERSAL_COLUMNS, cls.KIND)
+        if d.get("annotation_columns"):  # keep what was annotated by hand
+            table = _read_table(csv_path, UNIVERSAL_COLUMNS_ANNOTATED, cls.KIND)
+        recs = _read_records(_records_path(csv_path)) if d.get("recorded") else []
+        return cls(table, recs, int(d["n_prompts"]), float(d["threshold"]), float(d["activation_threshold"]),
+                   bool(d.get("recorded")), bool(d.get("annotation_columns")), dict(d.get("meta") or {}))
+
+    def summary(self) -> dict[str, Any]:
+        t = self.table
+        return {"rows": len(t), "prompts": self.n_prompts, "threshold": self.threshold,
+                "activation_threshold": self.activation_threshold, "sources": sorted(set(t["source"])),
+                "tokens": sorted(set(t["token"])), "active_prompt_records": len(self.records) if self.recorded else None}
 
 
+@register_result
 @dataclass
-class SpecificResult:
+class SpecificFeatures(StageResult):
     """Specific features: ``table`` has :data:`SPECIFIC_COLUMNS`; ``records`` the pairs with
-    activation above the threshold."""
+    activation above the threshold. Saved like :class:`UniversalFeatures` (CSV, records
+    JSONL, JSON header)."""
+
+    KIND: ClassVar[str] = "specific features"
+    FILENAME: ClassVar[str] = f"{SPECIFIC_STEM}.json"
 
     table: Any
     records: list[dict[str, Any]]
     n_prompts: int
     activation_threshold: float
     recorded: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        csv_path, header = _table_paths(path, SPECIFIC_STEM)
+        _write_csv(csv_path, self.table)
+        jsonl = _write_records(csv_path, self.records) if self.recorded else None
+        write_json(header, {
+            "kind": self.KIND, "schema": self.SCHEMA, "table": csv_path.name, "records": jsonl.name if jsonl else None,
+            "rows": len(self.table), "n_prompts": self.n_prompts, "activation_threshold": self.activation_threshold,
+            "recorded": self.recorded, "meta": self.meta,
+        })
+        return header
 
     def write(self, path: str | Path) -> tuple[Path, Path | None]:
-        csv_path = _write_csv(path, self.table)
-        return csv_path, (_write_records(path, self.records) if self.recorded else None)
+        """:meth:`save` at a CSV path; returns ``(csv, jsonl or None)``."""
+        csv_path, _ = _table_paths(path, SPECIFIC_STEM)
+        self.save(csv_path)
+        return csv_path, (_records_path(csv_path) if self.recorded else None)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SpecificFeatures:
+        d, csv_path, _ = _read_header(cls, path, SPECIFIC_STEM)
+        table = _read_table(csv_path, SPECIFIC_COLUMNS, cls.KIND)
+        recs = _read_records(_records_path(csv_path)) if d.get("recorded") else []
+        return cls(table, recs, int(d["n_prompts"]), float(d["activation_threshold"]), bool(d.get("recorded")),
+                   dict(d.get("meta") or {}))
+
+    def summary(self) -> dict[str, Any]:
+        t = self.table
+        return {"rows": len(t), "prompts": self.n_prompts, "activation_threshold": self.activation_threshold,
+                "features": int(t.groupby(["source", "token", "feature_id"]).ngroups) if len(t) else 0,
+                "active_prompt_records": len(self.records) if self.recorded else None}
+
+
+UniversalResult = UniversalFeatures  # earlier names
+SpecificResult = SpecificFeatures
 
 
 def universal_from_scans(
     scans: Sequence[TokenScan], prompts: Sequence[PromptRecord], threshold: float, record_prompts: bool
-) -> UniversalResult:
+) -> UniversalFeatures:
     import pandas as pd
 
     if not 0.0 <= threshold <= 1.0:
@@ -512,12 +646,12 @@ def universal_from_scans(
             for j in sorted(range(len(p)), key=lambda j: (rank[int(f[j])], int(p[j]))):
                 records.append(_record(sc.source, int(f[j]), prompts[int(p[j])], float(v[j]), sc.token))
     table = pd.DataFrame(rows, columns=UNIVERSAL_COLUMNS)
-    return UniversalResult(table, records, len(prompts), threshold, thr_act, record_prompts)
+    return UniversalFeatures(table, records, len(prompts), threshold, thr_act, record_prompts)
 
 
 def specific_from_scans(
     scans: Sequence[TokenScan], prompts: Sequence[PromptRecord], record_prompts: bool
-) -> SpecificResult:
+) -> SpecificFeatures:
     import pandas as pd
 
     rows: list[dict[str, Any]] = []
@@ -538,13 +672,13 @@ def specific_from_scans(
                 if record_prompts and a > sc.activation_threshold:
                     records.append(_record(sc.source, fid, p, a, sc.token))
     table = pd.DataFrame(rows, columns=SPECIFIC_COLUMNS)
-    return SpecificResult(table, records, len(prompts), thr_act, record_prompts)
+    return SpecificFeatures(table, records, len(prompts), thr_act, record_prompts)
 
 
 @dataclass
 class AnalysisResult:
-    universal: UniversalResult | None
-    specific: SpecificResult | None
+    universal: UniversalFeatures | None
+    specific: SpecificFeatures | None
     scans: list[TokenScan]
 
 
@@ -593,7 +727,7 @@ def analyse(
 
 def universal_features(
     sources: Sequence[FeatureSource], prompts: Sequence[PromptRecord], **kw: Any
-) -> UniversalResult:
+) -> UniversalFeatures:
     """Universal features only (see :func:`analyse` for the options)."""
     res = analyse(sources, prompts, universal=True, features=None, **kw)
     assert res.universal is not None
@@ -602,7 +736,7 @@ def universal_features(
 
 def specific_features(
     sources: Sequence[FeatureSource], prompts: Sequence[PromptRecord], features: Sequence[FeatureRef] | Iterable[FeatureRef], **kw: Any
-) -> SpecificResult:
+) -> SpecificFeatures:
     """Activations of the listed features on every prompt (see :func:`analyse`)."""
     res = analyse(sources, prompts, universal=False, features=list(features), **kw)
     assert res.specific is not None

@@ -18,14 +18,20 @@ series, latent indices aligned) with ``d'_i``, ``e'_i``:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ShapeError
+from ..errors import ConfigError, DataFormatError, ShapeError
+from ..io import read_json, write_json
 from ..sae import SAE
+from ..stage import StageResult, register_result
+
+TENSOR_COLUMNS = ("dec_norm", "enc_norm", "b_enc", "threshold", "dec_cos_ref", "enc_cos_ref",
+                  "dec_max_cos", "dec_partner", "enc_max_cos", "enc_partner")
 
 
 def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -61,9 +67,16 @@ def max_cosine_partner(rows: torch.Tensor, block_size: int = 2048) -> tuple[torc
     return best, partner
 
 
+@register_result
 @dataclass
-class WeightMetrics:
-    """Per-latent weight metrics (see the module docstring); tensors ``[d_sae]``."""
+class WeightMetrics(StageResult):
+    """Per-latent weight metrics (see the module docstring); tensors ``[d_sae]``.
+
+    Saved as a ``.parquet`` table (one row per latent) and a JSON header with the same stem
+    (kind, schema, the summary and provenance)."""
+
+    KIND: ClassVar[str] = "SAE weight metrics"
+    FILENAME: ClassVar[str] = "weight_metrics.json"
 
     dec_norm: torch.Tensor
     enc_norm: torch.Tensor
@@ -83,8 +96,7 @@ class WeightMetrics:
 
     def columns(self) -> dict[str, np.ndarray]:
         cols: dict[str, np.ndarray] = {"latent": np.arange(self.d_sae)}
-        for name in ("dec_norm", "enc_norm", "b_enc", "threshold", "dec_cos_ref", "enc_cos_ref",
-                     "dec_max_cos", "dec_partner", "enc_max_cos", "enc_partner"):
+        for name in TENSOR_COLUMNS:
             v = getattr(self, name)
             if v is not None:
                 cols[name] = v.detach().cpu().numpy()
@@ -115,6 +127,51 @@ class WeightMetrics:
             "dec_max_cos": stats(self.dec_max_cos),
             "threshold": stats(self.threshold),
         }
+
+
+    @classmethod
+    def paths(cls, path: str | Path) -> tuple[Path, Path]:
+        """``(parquet, header json)`` for a ``.parquet`` / ``.json`` path or a directory."""
+        p = Path(path)
+        if p.suffix in (".parquet", ".json"):
+            return p.with_suffix(".parquet"), p.with_suffix(".json")
+        if p.suffix:
+            raise ConfigError(f"{p}: weight metrics are written as .parquet (header .json beside it), not '{p.suffix}'")
+        return (p / cls.FILENAME).with_suffix(".parquet"), p / cls.FILENAME
+
+    @classmethod
+    def path_in(cls, directory: str | Path) -> Path:
+        return cls.paths(directory)[1]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the table and its header; returns the header's path."""
+        from ..io import atomic_path
+
+        table, header = self.paths(path)
+        with atomic_path(table, ".parquet") as tmp:
+            self.to_frame().to_parquet(tmp, index=False)
+        return write_json(header, {"kind": self.KIND, "schema": self.SCHEMA, "table": table.name,
+                                   "summary": self.summary(), "meta": self.meta})
+
+    @classmethod
+    def load(cls, path: str | Path) -> WeightMetrics:
+        import pandas as pd
+
+        table, header = cls.paths(path)
+        if not header.is_file():
+            raise DataFormatError(f"not a valid {cls.KIND}: {header} (no such file)")
+        d = read_json(header)
+        if not isinstance(d, dict) or d.get("kind") != cls.KIND:
+            got = d.get("kind") if isinstance(d, dict) else type(d).__name__
+            raise DataFormatError(f"not a valid {cls.KIND}: {header} (kind is {got!r})")
+        if not table.is_file():
+            raise DataFormatError(f"not a valid {cls.KIND}: {header} (its table {table.name} is missing)")
+        frame = pd.read_parquet(table)
+        cols = {c: torch.from_numpy(frame[c].to_numpy().copy()) for c in TENSOR_COLUMNS if c in frame.columns}
+        missing = [c for c in ("dec_norm", "enc_norm", "b_enc", "threshold") if c not in cols]
+        if missing:
+            raise DataFormatError(f"not a valid {cls.KIND}: {table} (missing column(s) {', '.join(missing)})")
+        return cls(**cols, meta=dict(d.get("meta") or {}))
 
 
 def _check_pair(sae: SAE, ref: SAE) -> None:

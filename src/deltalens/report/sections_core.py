@@ -11,7 +11,8 @@ def overview(exp: Experiment) -> str | None:
     cfg = exp.load_config()
     rows = [(k, v if not isinstance(v, (dict, list)) else ", ".join(f"{a}: {b}" for a, b in v.items()) if isinstance(v, dict) else ", ".join(map(str, v))) for k, v in cfg.items()]
     counts = []
-    for sub in sorted(p for p in exp.root.iterdir() if p.is_dir() and p.name != "report"):
+    report = exp.report_dir()
+    for sub in sorted(p for p in exp.root.iterdir() if p.is_dir() and p != report):
         files = [f for f in sub.rglob("*") if f.is_file()]
         counts.append((sub.name, len(files), round(sum(f.stat().st_size for f in files) / 2**20, 2)))
     html = table(["setting", "value"], rows, caption="config.yaml") if rows else ""
@@ -21,7 +22,7 @@ def overview(exp: Experiment) -> str | None:
 
 @section(10, "Generations")
 def generations(exp: Experiment) -> str | None:
-    d = exp.root / "generations"
+    d = exp.generations_dir()
     files = sorted(d.glob("*.jsonl")) if d.is_dir() else []
     if not files:
         return None
@@ -35,7 +36,7 @@ def generations(exp: Experiment) -> str | None:
 
 @section(15, "Activation stores")
 def stores(exp: Experiment) -> str | None:
-    d = exp.root / "activations"
+    d = exp.activations_root()
     manifests = sorted(d.rglob("store.json")) if d.is_dir() else []
     if not manifests:
         return None

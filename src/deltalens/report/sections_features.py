@@ -85,7 +85,7 @@ def _dashboards(d: Path, max_latents: int = 12, max_examples: int = 3) -> str:
     out = []
     for index in sorted(d.rglob("index.json")):
         idx = json_file(index) or {}
-        if idx.get("kind") != "deltalens.feature_dashboards":
+        if idx.get("kind") not in ("feature dashboards", "deltalens.feature_dashboards"):
             continue
         feats = idx.get("features", [])
         cards = []
@@ -134,7 +134,7 @@ def features_section(exp: Experiment) -> str | None:
     for title, sub, fn in (("Universal features", "universal", _universal), ("Specific features", "specific", _specific),
                            ("Firing statistics", "firing", _firing), ("Dashboards", "dashboards", _dashboards),
                            ("Evolution across iterations", "evolution", _evolution)):
-        d = root / sub
+        d = exp.features_dir(sub)
         if d.is_dir():
             body = fn(d)
             if body:

@@ -1,0 +1,191 @@
+"""Shared plotting helpers (core level): every figure deltalens writes goes through these.
+
+Figures are drawn with matplotlib's Agg backend (no display needed) and written
+atomically as PNG next to the JSON they illustrate. Token labels are passed through
+:func:`label` so control characters and whitespace stay visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import atomic_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def label(token: str, width: int = 14) -> str:
+    """A printable label for a token string: newlines/tabs shown as \\n/\\t, truncated."""
+    s = token.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    s = s.replace("$", r"\$")  # matplotlib mathtext
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def new_figure(width: float = 7.0, height: float = 4.0):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
+    return fig, ax
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a figure as PNG atomically and close it."""
+    plt = _plt()
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def lines_by_layer(
+    series: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    title: str = "",
+    ylabel: str = "",
+    layers: Sequence[int] | None = None,
+    kind: str = "line",
+    xlabel: str = "layer",
+    xticklabels: Sequence[str] | None = None,
+) -> Path:
+    """One line (or grouped bars with ``kind="bar"``) per named series over layers (or any
+    other integer axis: pass ``xlabel``, e.g. ``"iteration"``, and ``xticklabels`` to name
+    the ticks)."""
+    fig, ax = new_figure()
+    names = list(series)
+    n = max((len(v) for v in series.values()), default=0)
+    xs = np.asarray(layers if layers is not None else range(n))
+    if kind == "bar":
+        w = 0.8 / max(len(names), 1)
+        for i, name in enumerate(names):
+            ax.bar(xs + (i - (len(names) - 1) / 2) * w, series[name], width=w, label=name)
+    else:
+        for name in names:
+            ax.plot(xs[: len(series[name])], series[name], marker="o", ms=3, label=name)
+    ax.set_xlabel(xlabel)
+    if xticklabels is not None:
+        ax.set_xticks(xs[: len(xticklabels)])
+        ax.set_xticklabels([label(t, 18) for t in xticklabels], fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(names) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def heatmap(
+    matrix: Any,
+    path: str | Path,
+    *,
+    xlabels: Sequence[str] | None = None,
+    ylabels: Sequence[str] | None = None,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    cmap: str = "RdBu_r",
+    center: float | None = 0.0,
+    colorbar_label: str = "",
+) -> Path:
+    """A labelled heatmap; with ``center`` set the colour scale is symmetric around it."""
+    m = np.asarray(matrix, dtype=float)
+    h, w = m.shape
+    fig, ax = new_figure(max(5.0, 0.35 * w + 2), max(3.0, 0.3 * h + 1.5))
+    kw: dict[str, Any] = {}
+    if center is not None and np.isfinite(m).any():
+        lim = float(np.nanmax(np.abs(m - center))) or 1.0
+        kw = {"vmin": center - lim, "vmax": center + lim}
+    im = ax.imshow(m, aspect="auto", cmap=cmap, interpolation="nearest", **kw)
+    cb = fig.colorbar(im, ax=ax)
+    if colorbar_label:
+        cb.set_label(colorbar_label)
+    if xlabels is not None:
+        ax.set_xticks(range(w))
+        ax.set_xticklabels([label(s) for s in xlabels], rotation=90, fontsize=7)
+    if ylabels is not None:
+        ax.set_yticks(range(h))
+        ax.set_yticklabels([label(s) for s in ylabels], fontsize=7)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return save_figure(fig, path)
+
+
+def scatter(
+    x: Sequence[float],
+    y: Sequence[float],
+    path: str | Path,
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    diagonal: bool = False,
+    annotate: Sequence[str] | None = None,
+) -> Path:
+    """A scatter plot (optionally with the y = x line and point labels)."""
+    fig, ax = new_figure(5.0, 4.5)
+    ax.scatter(x, y, s=12, alpha=0.7)
+    if diagonal and len(x):
+        lo, hi = float(min(min(x), min(y))), float(max(max(x), max(y)))
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+    if annotate:
+        for xi, yi, s in zip(x, y, annotate):
+            ax.annotate(label(s), (xi, yi), fontsize=6)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+# ---- feature evolution ------------------------------------------------------------------------
+
+_STATUS_SHORT = {"dead": "dead", "born_then_died": "born→died", "born": "born", "died": "died", "revived": "revived",
+                 "changed_back": "back", "changed": "changed", "stable": "stable"}
+
+
+def evolution_figures(ev: Any, out: str | Path, max_latents: int = 12) -> dict[str, Path]:
+    """Figures of a feature evolution (:class:`deltalens.features.Evolution`):
+    ``evolution_counts.png`` (alive/born/died/changed/changed back per iteration), a heatmap
+    of decoder cosine with the previous iteration and trajectories (firing rate, threshold,
+    decoder norm) for a few latents of each non-stable status."""
+    import torch
+
+    out = Path(out)
+    T = ev.n_iterations
+    its = list(range(T))
+    rows = ev.summary_table()
+    series = {k: [r.get(k, 0) for r in rows] for k in ("alive", "born", "died", "changed", "changed_back") if k in rows[0]}
+    paths = {"counts_png": lines_by_layer(series, out / "evolution_counts.png", layers=its, xlabel="iteration",
+                                          xticklabels=ev.names, title="latents per iteration", ylabel="latents")}
+    show = ev.examples(max_latents)
+    if T > 1:
+        m = ev.cos_prev[1:, show].T.numpy()
+        paths["cos_png"] = heatmap(
+            m, out / "evolution_cos_prev.png", xlabels=[f"{ev.names[t - 1]}→{ev.names[t]}" for t in range(1, T)],
+            ylabels=[f"{i} {_STATUS_SHORT.get(ev.status[i], ev.status[i])}" for i in show],
+            title="decoder cosine with the previous iteration", cmap="viridis", center=None, colorbar_label="cos",
+        )
+    trajectories = {"dec_norm": ev.dec_norm, "threshold": ev.threshold}
+    if ev.firing_rate is not None:
+        trajectories["firing_rate"] = ev.firing_rate
+    few = ev.examples(8)
+    for name, t in trajectories.items():
+        if not torch.isfinite(t[:, few]).any():
+            continue
+        s = {f"{i} ({ev.status[i]})": t[:, i].tolist() for i in few}
+        paths[f"{name}_png"] = lines_by_layer(s, out / f"evolution_{name}.png", layers=its, xlabel="iteration",
+                                              xticklabels=ev.names, title=f"{name} of example latents", ylabel=name)
+    return paths
