@@ -110,9 +110,14 @@ def test_store_shards_resume_after_a_kill(tiny, tmp_path):
     # tiny shards: ~1 sequence each
     store.init(model={"name": tiny.name, "spec": tiny.spec, "weights_hash": tiny.weights_hash}, sites=[(1, "resid")],
                d_model=tiny.d_model, positions="all", reduce=None, shard_mb=0.002)
-    # simulate a kill part-way: capture a prefix, then lose the manifest's "complete" flag
-    deltalens.capture(tiny, texts[:12], [(1, "resid")], store=store, batch_size=4, progress=False)
+    # simulate a kill part-way: the manifest was last committed after the first shards (the later
+    # shard files stay on disk, unlisted, as after a kill between a shard write and its commit)
+    deltalens.capture(tiny, texts, [(1, "resid")], store=store, batch_size=4, progress=False)
     m = json.loads((tmp_path / "s" / "store.json").read_text())
+    keep = next(k for k in range(1, len(m["shards"]) + 1) if sum(s["n_sequences"] for s in m["shards"][:k]) >= 12)
+    m["shards"] = m["shards"][:keep]
+    m["n_rows"] = sum(s["n_rows"] for s in m["shards"])
+    m["n_sequences"] = sum(s["n_sequences"] for s in m["shards"])
     m["complete"] = False
     (tmp_path / "s" / "store.json").write_text(json.dumps(m))
     done_before = m["n_sequences"]

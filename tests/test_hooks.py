@@ -64,7 +64,7 @@ def test_hooks_removed_after_exception(tiny):
 
 
 def test_validation_errors_before_any_forward(tiny):
-    with pytest.raises(SiteError, match=r"layer 9 is out of range: this model has 4 layers \(valid: 0\.\.3\)"):
+    with pytest.raises(SiteError, match=r"layer 9 is out of range: this model has 4 layers \(valid: 0\.\.3, or -4\.\.-1 counting from the end\)"):
         with intervene(tiny, [Read((9, "resid"))]):
             pass
     with pytest.raises(ShapeError, match="width 10 but the model's d_model is 64"):
