@@ -254,6 +254,8 @@ class ActivationStore:
         why = self.mismatch(want, config, data)  # before touching anything
         if why:
             raise StoreMismatchError(why)
+        if self.exists and self.complete:
+            return  # nothing to write: no lock needed
         if not self.exists and self.path.exists() and _foreign_entries(self.path):
             raise StoreMismatchError(f"{self.path} exists and is not an activation store; nothing was overwritten")
         self.lock()
