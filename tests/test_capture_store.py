@@ -273,6 +273,8 @@ def test_resume_cleans_temp_files_of_an_interrupted_write_and_info_counts_them(t
     assert st.complete and st.stray_files() == [] and "stray_files" not in describe(s)
     assert not list(s.rglob(".*.safetensors")) and not list(s.rglob(".*.tmp"))
     torch.testing.assert_close(st.read(1), deltalens.capture(tiny, texts, cfg, progress=False)[1], atol=1e-5, rtol=1e-5)
+    (s / "index" / "000001.parquet").unlink()
+    assert describe(s)["missing_files"] == 1
 
 
 def test_a_truncated_manifest_is_not_a_valid_store(tiny, tmp_path):

@@ -549,6 +549,8 @@ class ActivationStore:
             "sequences": self.n_sequences,
             "shards": len(m.get("shards", [])),
             "complete": self.complete,
+            **({"data": m["data"]} if "data" in m else {}),
             "size_mb": round(sum(f.stat().st_size for f in self.listed_files() if f.is_file()) / 2**20, 1),
             **({"stray_files": n} if (n := len(self.stray_files())) else {}),
+            **({"missing_files": n} if (n := sum(not f.is_file() for f in self.listed_files())) else {}),
         }

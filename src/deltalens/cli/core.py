@@ -94,7 +94,7 @@ def capture_cmd(
     from ..store import check_writable
 
     cfg = CaptureConfig(
-        sites=[int(s) if s.lstrip("-").isdigit() else s for s in split_list(sites)],  # type: ignore[misc]
+        sites=split_list(sites),
         positions=positions, reduce=reduce, batch_size=batch_size, max_length=max_length,
         val_fraction=val_fraction, dtype=store_dtype, shard_mb=shard_mb,
     )
