@@ -210,6 +210,8 @@ def test_capture_keyword_api_and_config_agree(tiny):
     with pytest.raises(ConfigError, match=r"--val-fraction must be in \[0, 1\)"):
         CaptureConfig(val_fraction=1.0)
     assert CaptureConfig.from_dict(CaptureConfig(sites=[6, (2, "mlp_out")]).to_dict()).sites == ["resid.6", "mlp_out.2"]
+    with pytest.raises(TypeError, match="not both"):
+        deltalens.capture(tiny, TEXTS, CaptureConfig(sites=["resid.1"]), reduce="mean", progress=False)
 
 
 def test_a_spec_that_selects_nothing_or_a_bad_setting_writes_nothing(tiny, tmp_path):

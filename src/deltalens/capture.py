@@ -317,8 +317,10 @@ def capture(
             sites=sites, positions=positions, reduce=reduce, batch_size=batch_size,  # type: ignore[arg-type]
             max_length=max_length, val_fraction=val_fraction, dtype=dtype,  # type: ignore[arg-type]
         )
-    elif sites is not None:
-        raise TypeError("capture: pass the sites in the CaptureConfig, not both")
+    elif sites is not None or (positions, reduce, batch_size, max_length, val_fraction, dtype) != (
+        "all", None, 16, None, 0.0, torch.float32
+    ):
+        raise TypeError("capture: pass the settings in the CaptureConfig or as keywords, not both")
     if store is not None:
         return capture_to_store(
             lm, data, config, store, overwrite=overwrite, early_exit=early_exit, progress=progress,

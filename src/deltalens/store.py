@@ -14,9 +14,15 @@ reductions), ``region`` (int8: 0 prompt, 1 response), ``token_type`` (string: ``
 Appends are bounded in memory: rows are buffered until a shard is full (whole
 sequences only), then every site's shard and the index shard are written and the
 manifest is replaced. A killed capture therefore keeps every complete shard, and
-re-running it continues after the last committed sequence. Reads are memory-mapped.
-A store belongs to one model (weights hash), one set of sites, one position spec and
-one reduction; appending anything else is refused before anything is written.
+re-running it continues after the last committed sequence (temporary files of the
+interrupted shard write are removed first). Reads are memory-mapped.
+
+A store belongs to one model (weights hash), one set of sites, one position spec, one
+reduction, one capture configuration and one dataset (a fingerprint of the inputs' token
+ids, plus the file's sha256 when captured from a file); resuming under anything else is
+refused, naming what differs, before anything is written. A store is single-writer: the
+writer holds an exclusive ``flock`` on ``.writer.lock`` (the kernel drops it when the
+writer exits or is killed), and a second writer is refused naming the holder's pid.
 """
 
 from __future__ import annotations
