@@ -53,6 +53,9 @@ def test_capture_and_info_on_the_bundled_model(tmp_path):
     info = run("info", str(tmp_path / "s"), "--json")
     d = json.loads(info.stdout)
     assert d["kind"] == "activation store" and d["sites"] == ["resid.3", "mlp_out.3"] and d["complete"]
+    last = run("capture", "--data", str(f), "--out", str(tmp_path / "s4"), "--sites", "resid.-1", "--reduce", "mean")
+    assert last.returncode == 0, last.stderr
+    assert json.loads((tmp_path / "s4" / "store.json").read_text())["sites"] == ["resid.29"]  # recorded resolved
     bad = run("capture", "--data", str(f), "--out", str(tmp_path / "s2"), "--sites", "resid.40")
     assert bad.returncode == 2 and "layer 40 is out of range" in bad.stderr and "0..29" in bad.stderr
     pos = run("capture", "--data", str(f), "--out", str(tmp_path / "s3"), "--positions", "response[:x]")

@@ -57,3 +57,40 @@ def test_capture_inputs(tmp_path):
     f.write_text('{"foo": 1}\n')
     with pytest.raises(DataFormatError, match="c.jsonl:1: needs 'text'"):
         read_capture_inputs(f)
+
+
+def test_non_utf8_bytes_name_the_file_line_and_byte_in_every_reader(tmp_path):
+    from deltalens.data.traits import read_steering_questions
+    from deltalens.io import read_json
+
+    good = "café\n".encode()  # 6 bytes: the bad byte of line 2 sits at offset 6 + 4 = 10
+    cases = {
+        "t.txt": (good + b"bad \xff\n", [read_capture_inputs, read_prompts]),
+        "t.jsonl": (b'{"text": "caf\xc3\xa9"}\n{"text": "\xe9t\xe9"}\n', [read_capture_inputs, read_prompts, read_jsonl]),
+    }
+    for name, (data, readers) in cases.items():
+        f = tmp_path / name
+        f.write_bytes(data)
+        at = 10 if name == "t.txt" else len(data.split(b"\n")[0]) + 1 + len(b'{"text": "')
+        for read in readers:
+            with pytest.raises(DataFormatError, match=rf"{name}:2: not valid UTF-8 at byte {at} "):
+                read(f)
+    j = tmp_path / "steering.json"
+    j.write_bytes(b'{"questions": ["ok",\n "\xff"]}')
+    for read in (read_json, read_steering_questions):
+        with pytest.raises(DataFormatError, match=r"steering.json:2: not valid UTF-8 at byte 23"):
+            read(j)
+
+
+def test_jsonl_columns_count_in_the_real_line_and_line_endings(tmp_path):
+    f = tmp_path / "a.jsonl"
+    # a carriage return between tokens is JSON whitespace: it neither splits the line nor shifts columns
+    f.write_bytes(b'{"text": "fine"}\n{"text": "fine",\r "x": }\n')
+    with pytest.raises(DataFormatError, match=r"a.jsonl:2: invalid JSON at column 24 \(Expecting value\)"):
+        read_jsonl(f)
+    f.write_bytes(b'\xef\xbb\xbf{"text": "a"}\r\n{"text": "b\xe2\x80\xa8c"}\r\n')  # BOM, CRLF, U+2028 inside a string
+    assert read_jsonl(f) == [{"text": "a"}, {"text": "b\u2028c"}]
+    t = tmp_path / "a.txt"
+    t.write_bytes(b"\xef\xbb\xbfone\r\ntwo \xe2\x80\xa8 still two\r\n\r\n")
+    assert read_capture_inputs(t) == ["one", "two \u2028 still two"]
+    assert [r.text for r in read_prompts(t)] == ["one", "two \u2028 still two"]

@@ -64,7 +64,7 @@ def test_hooks_removed_after_exception(tiny):
 
 
 def test_validation_errors_before_any_forward(tiny):
-    with pytest.raises(SiteError, match=r"layer 9 is out of range: this model has 4 layers \(valid: 0\.\.3\)"):
+    with pytest.raises(SiteError, match=r"layer 9 is out of range: this model has 4 layers \(valid: 0\.\.3, or -4\.\.-1 counting from the end\)"):
         with intervene(tiny, [Read((9, "resid"))]):
             pass
     with pytest.raises(ShapeError, match="width 10 but the model's d_model is 64"):
@@ -277,3 +277,26 @@ def test_intervention_sites_named_like_saelens(tiny):
     assert deltalens.Site(3, "mlp_out").hook_name == "blocks.3.hook_mlp_out"
     assert deltalens.Site.parse("attn_out.2") == deltalens.Site(2, "attn_out")
     assert deltalens.Site.parse((2, "resid_pre")) == deltalens.Site(2, "resid_pre")
+
+
+def test_one_site_resolver_accepts_negative_layers_everywhere(tiny):
+    from deltalens.hooks import Site
+
+    for spec in ("resid.-1", -1, (-1, "resid"), ("resid", 3), "resid.3", "blocks.3.hook_resid_post", Site(-1)):
+        assert Site.parse(spec).resolve(tiny) == Site(3, "resid"), spec
+    assert Site.parse("mlp_out.-4").resolve(tiny) == Site(0, "mlp_out")
+    assert Site.parse("embed").resolve(tiny) == Site(0, "embed")
+    assert Site.resolve_all(tiny, ["resid.-1", "resid.3", 1, "mlp_out.-1"]) == [Site(3), Site(1), Site(3, "mlp_out")]
+    assert Site.resolve_all(tiny, (2, "attn_out")) == [Site(2, "attn_out")]
+    with pytest.raises(SiteError, match=r"layer -5 is out of range: this model has 4 layers \(valid: 0\.\.3, or -4\.\.-1"):
+        Site.parse("resid.-5").resolve(tiny)
+    assert Site(-2).resolve(10) == Site(8)
+    # hooks resolve through it too: a read at resid.-1 is the last block's output, early exit at -1 works
+    r, r3 = Read("resid.-1"), Read("resid.3")
+    ids = torch.tensor([tiny.encode(PROMPTS[1])])
+    with intervene(tiny, [r, r3], stop_at="resid.-1"):
+        try:
+            tiny.model(input_ids=ids)
+        except deltalens.hooks.StopForward:
+            pass
+    assert r.site == Site(3) and torch.equal(r.value, r3.value)

@@ -23,7 +23,7 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ._version import __version__  # noqa: E402
-from .capture import Captured, capture  # noqa: E402
+from .capture import CaptureConfig, Captured, capture  # noqa: E402
 from .errors import DeltalensError  # noqa: E402
 from .experiment import Experiment  # noqa: E402
 from .generate import Generation, Prompt, generate  # noqa: E402
@@ -36,6 +36,7 @@ __all__ = [
     "ActivationStore",
     "Ablate",
     "Add",
+    "CaptureConfig",
     "Captured",
     "DeltalensError",
     "Experiment",

@@ -17,7 +17,11 @@ the fly in bounded memory.
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,15 +29,65 @@ import torch
 from tqdm.auto import tqdm
 
 from . import hooks
-from .errors import DataFormatError, DeltalensError
+from .errors import ConfigError, DataFormatError, DeltalensError, PositionSpecError, StoreMismatchError
 from .generate import Generation, left_pad, position_ids
 from .hooks import Read, Site, SiteLike
-from .io import provenance
+from .io import provenance, sha256_file
 from .models.loading import LoadedModel
 from .positions import Positions
-from .store import ActivationStore, split_of
+from .stage import StageConfig, at_least, in_range, one_of, option
+from .store import LOCK, MANIFEST, ActivationStore, _foreign_entries, check_writable, split_of
 
 REDUCTIONS = (None, "mean", "last")
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPE_NAMES = {v: k for k, v in STORE_DTYPES.items()}
+
+
+@dataclass
+class CaptureConfig(StageConfig):
+    """What to capture: sites, positions, reduction, batching; recorded in a store's manifest.
+
+    ``sites`` holds site strings (``"resid.6"``, ``"mlp_out.3"``, ``"resid.-1"``); ints,
+    ``(layer, component)`` pairs and :class:`~deltalens.hooks.Site` objects are accepted and
+    normalised. A store records them resolved for its model (``resid.-1`` → ``resid.29``)."""
+
+    sites: list[str] = option(
+        default_factory=lambda: ["resid.6"], flag="--sites", short="-s",
+        help="Comma-separated sites, e.g. 'resid.6,mlp_out.6', layers '6,12', or 'resid.-1' (last layer).",
+    )
+    positions: str = option("all", flag="--positions", help="Position spec: all, prompt[-1], response[:5], asst, …")
+    reduce: str = option("none", flag="--reduce", help="none (per token), mean or last (per sequence).")
+    batch_size: int = option(16, flag="--batch-size", help="Sequences per forward pass.")
+    max_length: int | None = option(None, flag="--max-length", help="Truncate inputs to this many tokens.")
+    val_fraction: float = option(0.0, flag="--val-fraction", help="Fraction of sequences marked 'val'.")
+    dtype: str = option("float32", flag="--store-dtype", help="dtype of the captured activations: float32, float16 or bfloat16.")
+    shard_mb: float = option(64.0, flag="--shard-mb", help="Store shard size in MiB (a shard holds whole sequences).")
+
+    def validate(self) -> None:
+        self.sites = [str(s) for s in hooks.parse_sites(self.sites)] if self.sites is not None else []
+        if not self.sites:
+            raise ConfigError("--sites: give at least one site, e.g. 'resid.6'")
+        self.positions = Positions.parse(self.positions).text
+        if self.reduce is None:
+            self.reduce = "none"
+        one_of(self, "reduce", ("none", "mean", "last"))
+        if isinstance(self.dtype, torch.dtype):
+            self.dtype = _DTYPE_NAMES.get(self.dtype, str(self.dtype))
+        one_of(self, "dtype", tuple(STORE_DTYPES))
+        at_least(self, "batch_size", 1)
+        at_least(self, "max_length", 1)
+        in_range(self, "val_fraction", 0.0, 1.0, hi_open=True)
+        if not self.shard_mb > 0:
+            raise ConfigError(f"--shard-mb must be > 0, got {self.shard_mb!r}")
+
+    @property
+    def reduction(self) -> str | None:
+        """``None`` (per token), ``"mean"`` or ``"last"``."""
+        return None if self.reduce == "none" else self.reduce
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return STORE_DTYPES[self.dtype]
 
 
 class Captured(dict):
@@ -102,19 +156,8 @@ def encode_item(lm: LoadedModel, item: Any, i: int = 0) -> tuple[list[int], int]
 
 
 def _parse_sites(lm: LoadedModel, sites: SiteLike | Sequence[SiteLike]) -> list[Site]:
-    if isinstance(sites, (Site, int, str)) or (isinstance(sites, tuple) and len(sites) == 2 and isinstance(sites[1], str)):
-        sites = [sites]  # type: ignore[list-item]
-    out = []
-    for s in sites:  # type: ignore[union-attr]
-        site = Site.parse(s)
-        if site.component != "embed":
-            layer = lm.arch.check_layer(site.layer)
-            site = Site(layer, site.component)
-        if site not in out:
-            out.append(site)
-    if not out:
-        raise ValueError("capture needs at least one site")
-    return out
+    """Sites resolved for ``lm`` (:meth:`Site.resolve_all <deltalens.hooks.Site.resolve_all>`)."""
+    return Site.resolve_all(lm, sites)
 
 
 class CaptureBatch(Captured):
@@ -141,14 +184,41 @@ class CaptureBatch(Captured):
 
 def encode_inputs(lm: LoadedModel, data: Iterable[Any], max_length: int | None = None) -> list[tuple[list[int], int]]:
     """``(token ids, prompt length)`` of every input, truncated to ``max_length`` tokens."""
-    out = []
-    for i, it in enumerate(data):
-        ids, plen = encode_item(lm, it, i)
-        if max_length is not None and len(ids) > max_length:
-            ids = ids[:max_length]
-            plen = min(plen, max_length)
-        out.append((ids, plen))
-    return out
+    return _truncate([encode_item(lm, it, i) for i, it in enumerate(data)], max_length)
+
+
+def _truncate(encoded: list[tuple[list[int], int]], max_length: int | None) -> list[tuple[list[int], int]]:
+    if max_length is None:
+        return encoded
+    return [(ids[:max_length], min(plen, max_length)) if len(ids) > max_length else (ids, plen) for ids, plen in encoded]
+
+
+def data_fingerprint(encoded: Sequence[tuple[Sequence[int], int]]) -> str:
+    """16-hex sha256 of the inputs' token ids and prompt lengths (what a store was captured from)."""
+    h = hashlib.sha256()
+    for ids, plen in encoded:
+        h.update(np.asarray([len(ids), plen], dtype=np.int64).tobytes())
+        h.update(np.asarray(ids, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _check_selects_something(lm: LoadedModel, pos: Positions, encoded: Sequence[tuple[list[int], int]], source: str) -> None:
+    """Refuse a position spec that selects no token of any input (it would make an empty store)."""
+    types = lm.token_types if lm.tokenizer is not None else {}
+    for k in range(0, len(encoded), 512):
+        chunk = encoded[k : k + 512]
+        if pos.mask_for_lengths([len(ids) for ids, _ in chunk], [p for _, p in chunk], types).any():
+            return
+    if all(plen >= len(ids) for ids, plen in encoded):
+        kind = "plain texts: every token is prompt, none is response"
+    elif all(plen == 0 for _, plen in encoded):
+        kind = "responses without prompts"
+    else:
+        kind = "prompt+response records"
+    raise PositionSpecError(
+        f"positions '{pos.text}' select no token of any of the {len(encoded)} inputs of {source} ({kind}); "
+        "nothing was captured"
+    )
 
 
 def _token_type_names(lm: LoadedModel, positions: torch.Tensor, prompt_lens: torch.Tensor) -> np.ndarray:
@@ -163,8 +233,9 @@ def _prepare(
     lm: LoadedModel, data: Iterable[Any], sites: SiteLike | Sequence[SiteLike], positions: str | Positions, max_length: int | None
 ) -> tuple[Positions, list[Site], list[tuple[list[int], int]]]:
     pos = Positions.parse(positions)
+    site_list = _parse_sites(lm, sites)
     pos.check_token_types(lm.token_types if lm.tokenizer is not None else {})
-    return pos, _parse_sites(lm, sites), encode_inputs(lm, data, max_length)
+    return pos, site_list, encode_inputs(lm, data, max_length)
 
 
 def _reduce(batch: CaptureBatch, sites: Sequence[Site], reduce: str | None, dtype: torch.dtype) -> dict[Site, torch.Tensor]:
@@ -192,87 +263,84 @@ def _reduce(batch: CaptureBatch, sites: Sequence[Site], reduce: str | None, dtyp
 def capture(
     lm: LoadedModel,
     data: Iterable[Any],
-    sites: SiteLike | Sequence[SiteLike],
+    sites: SiteLike | Sequence[SiteLike] | CaptureConfig | None = None,
     positions: str | Positions = "all",
     *,
     reduce: str | None = None,
     batch_size: int = 16,
     max_length: int | None = None,
-    store: str | ActivationStore | None = None,
+    store: str | Path | ActivationStore | None = None,
     val_fraction: float = 0.0,
     dtype: torch.dtype = torch.float32,
     early_exit: bool = True,
     progress: bool = True,
     dataset_name: str | None = None,
+    config: CaptureConfig | None = None,
+    overwrite: bool = False,
+    source: str | Path | None = None,
 ) -> Captured | ActivationStore:
     """Capture activations at ``sites`` and ``positions`` over ``data``.
+
+    Either pass a :class:`CaptureConfig` (``capture(lm, data, config)`` or ``config=``) or
+    the settings as keywords (``sites``, ``positions``, ``reduce``, ``batch_size``,
+    ``max_length``, ``val_fraction``, ``dtype``), from which the config is built.
 
     Args:
         lm: the model.
         data: texts, Generations, (prompt, response) pairs or dicts (see module docstring).
-        sites: one site or several (``(6, "resid")``, ``"mlp_out.3"``, ``Site(...)``, an int).
+        sites: one site or several (``(6, "resid")``, ``"mlp_out.3"``, ``Site(...)``, an int;
+            negative layers count from the end).
         positions: position spec (``all``, ``prompt[-1]``, ``response[:5]``, ``asst`` …).
         reduce: ``None`` (one row per selected token), ``"mean"`` or ``"last"`` (one row per
             input; inputs with no selected token get no row, see ``n_selected``).
         batch_size: sequences per forward.
         max_length: truncate inputs to this many tokens (keeping the start).
-        store: write into this ActivationStore directory instead of memory (resumable).
+        store: write into this ActivationStore directory instead of memory (resumable; see
+            :func:`capture_to_store`).
         val_fraction: fraction of sequences marked ``val`` in the store's index.
         dtype: dtype of returned / stored activations.
         early_exit: stop each forward after the deepest requested site.
+        dataset_name: a name recorded in the store's manifest.
+        overwrite: replace an existing store instead of resuming it.
+        source: the file the inputs came from (its name and sha256 are recorded in the store).
 
     Returns:
         :class:`Captured` (``{Site: [rows, d]}``, rows in (input, position) order, padding
         excluded) or the :class:`ActivationStore` written to.
     """
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
-    pos, site_list, encoded = _prepare(lm, data, sites, positions, max_length)
-    work = torch.float32 if reduce else dtype
-
-    if store is not None:
-        st = store if isinstance(store, ActivationStore) else ActivationStore(store)
-        st.init(
-            model={"name": lm.name, "spec": lm.spec, "weights_hash": lm.weights_hash},
-            sites=site_list,
-            d_model=lm.d_model,
-            positions=pos.text,
-            reduce=reduce,
-            dtype=dtype,
-            val_fraction=val_fraction,
-            dataset=dataset_name,
-            extra={"provenance": provenance(lm, positions=pos.text, reduce=reduce)},
+    if isinstance(sites, CaptureConfig):
+        config, sites = sites, None
+    if config is None:
+        if sites is None:
+            raise ConfigError("capture needs sites (or a CaptureConfig)")
+        config = CaptureConfig(
+            sites=sites, positions=positions, reduce=reduce, batch_size=batch_size,  # type: ignore[arg-type]
+            max_length=max_length, val_fraction=val_fraction, dtype=dtype,  # type: ignore[arg-type]
         )
-        if st.complete and st.n_sequences >= len(encoded):
-            return st
-        order = list(range(st.n_sequences, len(encoded)))  # input order: resumable by sequence count
-        for b in _batches(lm, encoded, order, site_list, pos, batch_size, work, early_exit, progress, "capture"):
-            acts = _reduce(b, site_list, reduce, dtype)
-            if reduce is None:
-                seq, posn, tok, resp = b.seq_ids, b.positions, b.token_ids, b.is_response
-                ttype = _token_type_names(lm, posn, b.prompt_lens)
-            else:
-                seq = b.batch_ids[b.n_selected > 0]
-                posn = tok = torch.full((len(seq),), -1, dtype=torch.long)
-                resp = torch.zeros(len(seq), dtype=torch.bool)
-                ttype = np.full(len(seq), "", dtype=object)
-            index = {
-                "seq_id": seq.numpy().astype(np.int64),
-                "position": posn.numpy().astype(np.int32),
-                "token_id": tok.numpy().astype(np.int32),
-                "region": resp.numpy().astype(np.int8),
-                "token_type": ttype.astype(str),
-                "split": np.array([split_of(int(i), val_fraction) for i in seq.tolist()], dtype=str),
-            }
-            st.append(acts, index, n_sequences=len(b.batch_ids))
-        st.finish()
-        return st
+    elif sites is not None or (positions, reduce, batch_size, max_length, val_fraction, dtype) != (
+        "all", None, 16, None, 0.0, torch.float32
+    ):
+        raise TypeError("capture: pass the settings in the CaptureConfig or as keywords, not both")
+    if store is not None:
+        return capture_to_store(
+            lm, data, config, store, overwrite=overwrite, early_exit=early_exit, progress=progress,
+            dataset_name=dataset_name, source=source,
+        )
+    pos, site_list, encoded = _prepare(lm, data, config.sites, config.positions, config.max_length)
+    return _capture_in_memory(lm, encoded, site_list, pos, config, early_exit, progress)
 
+
+def _capture_in_memory(
+    lm: LoadedModel, encoded: list[tuple[list[int], int]], site_list: list[Site], pos: Positions,
+    config: CaptureConfig, early_exit: bool, progress: bool,
+) -> Captured:
+    reduce, dtype = config.reduction, config.torch_dtype
+    work = torch.float32 if reduce else dtype
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
     parts: dict[Site, list[torch.Tensor]] = {s: [] for s in site_list}
     meta: dict[str, list[torch.Tensor]] = {"seq": [], "pos": [], "tok": [], "resp": []}
     n_sel = torch.zeros(len(encoded), dtype=torch.long)
-    for b in _batches(lm, encoded, order, site_list, pos, batch_size, work, early_exit, progress, "capture"):
+    for b in _batches(lm, encoded, order, site_list, pos, config.batch_size, work, early_exit, progress, "capture"):
         for s, rows in _reduce(b, site_list, reduce, dtype).items():
             parts[s].append(rows)
         n_sel[b.batch_ids] = b.n_selected
@@ -306,6 +374,124 @@ def capture(
     return out
 
 
+def _data_record(encoded_full: list[tuple[list[int], int]], dataset_name: str | None, source: str | Path | None) -> dict[str, Any]:
+    rec: dict[str, Any] = {"fingerprint": data_fingerprint(encoded_full), "n_inputs": len(encoded_full)}
+    if source is not None and Path(source).is_file():
+        rec["source"] = Path(source).name
+        rec["sha256"] = sha256_file(source)
+    elif dataset_name or source:
+        rec["source"] = str(source or dataset_name)
+    return rec
+
+
+def _wipe_store(st: ActivationStore) -> None:
+    """``--overwrite``: delete a store's files under its writer lock (only a store's own entries)."""
+    path = st.path
+    if not path.exists():
+        return
+    foreign = [e for e in _foreign_entries(path) if e != MANIFEST]
+    if foreign:
+        raise StoreMismatchError(
+            f"{path} is not an activation store (it holds {', '.join(sorted(foreign)[:5])}); "
+            "--overwrite replaces stores only — nothing was deleted"
+        )
+    st.lock()
+    for e in path.iterdir():
+        if e.name == LOCK:
+            continue
+        if e.is_dir() and not e.is_symlink():
+            shutil.rmtree(e)
+        else:
+            e.unlink()
+    st.manifest = {}
+
+
+@torch.no_grad()
+def capture_to_store(
+    lm: LoadedModel,
+    data: Iterable[Any],
+    config: CaptureConfig,
+    store: str | Path | ActivationStore,
+    *,
+    overwrite: bool = False,
+    early_exit: bool = True,
+    progress: bool = True,
+    dataset_name: str | None = None,
+    source: str | Path | None = None,
+) -> ActivationStore:
+    """Capture into an :class:`ActivationStore` directory: created, resumed or refused.
+
+    Everything is checked before anything is written: the sites and positions against the
+    model, the store path (writable), the inputs (a spec that selects no token of any input is
+    refused) and an existing store's model, settings and data fingerprint (a store captured
+    from other data or settings is refused naming what differs, unless ``overwrite``). A
+    store is single-writer: a second concurrent writer is refused. A resumed capture
+    continues after the last committed shard and removes the temporary files of an
+    interrupted shard write first.
+    """
+    pos = Positions.parse(config.positions)
+    site_list = _parse_sites(lm, config.sites)
+    pos.check_token_types(lm.token_types if lm.tokenizer is not None else {})
+    path = store.path if isinstance(store, ActivationStore) else Path(store)
+    check_writable(path)
+    if isinstance(store, ActivationStore):
+        st = store
+    else:
+        try:
+            st = ActivationStore(path)
+        except DataFormatError:
+            if not overwrite:
+                raise
+            st = ActivationStore(path, strict=False)  # --overwrite replaces a corrupt store too
+    encoded_full = [encode_item(lm, it, i) for i, it in enumerate(data)]
+    if not encoded_full:
+        raise DataFormatError(f"capture into {path}: no inputs")
+    encoded = _truncate(encoded_full, config.max_length)
+    _check_selects_something(lm, pos, encoded, str(source or dataset_name or "the inputs"))
+    record = config.replace(sites=[str(s) for s in site_list]).to_dict()
+    data_rec = _data_record(encoded_full, dataset_name, source)
+    reduce, dtype = config.reduction, config.torch_dtype
+    if overwrite:
+        _wipe_store(st)
+    try:
+        st.init(
+            model={"name": lm.name, "spec": lm.spec, "weights_hash": lm.weights_hash},
+            sites=site_list, d_model=lm.d_model, positions=pos.text, reduce=reduce, dtype=dtype,
+            val_fraction=config.val_fraction, shard_mb=config.shard_mb, dataset=dataset_name,
+            extra={"provenance": provenance(lm, positions=pos.text, reduce=reduce)}, config=record, data=data_rec,
+        )
+        if st.complete and st.n_sequences >= len(encoded):
+            return st
+        order = list(range(st.n_sequences, len(encoded)))  # input order: resumable by sequence count
+        work = torch.float32 if reduce else dtype
+        for b in _batches(lm, encoded, order, site_list, pos, config.batch_size, work, early_exit, progress, "capture"):
+            st.append(_reduce(b, site_list, reduce, dtype), _index_of(lm, b, reduce, config.val_fraction), n_sequences=len(b.batch_ids))
+        st.finish()
+    finally:
+        st.close()
+    return st
+
+
+def _index_of(lm: LoadedModel, b: CaptureBatch, reduce: str | None, val_fraction: float) -> dict[str, np.ndarray]:
+    """The token-index columns of one batch's rows (see :mod:`deltalens.store`)."""
+    if reduce is None:
+        seq, posn, tok, resp = b.seq_ids, b.positions, b.token_ids, b.is_response
+        ttype = _token_type_names(lm, posn, b.prompt_lens)
+    else:
+        seq = b.batch_ids[b.n_selected > 0]
+        posn = tok = torch.full((len(seq),), -1, dtype=torch.long)
+        resp = torch.zeros(len(seq), dtype=torch.bool)
+        ttype = np.full(len(seq), "", dtype=object)
+    return {
+        "seq_id": seq.numpy().astype(np.int64),
+        "position": posn.numpy().astype(np.int32),
+        "token_id": tok.numpy().astype(np.int32),
+        "region": resp.numpy().astype(np.int8),
+        "token_type": ttype.astype(str),
+        "split": np.array([split_of(int(i), val_fraction) for i in seq.tolist()], dtype=str),
+    }
+
+
 @torch.no_grad()
 def iter_capture(
     lm: LoadedModel,
@@ -330,6 +516,8 @@ def iter_capture(
     ``sort_by_length=False``; rows carry their input index in ``seq_ids``. The hooks are
     removed before each batch is yielded, so the consumer may run the model itself.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be ≥ 1, got {batch_size!r}")
     pos, site_list, encoded = _prepare(lm, data, sites, positions, max_length)
     order = list(range(len(encoded)))
     if sort_by_length:

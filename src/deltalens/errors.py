@@ -44,3 +44,7 @@ class ConfigError(DeltalensError):
 
 class ModelMismatchError(DeltalensError):
     """Two models that cannot be compared (different architecture, width or depth)."""
+
+
+class StoreBusyError(DeltalensError):
+    """An artifact that another process is writing right now (stores are single-writer)."""

@@ -91,12 +91,6 @@ class Experiment:
     def save_config(self, config: dict[str, Any]) -> Path:
         return atomic_write(self.config_path, yaml.safe_dump(config, sort_keys=False))
 
-    def update_config(self, **values: Any) -> dict[str, Any]:
-        cfg = self.load_config()
-        cfg.update(values)
-        self.save_config(cfg)
-        return cfg
-
     # ---- layout -----------------------------------------------------------------------
     def _dir(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)

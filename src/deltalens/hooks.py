@@ -111,6 +111,35 @@ class Site:
             f"cannot read site {site!r}; write e.g. 'resid.6', (6, 'mlp_out') or 'blocks.6.hook_resid_post'"
         )
 
+    def resolve(self, lm: LoadedModel | int) -> Site:
+        """This site on a model (or a layer count): the one place a layer is validated.
+
+        Negative layers count from the end, Python style (``resid.-1`` is the last block's
+        output); the result always holds the non-negative layer. ``embed`` ignores the layer.
+        Raises :class:`SiteError` naming the valid range."""
+        if self.component == "embed":
+            return Site(0, "embed")
+        n = lm if isinstance(lm, int) else lm.n_layers
+        if not -n <= self.layer < n:
+            raise SiteError(
+                f"layer {self.layer} is out of range: this model has {n} layers "
+                f"(valid: 0..{n - 1}, or {-n}..-1 counting from the end)"
+            )
+        return Site(self.layer % n, self.component)
+
+    @classmethod
+    def resolve_all(cls, lm: LoadedModel | int, sites: SiteLike | Sequence[SiteLike]) -> list[Site]:
+        """Parse and :meth:`resolve` one site or several (``"resid.6"``, ``6``, ``(6, "resid")``,
+        ``"resid.-1"``…); duplicates (also ``resid.-1`` next to ``resid.29``) are dropped, order kept."""
+        out: list[Site] = []
+        for s in parse_sites(sites):
+            site = s.resolve(lm)
+            if site not in out:
+                out.append(site)
+        if not out:
+            raise SiteError("no site given; write e.g. 'resid.6' or 'resid.6,mlp_out.6'")
+        return out
+
     def __str__(self) -> str:
         return "embed" if self.component == "embed" else f"{self.component}.{self.layer}"
 
@@ -123,6 +152,15 @@ class Site:
 
 
 SiteLike = Union[Site, tuple, str, int]
+
+
+def parse_sites(sites: SiteLike | Sequence[SiteLike]) -> list[Site]:
+    """One site or several, parsed (no model needed; :meth:`Site.resolve_all` also checks ranges)."""
+    if isinstance(sites, (Site, int, str)) or (
+        isinstance(sites, tuple) and len(sites) == 2 and any(isinstance(x, str) for x in sites)
+    ):
+        sites = [sites]  # type: ignore[list-item]
+    return [Site.parse(s) for s in sites]  # type: ignore[union-attr]
 RowsLike = Union[None, slice, Sequence[int], torch.Tensor, range]
 
 
@@ -230,10 +268,7 @@ class Intervention:
 
     def bind(self, lm: LoadedModel) -> None:
         """Validate against a model before any forward runs (layer range, widths, token types)."""
-        if self.site.component != "embed":
-            lm.arch.check_layer(self.site.layer)
-            if self.site.layer < 0:
-                self.site = Site(self.site.layer % lm.n_layers, self.site.component)
+        self.site = self.site.resolve(lm)
         self.positions.check_token_types(lm.token_types if lm.tokenizer is not None else {})
         self.d_model = lm.d_model
 
@@ -597,9 +632,7 @@ class HookSession:
             if not isinstance(iv, Intervention):
                 raise TypeError(f"not an intervention: {iv!r}")
             iv.bind(lm)
-        self.stop_at = None if stop_at is None else Site.parse(stop_at)
-        if self.stop_at is not None and self.stop_at.component != "embed":
-            lm.arch.check_layer(self.stop_at.layer)
+        self.stop_at = None if stop_at is None else Site.parse(stop_at).resolve(lm)
         self.step: Step | None = None
         self._handles: list[Any] = []
         self._prompt_len: torch.Tensor | None = None

@@ -35,8 +35,11 @@ def _safetensors(path: Path) -> dict[str, Any] | None:
 
     from .io import read_safetensors_metadata
 
-    with safe_open(str(path), framework="pt") as fh:
-        tensors = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            tensors = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise DataFormatError(f"not a valid safetensors file: {path} ({exc})") from None
     return {
         "kind": "safetensors",
         "path": str(path),

@@ -92,15 +92,45 @@ def write_json(path: PathLike, obj: Any, indent: int | None = 2) -> Path:
     return atomic_write(path, to_json(obj, indent=indent) + "\n")
 
 
-def read_json(path: PathLike) -> Any:
+def decode_utf8(data: bytes, path: PathLike, *, line: int | None = None, offset: int = 0) -> str:
+    """``data`` decoded as UTF-8, or a :class:`DataFormatError` naming the file, the line and the
+    byte offset (from the start of the file: ``offset`` is where ``data`` starts) of the first bad byte."""
+    from .errors import DataFormatError
+
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = offset + exc.start
+        n = line if line is not None else data.count(b"\n", 0, exc.start) + 1
+        raise DataFormatError(
+            f"{path}:{n}: not valid UTF-8 at byte {at} ({data[exc.start:exc.start + 4]!r}: {exc.reason}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def read_text(path: PathLike) -> str:
+    """A whole text file as UTF-8 (a leading byte-order mark is dropped); a missing file or a bad
+    byte is a :class:`DataFormatError` naming the file (and the byte offset)."""
     from .errors import DataFormatError
 
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DataFormatError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataFormatError(f"{path}: is a directory, expected a file") from None
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    return decode_utf8(data[bom:], path, offset=bom)
+
+
+def read_json(path: PathLike) -> Any:
+    from .errors import DataFormatError
+
+    path = Path(path)
+    text = read_text(path)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})") from None
 
@@ -140,15 +170,20 @@ def load_tensors(path: PathLike, device: str | torch.device = "cpu") -> dict[str
     try:
         return load_file(str(path), device=str(device))
     except Exception as exc:  # safetensors raises its own error types
-        raise DataFormatError(f"{path}: not a readable safetensors file ({exc})") from None
+        raise DataFormatError(f"not a valid safetensors file: {path} ({exc})") from None
 
 
 def read_safetensors_metadata(path: PathLike) -> dict[str, Any]:
     """The header metadata of a safetensors file, JSON values decoded where possible."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
+    from .errors import DataFormatError
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types
+        raise DataFormatError(f"not a valid safetensors file: {path} ({exc})") from None
     out: dict[str, Any] = {}
     for k, v in meta.items():
         try:

@@ -253,16 +253,8 @@ class Positions:
         return "+".join(parts)
 
     @property
-    def uses_response(self) -> bool:
-        return any(t.region == "response" for t in self.terms)
-
-    @property
     def token_types(self) -> tuple[str, ...]:
         return tuple(t.region for t in self.terms if t.region in TOKEN_TYPES)
-
-    @property
-    def is_all(self) -> bool:
-        return any(t.region == "all" and t.select is None for t in self.terms)
 
     def check_token_types(self, available: Mapping[str, int] | None) -> None:
         for name in self.token_types:

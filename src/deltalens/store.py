@@ -14,15 +14,22 @@ reductions), ``region`` (int8: 0 prompt, 1 response), ``token_type`` (string: ``
 Appends are bounded in memory: rows are buffered until a shard is full (whole
 sequences only), then every site's shard and the index shard are written and the
 manifest is replaced. A killed capture therefore keeps every complete shard, and
-re-running it continues after the last committed sequence. Reads are memory-mapped.
-A store belongs to one model (weights hash), one set of sites, one position spec and
-one reduction; appending anything else is refused before anything is written.
+re-running it continues after the last committed sequence (temporary files of the
+interrupted shard write are removed first). Reads are memory-mapped.
+
+A store belongs to one model (weights hash), one set of sites, one position spec, one
+reduction, one capture configuration and one dataset (a fingerprint of the inputs' token
+ids, plus the file's sha256 when captured from a file); resuming under anything else is
+refused, naming what differs, before anything is written. A store is single-writer: the
+writer holds an exclusive ``flock`` on ``.writer.lock`` (the kernel drops it when the
+writer exits or is killed), and a second writer is refused naming the holder's pid.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
+import os
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -32,12 +39,70 @@ import numpy as np
 import torch
 
 from ._version import __version__
-from .errors import StoreMismatchError
+from .errors import ConfigError, DataFormatError, StoreBusyError, StoreMismatchError
 from .hooks import Site, SiteLike
 from .io import atomic_path, now_iso, write_json
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no writer lock
+    fcntl = None  # type: ignore[assignment]
+
 FORMAT_VERSION = 1
 MANIFEST = "store.json"
+LOCK = ".writer.lock"
+#: capture settings that may change on resume (they do not change what a row holds)
+RESUMABLE_FIELDS = ("batch_size", "shard_mb")
+_REQUIRED = ("sites", "d_model", "dtype", "shard_rows", "shards", "n_rows", "n_sequences")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of the store at ``path`` (``{}`` if there is none); a manifest that is not
+    valid JSON or misses fields is a :class:`DataFormatError` ("not a valid activation store")."""
+    path = Path(path)
+    f = path / MANIFEST
+    if not f.is_file():
+        return {}
+    try:
+        m = json.loads(f.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"not a valid activation store: {path} ({MANIFEST} is not UTF-8: {exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(
+            f"not a valid activation store: {path} ({MANIFEST}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg})"
+        ) from None
+    if not isinstance(m, dict):
+        raise DataFormatError(f"not a valid activation store: {path} ({MANIFEST} holds a {type(m).__name__}, not an object)")
+    missing = [k for k in _REQUIRED if k not in m]
+    if missing:
+        raise DataFormatError(f"not a valid activation store: {path} ({MANIFEST} lacks {', '.join(missing)})")
+    return m
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse (:class:`ConfigError`) a store path that cannot be created or written, before any work."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"cannot write an activation store to {p}: it is a file, not a directory")
+    q = p
+    while not q.exists() and q != q.parent:
+        q = q.parent
+    if not q.is_dir():
+        raise ConfigError(f"cannot write an activation store to {p}: {q} is not a directory")
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write an activation store to {p}: {q} is not writable")
+
+
+def _foreign_entries(path: Path) -> list[str]:
+    """Entries of a directory without a manifest that no capture would have written."""
+    own = {LOCK, MANIFEST, "shards", "index"}
+    return [e.name for e in path.iterdir() if e.name not in own and not e.name.startswith(f".{MANIFEST}.")]
+
+
+def _describe_data(d: Mapping[str, Any]) -> str:
+    what = d.get("source") or "inputs"
+    digest = f"sha256 {d['sha256'][:12]}…" if d.get("sha256") else f"token fingerprint {str(d.get('fingerprint'))[:12]}…"
+    return f"{what} ({d.get('n_inputs')} inputs, {digest})"
 
 _NP_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 _TORCH_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -46,13 +111,22 @@ _TORCH_DTYPES = {v: k for k, v in _TORCH_NAMES.items()}
 
 def mmap_safetensor(path: Path, name: str = "acts") -> torch.Tensor:
     """Memory-map one tensor of a safetensors file (copy-on-write; no data is read up front)."""
-    with open(path, "rb") as fh:
-        (hlen,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(hlen))
-    info = header[name]
-    start, end = info["data_offsets"]
-    shape = tuple(info["shape"])
-    np_dtype = _NP_DTYPES[info["dtype"]]
+    try:
+        with open(path, "rb") as fh:
+            (hlen,) = struct.unpack("<Q", fh.read(8))
+            if hlen > 100 * 2**20:
+                raise ValueError(f"header length {hlen} is implausible")
+            header = json.loads(fh.read(hlen))
+        info = header[name]
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        np_dtype = _NP_DTYPES[info["dtype"]]
+        if 8 + hlen + end > path.stat().st_size:
+            raise ValueError("the file is truncated")
+    except FileNotFoundError:
+        raise DataFormatError(f"not a valid safetensors file: {path} (no such file)") from None
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"not a valid safetensors file: {path} ({type(exc).__name__}: {exc})") from None
     if end == start:
         t = torch.from_numpy(np.zeros(shape, dtype=np_dtype))
     else:
@@ -73,15 +147,21 @@ def split_of(seq_id: int, val_fraction: float) -> str:
 class ActivationStore:
     """A directory of captured activations; see the module docstring for the layout."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, strict: bool = True):
+        """Open (or prepare to create) the store at ``path``; an invalid manifest is a
+        :class:`DataFormatError` unless ``strict=False`` (then it reads as no manifest)."""
         self.path = Path(path)
-        self.manifest: dict[str, Any] = {}
-        if (self.path / MANIFEST).exists():
-            self.manifest = json.loads((self.path / MANIFEST).read_text())
+        try:
+            self.manifest: dict[str, Any] = read_manifest(self.path)
+        except DataFormatError:
+            if strict:
+                raise
+            self.manifest = {}
         self._buf: dict[Site, list[torch.Tensor]] = {}
         self._buf_index: list[dict[str, np.ndarray]] = []
         self._buf_rows = 0
         self._buf_seqs = 0
+        self._lock_fd: int | None = None
 
     # ---- creation and compatibility -------------------------------------------------------
     @property
@@ -94,6 +174,63 @@ class ActivationStore:
         if not store.exists:
             raise StoreMismatchError(f"{path}: not an activation store (no {MANIFEST})")
         return store
+
+    @staticmethod
+    def wanted(
+        *,
+        model: Mapping[str, Any],
+        sites: Sequence[SiteLike],
+        d_model: int,
+        positions: str,
+        reduce: str | None,
+        dtype: torch.dtype = torch.float32,
+        val_fraction: float = 0.0,
+    ) -> dict[str, Any]:
+        """The manifest fields a capture fixes (compared on resume)."""
+        return {
+            "model": dict(model),
+            "sites": [str(Site.parse(s)) for s in sites],
+            "d_model": int(d_model),
+            "positions": positions,
+            "reduce": reduce,
+            "dtype": _TORCH_NAMES[dtype],
+            "val_fraction": float(val_fraction),
+        }
+
+    def mismatch(
+        self, want: Mapping[str, Any], config: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """Why this (existing) store cannot take a capture of ``want`` / ``config`` / ``data``, or None.
+
+        Reads only. Fields recorded before a store kept its config or data fingerprint are not
+        compared."""
+        if not self.exists:
+            return None
+        m = self.manifest
+        diffs = []
+        if m.get("model", {}).get("weights_hash") != want["model"].get("weights_hash"):
+            diffs.append(
+                f"model {m.get('model', {}).get('name')} ({m.get('model', {}).get('weights_hash')}) vs "
+                f"{want['model'].get('name')} ({want['model'].get('weights_hash')})"
+            )
+        for key in ("sites", "d_model", "positions", "reduce", "dtype", "val_fraction"):
+            if m.get(key) != want[key]:
+                diffs.append(f"{key} {m.get(key)!r} vs {want[key]!r}")
+        old = m.get("data")
+        if data is not None and isinstance(old, dict) and old.get("fingerprint") != data.get("fingerprint"):
+            diffs.append(f"data fingerprint differs: {_describe_data(old)} vs {_describe_data(data)}")
+        recorded = m.get("config")
+        if config is not None and isinstance(recorded, dict):
+            checked = {"sites", "positions", "reduce", "dtype", "val_fraction", *RESUMABLE_FIELDS}
+            for k in sorted((set(config) | set(recorded)) - checked):
+                if recorded.get(k) != config.get(k):
+                    diffs.append(f"{k} {recorded.get(k)!r} vs {config.get(k)!r}")
+        if diffs:
+            return (
+                f"{self.path} holds a different capture ({'; '.join(diffs)}); use the same data and settings, "
+                "a new directory or --overwrite — nothing was overwritten"
+            )
+        return None
 
     def init(
         self,
@@ -108,36 +245,41 @@ class ActivationStore:
         shard_mb: float = 64.0,
         dataset: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
     ) -> None:
-        """Create the manifest, or check that an existing store matches (never overwrites)."""
-        want = {
-            "model": dict(model),
-            "sites": [str(Site.parse(s)) for s in sites],
-            "d_model": int(d_model),
-            "positions": positions,
-            "reduce": reduce,
-            "dtype": _TORCH_NAMES[dtype],
-            "val_fraction": float(val_fraction),
-        }
-        if self.exists:
-            diffs = []
-            m = self.manifest
-            if m.get("model", {}).get("weights_hash") != want["model"].get("weights_hash"):
-                diffs.append(
-                    f"model {m.get('model', {}).get('name')} ({m.get('model', {}).get('weights_hash')}) vs "
-                    f"{want['model'].get('name')} ({want['model'].get('weights_hash')})"
-                )
-            for key in ("sites", "d_model", "positions", "reduce", "dtype", "val_fraction"):
-                if m.get(key) != want[key]:
-                    diffs.append(f"{key} {m.get(key)!r} vs {want[key]!r}")
-            if diffs:
-                raise StoreMismatchError(
-                    f"{self.path} holds a different capture ({'; '.join(diffs)}); "
-                    "use a new directory — nothing was overwritten"
-                )
-            return
-        if self.path.exists() and any(self.path.iterdir()):
+        """Create the manifest, or check that an existing store matches (never overwrites).
+
+        Takes the store's writer lock (released by :meth:`finish` or :meth:`close`, and by the
+        kernel when the process dies): a second writer is refused with :class:`StoreBusyError`.
+        ``config`` (the capture settings) and ``data`` (the inputs' fingerprint) are recorded
+        and compared on resume."""
+        want = self.wanted(
+            model=model, sites=sites, d_model=d_model, positions=positions, reduce=reduce, dtype=dtype, val_fraction=val_fraction
+        )
+        why = self.mismatch(want, config, data)  # before touching anything
+        if why:
+            raise StoreMismatchError(why)
+        if self.exists and self.complete:
+            return  # nothing to write: no lock needed
+        if not self.exists and self.path.exists() and _foreign_entries(self.path):
             raise StoreMismatchError(f"{self.path} exists and is not an activation store; nothing was overwritten")
+        self.lock()
+        self.manifest = read_manifest(self.path)  # another writer may have finished meanwhile
+        why = self.mismatch(want, config, data)
+        if why:
+            self.close()
+            raise StoreMismatchError(why)
+        if self.exists:
+            if not self.complete:
+                self.clean_strays()
+            if self.n_sequences == 0:  # nothing captured yet: record what this capture is
+                for key, value in (("config", config), ("data", data)):
+                    if value is not None and key not in self.manifest:
+                        self.manifest[key] = dict(value)
+                self._commit()
+            return
+        self.clean_strays()
         row_bytes = d_model * torch.finfo(dtype).bits // 8
         self.manifest = {
             "format_version": FORMAT_VERSION,
@@ -150,9 +292,70 @@ class ActivationStore:
             "n_rows": 0,
             "n_sequences": 0,
             "complete": False,
+            **({"config": dict(config)} if config is not None else {}),
+            **({"data": dict(data)} if data is not None else {}),
             **({"extra": dict(extra)} if extra else {}),
         }
         self._commit()
+
+    # ---- the writer lock ------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take the exclusive writer lock (``flock`` on ``.writer.lock`` in the store directory).
+
+        Refused with :class:`StoreBusyError` naming the holder's pid while another process (or
+        another ActivationStore object) writes the store. The kernel drops the lock when the
+        holder exits or is killed, so a dead writer never blocks a resume."""
+        if self._lock_fd is not None or fcntl is None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise StoreBusyError(f"{self.path} is being written by process {pid}; stores are single-writer") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the writer lock (buffered rows that were not flushed are dropped)."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # ---- what is on disk ------------------------------------------------------------------
+    def listed_files(self) -> list[Path]:
+        """Every file the manifest commits to (manifest, shards of every site, index shards)."""
+        names = self.shard_names()
+        out = [self.path / MANIFEST]
+        for s in self.manifest.get("sites", []):
+            out.extend(self.path / "shards" / s / f"{n}.safetensors" for n in names)
+        out.extend(self.path / "index" / f"{n}.parquet" for n in names)
+        return out
+
+    def stray_files(self) -> list[Path]:
+        """Files in the store that the manifest does not list: temporary files of an interrupted
+        shard write, shards written after the last commit."""
+        if not self.path.is_dir():
+            return []
+        listed = set(self.listed_files())
+        return sorted(p for p in self.path.rglob("*") if p.is_file() and p.name != LOCK and p not in listed)
+
+    def clean_strays(self) -> int:
+        """Delete :meth:`stray_files` (a resume rewrites them); returns how many. Needs the lock."""
+        strays = self.stray_files()
+        for p in strays:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        return len(strays)
 
     def _commit(self) -> None:
         write_json(self.path / MANIFEST, self.manifest)
@@ -243,9 +446,11 @@ class ActivationStore:
         self._buf_seqs = 0
 
     def finish(self) -> None:
+        """Flush, mark the store complete and release the writer lock."""
         self.flush()
         self.manifest["complete"] = True
         self._commit()
+        self.close()
 
     # ---- reading --------------------------------------------------------------------------
     def shard_names(self) -> list[str]:
@@ -350,9 +555,8 @@ class ActivationStore:
             "sequences": self.n_sequences,
             "shards": len(m.get("shards", [])),
             "complete": self.complete,
-            "size_mb": round(sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file()) / 2**20, 1),
+            **({"data": m["data"]} if "data" in m else {}),
+            "size_mb": round(sum(f.stat().st_size for f in self.listed_files() if f.is_file()) / 2**20, 1),
+            **({"stray_files": n} if (n := len(self.stray_files())) else {}),
+            **({"missing_files": n} if (n := sum(not f.is_file() for f in self.listed_files())) else {}),
         }
-
-
-def estimate_rows_per_shard(d_model: int, shard_mb: float, dtype: torch.dtype = torch.float32) -> int:
-    return max(1, int(shard_mb * 2**20 // (d_model * math.ceil(torch.finfo(dtype).bits / 8))))

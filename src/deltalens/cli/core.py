@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from ..capture import CaptureConfig
 from ..generate import GenerateConfig
 from ._common import config_option, console, split_list, table
 
@@ -73,33 +74,36 @@ def generate_cmd(
 
 def capture_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Inputs: .txt (one text per line) or .jsonl (text / prompt+response / question)."),
-    sites: str = typer.Option("resid.6", "--sites", "-s", help="Comma-separated sites, e.g. 'resid.6,mlp_out.6' or layers '6,12'."),
+    sites: str = config_option(CaptureConfig, "sites"),
     out: Path = typer.Option(..., "--out", "-o", help="ActivationStore directory (created, or resumed if it matches)."),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
-    positions: str = typer.Option("all", "--positions", help="Position spec: all, prompt[-1], response[:5], asst, …"),
-    reduce: str = typer.Option("none", "--reduce", help="none (per token), mean or last (per sequence)."),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate inputs to this many tokens."),
-    val_fraction: float = typer.Option(0.0, "--val-fraction", help="Fraction of sequences marked 'val'."),
+    positions: str = config_option(CaptureConfig, "positions"),
+    reduce: str = config_option(CaptureConfig, "reduce"),
+    batch_size: int = config_option(CaptureConfig, "batch_size"),
+    max_length: Optional[int] = config_option(CaptureConfig, "max_length"),
+    val_fraction: float = config_option(CaptureConfig, "val_fraction"),
+    store_dtype: str = config_option(CaptureConfig, "dtype"),
+    shard_mb: float = config_option(CaptureConfig, "shard_mb"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing store at --out and capture afresh (instead of resuming it)."),
     dtype: str = typer.Option("auto", "--dtype", help="Model dtype."),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
-    """Capture activations into an ActivationStore (resumable)."""
+    """Capture activations into an ActivationStore (resumable; one writer at a time)."""
     from ..capture import capture
     from ..data import read_capture_inputs
-    from ..errors import DeltalensError
     from ..models import load
+    from ..store import check_writable
 
-    if reduce not in ("none", "mean", "last"):
-        raise DeltalensError(f"--reduce must be none, mean or last, not '{reduce}'")
+    cfg = CaptureConfig(
+        sites=split_list(sites),
+        positions=positions, reduce=reduce, batch_size=batch_size, max_length=max_length,
+        val_fraction=val_fraction, dtype=store_dtype, shard_mb=shard_mb,
+    )
+    check_writable(out)
     inputs = read_capture_inputs(data)
     lm = load(model, dtype=dtype, device=device)
-    site_list = [int(s) if s.lstrip("-").isdigit() else s for s in split_list(sites)]
     t0 = time.time()
-    store = capture(
-        lm, inputs, site_list, positions, reduce=None if reduce == "none" else reduce, batch_size=batch_size,
-        max_length=max_length, store=out, val_fraction=val_fraction, dataset_name=data.name,
-    )
+    store = capture(lm, inputs, cfg, store=out, dataset_name=data.name, source=data, overwrite=overwrite)
     dt = time.time() - t0
     s = store.summary()  # type: ignore[union-attr]
     console.print(table("activation store", ["key", "value"], [(k, v) for k, v in s.items()]))

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import DataFormatError
 from ..io import read_json
-from .jsonl import iter_jsonl
+from .jsonl import iter_jsonl, iter_lines
 
 TEXT_KEYS = ("content", "question", "prompt", "text")
 
@@ -75,8 +75,7 @@ def read_prompts(path: str | Path) -> list[PromptRecord]:
             raise DataFormatError(f"{path}: expected a list of prompts or {{'prompts': [...]}}")
         out = [_record(obj, f"{path}[{i}]") for i, obj in enumerate(data)]
     elif path.suffix == ".txt":
-        lines = path.read_text(encoding="utf-8").splitlines()
-        out = [PromptRecord(line.strip(), source=f"{path}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
+        out = [PromptRecord(line.strip(), source=f"{path}:{n}") for n, line in iter_lines(path) if line.strip()]
     else:
         raise DataFormatError(f"{path}: unsupported prompt file type '{path.suffix}' (use .jsonl, .json or .txt)")
     if not out:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataFormatError
-from .jsonl import iter_jsonl
+from .jsonl import iter_jsonl, iter_lines
 from .prompts import TEXT_KEYS
 
 
@@ -24,7 +24,7 @@ def read_capture_inputs(path: str | Path) -> list[Any]:
     if not path.exists():
         raise DataFormatError(f"{path}: file not found")
     if path.suffix == ".txt":
-        items: list[Any] = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        items: list[Any] = [line for _, line in iter_lines(path) if line.strip()]
     elif path.suffix == ".jsonl":
         items = []
         for n, rec in iter_jsonl(path):

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataFormatError
-from .jsonl import iter_jsonl
+from ..io import read_text
+from .jsonl import iter_jsonl, iter_lines
 from .prompts import bundled_path
 
 FORMATS = ("instruction", "natural")
@@ -92,7 +93,7 @@ class TraitSet:
 def _read_text(path: Path, what: str) -> str:
     if not path.is_file():
         raise DataFormatError(f"{path}: missing {what}")
-    text = path.read_text(encoding="utf-8").strip()
+    text = read_text(path).strip()
     if not text:
         raise DataFormatError(f"{path}: {what} is empty")
     return text
@@ -104,7 +105,7 @@ def read_steering_questions(path: str | Path) -> list[str]:
     if not path.is_file():
         raise DataFormatError(f"{path}: missing steering.json (held-out evaluation questions)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     if isinstance(data, dict):
@@ -159,7 +160,7 @@ def _read_natural(path: Path, polarity: str) -> list[Scenario]:
     if not f.is_file():
         raise DataFormatError(f"{f}: missing (natural traits need positive.txt and negative.txt)")
     out = []
-    for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in iter_lines(f):
         text = line.strip()
         if not text:
             continue

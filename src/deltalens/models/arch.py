@@ -266,7 +266,10 @@ class Arch:
             raise SiteError(f"layer must be an integer, got {layer!r}")
         n = self.n_layers
         if not -n <= layer < n:
-            raise SiteError(f"layer {layer} is out of range: this model has {n} layers (valid: 0..{n - 1})")
+            raise SiteError(
+                f"layer {layer} is out of range: this model has {n} layers "
+                f"(valid: 0..{n - 1}, or {-n}..-1 counting from the end)"
+            )
         return layer % n
 
     def layer(self, layer: int) -> nn.Module:
