@@ -372,7 +372,7 @@ CASES += [
     Case("features-universal-prompts-not-utf8",
          ["features", "universal", "--sae", "{sae}", "--model", "{model}", "--prompts-path", "{bad}",
           "--universal-output", "{tmp}/out/u.csv"],
-         "{bad}: not valid UTF-8 at byte 16", _not_utf8_prompts),
+         "{bad}:1: not valid UTF-8 at byte 16", _not_utf8_prompts),
     Case("features-universal-no-such-sae",
          ["features", "universal", "--sae", "{tmp}/nope", "--model", "{model}", "--prompts-path", "{prompts}",
           "--universal-output", "{tmp}/out/u.csv"],
