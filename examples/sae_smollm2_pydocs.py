@@ -59,7 +59,7 @@ def train() -> None:
 
 
 def _curves(history, path) -> None:
-    from deltalens.report.figures import lines_by_layer
+    from deltalens.plots import lines_by_layer
 
     toks = [h["tokens"] for h in history]
     import matplotlib
@@ -67,7 +67,7 @@ def _curves(history, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from deltalens.report.figures import save_figure
+    from deltalens.plots import save_figure
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for ax, key, label in zip(axes, ("fvu", "l0", "dead"), ("1 − explained variance (batch)", "L0", "dead latents")):

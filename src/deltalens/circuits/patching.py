@@ -54,8 +54,8 @@ def sweep_sites(lm: LoadedModel, components: Sequence[str], layers: Sequence[int
     for c in components:
         if c not in PATCH_COMPONENTS:
             raise ConfigError(f"cannot patch component '{c}'; valid: {', '.join(PATCH_COMPONENTS)}")
-    layers = list(range(lm.n_layers)) if layers is None else [lm.arch.check_layer(layer) for layer in layers]
-    return [Site(layer, c) for c in components for layer in layers]
+    layers = list(range(lm.n_layers)) if layers is None else list(layers)
+    return [Site(layer, c).resolve(lm) for c in components for layer in layers]
 
 
 def cache_run(lm: LoadedModel, task: PairTask, which: str, sites: Sequence[Site]) -> tuple[dict[Site, torch.Tensor], torch.Tensor]:

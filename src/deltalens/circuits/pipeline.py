@@ -226,32 +226,10 @@ LAYERS_HELP = "'all', '6', '6,12', '9-19' or '9:20'."
 
 
 def layer_list(spec: str | None, n_layers: int) -> list[int]:
-    """Layers of a spec (``all``, ``6``, ``6,12``, ``9-19`` inclusive, ``9:20`` python range), checked."""
-    import re
+    """Layers of a spec (``all`` when empty; grammar of :func:`deltalens.parsing.parse_layers`)."""
+    from ..parsing import parse_layers
 
-    from ..errors import ConfigError
-
-    v = (spec or "all").strip()
-    if v == "all":
-        return list(range(n_layers))
-    out: list[int] = []
-    for part in (p.strip() for p in v.split(",") if p.strip()):
-        rng = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
-        sl = re.fullmatch(r"(-?\d*)\s*:\s*(-?\d*)", part)
-        if rng:
-            out.extend(range(int(rng.group(1)), int(rng.group(2)) + 1))
-        elif sl:
-            out.extend(range(n_layers)[slice(int(sl.group(1)) if sl.group(1) else None,
-                                             int(sl.group(2)) if sl.group(2) else None)])
-        elif re.fullmatch(r"-?\d+", part):
-            out.append(int(part))
-        else:
-            raise ConfigError(f"--layers: cannot read '{spec}': write e.g. 'all', '6', '6,12,18', '9-19' or '9:20'")
-    for layer in out:
-        if not -n_layers <= layer < n_layers:
-            raise ConfigError(f"--layers: layer {layer} is out of range: the model has {n_layers} layers "
-                              f"(valid: 0..{n_layers - 1})")
-    return sorted({layer % n_layers for layer in out})
+    return parse_layers(spec or "all", n_layers, flag="--layers")
 
 
 @dataclass

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..errors import ConfigError, DataFormatError
+from ..errors import ConfigError, DataFormatError, SiteError
 from ..hooks import Read, Site, Splice, intervene
 from ..io import load_tensors, read_json, save_tensors, write_json
 from ..stage import StageResult, register_result
@@ -66,13 +66,15 @@ def sae_site(lm: LoadedModel, sae: SAELike, site: Any | None = None, force: bool
             f"the SAE was trained at {Site.parse(own)} but site {Site.parse(site)} was asked for; "
             "an SAE only reconstructs the activations of its own site (force=True / --force-site to splice it anyway)"
         )
-    s = Site.parse(site if site is not None else own)
-    if s.component != "embed" and not -lm.n_layers <= s.layer < lm.n_layers:
+    asked = Site.parse(site if site is not None else own)
+    try:
+        s = asked.resolve(lm)
+    except SiteError:
+        n = lm.n_layers
         raise ConfigError(
-            f"SAE site {s} does not exist in {lm.name}: the model has {lm.n_layers} layers (0..{lm.n_layers - 1})"
-        )
-    if s.layer < 0:
-        s = Site(s.layer % lm.n_layers, s.component)
+            f"SAE site {asked} does not exist in {lm.name}: the model has {n} layers "
+            f"(valid: 0..{n - 1}, or -{n}..-1 counting from the end)"
+        ) from None
     d_in = int(getattr(sae, "d_in", -1))
     if d_in != lm.d_model:
         raise ConfigError(f"SAE d_in={d_in} does not match {lm.name}'s d_model={lm.d_model} (SAE site {s})")

@@ -4,21 +4,20 @@ option parsing, tables."""
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
 from ..errors import DeltalensError
+from ..console import console, err_console, table
+from ..parsing import parse_floats, parse_layers, split_list
 
-console = Console()
-err_console = Console(stderr=True)
+__all__ = [
+    "EXPERIMENT_HELP", "config_option", "console", "err_console", "experiment_option", "output_dir",
+    "parse_assignments", "parse_floats", "parse_layers", "split_list", "table",
+]
 
 EXPERIMENT_HELP = "Experiment name (under $DELTALENS_EXPERIMENTS or ./experiments) or directory."
 
@@ -54,67 +53,6 @@ def config_option(config_cls: type, name: str, *flags: str, **kw: Any) -> Any:
     if isinstance(default, (list, tuple)):  # list fields are comma-separated strings on the CLI
         default = ",".join(map(str, default)) if default else None
     return typer.Option(default, *names, **kw)
-
-
-def split_list(value: str | None) -> list[str]:
-    """``"a,b, c"`` → ``["a", "b", "c"]``."""
-    if not value:
-        return []
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def parse_layers(value: str | None, n_layers: int) -> list[int]:
-    """``"all"``, ``"6"``, ``"6,12,18"``, ``"9-19"`` (inclusive) or ``"9:20"`` (python range)."""
-    if value is None or value.strip() == "":
-        return []
-    v = value.strip()
-    if v == "all":
-        return list(range(n_layers))
-    out: list[int] = []
-    for part in split_list(v):
-        rng = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
-        sl = re.fullmatch(r"(-?\d*)\s*:\s*(-?\d*)", part)
-        if rng:
-            out.extend(range(int(rng.group(1)), int(rng.group(2)) + 1))
-        elif sl:
-            out.extend(range(n_layers)[slice(int(sl.group(1)) if sl.group(1) else None, int(sl.group(2)) if sl.group(2) else None)])
-        elif re.fullmatch(r"-?\d+", part):
-            out.append(int(part))
-        else:
-            raise DeltalensError(f"cannot read layers '{value}': write e.g. 'all', '6', '6,12,18', '9-19' or '9:20'")
-    for layer in out:
-        if not -n_layers <= layer < n_layers:
-            raise DeltalensError(f"layer {layer} is out of range: the model has {n_layers} layers (valid: 0..{n_layers - 1})")
-    return sorted({layer % n_layers for layer in out})
-
-
-def parse_floats(value: str | None, what: str = "values") -> list[float]:
-    try:
-        return [float(x) for x in split_list(value)]
-    except ValueError:
-        raise DeltalensError(f"cannot read {what} '{value}': write comma-separated numbers, e.g. '2,4,8'") from None
-
-
-def table(
-    title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, no_wrap: Sequence[str] = (), **kw: Any
-) -> Table:
-    """A rich table; every cell is escaped (model text may contain markup-like brackets).
-    Columns named in ``no_wrap`` are never wrapped or cut (names to copy); others fold."""
-    t = Table(title=title, **kw)
-    for c in columns:
-        if c in no_wrap:
-            t.add_column(c, no_wrap=True, overflow="fold", min_width=len(c))
-        else:
-            t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*(escape(_fmt(x)) for x in r))
-    return t
-
-
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return str(x)
 
 
 def parse_assignments(items: Iterable[str] | None, flag: str, example: str) -> dict[str, str]:

@@ -11,6 +11,7 @@ import typer
 
 from ..circuits.pipeline import AttributeConfig, PatchConfig
 from ._common import config_option as opt
+from ..circuits.printing import print_curve, print_sae
 from ._common import console, experiment_option, parse_floats, split_list, table
 
 
@@ -118,36 +119,13 @@ def attribute_cmd(
             console.print(f"exact patching: {run.exact.seconds:.1f} s "
                           f"({run.exact.seconds / max(res.seconds, 1e-9):.0f}× the estimate)")
         if run.faithfulness is not None:
-            _print_curve(run.faithfulness)
+            print_curve(run.faithfulness)
         console.print(f"→ {run.out_dir}: {', '.join(p.name for p in run.figures)}")
     if run.sae is not None:
         print_sae(run.sae["result"])
         if "faithfulness" in run.sae:
-            _print_curve(run.sae["faithfulness"])
+            print_curve(run.sae["faithfulness"])
         console.print(f"→ {run.sae['dir']}: {', '.join(p.name for p in run.sae['figures'])}, top_latents.json")
-
-
-def print_sae(res: Any, k: int = 10) -> None:
-    t = res.error_table
-    rows = [(name, v["clean"], v["corrupted"], v["difference"], v.get("max_abs_logit_change_clean", 0.0))
-            for name, v in (("model", t["model"]), ("SAE + error term", t["with_error"]),
-                            ("SAE, no error term", t["without_error"]))]
-    console.print(table(f"{res.metric_name} with and without the SAE error term at {res.site}",
-                        ["run", "clean", "corrupted", "clean − corrupted", "max |Δ logit| (clean)"], rows))
-    top = [(r["latent"], r["position"], r["token"], r["score"], r["score_normalised"], r["activation"],
-            r["activation_corrupted"]) for r in res.top(k)]
-    console.print(table(f"top {k} latents at {res.site} ({res.mode}, {res.direction}, error term "
-                        f"{'kept' if res.keep_error else 'dropped'})",
-                        ["latent", "pos", "token", "score", "normalised", "act clean", "act corr"], top))
-    if res.error_scores is not None:
-        pos = [(p["position"], p["token"], p["sum_abs_latent_score"], p["error_score"]) for p in res.top_positions(5)]
-        console.print(table("positions by SAE-node attribution", ["pos", "token", "Σ|latent score|", "error node"], pos))
-
-
-def _print_curve(curve: Any) -> None:
-    rows = [(k, fc, f, c) for k, fc, f, c in zip(curve.ks, curve.f_circuit, curve.faithfulness, curve.completeness)]
-    console.print(table(f"faithfulness of top-k {curve.nodes} circuits (F(M) = {curve.f_model:.3f}, "
-                        f"F(∅) = {curve.f_empty:.3f})", ["k", "F(C)", "faithfulness", "complement F(M∖C)"], rows))
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,7 @@ SAE-latent attribution with the error term (using the SAE stage's SAE)."""
 
 from __future__ import annotations
 
-from ..cli._common import table
+from ..console import table
 from . import DemoContext, Stage
 
 
@@ -59,7 +59,7 @@ def run(ctx: DemoContext) -> None:
         con.print("[yellow]SAE part skipped:[/yellow] no SAE from the sae stage (state['sae']); run the whole demo, "
                   "or `deltalens attribute --sae DIR` with any SAELens-format SAE")
         return
-    from ..cli.circuits import print_sae
+    from ..circuits.printing import print_sae
 
     site = ctx.state.get("sae_site") or getattr(sae, "site", None)
     sae_out = run_sae_attribute(lm, task, sae, exp.circuits_dir("capitals", "sae_attribution"), site, top_k=25,

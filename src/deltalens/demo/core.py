@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from ..cli._common import table
-from ..io import atomic_write, to_json
+from ..console import table
+from ..generate import save_generations
 from . import DemoContext, Stage
 
 LAYERS = (6, 15, 24)
@@ -23,7 +23,7 @@ def run(ctx: DemoContext) -> None:
     dt = time.time() - t
     n_tok = sum(g.response_len for g in gens)
     out = exp.generations_path("demo_questions")
-    atomic_write(out, "".join(to_json(g.to_dict(), indent=None) + "\n" for g in gens))
+    save_generations(out, gens)
     con.print(table("generations (greedy, 48 new tokens)", ["#", "question", "response"],
                     [(g.index, g.question, g.response.replace("\n", " ")[:90]) for g in gens[:6]]))
     con.print(f"{len(gens)} responses, {n_tok} tokens in {dt:.1f} s ({n_tok / dt:.0f} tok/s) → {out}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from ..cli._common import table
+from ..console import table
 from . import DemoContext, Stage
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from ..cli._common import table
+from ..console import table
 from . import DemoContext, Stage
 
 TRAIT = "instruction/pirate"

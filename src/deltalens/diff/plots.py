@@ -1,4 +1,4 @@
-"""Figures of the diffs, drawn with the shared helpers of :mod:`deltalens.report.figures`."""
+"""Figures of the diffs, drawn with the shared helpers of :mod:`deltalens.plots`."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import numpy as np
 
 import warnings
 
-from ..report.figures import heatmap, label, lines_by_layer, new_figure
-from ..report.figures import save_figure as _save_figure
+from ..plots import heatmap, label, lines_by_layer, new_figure
+from ..plots import save_figure as _save_figure
 
 
 def save_figure(fig, path):
-    """:func:`deltalens.report.figures.save_figure`, quiet about glyphs the font lacks (tokens
+    """:func:`deltalens.plots.save_figure`, quiet about glyphs the font lacks (tokens
     can be any Unicode; they render as boxes)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing")

@@ -501,7 +501,7 @@ def _figures(res: SAEEval, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..report.figures import save_figure
+    from ..plots import save_figure
 
     r = res.reconstruction
     if r and res.density is not None:

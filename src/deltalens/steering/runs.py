@@ -170,7 +170,7 @@ class SteeringRun(StageResult):
     def save(self, directory: str | Path) -> Path:
         """``steering.json``, ``layers.csv`` (best Δ per method and layer at coherence ≥ 70),
         ``configs.csv`` (every configuration), ``trait_delta_by_layer.png`` and ``trait_vs_coherence.png``."""
-        from ..report.figures import lines_by_layer, scatter
+        from ..plots import lines_by_layer, scatter
 
         out = Path(directory)
         path = super().save(out)
