@@ -191,6 +191,8 @@ class StageResult:
     KIND: ClassVar[str] = "result"
     FILENAME: ClassVar[str] = "result.json"
     SCHEMA: ClassVar[int] = 1
+    #: kinds written by older versions that :meth:`load` still reads
+    LEGACY_KINDS: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -213,15 +215,30 @@ class StageResult:
         return p if p.is_file() else p / cls.FILENAME
 
     @classmethod
-    def load(cls: type[R], directory: str | Path) -> R:
-        """Read a saved result (a directory, or the result file itself)."""
-        path = cls.path_in(directory)
+    def read_header(cls, path: str | Path) -> dict[str, Any]:
+        """The JSON header file at ``path``, checked to exist and to be of this ``KIND``."""
+        path = Path(path)
         if not path.is_file():
             raise DataFormatError(f"not a valid {cls.KIND}: {path} (no such file)")
         data = read_json(path)
-        if not isinstance(data, dict) or data.get("kind") != cls.KIND:
-            got = data.get("kind") if isinstance(data, dict) else type(data).__name__
+        got = data.get("kind") if isinstance(data, dict) else type(data).__name__
+        if not isinstance(data, dict) or (got != cls.KIND and got not in cls.LEGACY_KINDS):
             raise DataFormatError(f"not a valid {cls.KIND}: {path} (kind is {got!r})")
+        return data
+
+    @classmethod
+    def companion(cls, header: Path, name: str | Path) -> Path:
+        """A file saved beside the header (tensors, a table), checked to exist."""
+        p = header.parent / name
+        if not p.is_file():
+            raise DataFormatError(f"not a valid {cls.KIND}: {header} (its {p.name} is missing)")
+        return p
+
+    @classmethod
+    def load(cls: type[R], directory: str | Path) -> R:
+        """Read a saved result (a directory, or the result file itself)."""
+        path = cls.path_in(directory)
+        data = cls.read_header(path)
         body = {k: v for k, v in data.items() if k not in ("kind", "schema")}
         try:
             return cls.from_dict(body)

@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..errors import ConfigError, DataFormatError, SiteError
+from ..errors import ConfigError, SiteError
 from ..hooks import Read, Site, Splice, intervene
-from ..io import load_tensors, read_json, save_tensors, write_json
+from ..io import load_tensors, save_tensors, write_json
 from ..stage import StageResult, register_result
 from .attribution import gradient_path
 from .patching import runs_for
@@ -211,15 +211,8 @@ class SAEAttribution(StageResult):
     def load(cls, out_dir: str | Path) -> SAEAttribution:
         """Read a saved attribution (its directory or its ``attribution.json``)."""
         path = cls.path_in(out_dir)
-        if not path.is_file():
-            raise DataFormatError(f"not a valid {cls.KIND}: {path} (no such file)")
-        s = read_json(path)
-        if not isinstance(s, dict) or s.get("kind") != cls.KIND:
-            got = s.get("kind") if isinstance(s, dict) else type(s).__name__
-            raise DataFormatError(f"not a valid {cls.KIND}: {path} (kind is {got!r})")
-        scores = path.parent / cls.SCORES_FILE
-        if not scores.is_file():
-            raise DataFormatError(f"not a valid {cls.KIND}: {path} ({cls.SCORES_FILE} is missing)")
+        s = cls.read_header(path)
+        scores = cls.companion(path, cls.SCORES_FILE)
         t = load_tensors(scores)
         return cls(Site.parse(s["site"]), s["direction"], s["mode"], s["keep_error"], s["metric"], s["positions"],
                    s["labels"], s["clean"], s["corrupted"], t["scores"], t.get("error_scores"), t["act_clean"],

@@ -8,7 +8,6 @@ from typing import Any, ClassVar, TypeVar
 
 from ..errors import DataFormatError
 from ..generate import Generation
-from ..io import read_json
 from ..stage import StageResult
 from ..models.loading import LoadedModel, load
 from .files import check_compatible
@@ -119,7 +118,6 @@ class DiffResult(StageResult):
     results (``r.summary`` and ``r["summary"]`` both read a field), and that also load files
     written before the results were typed (their ``kind`` is one of ``LEGACY_KINDS``)."""
 
-    LEGACY_KINDS: ClassVar[tuple[str, ...]] = ()
     #: JSON key → attribute, for keys that would shadow a method (``summary``)
     RENAMED: ClassVar[dict[str, str]] = {"summary": "overview"}
 
@@ -142,18 +140,3 @@ class DiffResult(StageResult):
     @classmethod
     def from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
         return super().from_dict({cls.RENAMED.get(k, k): v for k, v in data.items()})  # type: ignore[misc]
-
-    @classmethod
-    def load(cls: type[R], directory: str | Path) -> R:
-        path = cls.path_in(directory)
-        if not path.is_file():
-            raise DataFormatError(f"not a valid {cls.KIND}: {path} (no such file)")
-        data = read_json(path)
-        kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
-        if not isinstance(data, dict) or (kind != cls.KIND and kind not in cls.LEGACY_KINDS):  # type: ignore[attr-defined]
-            raise DataFormatError(f"not a valid {cls.KIND}: {path} (kind is {kind!r})")
-        body = {k: v for k, v in data.items() if k not in ("kind", "schema")}
-        try:
-            return cls.from_dict(body)
-        except (TypeError, KeyError, ValueError) as exc:
-            raise DataFormatError(f"not a valid {cls.KIND}: {path} ({exc})") from None

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataFormatError, ShapeError
-from ..io import load_tensors, provenance, read_json, save_tensors, write_json
+from ..io import load_tensors, provenance, save_tensors, write_json
 from ..sae import SAE, read_sparsity
 from ..stage import StageConfig, StageResult, in_range, at_least, option, register_result
 from .weights import cosine_rows
@@ -216,15 +216,8 @@ class Evolution(StageResult):
     def load(cls, directory: str | Path) -> Evolution:
         """Read a saved evolution (its directory or its ``summary.json``)."""
         summary = cls.path_in(directory)
-        if not summary.is_file():
-            raise DataFormatError(f"not a valid {cls.KIND}: {summary} (no such file)")
-        d = read_json(summary)
-        if not isinstance(d, dict) or d.get("kind") != cls.KIND:
-            got = d.get("kind") if isinstance(d, dict) else type(d).__name__
-            raise DataFormatError(f"not a valid {cls.KIND}: {summary} (kind is {got!r})")
-        traj = summary.parent / TRAJECTORIES_FILE
-        if not traj.is_file():
-            raise DataFormatError(f"not a valid {cls.KIND}: {summary} ({TRAJECTORIES_FILE} is missing)")
+        d = cls.read_header(summary)
+        traj = cls.companion(summary, TRAJECTORIES_FILE)
         t = load_tensors(traj)
         missing = [k for k in _TENSORS + _EVENTS + ("status_code",) if k not in t]
         if missing:

@@ -50,7 +50,7 @@ import torch
 from ..data.prompts import PromptRecord
 from ..errors import ConfigError, DataFormatError, PositionSpecError
 from ..hooks import Site
-from ..io import atomic_path, atomic_write, read_json, to_json, write_json
+from ..io import atomic_path, atomic_write, to_json, write_json
 from ..models.loading import LoadedModel
 from ..sae import SAE
 from ..stage import StageResult, register_result
@@ -455,14 +455,8 @@ def _table_paths(path: str | Path, default_stem: str) -> tuple[Path, Path]:
 
 def _read_header(cls: type[StageResult], path: str | Path, default_stem: str) -> tuple[dict[str, Any], Path, Path]:
     csv_path, header = _table_paths(path, default_stem)
-    if not header.is_file():
-        raise DataFormatError(f"not a valid {cls.KIND}: {header} (no such file)")
-    data = read_json(header)
-    if not isinstance(data, dict) or data.get("kind") != cls.KIND:
-        got = data.get("kind") if isinstance(data, dict) else type(data).__name__
-        raise DataFormatError(f"not a valid {cls.KIND}: {header} (kind is {got!r})")
-    if not csv_path.is_file():
-        raise DataFormatError(f"not a valid {cls.KIND}: {header} (its table {csv_path.name} is missing)")
+    data = cls.read_header(header)
+    csv_path = cls.companion(header, csv_path.name)
     return data, csv_path, header
 
 

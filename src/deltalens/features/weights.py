@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataFormatError, ShapeError
-from ..io import read_json, write_json
+from ..io import write_json
 from ..sae import SAE
 from ..stage import StageResult, register_result
 
@@ -158,14 +158,8 @@ class WeightMetrics(StageResult):
         import pandas as pd
 
         table, header = cls.paths(path)
-        if not header.is_file():
-            raise DataFormatError(f"not a valid {cls.KIND}: {header} (no such file)")
-        d = read_json(header)
-        if not isinstance(d, dict) or d.get("kind") != cls.KIND:
-            got = d.get("kind") if isinstance(d, dict) else type(d).__name__
-            raise DataFormatError(f"not a valid {cls.KIND}: {header} (kind is {got!r})")
-        if not table.is_file():
-            raise DataFormatError(f"not a valid {cls.KIND}: {header} (its table {table.name} is missing)")
+        d = cls.read_header(header)
+        table = cls.companion(header, table.name)
         frame = pd.read_parquet(table)
         cols = {c: torch.from_numpy(frame[c].to_numpy().copy()) for c in TENSOR_COLUMNS if c in frame.columns}
         missing = [c for c in ("dec_norm", "enc_norm", "b_enc", "threshold") if c not in cols]
