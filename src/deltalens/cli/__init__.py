@@ -1,6 +1,7 @@
 """The ``deltalens`` command line: a thin Typer app over the library.
 
-Every module in :data:`GROUPS` defines ``register(app)`` and adds its commands under its
+Every module in :data:`GROUPS` declares its commands — ``COMMANDS`` (name → function) and/or
+``SUBAPPS`` (``(typer_app, name, {name: function})``) — and they are added under its
 workflow's help panel, in the order a study runs (core → steering → diffing → SAEs →
 features → circuits → report). Errors caused by input
 (:class:`~deltalens.errors.DeltalensError`) are printed as one line without a traceback and
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
 
 import click
 import typer
@@ -53,28 +53,18 @@ GROUPS: tuple[tuple[str, str], ...] = (
 _registered = False
 
 
-class _Panel:
-    """``app`` seen by one command module: every command it adds goes under ``panel``."""
-
-    def __init__(self, app: typer.Typer, panel: str):
-        self._app, self._panel = app, panel
-
-    def command(self, name: str | None = None, **kw: Any) -> Any:
-        kw.setdefault("rich_help_panel", self._panel)
-        return self._app.command(name, **kw)
-
-    def add_typer(self, sub: typer.Typer, **kw: Any) -> None:
-        kw.setdefault("rich_help_panel", self._panel)
-        self._app.add_typer(sub, **kw)
-
-
 def _register() -> None:
     global _registered
     if _registered:
         return
     for name, panel in GROUPS:
         module = importlib.import_module(f"{__name__}.{name}")
-        module.register(_Panel(app, panel))
+        for cmd, fn in getattr(module, "COMMANDS", {}).items():
+            app.command(cmd, rich_help_panel=panel)(fn)
+        for sub, sub_name, cmds in getattr(module, "SUBAPPS", []):
+            for cmd, fn in cmds.items():
+                sub.command(cmd)(fn)
+            app.add_typer(sub, name=sub_name, rich_help_panel=panel)
     _registered = True
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import typer
 
 from ..circuits.pipeline import AttributeConfig, PatchConfig
 from ._common import config_option as opt
@@ -128,6 +127,4 @@ def attribute_cmd(
         console.print(f"→ {run.sae['dir']}: {', '.join(p.name for p in run.sae['figures'])}, top_latents.json")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("patch")(patch_cmd)
-    app.command("attribute")(attribute_cmd)
+COMMANDS = {"patch": patch_cmd, "attribute": attribute_cmd}

@@ -126,8 +126,4 @@ def info_cmd(
     console.print(table(d.get("kind"), ["field", "value"], rows))
 
 
-def register(app: typer.Typer) -> None:
-    app.command("models")(models_cmd)
-    app.command("generate")(generate_cmd)
-    app.command("capture")(capture_cmd)
-    app.command("info")(info_cmd)
+COMMANDS = {"models": models_cmd, "generate": generate_cmd, "capture": capture_cmd, "info": info_cmd}

@@ -28,5 +28,4 @@ def demo_cmd(
     run_demo(model, experiment, only=split_list(only) or None, skip=split_list(skip) or None, fast=fast, console=console)
 
 
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo_cmd)
+COMMANDS = {"demo": demo_cmd}

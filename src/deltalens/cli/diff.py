@@ -310,13 +310,8 @@ def series_cmd(
     console.print(f"→ {path}")
 
 
-def register(app: typer.Typer) -> None:
-    organism_app.command("datasets")(datasets_cmd)
-    organism_app.command("train")(train_cmd)
-    organism_app.command("dpo-series")(dpo_series_cmd)
-    diff_app.command("weights")(weights_cmd)
-    diff_app.command("activations")(activations_cmd)
-    diff_app.command("outputs")(outputs_cmd)
-    diff_app.command("series")(series_cmd)
-    app.add_typer(organism_app, name="organism")
-    app.add_typer(diff_app, name="diff")
+SUBAPPS = [
+    (organism_app, "organism", {"datasets": datasets_cmd, "train": train_cmd, "dpo-series": dpo_series_cmd}),
+    (diff_app, "diff", {"weights": weights_cmd, "activations": activations_cmd, "outputs": outputs_cmd,
+                        "series": series_cmd}),
+]

@@ -207,13 +207,7 @@ def dashboard_cmd(
     console.print(f"{res.stats.n_tokens} tokens in {res.seconds:.1f} s → {res.index}")
 
 
-def register(app: typer.Typer) -> None:
-    from .. import features as _features  # noqa: F401  (teaches `deltalens info` the feature artifacts)
-
-    for kind in ("universal", "specific", "both"):
-        features_app.command(kind)(_analysis_command(kind))
-    features_app.command("firing")(firing_cmd)
-    features_app.command("weights")(weights_cmd)
-    features_app.command("evolution")(evolution_cmd)
-    features_app.command("dashboard")(dashboard_cmd)
-    app.add_typer(features_app, name="features")
+SUBAPPS = [(features_app, "features", {
+    **{kind: _analysis_command(kind) for kind in ("universal", "specific", "both")},
+    "firing": firing_cmd, "weights": weights_cmd, "evolution": evolution_cmd, "dashboard": dashboard_cmd,
+})]

@@ -17,5 +17,4 @@ def report_cmd(
     console.print(f"wrote {path} ({path.stat().st_size / 2**10:.0f} KB)")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("report")(report_cmd)
+COMMANDS = {"report": report_cmd}

@@ -189,10 +189,6 @@ def convert_cmd(
     console.print(f"{fmt} → SAELens: {sae} → {out}")
 
 
-def register(app: typer.Typer) -> None:
-    sae_app.command("train")(train_cmd)
-    sae_app.command("eval")(eval_cmd)
-    sae_app.command("iterate")(iterate_cmd)
-    sae_app.command("crosscoder")(crosscoder_cmd)
-    sae_app.command("convert")(convert_cmd)
-    app.add_typer(sae_app, name="sae")
+SUBAPPS = [(sae_app, "sae", {
+    "train": train_cmd, "eval": eval_cmd, "iterate": iterate_cmd, "crosscoder": crosscoder_cmd, "convert": convert_cmd,
+})]

@@ -272,10 +272,7 @@ def import_gguf_cmd(
                   f"--position '{position}' --method {method}", highlight=False)
 
 
-def register(app: typer.Typer) -> None:
-    app.command("traits")(traits_cmd)
-    app.command("extract")(extract_cmd)
-    app.command("steer")(steer_cmd)
-    app.command("combine")(combine_cmd)
-    app.command("export-gguf")(export_gguf_cmd)
-    app.command("import-gguf")(import_gguf_cmd)
+COMMANDS = {
+    "traits": traits_cmd, "extract": extract_cmd, "steer": steer_cmd, "combine": combine_cmd,
+    "export-gguf": export_gguf_cmd, "import-gguf": import_gguf_cmd,
+}
