@@ -56,7 +56,7 @@ def fit_cmd(
     controls: bool = typer.Option(True, "--controls/--no-controls", help="Shuffled-label and random-latent controls."),
     top: int = config_option(_FitCfg, "top"),
     seed: int = config_option(_FitCfg, "seed"),
-    name: str | None = typer.Option(None, "--name", help="Probe name (<experiment>/probes/<name>; default: the metrics file's stem)."),
+    name: str | None = typer.Option(None, "--name", help="Probe name (<experiment>/probes/<name>; default: the --out directory's name, else the metrics file's stem)."),
     experiment: str = experiment_option(),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (overrides --experiment/--name)."),
 ) -> None:
@@ -67,8 +67,9 @@ def fit_cmd(
                   k=k, ks=_ints(ks, "--ks"), C=C, folds=folds, pooling=pooling, positions=positions,
                   activation_threshold=threshold, batch_size=batch_size, max_length=max_length, dense_baseline=dense,
                   controls=controls, top=top, seed=seed)
-    dest = _dest(out, experiment, name or metrics_file.stem)
-    res = run_probe_fit(model, sae, sequences, metrics_file, cfg, out=dest, name=name or metrics_file.stem, table=table_dir)
+    label = name or (out.name if out is not None else metrics_file.stem)
+    dest = _dest(out, experiment, label)
+    res = run_probe_fit(model, sae, sequences, metrics_file, cfg, out=dest, name=label, table=table_dir)
     console.print("labels: " + "; ".join(f"{m}: {v['high']} high (≥ {v['high_cut']:.4g}), {v['low']} low (≤ {v['low_cut']:.4g})"
                                            for m, v in res.labels.items()))
     j = res.join
