@@ -95,7 +95,9 @@ def join_metrics(table: Any, metrics: Any, key: str = "id", columns: Sequence[st
     else:
         cols = [c for c in df.columns if c != key and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
         if not cols:
-            raise DataFormatError(f"{src}: no numeric metric column besides the key '{key}'")
+            other = [c for c in df.columns if c != key]
+            eg = f" (non-numeric: {', '.join(map(str, other))}; e.g. {df[other[0]].iloc[0]!r})" if other and len(df) else ""
+            raise DataFormatError(f"{src}: no numeric metric column besides the key '{key}'{eg}")
     for c in cols:
         if not pd.api.types.is_numeric_dtype(df[c]):
             bad = next((v for v in df[c] if not _is_number(v)), None)
