@@ -285,3 +285,15 @@ def test_cli_fit_annotate_correlate_compare(tiny, tmp_path):
     assert describe(tmp_path / "M1D1")["kind"] == "probe fit"
     assert describe(tmp_path / "M1D1" / "table")["kind"] == "probe latent table"
     assert describe(tmp_path / "M1D1" / "annotation.csv")["kind"] == "probe annotation CSV"
+
+
+def test_report_section(tmp_path):
+    from deltalens.experiment import Experiment
+    from deltalens.report.html import build_report
+
+    exp = Experiment(tmp_path / "exp")
+    t, df = _planted_table()
+    fit_table(t, df, ProbeFitConfig(metrics=["score"], methods=["diff_mean"], controls=False), name="m").save(exp.probes_dir("m"))
+    run_annotate(exp.probes_dir("m"), AnnotateConfig(method="diff_mean", rounds=2))
+    html = build_report(exp).read_text()
+    assert "probes (stratified CV)" in html and "iterative annotation" in html and "could not render" not in html
