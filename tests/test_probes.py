@@ -297,3 +297,12 @@ def test_report_section(tmp_path):
     run_annotate(exp.probes_dir("m"), AnnotateConfig(method="diff_mean", rounds=2))
     html = build_report(exp).read_text()
     assert "probes (stratified CV)" in html and "iterative annotation" in html and "could not render" not in html
+
+
+def test_join_by_text_key():
+    import pandas as pd
+
+    t = table_from_arrays(np.eye(3), seq_ids=["a", "b", "c"], texts=["the sea", "a dog", "blue waves"])
+    j = join_metrics(t, pd.DataFrame({"text": ["blue waves", "the sea", "no such text"], "rate": [0.5, 0.5, 0.0]}), "text")
+    np.testing.assert_array_equal(j.values["rate"][[0, 2]], [0.5, 0.5])
+    assert np.isnan(j.values["rate"][1]) and j.unmatched_keys == ["no such text"]

@@ -239,7 +239,8 @@ def _probe_entry(metric: str, method: str, X: Any, y: np.ndarray, dense: np.ndar
     if cfg.controls:
         rng = np.random.default_rng(cfg.seed + 1)
         sh = fit_probe(X, rng.permutation(y), method, **kw)
-        r = random_latents_control(X, y, int(p.k or cfg.top), cfg.folds, seed=cfg.seed, C=cfg.C, pool=alive)
+        n_ctrl = p.k or (int((p.importance > 0).sum()) if method == "l1" else cfg.top)
+        r = random_latents_control(X, y, int(max(n_ctrl, 1)), cfg.folds, seed=cfg.seed, C=cfg.C, pool=alive)
         e.update(shuffled_auroc=sh.cv_auroc, shuffled_auroc_se=sh.cv_auroc_se, random_latents_auroc=r.cv_auroc,
                  random_latents_auroc_se=r.cv_auroc_se, random_latents_k=r.k)
     return e, p
