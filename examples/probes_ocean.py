@@ -11,7 +11,7 @@
    over the response), high/low labels at the 0.7/0.3 quantiles of the rate, the three probe
    types with 5-fold CV, the dense baseline on the residual and two controls (shuffled labels,
    random latents); iterative annotation; correlation with latent properties; what the top
-   latents fire on (top response tokens).
+   latents fire on (their feature dashboards: top firings in context, promoted tokens).
 
 Run: ``PYTHONPATH=src python examples/probes_ocean.py [experiment_dir]`` (default
 ``experiments/probes_ocean``; ~10 min on 2 CPU cores, most of it the organism and the SAE).
@@ -94,21 +94,22 @@ def train_sae_on(exp, lm, gens_path):
     return res.sae
 
 
-def top_tokens(lm, table_seqs, sae, latents, positions="response", n=8):
-    """For each latent: the response tokens where it fires highest (over all sequences)."""
-    import torch
+def dashboards(exp, lm, seqs, sae, latents, n=5):
+    """Feature dashboards of the top probe latents (``features/dashboards/...``, shown in the
+    report): for each, the token of its top firings with a few tokens of context and the
+    tokens its decoder direction promotes."""
+    from deltalens.features import build_dashboards, write_dashboards
 
-    from deltalens.features.latents import iter_latents
-
-    best: dict[int, list[tuple[float, str]]] = {i: [] for i in latents}
-    idx = torch.tensor(latents)
-    for lb in iter_latents(lm, [sae], table_seqs.items, positions, batch_size=16, progress=False):
-        f = lb.latents[0][:, idx]
-        toks = lb.batch.token_ids
-        for j, lat in enumerate(latents):
-            v, r = f[:, j].topk(min(n, len(f)))
-            best[lat] += [(float(a), lm.tokenizer.decode([int(toks[int(b)])])) for a, b in zip(v, r) if a > 0]
-    return {lat: [t for _, t in sorted(v, reverse=True)[:n]] for lat, v in best.items()}
+    records, _ = build_dashboards(lm, sae, seqs.items, latents, n_examples=n, left=6, right=1, progress=False)
+    write_dashboards(records, exp.dashboard_dir("probes_topk_resid6", "probes_ocean"), lm=lm)
+    out = {}
+    for rec in records:
+        ex = []
+        for a in rec["activations"]:
+            toks, m = a["tokens"], a["maxValueTokenIndex"]
+            ex.append("".join(toks[max(0, m - 4): m]) + "[" + toks[m] + "]")
+        out[int(rec["index"])] = {"fires_on": ex, "promotes": rec["pos_str"][:6], "frac_tokens": rec["frac_nonzero"]}
+    return out
 
 
 def main(root: str = "experiments/probes_ocean") -> dict:
@@ -154,7 +155,7 @@ def main(root: str = "experiments/probes_ocean") -> dict:
 
     best = next(p for p in res.probes if p["method"] == "ksparse")
     tops = best["top_latents"][:8]
-    fires = top_tokens(lm, read_sequences(gens), sae, tops)
+    fires = dashboards(exp, lm, read_sequences(gens), sae, tops)
     out = {"timings_s": {k: round(v, 1) for k, v in timings.items()},
            "labels": res.labels, "probes": [{k: p[k] for k in ("metric", "method", "k", "cv_auroc", "cv_auroc_se",
                                                                  "cv_accuracy", "dense_auroc", "dense_auroc_se",

@@ -101,7 +101,6 @@ class ProbeFitConfig(StageConfig):
     seed: int = option(0, flag="--seed", help="Seed of the folds and controls.")
 
     def validate(self) -> None:
-        in_range(self, "high", -1e300, 1e300)
         one_of(self, "label_mode", LABEL_MODES)
         if self.label_mode == "quantile":
             in_range(self, "high", 0, 1)
