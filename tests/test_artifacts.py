@@ -545,3 +545,52 @@ def test_stage_result_base_roundtrip_and_refuses_other_kinds(tmp_path: Path) -> 
     (tmp_path / "toy.json").write_text('{"kind": "something else"}')
     with pytest.raises(DataFormatError, match="not a valid toy result"):
         _Toy.load(tmp_path)
+
+# == probes ==
+
+
+def _probe_fit():
+    import numpy as np
+    import pandas as pd
+
+    from deltalens.probes import ProbeFitConfig, fit_table, table_from_arrays
+
+    rng = np.random.default_rng(0)
+    X = (rng.random((80, 12)) < 0.3) * rng.exponential(1.0, (80, 12))
+    m = 2 * X[:, 3] + rng.normal(0, 0.1, 80)
+    t = table_from_arrays(X, dense=rng.normal(size=(80, 4)), meta={"sae": "planted", "site": "resid.1"})
+    df = pd.DataFrame({"id": [str(i) for i in range(80)], "score": m})
+    return fit_table(t, df, ProbeFitConfig(methods=["ksparse", "diff_mean"], ks=[1, 2], folds=3, top=4), name="p"), t
+
+
+def test_probe_results_roundtrip(tmp_path: Path) -> None:
+    import numpy as np
+
+    from deltalens.probes import (AnnotateConfig, CompareConfig, CorrelateConfig, LatentTable, run_annotate, run_compare,
+                                  run_correlate)
+    from deltalens.probes.stages import AnnotationResult, CompareResult, CorrelationResult, ProbeFitResult
+
+    res, t = _probe_fit()
+    back = roundtrip(res, tmp_path / "p")
+    assert back.probes == res.probes and back.labels == res.labels and back.join == res.join
+    assert back.importance.shape == res.importance.shape
+    np.testing.assert_allclose(back.importance["importance"], res.importance["importance"])
+    tb = LatentTable.load(tmp_path / "p" / "table")
+    assert tb.seq_ids == t.seq_ids and (tb.pooled["max"] != t.pooled["max"]).nnz == 0
+    np.testing.assert_array_equal(tb.dense, t.dense)
+    assert describe(tmp_path / "p" / "table")["kind"] == LatentTable.KIND
+    ann = run_annotate(tmp_path / "p", AnnotateConfig(folds=3, rounds=2, k=1))
+    assert AnnotationResult.load(tmp_path / "p") == ann and describe(tmp_path / "p" / "annotate.json")["kind"] == ann.KIND
+    cor = run_correlate(tmp_path / "p", CorrelateConfig(thresholds=[0.0, 0.5], top=3, folds=3))
+    cb = CorrelationResult.load(tmp_path / "p")
+    assert cb.rows == cor.rows and cb.important == cor.important and len(cb.points) == len(cor.points)
+    res.save(tmp_path / "q")
+    cmp = run_compare([tmp_path / "p", tmp_path / "q"], CompareConfig(ks=[2]), out=tmp_path / "c")
+    assert roundtrip(cmp, tmp_path / "c") == cmp
+    for cls in (ProbeFitResult, AnnotationResult, CorrelationResult, CompareResult):
+        import pytest
+
+        from deltalens.errors import DataFormatError
+
+        with pytest.raises(DataFormatError, match=f"not a valid {cls.KIND}"):
+            cls.load(tmp_path / "nothing")

@@ -450,3 +450,81 @@ def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_the_table_is_big_enough() -> None:
     assert len(CASES) >= 0  # raised to 40 once every area has added its cases
+
+# == probes ==
+
+
+def _probe_inputs(tmp: Path, metrics: str = "id,score\ns0,1.0\ns1,2.0\ns2,3.0\ns3,4.0\ns4,5.0\ns5,6.0\n") -> dict[str, str]:
+    """Sequences (a D<i>-style JSONL with ids), a metrics CSV and a placeholder SAE path."""
+    import json
+
+    d = tmp / "inputs"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "D1.jsonl").write_text("".join(json.dumps({"id": f"s{i}", "question": "q", "response": f"answer {i}"}) + "\n"
+                                        for i in range(6)))
+    (d / "m.csv").write_text(metrics)
+    return {"seqs": str(d / "D1.jsonl"), "metrics": str(d / "m.csv"), "sae": str(d / "sae")}
+
+
+def _probe_fit_dir(tmp: Path) -> dict[str, str]:
+    """A saved `probes fit` output over a 12-latent table, and an SAE of another width."""
+    import numpy as np
+    import pandas as pd
+
+    from deltalens.probes import ProbeFitConfig, fit_table, table_from_arrays
+    from deltalens.sae import SAE, SAEConfig
+    from deltalens.sae.io import save_sae
+
+    rng = np.random.default_rng(0)
+    X = (rng.random((40, 12)) < 0.4) * rng.exponential(1.0, (40, 12))
+    df = pd.DataFrame({"id": [str(i) for i in range(40)], "score": X[:, 2] + rng.normal(0, 0.1, 40)})
+    res = fit_table(table_from_arrays(X), df, ProbeFitConfig(methods=["diff_mean"], folds=3, controls=False))
+    res.save(tmp / "inputs" / "probe")
+    save_sae(SAE(SAEConfig(8, 24, "topk", k=2, site="resid.1")), tmp / "inputs" / "sae24")
+    return {"probe": str(tmp / "inputs" / "probe"), "sae": str(tmp / "inputs" / "sae24")}
+
+
+def _probe_model_and_narrow_sae(tmp: Path) -> dict[str, str]:
+    from deltalens.sae import SAE, SAEConfig
+    from deltalens.sae.io import save_sae
+    from tests.tiny import save_tiny, tiny_model
+
+    names = _probe_inputs(tmp)
+    names["model"] = save_tiny(tiny_model("llama"), tmp / "inputs" / "model")
+    save_sae(SAE(SAEConfig(32, 48, "topk", k=2, site="resid.1")), tmp / "inputs" / "sae32")
+    names["sae"] = str(tmp / "inputs" / "sae32")
+    return names
+
+
+_FIT = ["probes", "fit", "--sequences", "{seqs}", "--metrics", "{metrics}", "--sae", "{sae}", "--folds", "2",
+        "--out", "{tmp}/out"]
+
+CASES += [
+    Case("probes-key-missing", [*_FIT, "--key", "seq"], "{metrics}: key column 'seq' not found (columns: id, score)",
+         _probe_inputs),
+    Case("probes-no-key-matches", _FIT, "{metrics}: no key in column 'id' matches a sequence",
+         lambda tmp: _probe_inputs(tmp, "id,score\nx0,1\nx1,2\nx2,3\n")),
+    Case("probes-constant-metric", _FIT, "{metrics}: metric 'score' is constant (2 for all 6 sequences)",
+         lambda tmp: _probe_inputs(tmp, "id,score\n" + "".join(f"s{i},2\n" for i in range(6)))),
+    Case("probes-single-class", [*_FIT, "--label-mode", "threshold", "--high", "10", "--low", "3"],
+         "{metrics}: metric 'score' gives a single class after labelling (0 high ≥ 10, 3 low ≤ 3)", _probe_inputs),
+    Case("probes-metric-column-missing", [*_FIT, "--metric", "plddt"], "{metrics}: metric column 'plddt' not found",
+         _probe_inputs),
+    Case("probes-metric-not-numeric", [*_FIT, "--metric", "score"], "metric column 'score' is not numeric (value 'high')",
+         lambda tmp: _probe_inputs(tmp, "id,score\ns0,high\ns1,2\n")),
+    Case("probes-no-numeric-metric", _FIT, "no numeric metric column besides the key 'id' (non-numeric: score; e.g. 'high')",
+         lambda tmp: _probe_inputs(tmp, "id,score\ns0,high\ns1,2\n")),
+    Case("probes-bad-method", [*_FIT, "--method", "l1,svm"], "--method must be one of l1, ksparse, diff_mean; got 'svm'",
+         _probe_inputs),
+    Case("probes-low-above-high", [*_FIT, "--low", "0.9"], "--low 0.9 must not be above --high 0.8", _probe_inputs),
+    Case("probes-metrics-missing", ["probes", "fit", "--sequences", "{seqs}", "--metrics", "{tmp}/none.csv", "--sae", "{sae}",
+                                    "--out", "{tmp}/out"], "{tmp}/none.csv: metrics file not found", _probe_inputs),
+    Case("probes-sae-width-vs-model", [*_FIT, "--model", "{model}"], "has d_in=32 but", _probe_model_and_narrow_sae),
+    Case("probes-sae-width-vs-table", ["probes", "correlate", "{probe}", "--sae", "{sae}"],
+         "the SAE has d_sae=24 but the latent table has 12 latents", _probe_fit_dir),
+    Case("probes-annotate-not-a-fit", ["probes", "annotate", "{tmp}"], "not a valid probe fit: {tmp}/probe.json (no such file)"),
+    Case("probes-annotate-unknown-metric", ["probes", "annotate", "{probe}", "--metric", "plddt"],
+         "has no labels for metric 'plddt' (has score)", _probe_fit_dir),
+    Case("probes-compare-one", ["probes", "compare", "{probe}", "--method", "diff_mean", "--out", "{tmp}/cmp"],
+         "need at least two probes to compare", _probe_fit_dir),
+]

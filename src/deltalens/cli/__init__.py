@@ -45,6 +45,7 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("diff", "Model diffing"),
     ("sae", "Sparse autoencoders"),
     ("features", "Feature analysis"),
+    ("probes", "Probes"),
     ("circuits", "Circuits"),
     ("report", "Report and demo"),
     ("demo", "Report and demo"),
