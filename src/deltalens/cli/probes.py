@@ -152,9 +152,6 @@ def compare_cmd(
     console.print(f"wrote {dest}")
 
 
-def register(app: typer.Typer) -> None:
-    probes_app.command("fit")(fit_cmd)
-    probes_app.command("annotate")(annotate_cmd)
-    probes_app.command("correlate")(correlate_cmd)
-    probes_app.command("compare")(compare_cmd)
-    app.add_typer(probes_app, name="probes")
+SUBAPPS = [(probes_app, "probes", {
+    "fit": fit_cmd, "annotate": annotate_cmd, "correlate": correlate_cmd, "compare": compare_cmd,
+})]
