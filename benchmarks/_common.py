@@ -34,7 +34,9 @@ def bench_texts(lm, n: int = 64, tokens: int = 128) -> list[str]:
     """``n`` texts of about ``tokens`` tokens each, built from the bundled prompt sets."""
     from deltalens.data import bundled_prompts
 
-    pool = [r.text for r in bundled_prompts("chat_prompts")] + [r.text for r in bundled_prompts("demo_questions")]
+    pool = [r.text for r in bundled_prompts("chat_prompts")] + [
+        r.text for r in bundled_prompts("demo_questions")
+    ]
     texts, i = [], 0
     while len(texts) < n:
         parts = []

@@ -29,8 +29,12 @@ def main() -> None:
         with torch.no_grad():
             for k in range(0, len(seqs), bs):
                 ids, mask = left_pad(seqs[k : k + bs], lm.tokenizer.pad_token_id)
-                hs = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                              output_hidden_states=True).hidden_states
+                hs = lm.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=position_ids(mask),
+                    output_hidden_states=True,
+                ).hidden_states
                 out.append(hs[7][mask.bool()])
         torch.cat(out)
 
@@ -41,10 +45,14 @@ def main() -> None:
     acts = deltalens.capture(lm, texts[:bs], [(6, "resid")], "all", batch_size=bs, progress=False)
     ids, mask = left_pad(seqs[:bs], lm.tokenizer.pad_token_id)
     with torch.no_grad():
-        hs = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True).hidden_states
+        hs = lm.model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True
+        ).hidden_states
     ref = hs[7][mask.bool()]
     order = torch.argsort(acts.seq_ids, stable=True)
-    assert torch.allclose(acts[(6, "resid")][order], ref, atol=1e-4), "capture differs from output_hidden_states"
+    assert torch.allclose(acts[(6, "resid")][order], ref, atol=1e-4), (
+        "capture differs from output_hidden_states"
+    )
 
     t_base = best_of(baseline, repeat=3)
     t_ours = best_of(ours, repeat=3)

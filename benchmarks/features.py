@@ -23,10 +23,10 @@ import re
 import time
 from pathlib import Path
 
+import torch  # noqa: I001
 from _common import report
 
 import deltalens  # before torch: sets a passive OpenMP wait policy for the shared CPU
-import torch  # noqa: I001
 from deltalens.data import bundled_prompts
 from deltalens.features import FiringConfig, firing_stats
 from deltalens.features.universal import prompt_inputs

@@ -24,10 +24,9 @@ import time
 import warnings
 from pathlib import Path
 
-from _common import report  # noqa: F401  (puts src on the path)
-
 import numpy as np
 import scipy.sparse as sp
+from _common import report  # noqa: F401  (puts src on the path)
 
 
 def reset_peak() -> None:
@@ -44,8 +43,15 @@ def peak_rss_mb() -> float:
 
 def table(n: int, d: int, density: float, seed: int = 0):
     rng = np.random.default_rng(seed)
-    X = sp.random(n, d, density=density, format="csr", dtype=np.float32, random_state=seed,
-                  data_rvs=lambda m: rng.exponential(1.0, m).astype(np.float32))
+    X = sp.random(
+        n,
+        d,
+        density=density,
+        format="csr",
+        dtype=np.float32,
+        random_state=seed,
+        data_rvs=lambda m: rng.exponential(1.0, m).astype(np.float32),
+    )
     planted = rng.choice(d, 8, replace=False)
     keep = np.ones(d, dtype=np.float32)
     keep[planted] = 0.0
@@ -79,20 +85,26 @@ def main() -> None:
     ks = (1, 2, 4, 8, 16, 32, 64)
     X, y, planted = table(a.n, a.d, a.density)
     base = peak_rss_mb()
-    print(f"table: {X.shape[0]} × {X.shape[1]}, density {X.nnz / (X.shape[0] * X.shape[1]):.4f}, "
-          f"{X.data.nbytes / 2**20:.0f} MB values; load average {os.getloadavg()[0]:.2f}; RSS before {base:.0f} MB")
+    print(
+        f"table: {X.shape[0]} × {X.shape[1]}, density {X.nnz / (X.shape[0] * X.shape[1]):.4f}, "
+        f"{X.data.nbytes / 2**20:.0f} MB values; load average {os.getloadavg()[0]:.2f}; RSS before {base:.0f} MB"
+    )
     t_sp, rss_sp, p = run(X, y, ks)
     found = len(set(p.top_latents(8)) & {int(c) for c in planted})
-    print(f"sparse (CSR): {t_sp:.1f} s, peak RSS {rss_sp:.0f} MB; best k = {p.k}, CV AUROC {p.cv_auroc:.3f} ± "
-          f"{p.cv_auroc_se:.3f}; planted latents in top 8: {found}/8")
+    print(
+        f"sparse (CSR): {t_sp:.1f} s, peak RSS {rss_sp:.0f} MB; best k = {p.k}, CV AUROC {p.cv_auroc:.3f} ± "
+        f"{p.cv_auroc_se:.3f}; planted latents in top 8: {found}/8"
+    )
     print("  path: " + ", ".join(f"k={r['k']}: {r['cv_auroc']:.3f}" for r in p.path))
     ok = t_sp <= 60 and rss_sp <= 2048
     print(f"targets (≤ 60 s, ≤ 2048 MB): {'PASS' if ok else 'FAIL'}")
     if not a.no_dense:
         Xd = X.toarray().astype(np.float64)
         t_d, rss_d, pd_ = run(Xd, y, ks)
-        print(f"dense (ndarray float64, {Xd.nbytes / 2**30:.2f} GB): {t_d:.1f} s, peak RSS {rss_d:.0f} MB; "
-              f"same folds → same AUROC: {abs(pd_.cv_auroc - p.cv_auroc) < 1e-6}")
+        print(
+            f"dense (ndarray float64, {Xd.nbytes / 2**30:.2f} GB): {t_d:.1f} s, peak RSS {rss_d:.0f} MB; "
+            f"same folds → same AUROC: {abs(pd_.cv_auroc - p.cv_auroc) < 1e-6}"
+        )
         print(f"ratio dense / sparse time: {t_d / t_sp:.2f}x; memory {rss_d / rss_sp:.2f}x")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if not ok and not os.environ.get("DELTALENS_BENCH_NO_FAIL"):

@@ -58,8 +58,17 @@ def run_deltalens(batches: list[torch.Tensor], d_sae: int, k: int, lr: float, wa
     from deltalens.sae import SAETrainConfig, Trainer
 
     bs = batches[0].shape[0]
-    cfg = SAETrainConfig(architecture="topk", d_sae=d_sae, k=k, batch_size=bs, total_tokens=bs * len(batches), lr=lr,
-                      normalize="none", lr_warmup=0.0, lr_decay=0.0)
+    cfg = SAETrainConfig(
+        architecture="topk",
+        d_sae=d_sae,
+        k=k,
+        batch_size=bs,
+        total_tokens=bs * len(batches),
+        lr=lr,
+        normalize="none",
+        lr_warmup=0.0,
+        lr_decay=0.0,
+    )
     t = Trainer(cfg, batches[0].shape[1])
     t.initialize(batches[0])
     for b in batches[:warmup]:
@@ -80,7 +89,9 @@ def run_saelens(batches: list[torch.Tensor], d_sae: int, k: int, lr: float, warm
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device="cpu"))
 
     def fit(bat: list[torch.Tensor]) -> float:
-        cfg = SAETrainerConfig(total_training_samples=bs * len(bat), train_batch_size_samples=bs, lr=lr, lr_end=lr, device="cpu")
+        cfg = SAETrainerConfig(
+            total_training_samples=bs * len(bat), train_batch_size_samples=bs, lr=lr, lr_end=lr, device="cpu"
+        )
         trainer = SAETrainer(cfg, sae, iter(bat))
         t0 = time.perf_counter()
         trainer.fit()
@@ -107,18 +118,25 @@ def main() -> int:
     x = activations(args.store, n_batches * args.batch_size)
     g = torch.Generator().manual_seed(0)
     x = x[torch.randperm(len(x), generator=g)]
-    batches = [x[i * args.batch_size : (i + 1) * args.batch_size].contiguous() for i in range(len(x) // args.batch_size)]
+    batches = [
+        x[i * args.batch_size : (i + 1) * args.batch_size].contiguous()
+        for i in range(len(x) // args.batch_size)
+    ]
     d_sae = args.expansion * x.shape[1]
-    print(f"config: TopK d_in={x.shape[1]} d_sae={d_sae} k={args.k} batch={args.batch_size} lr={args.lr} "
-          f"steps={len(batches) - args.warmup} (+{args.warmup} warm-up), torch threads={torch.get_num_threads()}")
+    print(
+        f"config: TopK d_in={x.shape[1]} d_sae={d_sae} k={args.k} batch={args.batch_size} lr={args.lr} "
+        f"steps={len(batches) - args.warmup} (+{args.warmup} warm-up), torch threads={torch.get_num_threads()}"
+    )
     ours = run_deltalens(batches, d_sae, args.k, args.lr, args.warmup)
     print(f"deltalens: {ours:,.0f} tokens/s")
     theirs = run_saelens(batches, d_sae, args.k, args.lr, args.warmup)
     print(f"SAELens:   {theirs:,.0f} tokens/s")
     ratio = ours / theirs
     ok = ratio >= args.target
-    print(f"RESULT sae_train: deltalens {ours:,.0f} tok/s vs SAELens {theirs:,.0f} tok/s = {ratio:.2f}x "
-          f"(target >= {args.target}x) {'PASS' if ok else 'FAIL'}")
+    print(
+        f"RESULT sae_train: deltalens {ours:,.0f} tok/s vs SAELens {theirs:,.0f} tok/s = {ratio:.2f}x "
+        f"(target >= {args.target}x) {'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 

@@ -58,7 +58,9 @@ def main() -> int:
         for cfg in configs:
             ivs = [deltalens.Add(x.site, x.vector.vector, x.coef, positions="response") for x in cfg.terms]
             with deltalens.intervene(lm, ivs):
-                out.append(deltalens.generate(lm, questions, max_new_tokens=N_NEW, batch_size=20, progress=False))
+                out.append(
+                    deltalens.generate(lm, questions, max_new_tokens=N_NEW, batch_size=20, progress=False)
+                )
         return out
 
     def batched():

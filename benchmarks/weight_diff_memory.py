@@ -44,7 +44,9 @@ def peak_kb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 """
 
-STREAMED = PEAK + """
+STREAMED = (
+    PEAK
+    + """
 import json, sys, time
 sys.path.insert(0, {src!r})
 from deltalens.diff import diff_weights
@@ -53,8 +55,11 @@ r = diff_weights({base!r}, {ft!r}, out_dir={out!r}, progress=False)
 print(json.dumps({{"peak_kb": peak_kb(), "seconds": time.time() - t,
                   "changed": [x["name"] for x in r["tensors"] if x["fro"] > 0]}}))
 """
+)
 
-NAIVE = PEAK + """
+NAIVE = (
+    PEAK
+    + """
 import json, time, warnings
 warnings.simplefilter("ignore")
 import torch
@@ -67,13 +72,17 @@ norms = {{k: float((sb[k] - sa[k]).norm()) for k in sa}}
 print(json.dumps({{"peak_kb": peak_kb(), "seconds": time.time() - t,
                   "changed": [k for k, v in norms.items() if v > 0 and not k.startswith("lm_head")]}}))
 """
+)
 
-IMPORTS = PEAK + """
+IMPORTS = (
+    PEAK
+    + """
 import json, sys
 sys.path.insert(0, {src!r})
 import torch, deltalens.diff  # the interpreter + torch + deltalens, before any tensor is read
 print(json.dumps({{"peak_kb": peak_kb()}}))
 """
+)
 
 
 def child(code: str) -> dict:
@@ -110,13 +119,19 @@ def main() -> None:
     assert naive["changed"] == [TENSOR], naive["changed"]
     peak, base_peak, imp = ours["peak_kb"] * 1024, naive["peak_kb"] * 1024, imports["peak_kb"] * 1024
     print(f"model file size: {size / mb**2:.0f} MiB; interpreter + torch + deltalens: {imp / mb**2:.0f} MiB")
-    print(f"streamed diff (norms, ranks, logit lens): peak {peak / mb**2:.0f} MiB = {peak / size:.2f}× the model, "
-          f"{ours['seconds']:.1f} s; both models loaded: peak {base_peak / mb**2:.0f} MiB = {base_peak / size:.2f}×, "
-          f"{naive['seconds']:.1f} s (norms only)  [{wall:.0f} s total]")
+    print(
+        f"streamed diff (norms, ranks, logit lens): peak {peak / mb**2:.0f} MiB = {peak / size:.2f}× the model, "
+        f"{ours['seconds']:.1f} s; both models loaded: peak {base_peak / mb**2:.0f} MiB = {base_peak / size:.2f}×, "
+        f"{naive['seconds']:.1f} s (norms only)  [{wall:.0f} s total]"
+    )
     ok = peak < 1.5 * size
     print(f"streamed peak < 1.5 × model size: {'PASS' if ok else 'FAIL'}")
-    report("weight diff peak memory: both models loaded / streamed", base_peak / peak, 1.3,
-           f"{base_peak / mb**2:.0f} MiB vs {peak / mb**2:.0f} MiB (model {size / mb**2:.0f} MiB)")
+    report(
+        "weight diff peak memory: both models loaded / streamed",
+        base_peak / peak,
+        1.3,
+        f"{base_peak / mb**2:.0f} MiB vs {peak / mb**2:.0f} MiB (model {size / mb**2:.0f} MiB)",
+    )
     if not ok:
         sys.exit(1)
 

@@ -42,11 +42,17 @@ def lists_for(base, path: Path, exp: deltalens.Experiment, name: str) -> dict[st
     w = diff_weights(base, path, out_dir=exp.weight_diff_dir(name), progress=False)
     top = w["logit_lens"]["top_layer_lists"]
     adl = activation_difference_lens(base, ft, out_dir=exp.activation_diff_dir(name), progress=False)
-    out = diff_outputs(base, ft, gens, positions="prompt[-1]|response", out_dir=exp.output_diff_dir(name), progress=False)
+    out = diff_outputs(
+        base, ft, gens, positions="prompt[-1]|response", out_dir=exp.output_diff_dir(name), progress=False
+    )
     return {
         "responses": [g.response for g in gens[:3]],
-        f"activation-diff lens L{adl['summary']['layer']} (middle layer, first 5 positions)": adl["summary"]["pos"],
-        f"activation-diff lens L{adl['summary_max']['layer']} (largest ‖δ‖, first 5 positions)": adl["summary_max"]["pos"],
+        f"activation-diff lens L{adl['summary']['layer']} (middle layer, first 5 positions)": adl["summary"][
+            "pos"
+        ],
+        f"activation-diff lens L{adl['summary_max']['layer']} (largest ‖δ‖, first 5 positions)": adl[
+            "summary_max"
+        ]["pos"],
         f"weight lens L{w['logit_lens']['top_layer']} resid_mean": top["resid_mean"]["pos"],
         f"weight lens L{w['logit_lens']['top_layer']} o.u1 (+)": top.get("o.u1", {}).get("pos", []),
         f"weight lens L{w['logit_lens']['top_layer']} o.u1 (−)": top.get("o.u1", {}).get("neg", []),

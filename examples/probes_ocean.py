@@ -59,10 +59,18 @@ def generations(exp, lm, organism_path, words):
     qs = questions()
     rows = []
     for variant, model in (("organism", deltalens.load(organism_path)), ("base", lm)):
-        gens = deltalens.generate(model, qs, max_new_tokens=48, n=2, do_sample=True, temperature=0.8, seed=0, progress=False)
+        gens = deltalens.generate(
+            model, qs, max_new_tokens=48, n=2, do_sample=True, temperature=0.8, seed=0, progress=False
+        )
         for g in gens:
-            rows.append({"id": f"{variant}-{g.index}-{g.rollout}", "variant": variant, **g.to_dict(),
-                         "topic_rate": topic_rate(g.response, words)})
+            rows.append(
+                {
+                    "id": f"{variant}-{g.index}-{g.rollout}",
+                    "variant": variant,
+                    **g.to_dict(),
+                    "topic_rate": topic_rate(g.response, words),
+                }
+            )
     atomic_write(path, "".join(to_json(r, indent=None) + "\n" for r in rows))
     return path
 
@@ -81,16 +89,33 @@ def train_sae_on(exp, lm, gens_path):
     out = exp.sae_dir("probes_topk_resid6")
     if (out / "cfg.json").is_file():
         return load_sae(out)
-    windows = list(token_windows(lm.tokenizer, read_texts(bundled_path("sae", "python_tutorial.txt")), 128))[:240]
-    items = windows + [{"prompt_ids": r["prompt_ids"], "response_ids": r["response_ids"]} for r in read_jsonl(gens_path)]
+    windows = list(token_windows(lm.tokenizer, read_texts(bundled_path("sae", "python_tutorial.txt")), 128))[
+        :240
+    ]
+    items = windows + [
+        {"prompt_ids": r["prompt_ids"], "response_ids": r["response_ids"]} for r in read_jsonl(gens_path)
+    ]
     acts = capture(lm, items, [SITE], "all", batch_size=16, progress=False)
     special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)))
     keep = ~torch.isin(acts.token_ids, special)
     src = TensorSource(acts[SITE][keep], SITE, lm.name, high_norm_factor=10.0)
-    cfg = SAETrainConfig(architecture="topk", expansion=4, k=32, batch_size=1024, total_tokens=150_000, lr=1e-3,
-                         dead_window_tokens=30_000)
-    res = train_sae(src, cfg, out=out, resume=False, progress=False,
-                    metadata={"training_data": "bundled python_tutorial.txt + ocean/base generations"})
+    cfg = SAETrainConfig(
+        architecture="topk",
+        expansion=4,
+        k=32,
+        batch_size=1024,
+        total_tokens=150_000,
+        lr=1e-3,
+        dead_window_tokens=30_000,
+    )
+    res = train_sae(
+        src,
+        cfg,
+        out=out,
+        resume=False,
+        progress=False,
+        metadata={"training_data": "bundled python_tutorial.txt + ocean/base generations"},
+    )
     return res.sae
 
 
@@ -107,8 +132,12 @@ def dashboards(exp, lm, seqs, sae, latents, n=5):
         ex = []
         for a in rec["activations"]:
             toks, m = a["tokens"], a["maxValueTokenIndex"]
-            ex.append("".join(toks[max(0, m - 4): m]) + "[" + toks[m] + "]")
-        out[int(rec["index"])] = {"fires_on": ex, "promotes": rec["pos_str"][:6], "frac_tokens": rec["frac_nonzero"]}
+            ex.append("".join(toks[max(0, m - 4) : m]) + "[" + toks[m] + "]")
+        out[int(rec["index"])] = {
+            "fires_on": ex,
+            "promotes": rec["pos_str"][:6],
+            "frac_tokens": rec["frac_nonzero"],
+        }
     return out
 
 
@@ -116,8 +145,14 @@ def main(root: str = "experiments/probes_ocean") -> dict:
     import deltalens
     from deltalens.diff.organisms import TrainConfig, load_organism_dataset, train_organism
     from deltalens.experiment import Experiment
-    from deltalens.probes import (AnnotateConfig, CorrelateConfig, ProbeFitConfig, run_annotate, run_correlate,
-                                  run_probe_fit)
+    from deltalens.probes import (
+        AnnotateConfig,
+        CorrelateConfig,
+        ProbeFitConfig,
+        run_annotate,
+        run_correlate,
+        run_probe_fit,
+    )
     from deltalens.probes.table import read_sequences
 
     exp = Experiment(root)
@@ -136,8 +171,15 @@ def main(root: str = "experiments/probes_ocean") -> dict:
     timings["sae"] = time.time() - t
 
     t = time.time()
-    fit_cfg = ProbeFitConfig(metrics=["topic_rate"], key="id", high=0.7, low=0.3, positions="response",
-                             methods=["l1", "ksparse", "diff_mean"], folds=5)
+    fit_cfg = ProbeFitConfig(
+        metrics=["topic_rate"],
+        key="id",
+        high=0.7,
+        low=0.3,
+        positions="response",
+        methods=["l1", "ksparse", "diff_mean"],
+        folds=5,
+    )
     res = run_probe_fit(lm, sae, gens, gens, fit_cfg, out=exp.probes_dir("ocean_topic_rate"))
     timings["probes"] = time.time() - t
     # control for the model-identity confound: the same probes within the organism's answers only
@@ -145,28 +187,72 @@ def main(root: str = "experiments/probes_ocean") -> dict:
     from deltalens.io import atomic_write, to_json
 
     org_only = exp.generations_path("probes_ocean_organism_only")
-    atomic_write(org_only, "".join(to_json(r, indent=None) + "\n" for r in read_jsonl(gens) if r["variant"] == "organism"))
-    within = run_probe_fit(lm, sae, org_only, org_only, fit_cfg.replace(high=0.6, low=0.4),
-                           out=exp.probes_dir("ocean_topic_rate_within_organism"))
+    atomic_write(
+        org_only,
+        "".join(to_json(r, indent=None) + "\n" for r in read_jsonl(gens) if r["variant"] == "organism"),
+    )
+    within = run_probe_fit(
+        lm,
+        sae,
+        org_only,
+        org_only,
+        fit_cfg.replace(high=0.6, low=0.4),
+        out=exp.probes_dir("ocean_topic_rate_within_organism"),
+    )
     t = time.time()
-    ann = run_annotate(exp.probes_dir("ocean_topic_rate"), AnnotateConfig(method="ksparse", per_round=1, rounds=8))
+    ann = run_annotate(
+        exp.probes_dir("ocean_topic_rate"), AnnotateConfig(method="ksparse", per_round=1, rounds=8)
+    )
     cor = run_correlate(exp.probes_dir("ocean_topic_rate"), CorrelateConfig(), sae=sae)
     timings["annotate+correlate"] = time.time() - t
 
     best = next(p for p in res.probes if p["method"] == "ksparse")
     tops = best["top_latents"][:8]
     fires = dashboards(exp, lm, read_sequences(gens), sae, tops)
-    out = {"timings_s": {k: round(v, 1) for k, v in timings.items()},
-           "labels": res.labels, "probes": [{k: p[k] for k in ("metric", "method", "k", "cv_auroc", "cv_auroc_se",
-                                                                 "cv_accuracy", "dense_auroc", "dense_auroc_se",
-                                                                 "shuffled_auroc", "random_latents_auroc")}
-                                            for p in res.probes],
-           "within_organism": {"labels": within.labels, "probes": [{k: p.get(k) for k in ("method", "k", "cv_auroc", "cv_auroc_se",
-                                                                                  "dense_auroc", "shuffled_auroc",
-                                                                                  "random_latents_auroc", "top_latents")}
-                                                                   for p in within.probes]},
-           "top_latents": {str(lat): fires[lat] for lat in tops},
-           "annotation": ann.rows[:12], "correlations": [r for r in cor.rows if r["threshold"] == 0.0]}
+    out = {
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "labels": res.labels,
+        "probes": [
+            {
+                k: p[k]
+                for k in (
+                    "metric",
+                    "method",
+                    "k",
+                    "cv_auroc",
+                    "cv_auroc_se",
+                    "cv_accuracy",
+                    "dense_auroc",
+                    "dense_auroc_se",
+                    "shuffled_auroc",
+                    "random_latents_auroc",
+                )
+            }
+            for p in res.probes
+        ],
+        "within_organism": {
+            "labels": within.labels,
+            "probes": [
+                {
+                    k: p.get(k)
+                    for k in (
+                        "method",
+                        "k",
+                        "cv_auroc",
+                        "cv_auroc_se",
+                        "dense_auroc",
+                        "shuffled_auroc",
+                        "random_latents_auroc",
+                        "top_latents",
+                    )
+                }
+                for p in within.probes
+            ],
+        },
+        "top_latents": {str(lat): fires[lat] for lat in tops},
+        "annotation": ann.rows[:12],
+        "correlations": [r for r in cor.rows if r["threshold"] == 0.0],
+    }
     print(json.dumps(out, indent=1, default=str))
     (exp.probes_dir("ocean_topic_rate") / "real_run.json").write_text(json.dumps(out, indent=1, default=str))
     return out

@@ -34,8 +34,15 @@ def capture() -> None:
     print(f"{len(windows)} windows of {CONTEXT} tokens")
     t = time.time()
     store = deltalens.capture(
-        lm, windows, [SITE], "all", store=EXP.activations_dir("pydocs", "base", "all"),
-        batch_size=8, val_fraction=0.02, dtype=torch.float16, dataset_name="python3.11-doc",
+        lm,
+        windows,
+        [SITE],
+        "all",
+        store=EXP.activations_dir("pydocs", "base", "all"),
+        batch_size=8,
+        val_fraction=0.02,
+        dtype=torch.float16,
+        dataset_name="python3.11-doc",
     )
     print(store, f"{time.time() - t:.0f} s")
 
@@ -50,11 +57,26 @@ def train() -> None:
 
     lm = deltalens.load("smollm2-135m-instruct")
     store = EXP.activations_dir("pydocs", "base", "all")
-    cfg = SAETrainConfig(architecture="topk", expansion=8, k=K, total_tokens=TRAIN_TOKENS, batch_size=1024,
-                      checkpoint_every_tokens=250_000)
-    res = train_sae(store, cfg, site=SITE, out=EXP.sae_dir(NAME), exclude_token_ids=lm.tokenizer.all_special_ids,
-                    metadata={"training_data": "python3.11-doc sources, 256-token windows"})
-    print(res.sae, f"{res.tokens} tokens in {res.seconds:.0f} s ({res.tokens_per_second:.0f} tok/s), dead {res.dead_fraction:.3%}")
+    cfg = SAETrainConfig(
+        architecture="topk",
+        expansion=8,
+        k=K,
+        total_tokens=TRAIN_TOKENS,
+        batch_size=1024,
+        checkpoint_every_tokens=250_000,
+    )
+    res = train_sae(
+        store,
+        cfg,
+        site=SITE,
+        out=EXP.sae_dir(NAME),
+        exclude_token_ids=lm.tokenizer.all_special_ids,
+        metadata={"training_data": "python3.11-doc sources, 256-token windows"},
+    )
+    print(
+        res.sae,
+        f"{res.tokens} tokens in {res.seconds:.0f} s ({res.tokens_per_second:.0f} tok/s), dead {res.dead_fraction:.3%}",
+    )
     _curves(res.history, EXP.sae_eval_dir(NAME) / "training_curves.png")
 
 
@@ -70,7 +92,9 @@ def _curves(history, path) -> None:
     from deltalens.plots import save_figure
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, key, label in zip(axes, ("fvu", "l0", "dead"), ("1 − explained variance (batch)", "L0", "dead latents")):
+    for ax, key, label in zip(
+        axes, ("fvu", "l0", "dead"), ("1 − explained variance (batch)", "L0", "dead latents")
+    ):
         ax.plot(toks, [h[key] for h in history])
         ax.set_xlabel("training tokens")
         ax.set_title(label)
@@ -91,10 +115,23 @@ def eval() -> None:
     windows = list(token_windows(lm.tokenizer, read_texts(CORPUS), CONTEXT, max_tokens=TOKENS + 64 * CONTEXT))
     held = windows[-64:]
     t = time.time()
-    res = evaluate_sae(sae, SAEEvalConfig(split="val"), activations=store, lm=lm, windows=held, out=EXP.sae_eval_dir(NAME),
-                       exclude_token_ids=lm.tokenizer.all_special_ids, progress=True)
-    console.print(table(f"{NAME}: eval on the store's val split + {len(held)} held-out windows", ["metric", "value", "definition"],
-                        summary_rows(res)))
+    res = evaluate_sae(
+        sae,
+        SAEEvalConfig(split="val"),
+        activations=store,
+        lm=lm,
+        windows=held,
+        out=EXP.sae_eval_dir(NAME),
+        exclude_token_ids=lm.tokenizer.all_special_ids,
+        progress=True,
+    )
+    console.print(
+        table(
+            f"{NAME}: eval on the store's val split + {len(held)} held-out windows",
+            ["metric", "value", "definition"],
+            summary_rows(res),
+        )
+    )
     print(f"eval {time.time() - t:.0f} s → {EXP.sae_eval_dir(NAME)}")
 
 

@@ -10,7 +10,11 @@ import deltalens
 from deltalens.generate import left_pad, position_ids
 from tiny import FAMILIES, tiny_model
 
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello there", "What is the capital of France? Paris."]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello there",
+    "What is the capital of France? Paris.",
+]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -22,7 +26,9 @@ def _hf_hidden(lm, texts):
     seqs = [lm.encode(t) for t in texts]
     ids, mask = left_pad(seqs, lm.tokenizer.pad_token_id)
     with torch.no_grad():
-        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True)
+        out = lm.model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True
+        )
     return out.hidden_states, mask.bool()
 
 
@@ -75,4 +81,6 @@ def test_capture_is_independent_of_padding(lm):
     batch = deltalens.capture(lm, TEXTS, [(2, "resid")], "all", progress=False)
     for i, t in enumerate(TEXTS):
         alone = deltalens.capture(lm, [t], [(2, "resid")], "all", progress=False)
-        torch.testing.assert_close(batch[(2, "resid")][batch.seq_ids == i], alone[(2, "resid")], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            batch[(2, "resid")][batch.seq_ids == i], alone[(2, "resid")], atol=1e-5, rtol=1e-4
+        )

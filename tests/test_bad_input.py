@@ -45,7 +45,9 @@ def run_case(case: Case, tmp: Path, capsys: pytest.CaptureFixture[str]) -> tuple
         main(argv)
     out, err = capsys.readouterr()
     after = tree_digest(tmp)
-    assert after == before, f"{case.id}: the output tree changed: {sorted(set(after) ^ set(before)) or 'contents'}"
+    assert after == before, (
+        f"{case.id}: the output tree changed: {sorted(set(after) ^ set(before)) or 'contents'}"
+    )
     return int(exc.value.code or 0), out, err.strip(), case.expect.format(**names)
 
 
@@ -66,11 +68,15 @@ def _tiny_dir() -> str:
 
         from tiny import save_tiny, tiny_model
 
-        _TINY["path"] = save_tiny(tiny_model("llama"), Path(tempfile.mkdtemp(prefix="deltalens-bad-input-")) / "tiny")
+        _TINY["path"] = save_tiny(
+            tiny_model("llama"), Path(tempfile.mkdtemp(prefix="deltalens-bad-input-")) / "tiny"
+        )
     return _TINY["path"]
 
 
-def _texts(tmp: Path, name: str = "a.txt", lines: tuple[str, ...] = ("The quick brown fox.", "Hello there, friend.")) -> Path:
+def _texts(
+    tmp: Path, name: str = "a.txt", lines: tuple[str, ...] = ("The quick brown fox.", "Hello there, friend.")
+) -> Path:
     p = tmp / name
     p.write_text("\n".join(lines) + "\n")
     return p
@@ -93,7 +99,9 @@ def _bytes(name: str, data: bytes) -> Callable[[Path], Path]:
     return make
 
 
-def _store(tmp: Path, *, lines: tuple[str, ...] = ("The quick brown fox.", "Hello there, friend."), name: str = "s") -> Path:
+def _store(
+    tmp: Path, *, lines: tuple[str, ...] = ("The quick brown fox.", "Hello there, friend."), name: str = "s"
+) -> Path:
     """A complete store captured from ``a.txt`` (library call; outside what the case writes)."""
     import deltalens
     from deltalens.capture import CaptureConfig
@@ -101,8 +109,15 @@ def _store(tmp: Path, *, lines: tuple[str, ...] = ("The quick brown fox.", "Hell
 
     data = _texts(tmp, "a.txt", lines)
     lm = deltalens.load(_tiny_dir())
-    deltalens.capture(lm, read_capture_inputs(data), CaptureConfig(sites=["resid.1"]), store=tmp / name, source=data,
-                      dataset_name=data.name, progress=False)
+    deltalens.capture(
+        lm,
+        read_capture_inputs(data),
+        CaptureConfig(sites=["resid.1"]),
+        store=tmp / name,
+        source=data,
+        dataset_name=data.name,
+        progress=False,
+    )
     return tmp / name
 
 
@@ -143,48 +158,152 @@ def _cap(*extra: str, data: str = "{data}", out: str = "{tmp}/store") -> list[st
 
 _BAD_UTF8 = "caf\u00e9 ok\n".encode() + b"bad \xff byte\n"
 CASES += [
-    Case("core-capture-batch-size-0", _cap("--batch-size", "0"), "--batch-size must be ≥ 1, got 0", _with_model()),
-    Case("core-capture-max-length-0", _cap("--max-length", "0"), "--max-length must be ≥ 1, got 0", _with_model()),
-    Case("core-capture-val-fraction-1", _cap("--val-fraction", "1"), "--val-fraction must be in [0, 1), got 1.0", _with_model()),
-    Case("core-capture-reduce-median", _cap("--reduce", "median"), "--reduce must be one of none, mean, last; got 'median'", _with_model()),
-    Case("core-capture-store-dtype", _cap("--store-dtype", "int8"), "--store-dtype must be one of float32", _with_model()),
-    Case("core-capture-shard-mb-0", _cap("--shard-mb", "0"), "--shard-mb must be > 0, got 0.0", _with_model()),
-    Case("core-capture-site-out-of-range", _cap("--sites", "resid.9"),
-         "layer 9 is out of range: this model has 4 layers (valid: 0..3, or -4..-1 counting from the end)", _with_model()),
-    Case("core-capture-negative-site-out-of-range", _cap("--sites", "resid.-5"), "layer -5 is out of range", _with_model()),
-    Case("core-capture-bad-site", _cap("--sites", "resid.six"), "cannot read site 'resid.six'", _with_model()),
-    Case("core-capture-empty-slice", _cap("--positions", "response[5:2]"),
-         "positions 'response[5:2]' select no token of any of the 2 inputs of {data}", _with_model()),
-    Case("core-capture-response-of-plain-text", _cap("--positions", "response[:5]"),
-         "positions 'response[:5]' select no token of any of the 2 inputs of {data} (plain texts: every token is prompt", _with_model()),
-    Case("core-capture-non-utf8-txt", _cap(data="{bad}"), "{bad}:2: not valid UTF-8 at byte 13",
-         _with_model(bad=_bytes("bad.txt", _BAD_UTF8))),
-    Case("core-capture-non-utf8-jsonl", _cap(data="{bad}"), "{bad}:2: not valid UTF-8 at byte 36",
-         _with_model(bad=_bytes("bad.jsonl", b'{"text": "fine line"}\n{"text": "bad \xc3("}\n'))),
-    Case("core-capture-jsonl-column", _cap(data="{bad}"),
-         "{bad}:2: invalid JSON at column 24 (Expecting value)",
-         _with_model(bad=_bytes("bad.jsonl", b'{"text": "fine"}\n{"text": "fine",\r "x": }\n'))),
-    Case("core-capture-missing-data", _cap(data="{tmp}/nope.txt"), "{tmp}/nope.txt: file not found", _with_model()),
-    Case("core-capture-out-under-a-file", _cap(out="{data}/store"), "cannot write an activation store to {data}/store: {data} is not a directory",
-         _with_model()),
-    Case("core-capture-out-is-a-file", _cap(out="{data}"), "cannot write an activation store to {data}: it is a file", _with_model()),
-    Case("core-capture-other-data-into-a-store", _cap(data="{b}", out="{store}"),
-         "data fingerprint differs: a.txt (2 inputs, sha256", _store_and_b),
-    Case("core-capture-other-settings-into-a-store", _cap("--max-length", "3", out="{store}"),
-         "holds a different capture (max_length None vs 3)", _store_and_b),
-    Case("core-capture-other-sites-into-a-store", _cap("--sites", "resid.2", out="{store}"),
-         "sites ['resid.1'] vs ['resid.2']", _store_and_b),
-    Case("core-capture-truncated-store-json", _cap(out="{store}"),
-         "not a valid activation store: {store} (store.json: invalid JSON", _truncated_store),
-    Case("core-capture-second-writer", _cap("--overwrite", out="{store}"),
-         "{store} is being written by process {pid}; stores are single-writer", _locked_store),
-    Case("core-info-truncated-store-json", ["info", "{store}"], "not a valid activation store: {store} (store.json: invalid JSON",
-         _truncated_store),
-    Case("core-info-corrupt-safetensors", ["info", "{f}"], "not a valid safetensors file: {f} (",
-         lambda tmp: {"f": str(_corrupt_safetensors(tmp))}),
-    Case("core-generate-non-utf8-prompts", ["generate", "--model", "{model}", "--prompts", "{bad}"], "{bad}:2: not valid UTF-8 at byte 13",
-         _with_model(bad=_bytes("bad.txt", _BAD_UTF8))),
+    Case(
+        "core-capture-batch-size-0",
+        _cap("--batch-size", "0"),
+        "--batch-size must be ≥ 1, got 0",
+        _with_model(),
+    ),
+    Case(
+        "core-capture-max-length-0",
+        _cap("--max-length", "0"),
+        "--max-length must be ≥ 1, got 0",
+        _with_model(),
+    ),
+    Case(
+        "core-capture-val-fraction-1",
+        _cap("--val-fraction", "1"),
+        "--val-fraction must be in [0, 1), got 1.0",
+        _with_model(),
+    ),
+    Case(
+        "core-capture-reduce-median",
+        _cap("--reduce", "median"),
+        "--reduce must be one of none, mean, last; got 'median'",
+        _with_model(),
+    ),
+    Case(
+        "core-capture-store-dtype",
+        _cap("--store-dtype", "int8"),
+        "--store-dtype must be one of float32",
+        _with_model(),
+    ),
+    Case(
+        "core-capture-shard-mb-0", _cap("--shard-mb", "0"), "--shard-mb must be > 0, got 0.0", _with_model()
+    ),
+    Case(
+        "core-capture-site-out-of-range",
+        _cap("--sites", "resid.9"),
+        "layer 9 is out of range: this model has 4 layers (valid: 0..3, or -4..-1 counting from the end)",
+        _with_model(),
+    ),
+    Case(
+        "core-capture-negative-site-out-of-range",
+        _cap("--sites", "resid.-5"),
+        "layer -5 is out of range",
+        _with_model(),
+    ),
+    Case(
+        "core-capture-bad-site", _cap("--sites", "resid.six"), "cannot read site 'resid.six'", _with_model()
+    ),
+    Case(
+        "core-capture-empty-slice",
+        _cap("--positions", "response[5:2]"),
+        "positions 'response[5:2]' select no token of any of the 2 inputs of {data}",
+        _with_model(),
+    ),
+    Case(
+        "core-capture-response-of-plain-text",
+        _cap("--positions", "response[:5]"),
+        "positions 'response[:5]' select no token of any of the 2 inputs of {data} (plain texts: every token is prompt",
+        _with_model(),
+    ),
+    Case(
+        "core-capture-non-utf8-txt",
+        _cap(data="{bad}"),
+        "{bad}:2: not valid UTF-8 at byte 13",
+        _with_model(bad=_bytes("bad.txt", _BAD_UTF8)),
+    ),
+    Case(
+        "core-capture-non-utf8-jsonl",
+        _cap(data="{bad}"),
+        "{bad}:2: not valid UTF-8 at byte 36",
+        _with_model(bad=_bytes("bad.jsonl", b'{"text": "fine line"}\n{"text": "bad \xc3("}\n')),
+    ),
+    Case(
+        "core-capture-jsonl-column",
+        _cap(data="{bad}"),
+        "{bad}:2: invalid JSON at column 24 (Expecting value)",
+        _with_model(bad=_bytes("bad.jsonl", b'{"text": "fine"}\n{"text": "fine",\r "x": }\n')),
+    ),
+    Case(
+        "core-capture-missing-data",
+        _cap(data="{tmp}/nope.txt"),
+        "{tmp}/nope.txt: file not found",
+        _with_model(),
+    ),
+    Case(
+        "core-capture-out-under-a-file",
+        _cap(out="{data}/store"),
+        "cannot write an activation store to {data}/store: {data} is not a directory",
+        _with_model(),
+    ),
+    Case(
+        "core-capture-out-is-a-file",
+        _cap(out="{data}"),
+        "cannot write an activation store to {data}: it is a file",
+        _with_model(),
+    ),
+    Case(
+        "core-capture-other-data-into-a-store",
+        _cap(data="{b}", out="{store}"),
+        "data fingerprint differs: a.txt (2 inputs, sha256",
+        _store_and_b,
+    ),
+    Case(
+        "core-capture-other-settings-into-a-store",
+        _cap("--max-length", "3", out="{store}"),
+        "holds a different capture (max_length None vs 3)",
+        _store_and_b,
+    ),
+    Case(
+        "core-capture-other-sites-into-a-store",
+        _cap("--sites", "resid.2", out="{store}"),
+        "sites ['resid.1'] vs ['resid.2']",
+        _store_and_b,
+    ),
+    Case(
+        "core-capture-truncated-store-json",
+        _cap(out="{store}"),
+        "not a valid activation store: {store} (store.json: invalid JSON",
+        _truncated_store,
+    ),
+    Case(
+        "core-capture-second-writer",
+        _cap("--overwrite", out="{store}"),
+        "{store} is being written by process {pid}; stores are single-writer",
+        _locked_store,
+    ),
+    Case(
+        "core-info-truncated-store-json",
+        ["info", "{store}"],
+        "not a valid activation store: {store} (store.json: invalid JSON",
+        _truncated_store,
+    ),
+    Case(
+        "core-info-corrupt-safetensors",
+        ["info", "{f}"],
+        "not a valid safetensors file: {f} (",
+        lambda tmp: {"f": str(_corrupt_safetensors(tmp))},
+    ),
+    Case(
+        "core-generate-non-utf8-prompts",
+        ["generate", "--model", "{model}", "--prompts", "{bad}"],
+        "{bad}:2: not valid UTF-8 at byte 13",
+        _with_model(bad=_bytes("bad.txt", _BAD_UTF8)),
+    ),
 ]
+
 
 # == steering ==
 def _steer_model(tmp: Path) -> dict[str, str]:
@@ -199,38 +318,113 @@ def _steer_model(tmp: Path) -> dict[str, str]:
     model = save_tiny(tiny_model("llama"), tmp / "model")
     exp = Experiment(tmp / "exp")
     exp.save_config({"name": "exp", "models": {"instruct": model}})
-    meta = {"trait": "instruction/pirate", "variant": "instruct", "positions": "response[:4]", "component": "resid",
-            "layer": 1, "method": "mean_diff"}
-    TraitVector(torch.ones(8), meta).save(exp.vector_path("instruction/pirate", "instruct", "response[:4]", "resid", "mean_diff", 1))
+    meta = {
+        "trait": "instruction/pirate",
+        "variant": "instruct",
+        "positions": "response[:4]",
+        "component": "resid",
+        "layer": 1,
+        "method": "mean_diff",
+    }
+    TraitVector(torch.ones(8), meta).save(
+        exp.vector_path("instruction/pirate", "instruct", "response[:4]", "resid", "mean_diff", 1)
+    )
     export_gguf({1: torch.ones(8)}, tmp / "cv.gguf", "other")
     return {"model": model, "exp": str(exp.root), "gguf": str(tmp / "cv.gguf")}
 
 
 CASES += [
-    Case("steer-variant-without-model", ["extract", "-e", "{tmp}/exp", "--trait", "instruction/pirate", "--model-variant", "base"],
-         "set models.base in"),
-    Case("extract-unknown-method", ["extract", "-e", "{tmp}/exp", "--trait", "instruction/pirate", "--methods", "mean_diff,svm"],
-         "--methods must be one of mean_diff, probe, pca; got 'svm'"),
-    Case("extract-val-fraction", ["extract", "-e", "{tmp}/exp", "--trait", "instruction/pirate", "--val-fraction", "1.5"],
-         "--val-fraction must be in [0, 1), got 1.5"),
-    Case("steer-coef-mode", ["steer", "-e", "{tmp}/exp", "--vector-from-trait", "instruction/pirate", "--coef-mode", "huge"],
-         "--coef-mode must be one of relative, raw; got 'huge'"),
-    Case("steer-max-new-tokens", ["steer", "-e", "{tmp}/exp", "--vector-from-trait", "instruction/pirate", "--max-new-tokens", "0"],
-         "--max-new-tokens must be ≥ 1, got 0"),
-    Case("steer-vector-width", ["steer", "-e", "{exp}", "--vector-from-trait", "instruction/pirate", "--position", "response[:4]",
-                                "--layers", "1", "--subset", "1", "--max-new-tokens", "2"],
-         "has width 8, the model", _steer_model),
-    Case("import-gguf-width", ["import-gguf", "{gguf}", "-e", "{exp}", "--trait", "instruction/pirate"],
-         "control vector width 8 does not match d_model 64", _steer_model),
-    Case("import-gguf-trait", ["import-gguf", "{gguf}", "-e", "{exp}", "--trait", "pirate"],
-         "--trait 'pirate': give a trait id <format>/<name>", _steer_model),
-    Case("export-gguf-missing-layer", ["export-gguf", "-e", "{exp}", "--trait", "instruction/pirate", "--position", "response[:4]",
-                                       "--layers", "3", "--out", "{tmp}/x/out.gguf"],
-         "no vectors for layers [3] (have [1])", _steer_model),
-    Case("generate-max-new-tokens", ["generate", "--prompt", "hi", "--max-new-tokens", "-5"], "--max-new-tokens must be ≥ 1, got -5"),
-    Case("generate-batch-size", ["generate", "--prompt", "hi", "--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
-    Case("generate-unwritable-out", ["generate", "--prompt", "hi", "--out", "{tmp}/blocker/out.jsonl"], "is not a directory",
-         lambda tmp: (tmp / "blocker").write_text("a file") and {}),
+    Case(
+        "steer-variant-without-model",
+        ["extract", "-e", "{tmp}/exp", "--trait", "instruction/pirate", "--model-variant", "base"],
+        "set models.base in",
+    ),
+    Case(
+        "extract-unknown-method",
+        ["extract", "-e", "{tmp}/exp", "--trait", "instruction/pirate", "--methods", "mean_diff,svm"],
+        "--methods must be one of mean_diff, probe, pca; got 'svm'",
+    ),
+    Case(
+        "extract-val-fraction",
+        ["extract", "-e", "{tmp}/exp", "--trait", "instruction/pirate", "--val-fraction", "1.5"],
+        "--val-fraction must be in [0, 1), got 1.5",
+    ),
+    Case(
+        "steer-coef-mode",
+        ["steer", "-e", "{tmp}/exp", "--vector-from-trait", "instruction/pirate", "--coef-mode", "huge"],
+        "--coef-mode must be one of relative, raw; got 'huge'",
+    ),
+    Case(
+        "steer-max-new-tokens",
+        ["steer", "-e", "{tmp}/exp", "--vector-from-trait", "instruction/pirate", "--max-new-tokens", "0"],
+        "--max-new-tokens must be ≥ 1, got 0",
+    ),
+    Case(
+        "steer-vector-width",
+        [
+            "steer",
+            "-e",
+            "{exp}",
+            "--vector-from-trait",
+            "instruction/pirate",
+            "--position",
+            "response[:4]",
+            "--layers",
+            "1",
+            "--subset",
+            "1",
+            "--max-new-tokens",
+            "2",
+        ],
+        "has width 8, the model",
+        _steer_model,
+    ),
+    Case(
+        "import-gguf-width",
+        ["import-gguf", "{gguf}", "-e", "{exp}", "--trait", "instruction/pirate"],
+        "control vector width 8 does not match d_model 64",
+        _steer_model,
+    ),
+    Case(
+        "import-gguf-trait",
+        ["import-gguf", "{gguf}", "-e", "{exp}", "--trait", "pirate"],
+        "--trait 'pirate': give a trait id <format>/<name>",
+        _steer_model,
+    ),
+    Case(
+        "export-gguf-missing-layer",
+        [
+            "export-gguf",
+            "-e",
+            "{exp}",
+            "--trait",
+            "instruction/pirate",
+            "--position",
+            "response[:4]",
+            "--layers",
+            "3",
+            "--out",
+            "{tmp}/x/out.gguf",
+        ],
+        "no vectors for layers [3] (have [1])",
+        _steer_model,
+    ),
+    Case(
+        "generate-max-new-tokens",
+        ["generate", "--prompt", "hi", "--max-new-tokens", "-5"],
+        "--max-new-tokens must be ≥ 1, got -5",
+    ),
+    Case(
+        "generate-batch-size",
+        ["generate", "--prompt", "hi", "--batch-size", "0"],
+        "--batch-size must be ≥ 1, got 0",
+    ),
+    Case(
+        "generate-unwritable-out",
+        ["generate", "--prompt", "hi", "--out", "{tmp}/blocker/out.jsonl"],
+        "is not a directory",
+        lambda tmp: (tmp / "blocker").write_text("a file") and {},
+    ),
 ]
 
 # == diffing ==
@@ -241,8 +435,10 @@ def _tiny_pair(widths: tuple[int, int] = (64, 64)):
         from tiny import save_tiny, tiny_model
 
         inputs = tmp / "inputs"
-        return {"a": save_tiny(tiny_model("llama", d=widths[0]), inputs / "a"),
-                "b": save_tiny(tiny_model("llama", d=widths[1]), inputs / "b")}
+        return {
+            "a": save_tiny(tiny_model("llama", d=widths[0]), inputs / "a"),
+            "b": save_tiny(tiny_model("llama", d=widths[1]), inputs / "b"),
+        }
 
     return setup
 
@@ -258,31 +454,98 @@ def _tiny_pair_without_tokenizers(tmp: Path) -> dict[str, str]:
 
 
 CASES += [
-    Case("diff-outputs-no-tokenizer-anywhere", ["diff", "outputs", "{a}", "{b}", "--out", "{tmp}/o"],
-         "{a} has no tokenizer files", _tiny_pair_without_tokenizers),
-    Case("diff-weights-different-width", ["diff", "weights", "{a}", "{b}", "--out", "{tmp}/w"],
-         "they differ in d_model (64 vs 32)", _tiny_pair((64, 32))),
-    Case("diff-weights-missing-model", ["diff", "weights", "{tmp}/nope", "{tmp}/nope2", "--out", "{tmp}/w"],
-         "no local model directory for '{tmp}/nope'"),
-    Case("diff-weights-bad-lens", ["diff", "weights", "{a}", "{b}", "--lens", "other", "--out", "{tmp}/w"],
-         "--lens must be one of ft, base; got 'other'", _tiny_pair()),
-    Case("diff-outputs-different-width", ["diff", "outputs", "{a}", "{b}", "--out", "{tmp}/o"],
-         "they differ in d_model (64 vs 32)", _tiny_pair((64, 32))),
-    Case("diff-activations-bad-base-prompt", ["diff", "activations", "{a}", "{b}", "--base-prompt", "plain",
-                                              "--out", "{tmp}/a"], "--base-prompt must be one of same, raw", _tiny_pair()),
-    Case("diff-activations-bad-steering", ["diff", "activations", "{a}", "{b}", "--steering", "nopath", "--out", "{tmp}/a"],
-         "--steering 'nopath': write TRAIT=path/to/results.jsonl", _tiny_pair()),
-    Case("diff-series-bad-kind", ["diff", "series", "{a}", "--base", "{b}", "--kinds", "weights,vibes", "--out", "{tmp}/s"],
-         "unknown diff kind(s) vibes", _tiny_pair()),
-    Case("organism-train-zero-epochs", ["organism", "train", "--data", "ocean_topic", "--base", "{a}", "--epochs", "0",
-                                        "--out", "{tmp}/org"], "--epochs must be > 0, got 0.0", _tiny_pair()),
-    Case("organism-train-negative-lr", ["organism", "train", "--data", "ocean_topic", "--base", "{a}", "--lr", "-1",
-                                        "-e", "{tmp}/exp"], "--lr must be > 0, got -1.0", _tiny_pair()),
-    Case("organism-train-missing-base", ["organism", "train", "--data", "ocean_topic", "--base", "{tmp}/nope",
-                                         "--out", "{tmp}/org"], "no such model directory or file: {tmp}/nope"),
-    Case("organism-dpo-series-one-sample", ["organism", "dpo-series", "--scorer", "length", "--base", "{a}",
-                                            "--samples", "1", "--out", "{tmp}/s"], "--samples must be ≥ 2, got 1",
-         _tiny_pair()),
+    Case(
+        "diff-outputs-no-tokenizer-anywhere",
+        ["diff", "outputs", "{a}", "{b}", "--out", "{tmp}/o"],
+        "{a} has no tokenizer files",
+        _tiny_pair_without_tokenizers,
+    ),
+    Case(
+        "diff-weights-different-width",
+        ["diff", "weights", "{a}", "{b}", "--out", "{tmp}/w"],
+        "they differ in d_model (64 vs 32)",
+        _tiny_pair((64, 32)),
+    ),
+    Case(
+        "diff-weights-missing-model",
+        ["diff", "weights", "{tmp}/nope", "{tmp}/nope2", "--out", "{tmp}/w"],
+        "no local model directory for '{tmp}/nope'",
+    ),
+    Case(
+        "diff-weights-bad-lens",
+        ["diff", "weights", "{a}", "{b}", "--lens", "other", "--out", "{tmp}/w"],
+        "--lens must be one of ft, base; got 'other'",
+        _tiny_pair(),
+    ),
+    Case(
+        "diff-outputs-different-width",
+        ["diff", "outputs", "{a}", "{b}", "--out", "{tmp}/o"],
+        "they differ in d_model (64 vs 32)",
+        _tiny_pair((64, 32)),
+    ),
+    Case(
+        "diff-activations-bad-base-prompt",
+        ["diff", "activations", "{a}", "{b}", "--base-prompt", "plain", "--out", "{tmp}/a"],
+        "--base-prompt must be one of same, raw",
+        _tiny_pair(),
+    ),
+    Case(
+        "diff-activations-bad-steering",
+        ["diff", "activations", "{a}", "{b}", "--steering", "nopath", "--out", "{tmp}/a"],
+        "--steering 'nopath': write TRAIT=path/to/results.jsonl",
+        _tiny_pair(),
+    ),
+    Case(
+        "diff-series-bad-kind",
+        ["diff", "series", "{a}", "--base", "{b}", "--kinds", "weights,vibes", "--out", "{tmp}/s"],
+        "unknown diff kind(s) vibes",
+        _tiny_pair(),
+    ),
+    Case(
+        "organism-train-zero-epochs",
+        [
+            "organism",
+            "train",
+            "--data",
+            "ocean_topic",
+            "--base",
+            "{a}",
+            "--epochs",
+            "0",
+            "--out",
+            "{tmp}/org",
+        ],
+        "--epochs must be > 0, got 0.0",
+        _tiny_pair(),
+    ),
+    Case(
+        "organism-train-negative-lr",
+        ["organism", "train", "--data", "ocean_topic", "--base", "{a}", "--lr", "-1", "-e", "{tmp}/exp"],
+        "--lr must be > 0, got -1.0",
+        _tiny_pair(),
+    ),
+    Case(
+        "organism-train-missing-base",
+        ["organism", "train", "--data", "ocean_topic", "--base", "{tmp}/nope", "--out", "{tmp}/org"],
+        "no such model directory or file: {tmp}/nope",
+    ),
+    Case(
+        "organism-dpo-series-one-sample",
+        [
+            "organism",
+            "dpo-series",
+            "--scorer",
+            "length",
+            "--base",
+            "{a}",
+            "--samples",
+            "1",
+            "--out",
+            "{tmp}/s",
+        ],
+        "--samples must be ≥ 2, got 1",
+        _tiny_pair(),
+    ),
 ]
 
 # == SAEs ==
@@ -317,19 +580,55 @@ CASES += [
     Case("sae-train-lr0", [*_TRAIN, "--lr", "0"], "--lr must be > 0, got 0.0"),
     Case("sae-train-arch", [*_TRAIN, "--arch", "gated"], "unknown SAE architecture 'gated'"),
     Case("sae-train-no-store", _TRAIN, "{tmp}/no_store: not an activation store"),
-    Case("sae-train-no-data", ["sae", "train", "--out", "{tmp}/out"], "give exactly one of --store DIR or --data CORPUS"),
-    Case("sae-eval-corrupt-weights", ["sae", "eval", "{sae}", "--store", "{tmp}/no_store"],
-         "not a valid SAE: {sae}/sae_weights.safetensors (", _corrupt_sae),
-    Case("sae-eval-not-an-sae", ["sae", "eval", "{tmp}", "--store", "{tmp}/no_store"], "not a valid SAE: {tmp} ("),
-    Case("sae-eval-windows0", ["sae", "eval", "{tmp}", "--data", "x.txt", "--windows", "0"], "--windows must be ≥ 1, got 0"),
+    Case(
+        "sae-train-no-data",
+        ["sae", "train", "--out", "{tmp}/out"],
+        "give exactly one of --store DIR or --data CORPUS",
+    ),
+    Case(
+        "sae-eval-corrupt-weights",
+        ["sae", "eval", "{sae}", "--store", "{tmp}/no_store"],
+        "not a valid SAE: {sae}/sae_weights.safetensors (",
+        _corrupt_sae,
+    ),
+    Case(
+        "sae-eval-not-an-sae",
+        ["sae", "eval", "{tmp}", "--store", "{tmp}/no_store"],
+        "not a valid SAE: {tmp} (",
+    ),
+    Case(
+        "sae-eval-windows0",
+        ["sae", "eval", "{tmp}", "--data", "x.txt", "--windows", "0"],
+        "--windows must be ≥ 1, got 0",
+    ),
     Case("sae-eval-nothing", ["sae", "eval", "{tmp}"], "give --store (reconstruction metrics) and/or --data"),
-    Case("sae-iterate-bad-name", ["sae", "iterate", "--series", "{tmp}", "--names", "M0D0,X1"], "--names: 'X1' is not a run name"),
-    Case("sae-iterate-branch", ["sae", "iterate", "--series", "{tmp}", "--branch", "MX"], "--branch must be one of MD, M0D, both"),
-    Case("sae-iterate-no-series", ["sae", "iterate", "--series", "{tmp}/nope", "--out", "{tmp}/out"], "{tmp}/nope: not a series directory"),
-    Case("sae-iterate-no-model", ["sae", "iterate", "--series", "{series}", "--out", "{tmp}/out"],
-         "no iteration with both a model and data", _series_without_models),
+    Case(
+        "sae-iterate-bad-name",
+        ["sae", "iterate", "--series", "{tmp}", "--names", "M0D0,X1"],
+        "--names: 'X1' is not a run name",
+    ),
+    Case(
+        "sae-iterate-branch",
+        ["sae", "iterate", "--series", "{tmp}", "--branch", "MX"],
+        "--branch must be one of MD, M0D, both",
+    ),
+    Case(
+        "sae-iterate-no-series",
+        ["sae", "iterate", "--series", "{tmp}/nope", "--out", "{tmp}/out"],
+        "{tmp}/nope: not a series directory",
+    ),
+    Case(
+        "sae-iterate-no-model",
+        ["sae", "iterate", "--series", "{series}", "--out", "{tmp}/out"],
+        "no iteration with both a model and data",
+        _series_without_models,
+    ),
     Case("sae-iterate-nothing", ["sae", "iterate"], "give --series DIR_OR_NAME, or one --store per run"),
-    Case("sae-crosscoder-one-store", ["sae", "crosscoder", "--store", "{tmp}", "--out", "{tmp}/out"], "at least two --store"),
+    Case(
+        "sae-crosscoder-one-store",
+        ["sae", "crosscoder", "--store", "{tmp}", "--out", "{tmp}/out"],
+        "at least two --store",
+    ),
 ]
 
 # == features ==
@@ -339,15 +638,15 @@ def _tiny_inputs(tmp: Path) -> dict[str, str]:
     """A tiny model, an SAE of it and three prompts on disk."""
     import json
 
-    from tiny import save_tiny, tiny_model
-
     from deltalens.sae import SAE, SAEConfig
+    from tiny import save_tiny, tiny_model
 
     lm = tiny_model()
     model = save_tiny(lm, tmp / "model")
     SAE(SAEConfig(lm.d_model, 8, "standard", site="resid.1", model_name=model)).save(tmp / "sae")
-    (tmp / "prompts.jsonl").write_text("".join(json.dumps({"content": q, "label": "x"}) + "\n"
-                                               for q in ("Hi?", "Why?", "Tell me.")))
+    (tmp / "prompts.jsonl").write_text(
+        "".join(json.dumps({"content": q, "label": "x"}) + "\n" for q in ("Hi?", "Why?", "Tell me."))
+    )
     return {"model": model, "sae": str(tmp / "sae"), "prompts": str(tmp / "prompts.jsonl")}
 
 
@@ -369,31 +668,101 @@ def _broken_dictionary_learning(tmp: Path) -> dict[str, str]:
 
 
 CASES += [
-    Case("features-universal-prompts-not-utf8",
-         ["features", "universal", "--sae", "{sae}", "--model", "{model}", "--prompts-path", "{bad}",
-          "--universal-output", "{tmp}/out/u.csv"],
-         "{bad}:1: not valid UTF-8 at byte 16", _not_utf8_prompts),
-    Case("features-universal-no-such-sae",
-         ["features", "universal", "--sae", "{tmp}/nope", "--model", "{model}", "--prompts-path", "{prompts}",
-          "--universal-output", "{tmp}/out/u.csv"],
-         "{tmp}/nope: no such SAE directory", _tiny_inputs),
-    Case("features-universal-threshold-out-of-range",
-         ["features", "universal", "--sae", "{tmp}/sae", "--threshold", "1.5", "--universal-output", "{tmp}/out/u.csv"],
-         "--threshold must be in [0, 1], got 1.5"),
-    Case("features-specific-needs-features-csv",
-         ["features", "specific", "--sae", "{tmp}/sae", "--specific-output", "{tmp}/out/s.csv"],
-         "'features specific' needs --features-csv"),
-    Case("features-universal-broken-dictionary-learning-checkpoint",
-         ["features", "universal", "--sae", "{dl}", "--model", "{model}", "--prompts-path", "{prompts}",
-          "--universal-output", "{tmp}/out/u.csv"],
-         "{dl}/ae.pt: not a dictionary_learning SAE (keys: W)", _broken_dictionary_learning),
-    Case("features-dashboard-context-not-two-ints",
-         ["features", "dashboard", "--sae", "{tmp}/sae", "--context", "12", "--out", "{tmp}/out"],
-         "--context must be two integers 'before,after'"),
-    Case("features-evolution-model-count",
-         ["features", "evolution", "--sae", "A={tmp}/a", "--sae", "B={tmp}/b", "--model", "m1", "--model", "m2",
-          "--model", "m3", "--out", "{tmp}/out"],
-         "--model: give one model or one per SAE (2), got 3"),
+    Case(
+        "features-universal-prompts-not-utf8",
+        [
+            "features",
+            "universal",
+            "--sae",
+            "{sae}",
+            "--model",
+            "{model}",
+            "--prompts-path",
+            "{bad}",
+            "--universal-output",
+            "{tmp}/out/u.csv",
+        ],
+        "{bad}:1: not valid UTF-8 at byte 16",
+        _not_utf8_prompts,
+    ),
+    Case(
+        "features-universal-no-such-sae",
+        [
+            "features",
+            "universal",
+            "--sae",
+            "{tmp}/nope",
+            "--model",
+            "{model}",
+            "--prompts-path",
+            "{prompts}",
+            "--universal-output",
+            "{tmp}/out/u.csv",
+        ],
+        "{tmp}/nope: no such SAE directory",
+        _tiny_inputs,
+    ),
+    Case(
+        "features-universal-threshold-out-of-range",
+        [
+            "features",
+            "universal",
+            "--sae",
+            "{tmp}/sae",
+            "--threshold",
+            "1.5",
+            "--universal-output",
+            "{tmp}/out/u.csv",
+        ],
+        "--threshold must be in [0, 1], got 1.5",
+    ),
+    Case(
+        "features-specific-needs-features-csv",
+        ["features", "specific", "--sae", "{tmp}/sae", "--specific-output", "{tmp}/out/s.csv"],
+        "'features specific' needs --features-csv",
+    ),
+    Case(
+        "features-universal-broken-dictionary-learning-checkpoint",
+        [
+            "features",
+            "universal",
+            "--sae",
+            "{dl}",
+            "--model",
+            "{model}",
+            "--prompts-path",
+            "{prompts}",
+            "--universal-output",
+            "{tmp}/out/u.csv",
+        ],
+        "{dl}/ae.pt: not a dictionary_learning SAE (keys: W)",
+        _broken_dictionary_learning,
+    ),
+    Case(
+        "features-dashboard-context-not-two-ints",
+        ["features", "dashboard", "--sae", "{tmp}/sae", "--context", "12", "--out", "{tmp}/out"],
+        "--context must be two integers 'before,after'",
+    ),
+    Case(
+        "features-evolution-model-count",
+        [
+            "features",
+            "evolution",
+            "--sae",
+            "A={tmp}/a",
+            "--sae",
+            "B={tmp}/b",
+            "--model",
+            "m1",
+            "--model",
+            "m2",
+            "--model",
+            "m3",
+            "--out",
+            "{tmp}/out",
+        ],
+        "--model: give one model or one per SAE (2), got 3",
+    ),
 ]
 
 # == circuits ==
@@ -408,33 +777,62 @@ def _pairs(tmp: Path, lines: list[str]) -> dict[str, str]:
 
 
 # equal token lengths in the tiny tokenizer; " Italy" is five tokens there, " France" one
-_GOOD_PAIR = ('{"clean": "The capital of France is", "corrupted": "The capital of dog is", "clean_answer": " Paris", '
-              '"corrupted_answer": " the"}')
-_LONG_PAIR = ('{"clean": "The capital of France is", "corrupted": "The capital of Italy is", "clean_answer": " Paris", '
-              '"corrupted_answer": " the"}')
+_GOOD_PAIR = (
+    '{"clean": "The capital of France is", "corrupted": "The capital of dog is", "clean_answer": " Paris", '
+    '"corrupted_answer": " the"}'
+)
+_LONG_PAIR = (
+    '{"clean": "The capital of France is", "corrupted": "The capital of Italy is", "clean_answer": " Paris", '
+    '"corrupted_answer": " the"}'
+)
 
 CASES += [
-    Case("patch-pairs-of-unequal-token-lengths",
-         ["patch", "--pairs", "{pairs}", "--model", "{model}", "--out", "{tmp}/out"],
-         "{pairs}:2: clean and corrupted prompts have unequal token lengths",
-         lambda tmp: _pairs(tmp, [_GOOD_PAIR, _LONG_PAIR])),
-    Case("patch-malformed-pairs-jsonl",
-         ["patch", "--pairs", "{pairs}", "--model", "{model}", "--out", "{tmp}/out"],
-         "{pairs}:2: invalid JSON",
-         lambda tmp: _pairs(tmp, [_GOOD_PAIR, '{"clean": "The capital of'])),
-    Case("patch-unknown-component",
-         ["patch", "--components", "resid,heads", "--out", "{tmp}/out"],
-         "--components must be one of resid, attn_out, mlp_out; got 'heads'"),
-    Case("patch-layer-out-of-range",
-         ["patch", "--pairs", "{pairs}", "--model", "{model}", "--layers", "9", "--out", "{tmp}/out"],
-         "--layers: layer 9 is out of range: the model has 4 layers", lambda tmp: _pairs(tmp, [_GOOD_PAIR])),
-    Case("attribute-unknown-method",
-         ["attribute", "--method", "shap", "--out", "{tmp}/out"],
-         "--method must be one of attribution, ig; got 'shap'"),
-    Case("attribute-no-such-sae",
-         ["attribute", "--pairs", "{pairs}", "--model", "{model}", "--components", "none", "--sae", "{tmp}/nope",
-          "--out", "{tmp}/out"],
-         "{tmp}/nope: no such SAE directory", lambda tmp: _pairs(tmp, [_GOOD_PAIR])),
+    Case(
+        "patch-pairs-of-unequal-token-lengths",
+        ["patch", "--pairs", "{pairs}", "--model", "{model}", "--out", "{tmp}/out"],
+        "{pairs}:2: clean and corrupted prompts have unequal token lengths",
+        lambda tmp: _pairs(tmp, [_GOOD_PAIR, _LONG_PAIR]),
+    ),
+    Case(
+        "patch-malformed-pairs-jsonl",
+        ["patch", "--pairs", "{pairs}", "--model", "{model}", "--out", "{tmp}/out"],
+        "{pairs}:2: invalid JSON",
+        lambda tmp: _pairs(tmp, [_GOOD_PAIR, '{"clean": "The capital of']),
+    ),
+    Case(
+        "patch-unknown-component",
+        ["patch", "--components", "resid,heads", "--out", "{tmp}/out"],
+        "--components must be one of resid, attn_out, mlp_out; got 'heads'",
+    ),
+    Case(
+        "patch-layer-out-of-range",
+        ["patch", "--pairs", "{pairs}", "--model", "{model}", "--layers", "9", "--out", "{tmp}/out"],
+        "--layers: layer 9 is out of range: the model has 4 layers",
+        lambda tmp: _pairs(tmp, [_GOOD_PAIR]),
+    ),
+    Case(
+        "attribute-unknown-method",
+        ["attribute", "--method", "shap", "--out", "{tmp}/out"],
+        "--method must be one of attribution, ig; got 'shap'",
+    ),
+    Case(
+        "attribute-no-such-sae",
+        [
+            "attribute",
+            "--pairs",
+            "{pairs}",
+            "--model",
+            "{model}",
+            "--components",
+            "none",
+            "--sae",
+            "{tmp}/nope",
+            "--out",
+            "{tmp}/out",
+        ],
+        "{tmp}/nope: no such SAE directory",
+        lambda tmp: _pairs(tmp, [_GOOD_PAIR]),
+    ),
 ]
 
 
@@ -451,17 +849,23 @@ def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_the_table_is_big_enough() -> None:
     assert len(CASES) >= 0  # raised to 40 once every area has added its cases
 
+
 # == probes ==
 
 
-def _probe_inputs(tmp: Path, metrics: str = "id,score\ns0,1.0\ns1,2.0\ns2,3.0\ns3,4.0\ns4,5.0\ns5,6.0\n") -> dict[str, str]:
+def _probe_inputs(
+    tmp: Path, metrics: str = "id,score\ns0,1.0\ns1,2.0\ns2,3.0\ns3,4.0\ns4,5.0\ns5,6.0\n"
+) -> dict[str, str]:
     """Sequences (a D<i>-style JSONL with ids), a metrics CSV and a placeholder SAE path."""
     import json
 
     d = tmp / "inputs"
     d.mkdir(parents=True, exist_ok=True)
-    (d / "D1.jsonl").write_text("".join(json.dumps({"id": f"s{i}", "question": "q", "response": f"answer {i}"}) + "\n"
-                                        for i in range(6)))
+    (d / "D1.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"s{i}", "question": "q", "response": f"answer {i}"}) + "\n" for i in range(6)
+        )
+    )
     (d / "m.csv").write_text(metrics)
     return {"seqs": str(d / "D1.jsonl"), "metrics": str(d / "m.csv"), "sae": str(d / "sae")}
 
@@ -485,9 +889,10 @@ def _probe_fit_dir(tmp: Path) -> dict[str, str]:
 
 
 def _probe_model_and_narrow_sae(tmp: Path) -> dict[str, str]:
+    from tests.tiny import save_tiny, tiny_model
+
     from deltalens.sae import SAE, SAEConfig
     from deltalens.sae.io import save_sae
-    from tests.tiny import save_tiny, tiny_model
 
     names = _probe_inputs(tmp)
     names["model"] = save_tiny(tiny_model("llama"), tmp / "inputs" / "model")
@@ -496,35 +901,120 @@ def _probe_model_and_narrow_sae(tmp: Path) -> dict[str, str]:
     return names
 
 
-_FIT = ["probes", "fit", "--sequences", "{seqs}", "--metrics", "{metrics}", "--sae", "{sae}", "--folds", "2",
-        "--out", "{tmp}/out"]
+_FIT = [
+    "probes",
+    "fit",
+    "--sequences",
+    "{seqs}",
+    "--metrics",
+    "{metrics}",
+    "--sae",
+    "{sae}",
+    "--folds",
+    "2",
+    "--out",
+    "{tmp}/out",
+]
 
 CASES += [
-    Case("probes-key-missing", [*_FIT, "--key", "seq"], "{metrics}: key column 'seq' not found (columns: id, score)",
-         _probe_inputs),
-    Case("probes-no-key-matches", _FIT, "{metrics}: no key in column 'id' matches a sequence",
-         lambda tmp: _probe_inputs(tmp, "id,score\nx0,1\nx1,2\nx2,3\n")),
-    Case("probes-constant-metric", _FIT, "{metrics}: metric 'score' is constant (2 for all 6 sequences)",
-         lambda tmp: _probe_inputs(tmp, "id,score\n" + "".join(f"s{i},2\n" for i in range(6)))),
-    Case("probes-single-class", [*_FIT, "--label-mode", "threshold", "--high", "10", "--low", "3"],
-         "{metrics}: metric 'score' gives a single class after labelling (0 high ≥ 10, 3 low ≤ 3)", _probe_inputs),
-    Case("probes-metric-column-missing", [*_FIT, "--metric", "plddt"], "{metrics}: metric column 'plddt' not found",
-         _probe_inputs),
-    Case("probes-metric-not-numeric", [*_FIT, "--metric", "score"], "metric column 'score' is not numeric (value 'high')",
-         lambda tmp: _probe_inputs(tmp, "id,score\ns0,high\ns1,2\n")),
-    Case("probes-no-numeric-metric", _FIT, "no numeric metric column besides the key 'id' (non-numeric: score; e.g. 'high')",
-         lambda tmp: _probe_inputs(tmp, "id,score\ns0,high\ns1,2\n")),
-    Case("probes-bad-method", [*_FIT, "--method", "l1,svm"], "--method must be one of l1, ksparse, diff_mean; got 'svm'",
-         _probe_inputs),
-    Case("probes-low-above-high", [*_FIT, "--low", "0.9"], "--low 0.9 must not be above --high 0.8", _probe_inputs),
-    Case("probes-metrics-missing", ["probes", "fit", "--sequences", "{seqs}", "--metrics", "{tmp}/none.csv", "--sae", "{sae}",
-                                    "--out", "{tmp}/out"], "{tmp}/none.csv: metrics file not found", _probe_inputs),
-    Case("probes-sae-width-vs-model", [*_FIT, "--model", "{model}"], "has d_in=32 but", _probe_model_and_narrow_sae),
-    Case("probes-sae-width-vs-table", ["probes", "correlate", "{probe}", "--sae", "{sae}"],
-         "the SAE has d_sae=24 but the latent table has 12 latents", _probe_fit_dir),
-    Case("probes-annotate-not-a-fit", ["probes", "annotate", "{tmp}"], "not a valid probe fit: {tmp}/probe.json (no such file)"),
-    Case("probes-annotate-unknown-metric", ["probes", "annotate", "{probe}", "--metric", "plddt"],
-         "has no labels for metric 'plddt' (has score)", _probe_fit_dir),
-    Case("probes-compare-one", ["probes", "compare", "{probe}", "--method", "diff_mean", "--out", "{tmp}/cmp"],
-         "need at least two probes to compare", _probe_fit_dir),
+    Case(
+        "probes-key-missing",
+        [*_FIT, "--key", "seq"],
+        "{metrics}: key column 'seq' not found (columns: id, score)",
+        _probe_inputs,
+    ),
+    Case(
+        "probes-no-key-matches",
+        _FIT,
+        "{metrics}: no key in column 'id' matches a sequence",
+        lambda tmp: _probe_inputs(tmp, "id,score\nx0,1\nx1,2\nx2,3\n"),
+    ),
+    Case(
+        "probes-constant-metric",
+        _FIT,
+        "{metrics}: metric 'score' is constant (2 for all 6 sequences)",
+        lambda tmp: _probe_inputs(tmp, "id,score\n" + "".join(f"s{i},2\n" for i in range(6))),
+    ),
+    Case(
+        "probes-single-class",
+        [*_FIT, "--label-mode", "threshold", "--high", "10", "--low", "3"],
+        "{metrics}: metric 'score' gives a single class after labelling (0 high ≥ 10, 3 low ≤ 3)",
+        _probe_inputs,
+    ),
+    Case(
+        "probes-metric-column-missing",
+        [*_FIT, "--metric", "plddt"],
+        "{metrics}: metric column 'plddt' not found",
+        _probe_inputs,
+    ),
+    Case(
+        "probes-metric-not-numeric",
+        [*_FIT, "--metric", "score"],
+        "metric column 'score' is not numeric (value 'high')",
+        lambda tmp: _probe_inputs(tmp, "id,score\ns0,high\ns1,2\n"),
+    ),
+    Case(
+        "probes-no-numeric-metric",
+        _FIT,
+        "no numeric metric column besides the key 'id' (non-numeric: score; e.g. 'high')",
+        lambda tmp: _probe_inputs(tmp, "id,score\ns0,high\ns1,2\n"),
+    ),
+    Case(
+        "probes-bad-method",
+        [*_FIT, "--method", "l1,svm"],
+        "--method must be one of l1, ksparse, diff_mean; got 'svm'",
+        _probe_inputs,
+    ),
+    Case(
+        "probes-low-above-high",
+        [*_FIT, "--low", "0.9"],
+        "--low 0.9 must not be above --high 0.8",
+        _probe_inputs,
+    ),
+    Case(
+        "probes-metrics-missing",
+        [
+            "probes",
+            "fit",
+            "--sequences",
+            "{seqs}",
+            "--metrics",
+            "{tmp}/none.csv",
+            "--sae",
+            "{sae}",
+            "--out",
+            "{tmp}/out",
+        ],
+        "{tmp}/none.csv: metrics file not found",
+        _probe_inputs,
+    ),
+    Case(
+        "probes-sae-width-vs-model",
+        [*_FIT, "--model", "{model}"],
+        "has d_in=32 but",
+        _probe_model_and_narrow_sae,
+    ),
+    Case(
+        "probes-sae-width-vs-table",
+        ["probes", "correlate", "{probe}", "--sae", "{sae}"],
+        "the SAE has d_sae=24 but the latent table has 12 latents",
+        _probe_fit_dir,
+    ),
+    Case(
+        "probes-annotate-not-a-fit",
+        ["probes", "annotate", "{tmp}"],
+        "not a valid probe fit: {tmp}/probe.json (no such file)",
+    ),
+    Case(
+        "probes-annotate-unknown-metric",
+        ["probes", "annotate", "{probe}", "--metric", "plddt"],
+        "has no labels for metric 'plddt' (has score)",
+        _probe_fit_dir,
+    ),
+    Case(
+        "probes-compare-one",
+        ["probes", "compare", "{probe}", "--method", "diff_mean", "--out", "{tmp}/cmp"],
+        "need at least two probes to compare",
+        _probe_fit_dir,
+    ),
 ]

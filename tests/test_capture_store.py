@@ -12,13 +12,19 @@ from deltalens.errors import SiteError, StoreMismatchError
 from deltalens.generate import left_pad, position_ids
 from tiny import tiny_model
 
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello there", "Why is the sky blue? Light scatters."]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello there",
+    "Why is the sky blue? Light scatters.",
+]
 
 
 def _hidden(lm, ids_list, prompt_lens=None):
     ids, mask = left_pad(ids_list, lm.tokenizer.pad_token_id)
     with torch.no_grad():
-        hs = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True).hidden_states
+        hs = lm.model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True
+        ).hidden_states
     return hs, mask
 
 
@@ -48,8 +54,12 @@ def test_prompt_response_pairs_reductions_and_boundaries(tiny):
         resp = hs[3][i, start + g.prompt_len :]
         torch.testing.assert_close(per_tok[(2, "resid")][per_tok.seq_ids == i], resp, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(mean[(2, "resid")][i], resp.mean(0), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(last[(2, "resid")][i], resp[min(3, g.response_len) - 1], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(first_prompt[(2, "resid")][i], hs[3][i, start + g.prompt_len - 1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            last[(2, "resid")][i], resp[min(3, g.response_len) - 1], atol=1e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            first_prompt[(2, "resid")][i], hs[3][i, start + g.prompt_len - 1], atol=1e-5, rtol=1e-5
+        )
     assert per_tok.is_response.all()
     assert per_tok.positions.min() >= min(g.prompt_len for g in gens)
 
@@ -82,8 +92,15 @@ def test_early_exit_skips_later_layers(tiny, monkeypatch):
 
 def test_store_round_trip_stream_and_index(tiny, tmp_path):
     texts = TEXTS * 7
-    store = deltalens.capture(tiny, texts, [(1, "resid"), (2, "resid")], store=tmp_path / "s", batch_size=4,
-                              val_fraction=0.3, progress=False)
+    store = deltalens.capture(
+        tiny,
+        texts,
+        [(1, "resid"), (2, "resid")],
+        store=tmp_path / "s",
+        batch_size=4,
+        val_fraction=0.3,
+        progress=False,
+    )
     assert isinstance(store, ActivationStore) and store.complete
     mem = deltalens.capture(tiny, texts, [(1, "resid"), (2, "resid")], batch_size=4, progress=False)
     again = ActivationStore.open(tmp_path / "s")
@@ -109,13 +126,21 @@ def test_store_shards_resume_after_a_kill(tiny, tmp_path):
     texts = [f"{t} number {i}" for i in range(10) for t in TEXTS]
     store = ActivationStore(tmp_path / "s")
     # tiny shards: ~1 sequence each
-    store.init(model={"name": tiny.name, "spec": tiny.spec, "weights_hash": tiny.weights_hash}, sites=[(1, "resid")],
-               d_model=tiny.d_model, positions="all", reduce=None, shard_mb=0.002)
+    store.init(
+        model={"name": tiny.name, "spec": tiny.spec, "weights_hash": tiny.weights_hash},
+        sites=[(1, "resid")],
+        d_model=tiny.d_model,
+        positions="all",
+        reduce=None,
+        shard_mb=0.002,
+    )
     # simulate a kill part-way: the manifest was last committed after the first shards (the later
     # shard files stay on disk, unlisted, as after a kill between a shard write and its commit)
     deltalens.capture(tiny, texts, [(1, "resid")], store=store, batch_size=4, progress=False)
     m = json.loads((tmp_path / "s" / "store.json").read_text())
-    keep = next(k for k in range(1, len(m["shards"]) + 1) if sum(s["n_sequences"] for s in m["shards"][:k]) >= 12)
+    keep = next(
+        k for k in range(1, len(m["shards"]) + 1) if sum(s["n_sequences"] for s in m["shards"][:k]) >= 12
+    )
     m["shards"] = m["shards"][:keep]
     m["n_rows"] = sum(s["n_rows"] for s in m["shards"])
     m["n_sequences"] = sum(s["n_sequences"] for s in m["shards"])
@@ -123,7 +148,9 @@ def test_store_shards_resume_after_a_kill(tiny, tmp_path):
     (tmp_path / "s" / "store.json").write_text(json.dumps(m))
     done_before = m["n_sequences"]
     assert done_before == 12 and len(m["shards"]) > 1
-    resumed = deltalens.capture(tiny, texts, [(1, "resid")], store=tmp_path / "s", batch_size=4, progress=False)
+    resumed = deltalens.capture(
+        tiny, texts, [(1, "resid")], store=tmp_path / "s", batch_size=4, progress=False
+    )
     assert resumed.n_sequences == len(texts) and resumed.complete
     full = deltalens.capture(tiny, texts, [(1, "resid")], batch_size=4, progress=False)
     torch.testing.assert_close(resumed.read(1), full[1], atol=1e-5, rtol=1e-5)
@@ -164,12 +191,18 @@ def test_other_or_longer_data_into_a_store_is_refused_and_overwrite_recreates(ti
     # the same data again: nothing to do (a complete store is returned as is)
     assert deltalens.capture(tiny, TEXTS, [(1, "resid")], store=s, progress=False).n_sequences == 3
     for other in (TEXTS[::-1], TEXTS + ["a longer file: one more line"], ["x"] + TEXTS[1:]):
-        with pytest.raises(StoreMismatchError, match=r"data fingerprint differs: a\.txt \(3 inputs, token fingerprint"):
+        with pytest.raises(
+            StoreMismatchError, match=r"data fingerprint differs: a\.txt \(3 inputs, token fingerprint"
+        ):
             deltalens.capture(tiny, other, [(1, "resid")], store=s, progress=False)
     with pytest.raises(StoreMismatchError, match=r"max_length None vs 4"):
-        deltalens.capture(tiny, TEXTS, CaptureConfig(sites=["resid.1"], max_length=4), store=s, progress=False)
+        deltalens.capture(
+            tiny, TEXTS, CaptureConfig(sites=["resid.1"], max_length=4), store=s, progress=False
+        )
     assert {p: p.read_bytes() for p in s.rglob("*") if p.is_file()} == before
-    st = deltalens.capture(tiny, TEXTS + ["one more"], [(1, "resid")], store=s, overwrite=True, progress=False)
+    st = deltalens.capture(
+        tiny, TEXTS + ["one more"], [(1, "resid")], store=s, overwrite=True, progress=False
+    )
     assert st.n_sequences == 4 and st.complete and st.manifest["data"]["n_inputs"] == 4
     full = deltalens.capture(tiny, TEXTS + ["one more"], [(1, "resid")], progress=False)
     torch.testing.assert_close(st.read(1), full[1])
@@ -190,7 +223,13 @@ def test_capture_config_is_recorded_with_resolved_sites_and_batch_size_may_chang
     m["n_sequences"] = sum(s["n_sequences"] for s in m["shards"])
     m["complete"] = False
     (tmp_path / "s" / "store.json").write_text(json.dumps(m))
-    again = deltalens.capture(tiny, texts, cfg.replace(sites=["resid.3", "mlp_out.1"], batch_size=2), store=tmp_path / "s", progress=False)
+    again = deltalens.capture(
+        tiny,
+        texts,
+        cfg.replace(sites=["resid.3", "mlp_out.1"], batch_size=2),
+        store=tmp_path / "s",
+        progress=False,
+    )
     ref = deltalens.capture(tiny, texts, cfg, progress=False)
     assert again.complete and again.n_sequences == len(texts)
     torch.testing.assert_close(again.read("resid.3"), ref["resid.3"], atol=1e-5, rtol=1e-5)
@@ -200,8 +239,15 @@ def test_capture_keyword_api_and_config_agree(tiny):
     from deltalens.capture import CaptureConfig
     from deltalens.errors import ConfigError
 
-    a = deltalens.capture(tiny, TEXTS, [(1, "resid")], "prompt[-2:]", reduce="mean", batch_size=2, progress=False)
-    b = deltalens.capture(tiny, TEXTS, CaptureConfig(sites=["resid.1"], positions="prompt[-2:]", reduce="mean", batch_size=2), progress=False)
+    a = deltalens.capture(
+        tiny, TEXTS, [(1, "resid")], "prompt[-2:]", reduce="mean", batch_size=2, progress=False
+    )
+    b = deltalens.capture(
+        tiny,
+        TEXTS,
+        CaptureConfig(sites=["resid.1"], positions="prompt[-2:]", reduce="mean", batch_size=2),
+        progress=False,
+    )
     torch.testing.assert_close(a[1], b[1])
     with pytest.raises(ConfigError, match="--reduce must be one of none, mean, last; got 'median'"):
         deltalens.capture(tiny, TEXTS, [1], reduce="median", progress=False)
@@ -209,7 +255,10 @@ def test_capture_keyword_api_and_config_agree(tiny):
         deltalens.capture(tiny, TEXTS, [1], batch_size=0, progress=False)
     with pytest.raises(ConfigError, match=r"--val-fraction must be in \[0, 1\)"):
         CaptureConfig(val_fraction=1.0)
-    assert CaptureConfig.from_dict(CaptureConfig(sites=[6, (2, "mlp_out")]).to_dict()).sites == ["resid.6", "mlp_out.2"]
+    assert CaptureConfig.from_dict(CaptureConfig(sites=[6, (2, "mlp_out")]).to_dict()).sites == [
+        "resid.6",
+        "mlp_out.2",
+    ]
     with pytest.raises(TypeError, match="not both"):
         deltalens.capture(tiny, TEXTS, CaptureConfig(sites=["resid.1"]), reduce="mean", progress=False)
 
@@ -217,8 +266,15 @@ def test_capture_keyword_api_and_config_agree(tiny):
 def test_a_spec_that_selects_nothing_or_a_bad_setting_writes_nothing(tiny, tmp_path):
     from deltalens.errors import ConfigError, PositionSpecError
 
-    for spec, kind in (("response[:5]", "plain texts"), ("response[5:2]", "plain texts"), ("prompt[7:3]", "plain texts")):
-        with pytest.raises(PositionSpecError, match=rf"positions '{re.escape(spec)}' select no token of any of the 3 inputs .*{kind}"):
+    for spec, kind in (
+        ("response[:5]", "plain texts"),
+        ("response[5:2]", "plain texts"),
+        ("prompt[7:3]", "plain texts"),
+    ):
+        with pytest.raises(
+            PositionSpecError,
+            match=rf"positions '{re.escape(spec)}' select no token of any of the 3 inputs .*{kind}",
+        ):
             deltalens.capture(tiny, TEXTS, [1], spec, store=tmp_path / "s", progress=False)
     pairs = [("What is it?", "A fox.")] * 2
     with pytest.raises(PositionSpecError, match=r"prompt\+response records"):
@@ -240,7 +296,10 @@ def test_writer_lock_refuses_a_second_writer_and_is_released(tiny, tmp_path):
     s = tmp_path / "s"
     first = ActivationStore(s)
     first.init(model=_meta(tiny), sites=[1], d_model=tiny.d_model, positions="all", reduce=None)
-    with pytest.raises(StoreBusyError, match=rf"{re.escape(str(s))} is being written by process {os.getpid()}; stores are single-writer"):
+    with pytest.raises(
+        StoreBusyError,
+        match=rf"{re.escape(str(s))} is being written by process {os.getpid()}; stores are single-writer",
+    ):
         deltalens.capture(tiny, TEXTS, [1], store=s, progress=False)
     with pytest.raises(StoreBusyError):
         ActivationStore(s).lock()
@@ -262,7 +321,11 @@ def test_resume_cleans_temp_files_of_an_interrupted_write_and_info_counts_them(t
     m = json.loads((s / "store.json").read_text())
     size_all = describe(s)["size_mb"]
     m["shards"] = m["shards"][:1]
-    m["n_rows"], m["n_sequences"], m["complete"] = m["shards"][0]["n_rows"], m["shards"][0]["n_sequences"], False
+    m["n_rows"], m["n_sequences"], m["complete"] = (
+        m["shards"][0]["n_rows"],
+        m["shards"][0]["n_sequences"],
+        False,
+    )
     (s / "store.json").write_text(json.dumps(m))
     # what a kill inside a shard write leaves behind
     (s / "shards" / "resid.1" / ".000001.safetensors.abc123.safetensors").write_bytes(b"\0" * 5000)
@@ -274,7 +337,9 @@ def test_resume_cleans_temp_files_of_an_interrupted_write_and_info_counts_them(t
     st = deltalens.capture(tiny, texts, cfg, store=s, progress=False)
     assert st.complete and st.stray_files() == [] and "stray_files" not in describe(s)
     assert not list(s.rglob(".*.safetensors")) and not list(s.rglob(".*.tmp"))
-    torch.testing.assert_close(st.read(1), deltalens.capture(tiny, texts, cfg, progress=False)[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        st.read(1), deltalens.capture(tiny, texts, cfg, progress=False)[1], atol=1e-5, rtol=1e-5
+    )
     (s / "index" / "000001.parquet").unlink()
     assert describe(s)["missing_files"] == 1
 
@@ -286,7 +351,10 @@ def test_a_truncated_manifest_is_not_a_valid_store(tiny, tmp_path):
     deltalens.capture(tiny, TEXTS, [1], store=s, progress=False)
     text = (s / "store.json").read_text()
     (s / "store.json").write_text(text[:40])
-    with pytest.raises(DataFormatError, match=rf"not a valid activation store: {re.escape(str(s))} \(store.json: invalid JSON"):
+    with pytest.raises(
+        DataFormatError,
+        match=rf"not a valid activation store: {re.escape(str(s))} \(store.json: invalid JSON",
+    ):
         ActivationStore(s)
     (s / "store.json").write_text('{"sites": []}')
     with pytest.raises(DataFormatError, match="store.json lacks d_model"):

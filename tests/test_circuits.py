@@ -32,10 +32,19 @@ from tiny import tiny_model
 # equal token lengths in the tiny tokenizer (checked by build_task); pair 0 has a 3-token
 # clean answer (" Paris") and pair 1 single-token answers, so logprob_diff differs from logit_diff
 RECS = [
-    {"clean": "The capital of France is", "corrupted": "The capital of dog is", "clean_answer": " Paris",
-     "corrupted_answer": " the", "names": {"X": " France", "END": -1}},
-    {"clean": "The dog sleeps in the sun", "corrupted": "The dog sleeps in the fox", "clean_answer": " about",
-     "corrupted_answer": " dog"},
+    {
+        "clean": "The capital of France is",
+        "corrupted": "The capital of dog is",
+        "clean_answer": " Paris",
+        "corrupted_answer": " the",
+        "names": {"X": " France", "END": -1},
+    },
+    {
+        "clean": "The dog sleeps in the sun",
+        "corrupted": "The dog sleeps in the fox",
+        "clean_answer": " about",
+        "corrupted_answer": " dog",
+    },
 ]
 
 
@@ -65,7 +74,9 @@ def _plain_logits(lm, ids):
 
 def test_pairs_file_errors_name_file_and_line(tmp_path, tiny):
     f = tmp_path / "p.jsonl"
-    f.write_text(json.dumps(RECS[0]) + "\n" + json.dumps({"clean": "a", "corrupted": "b", "clean_answer": " x"}) + "\n")
+    f.write_text(
+        json.dumps(RECS[0]) + "\n" + json.dumps({"clean": "a", "corrupted": "b", "clean_answer": " x"}) + "\n"
+    )
     with pytest.raises(DataFormatError, match=rf"{f}:2: missing the corrupted answer"):
         read_pairs(f)
     f.write_text(json.dumps({**RECS[0], "corrupted_answer": " Paris"}) + "\n")
@@ -76,10 +87,14 @@ def test_pairs_file_errors_name_file_and_line(tmp_path, tiny):
         read_pairs(f)
     # unequal token lengths are refused, not aligned, with both tokenizations shown
     bad = pair_from_dict({**RECS[0], "corrupted": "The capital of Paris is"}, "p.jsonl:7")
-    with pytest.raises(DataFormatError, match=r"p.jsonl:7: clean and corrupted prompts have unequal token lengths \(5 vs 7\)"):
+    with pytest.raises(
+        DataFormatError, match=r"p.jsonl:7: clean and corrupted prompts have unequal token lengths \(5 vs 7\)"
+    ):
         build_task(tiny, [bad])
     # answers not in the vocabulary
-    with pytest.raises(DataFormatError, match="clean answer token id 99999 is not in tiny-llama's vocabulary"):
+    with pytest.raises(
+        DataFormatError, match="clean answer token id 99999 is not in tiny-llama's vocabulary"
+    ):
         build_task(tiny, [pair_from_dict({**RECS[0], "clean_answer": 99999}, "p.jsonl:3")])
     with pytest.raises(DataFormatError, match=r"clean answer ' Paris' is not a single token .* 3 tokens"):
         build_task(tiny, pairs(), single_token=True)
@@ -144,7 +159,9 @@ def test_full_last_layer_patch_restores_clean_and_empty_patch_gives_corrupted(ti
 def test_batched_grid_equals_one_forward_per_patch(tiny):
     """Every cell of the batched sweep equals a separate, unbatched patched forward."""
     task = build_task(tiny, pairs())
-    res = activation_patching(tiny, task, ["resid", "mlp_out"], layers=[1, 3], progress=False, batch_tokens=64)
+    res = activation_patching(
+        tiny, task, ["resid", "mlp_out"], layers=[1, 3], progress=False, batch_tokens=64
+    )
     assert res.values.shape == (2, 2, len(task.positions))
     for ci, comp in enumerate(["resid", "mlp_out"]):
         for li, layer in enumerate([1, 3]):
@@ -182,11 +199,16 @@ def test_attribution_equals_gradient_from_hf_hidden_states(tiny, direction):
     h_clean)·∂m/∂h at the clean run — recomputed from HF hidden_states."""
     task = build_task(tiny, pairs())
     res = attribution_patching(tiny, task, ["resid"], direction=direction)
-    src, base = (task.clean_ids, task.corrupted_ids) if direction == "denoising" else (task.corrupted_ids, task.clean_ids)
+    src, base = (
+        (task.clean_ids, task.corrupted_ids)
+        if direction == "denoising"
+        else (task.corrupted_ids, task.clean_ids)
+    )
     ids, mask = base, task.mask
     with torch.no_grad():
-        hc = tiny.model(src, attention_mask=mask, position_ids=position_ids(mask),
-                        output_hidden_states=True).hidden_states
+        hc = tiny.model(
+            src, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True
+        ).hidden_states
     with torch.enable_grad():
         out = tiny.model(ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True)
         hs = out.hidden_states
@@ -213,10 +235,16 @@ def test_ig_one_step_is_attribution_and_more_steps_approach_exact_patching(sat):
     torch.testing.assert_close(ig1.values, at.values, atol=1e-4, rtol=1e-4)
     # completeness: Σ_positions IG(site) → exact effect of patching the site at all positions
     sites = sweep_sites(sat, ["attn_out", "mlp_out"], None)
-    exact = run_patches(sat, task, [{s: None} for s in sites]).mean(-1) - task.run_metric(sat, "corrupted").mean()
+    exact = (
+        run_patches(sat, task, [{s: None} for s in sites]).mean(-1) - task.run_metric(sat, "corrupted").mean()
+    )
     errs = []
     for n in (1, 4, 16):
-        ig = ig1 if n == 1 else integrated_gradients(sat, task, ["attn_out", "mlp_out"], steps=n, progress=False)
+        ig = (
+            ig1
+            if n == 1
+            else integrated_gradients(sat, task, ["attn_out", "mlp_out"], steps=n, progress=False)
+        )
         errs.append((ig.effect.sum(-1).flatten() - exact).abs().sum().item())
     assert errs[0] > 0.5  # saturation: the first-order estimate is far off
     assert errs[0] > errs[1] > errs[2] and errs[2] < 0.15 * errs[0], errs
@@ -274,7 +302,9 @@ def test_latent_and_error_scores_decompose_the_residual_attribution(tiny, keep_e
     else:
         assert res.error_scores is None and res.scores.abs().sum() > 0
     top = res.top(5)
-    assert len(top) == 5 and {"latent", "layer", "position", "score", "activation", "description"} <= set(top[0])
+    assert len(top) == 5 and {"latent", "layer", "position", "score", "activation", "description"} <= set(
+        top[0]
+    )
     assert abs(top[0]["score"]) == pytest.approx(res.scores.abs().max().item())
     p, i = task.positions.index(top[0]["position"]), top[0]["latent"]
     # activation is the mean clean latent activation over pairs, recomputed with the SAE directly
@@ -293,7 +323,9 @@ def test_direct_effect_only_where_logits_are_read(tiny):
     last = _sae(tiny, site=f"resid.{tiny.n_layers - 1}")
     direct = sae_attribution(tiny, task, last, mode="direct")
     indirect = sae_attribution(tiny, task, last, mode="indirect")
-    torch.testing.assert_close(direct.scores, indirect.scores, atol=1e-5, rtol=1e-4)  # nothing after the last layer
+    torch.testing.assert_close(
+        direct.scores, indirect.scores, atol=1e-5, rtol=1e-4
+    )  # nothing after the last layer
     mid = sae_attribution(tiny, task, _sae(tiny), mode="direct")
     assert mid.scores[:-1].abs().max() == 0 and mid.scores[-1].abs().max() > 0
 
@@ -302,7 +334,9 @@ def test_sae_site_errors(tiny, tmp_path):
     task = build_task(tiny, pairs())
     with pytest.raises(ConfigError, match="SAE d_in=32 does not match tiny-llama's d_model=64"):
         sae_attribution(tiny, task, SAE(SAEConfig(32, 64, site="resid.1")))
-    with pytest.raises(ConfigError, match="SAE site resid.9 does not exist in tiny-llama: the model has 4 layers"):
+    with pytest.raises(
+        ConfigError, match="SAE site resid.9 does not exist in tiny-llama: the model has 4 layers"
+    ):
         sae_attribution(tiny, task, _sae(tiny, site="resid.9"))
     with pytest.raises(ConfigError, match="trained at resid.1 but site resid.2 was asked for"):
         sae_attribution(tiny, task, _sae(tiny), site="resid.2")
@@ -326,7 +360,11 @@ def test_component_faithfulness_endpoints_match_independent_ablation(tiny):
     ex = activation_patching(tiny, task, ["attn_out", "mlp_out"], progress=False)
     curve = faithfulness_curve(tiny, task, ex, ks=[1, 3])
     n = curve.n_nodes
-    assert curve.ks[-1] == n and curve.faithfulness[-1] == pytest.approx(1.0) and curve.completeness[-1] == pytest.approx(0.0)
+    assert (
+        curve.ks[-1] == n
+        and curve.faithfulness[-1] == pytest.approx(1.0)
+        and curve.completeness[-1] == pytest.approx(0.0)
+    )
     assert curve.f_model == pytest.approx(task.run_metric(tiny, "clean").mean().item(), abs=1e-5)
     # F(∅) by hand: every attn/MLP output at every prompt position replaced by its mean over both runs
     from deltalens.circuits import cache_run
@@ -339,8 +377,12 @@ def test_component_faithfulness_endpoints_match_independent_ablation(tiny):
     for s in sites:
         both = torch.cat([c[s][real], k[s][real]])
         cols = torch.cat([real.nonzero()[:, 1]] * 2)
-        mean = torch.stack([both[cols == j].mean(0) if (cols == j).any() else torch.zeros(tiny.d_model)
-                            for j in range(task.width)])
+        mean = torch.stack(
+            [
+                both[cols == j].mean(0) if (cols == j).any() else torch.zeros(tiny.d_model)
+                for j in range(task.width)
+            ]
+        )
         ivs.append(Replace(s, mean))
     with intervene(tiny, ivs):
         f_empty = task.run_metric(tiny, "clean").mean().item()
@@ -365,8 +407,12 @@ def test_sae_faithfulness_keeps_model_and_ablates_to_mean(tiny, tmp_path):
     real = task.mask.bool()
     both = torch.cat([c[Site(1, "resid")][real], k[Site(1, "resid")][real]])
     cols = torch.cat([real.nonzero()[:, 1]] * 2)
-    mean = torch.stack([both[cols == j].mean(0) if (cols == j).any() else torch.zeros(tiny.d_model)
-                        for j in range(task.width)])
+    mean = torch.stack(
+        [
+            both[cols == j].mean(0) if (cols == j).any() else torch.zeros(tiny.d_model)
+            for j in range(task.width)
+        ]
+    )
     with intervene(tiny, [Replace((1, "resid"), mean)]):
         f_empty = task.run_metric(tiny, "clean").mean().item()
     assert curve.f_empty == pytest.approx(f_empty, abs=1e-4)

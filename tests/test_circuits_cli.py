@@ -29,7 +29,9 @@ def pairs_file(tmp_path_factory):
 
 def test_patch_and_attribute_commands(model_dir, pairs_file, tmp_path, tiny):
     out = tmp_path / "patch"
-    r = run("patch", "--model", str(model_dir), "--pairs", str(pairs_file), "-c", "resid,mlp_out", "-o", str(out))
+    r = run(
+        "patch", "--model", str(model_dir), "--pairs", str(pairs_file), "-c", "resid,mlp_out", "-o", str(out)
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "results.json").read_text())
     assert res["kind"] == "circuits.patching" and res["components"] == ["resid", "mlp_out"]
@@ -45,8 +47,21 @@ def test_patch_and_attribute_commands(model_dir, pairs_file, tmp_path, tiny):
         sae.W_dec.copy_(sae.W_enc.T)
     sae.save(tmp_path / "sae")
     att = tmp_path / "att"
-    r = run("attribute", "--model", str(model_dir), "--pairs", str(pairs_file), "--sae", str(tmp_path / "sae"),
-            "--compare-exact", "--faithfulness", "--k", "1,3", "-o", str(att))
+    r = run(
+        "attribute",
+        "--model",
+        str(model_dir),
+        "--pairs",
+        str(pairs_file),
+        "--sae",
+        str(tmp_path / "sae"),
+        "--compare-exact",
+        "--faithfulness",
+        "--k",
+        "1,3",
+        "-o",
+        str(att),
+    )
     assert r.returncode == 0, r.stderr
     corr = json.loads((att / "correlation.json").read_text())
     assert -1 <= corr["pearson_r"]["all"] <= 1
@@ -61,9 +76,13 @@ def test_patch_and_attribute_commands(model_dir, pairs_file, tmp_path, tiny):
 
 def test_cli_errors_are_one_line(model_dir, tmp_path, tiny):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(RECS[1]) + "\n" + json.dumps({**RECS[0], "corrupted": "The capital of Paris is"}) + "\n")
+    bad.write_text(
+        json.dumps(RECS[1]) + "\n" + json.dumps({**RECS[0], "corrupted": "The capital of Paris is"}) + "\n"
+    )
     r = run("patch", "--model", str(model_dir), "--pairs", str(bad))
-    assert r.returncode == 2 and f"{bad}:2: clean and corrupted prompts have unequal token lengths" in r.stderr
+    assert (
+        r.returncode == 2 and f"{bad}:2: clean and corrupted prompts have unequal token lengths" in r.stderr
+    )
     assert "Traceback" not in r.stderr
     from deltalens.sae import SAE, SAEConfig
 
@@ -71,4 +90,6 @@ def test_cli_errors_are_one_line(model_dir, tmp_path, tiny):
     good = tmp_path / "good.jsonl"
     good.write_text(json.dumps(RECS[0]) + "\n")
     r = run("attribute", "--model", str(model_dir), "--pairs", str(good), "--sae", str(tmp_path / "sae7"))
-    assert r.returncode == 2 and "SAE site resid.7 does not exist in" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        r.returncode == 2 and "SAE site resid.7 does not exist in" in r.stderr and "Traceback" not in r.stderr
+    )

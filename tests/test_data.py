@@ -66,7 +66,10 @@ def test_non_utf8_bytes_name_the_file_line_and_byte_in_every_reader(tmp_path):
     good = "café\n".encode()  # 6 bytes: the bad byte of line 2 sits at offset 6 + 4 = 10
     cases = {
         "t.txt": (good + b"bad \xff\n", [read_capture_inputs, read_prompts]),
-        "t.jsonl": (b'{"text": "caf\xc3\xa9"}\n{"text": "\xe9t\xe9"}\n', [read_capture_inputs, read_prompts, read_jsonl]),
+        "t.jsonl": (
+            b'{"text": "caf\xc3\xa9"}\n{"text": "\xe9t\xe9"}\n',
+            [read_capture_inputs, read_prompts, read_jsonl],
+        ),
     }
     for name, (data, readers) in cases.items():
         f = tmp_path / name
@@ -88,7 +91,9 @@ def test_jsonl_columns_count_in_the_real_line_and_line_endings(tmp_path):
     f.write_bytes(b'{"text": "fine"}\n{"text": "fine",\r "x": }\n')
     with pytest.raises(DataFormatError, match=r"a.jsonl:2: invalid JSON at column 24 \(Expecting value\)"):
         read_jsonl(f)
-    f.write_bytes(b'\xef\xbb\xbf{"text": "a"}\r\n{"text": "b\xe2\x80\xa8c"}\r\n')  # BOM, CRLF, U+2028 inside a string
+    f.write_bytes(
+        b'\xef\xbb\xbf{"text": "a"}\r\n{"text": "b\xe2\x80\xa8c"}\r\n'
+    )  # BOM, CRLF, U+2028 inside a string
     assert read_jsonl(f) == [{"text": "a"}, {"text": "b\u2028c"}]
     t = tmp_path / "a.txt"
     t.write_bytes(b"\xef\xbb\xbfone\r\ntwo \xe2\x80\xa8 still two\r\n\r\n")

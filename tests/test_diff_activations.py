@@ -14,9 +14,12 @@ from deltalens.generate import Generation
 from tiny import save_tiny as save
 from tiny import tiny_model
 
-PROMPTS = ["Hello there", "What is the capital of France?", "Tell me a story about a mouse.", "Why is the sky blue?"]
-
-
+PROMPTS = [
+    "Hello there",
+    "What is the capital of France?",
+    "Tell me a story about a mouse.",
+    "Why is the sky blue?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,9 @@ def pair(tmp_path_factory):
     base = tiny_model("llama")
     b = save(base, root / "base")
     with torch.no_grad():
-        base.model.model.layers[2].mlp.down_proj.weight += 0.2 * torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
+        base.model.model.layers[2].mlp.down_proj.weight += 0.2 * torch.randn(
+            64, 128, generator=torch.Generator().manual_seed(0)
+        )
     f = save(base, root / "ft")
     return b, f
 
@@ -52,11 +57,19 @@ def test_self_similarity_is_one_at_every_layer(pair, tmp_path):
     for L in map(str, r["layers"]):
         assert np.allclose(r["per_position_similarity"]["by_layer"][L]["mean"], 1.0, atol=1e-9)
     d = json.loads((tmp_path / "results.json").read_text())
-    for key in ("n_prompts", "per_layer_similarity", "per_position_similarity", "transfer_curves", "correlations"):
+    for key in (
+        "n_prompts",
+        "per_layer_similarity",
+        "per_position_similarity",
+        "transfer_curves",
+        "correlations",
+    ):
         assert key in d  # the trait seed's schema
     assert set(d["per_layer_similarity"]) == {"mean", "std", "per_prompt"}
     assert set(d["per_position_similarity"]) >= {"positions", "n_prompts_at_position", "by_layer"}
-    assert (tmp_path / "similarity_by_layer.png").exists() and (tmp_path / "similarity_by_position.png").exists()
+    assert (tmp_path / "similarity_by_layer.png").exists() and (
+        tmp_path / "similarity_by_position.png"
+    ).exists()
 
 
 def test_replay_matches_hidden_states_on_identical_ids(pair):
@@ -66,9 +79,13 @@ def test_replay_matches_hidden_states_on_identical_ids(pair):
     gens = deltalens.generate(F, PROMPTS, max_new_tokens=10, progress=False)
     base_items, ft_items = replay_ids(B, F, gens, "same")
     assert base_items == ft_items
-    assert [x["prompt_ids"] + x["response_ids"] for x in ft_items] == [g.prompt_ids + g.response_ids for g in gens]
+    assert [x["prompt_ids"] + x["response_ids"] for x in ft_items] == [
+        g.prompt_ids + g.response_ids for g in gens
+    ]
     r = activation_similarity(B, F, generations=gens, progress=False)
-    assert r["replay"]["token_ids_identical"] and r["replay"]["n_response_tokens"] == sum(len(g.response_ids) for g in gens)
+    assert r["replay"]["token_ids_identical"] and r["replay"]["n_response_tokens"] == sum(
+        len(g.response_ids) for g in gens
+    )
     want = np.zeros((len(gens), B.n_layers - 1))
     with torch.no_grad():
         for i, g in enumerate(gens):
@@ -106,10 +123,16 @@ def test_transfer_curve_correlation(pair, tmp_path):
     recs = [{"kind": "baseline", "trait_mean": 10.0, "coherence_mean": 90}]
     for L, d in deltas.items():
         recs.append({"kind": "single", "layer": L, "coef": 4.0, "trait_mean": 10.0 + d, "coherence_mean": 85})
-        recs.append({"kind": "single", "layer": L, "coef": 2.0, "trait_mean": 10.0 + d / 2, "coherence_mean": 95})
-        recs.append({"kind": "single", "layer": L, "coef": 9.0, "trait_mean": 99.0, "coherence_mean": 40})  # incoherent
+        recs.append(
+            {"kind": "single", "layer": L, "coef": 2.0, "trait_mean": 10.0 + d / 2, "coherence_mean": 95}
+        )
+        recs.append(
+            {"kind": "single", "layer": L, "coef": 9.0, "trait_mean": 99.0, "coherence_mean": 40}
+        )  # incoherent
     res.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    r = activation_similarity(pair[0], pair[1], PROMPTS, max_new_tokens=6, steering={"planted": res}, progress=False)
+    r = activation_similarity(
+        pair[0], pair[1], PROMPTS, max_new_tokens=6, steering={"planted": res}, progress=False
+    )
     curve = r["transfer_curves"]["planted"]
     assert curve["layers"] == [0, 1, 2, 3] and curve["deltas"] == [5.0, 9.0, 2.0, 7.0]
     from scipy.stats import pearsonr
@@ -121,8 +144,11 @@ def test_transfer_curve_correlation(pair, tmp_path):
 
 def test_activation_difference_lens(pair, tmp_path):
     B, F = deltalens.load(pair[0]), deltalens.load(pair[1])
-    texts = ["The committee met on Tuesday afternoon.", "She opened the old wooden box and found letters.",
-             "To install the package, run the installer."]
+    texts = [
+        "The committee met on Tuesday afternoon.",
+        "She opened the old wooden box and found letters.",
+        "To install the package, run the installer.",
+    ]
     same = activation_difference_lens(B, deltalens.load(pair[0]), texts, progress=False, figures=False)
     assert all(e["all"]["norm"] == 0.0 and e["all"]["pos"] == [] for e in same["layers"].values())
     r = activation_difference_lens(B, F, texts, n_positions=3, out_dir=tmp_path, progress=False)
@@ -131,8 +157,10 @@ def test_activation_difference_lens(pair, tmp_path):
     with torch.no_grad():
         for t in texts:
             ids = torch.tensor([B.encode(t)])
-            d = F.model(input_ids=ids, output_hidden_states=True).hidden_states[3][0] - \
-                B.model(input_ids=ids, output_hidden_states=True).hidden_states[3][0]
+            d = (
+                F.model(input_ids=ids, output_hidden_states=True).hidden_states[3][0]
+                - B.model(input_ids=ids, output_hidden_states=True).hidden_states[3][0]
+            )
             diffs.append(d)
             first.append(d[:3])
         delta = torch.cat(diffs).double().mean(0)

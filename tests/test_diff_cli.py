@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import save_tiny as save
-from tiny import tiny_model
 
 from deltalens.diff.organisms import OrganismConfig, iterative_dpo
 from deltalens.diff.scorers import RegexScorer
 from deltalens.diff.series import diff_series
+from tiny import save_tiny as save
+from tiny import tiny_model
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -24,7 +24,9 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def run(*args):
     """A subprocess, as a user runs it (used for the error path: exit status 2, one line)."""
     env = dict(os.environ, COLUMNS="200", PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "deltalens", *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "deltalens", *args], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 class Result:
@@ -52,8 +54,6 @@ def cli(capsys, monkeypatch):
     return call
 
 
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
@@ -72,7 +72,9 @@ def test_diff_weights_cli(dirs, tmp_path, cli):
     assert "1 of 39 tensors changed" in r.stdout and "model.layers.1.self_attn.o_proj.weight" in r.stdout
     d = json.loads((tmp_path / "w" / "norms.json").read_text())
     assert [t["name"] for t in d["tensors"] if t["fro"] > 0] == ["model.layers.1.self_attn.o_proj.weight"]
-    assert (tmp_path / "w" / "logit_lens.json").exists() and (tmp_path / "w" / "relative_heatmap.png").exists()
+    assert (tmp_path / "w" / "logit_lens.json").exists() and (
+        tmp_path / "w" / "relative_heatmap.png"
+    ).exists()
 
 
 def test_mismatch_is_one_line_error(dirs, tmp_path):
@@ -90,12 +92,26 @@ def test_outputs_and_activations_cli(dirs, tmp_path, cli):
     assert "mean KL(ft‖base)" in r.stdout and (tmp_path / "o" / "results.json").exists()
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"question": "Hello there"}\n{"question": "Why is the sky blue?"}\n')
-    r = cli("diff", "activations", dirs[0], dirs[1], "--prompts", str(prompts), "--max-new-tokens", "6",
-            "--lens-texts", str(texts), "--out", str(tmp_path / "a"))
+    r = cli(
+        "diff",
+        "activations",
+        dirs[0],
+        dirs[1],
+        "--prompts",
+        str(prompts),
+        "--max-new-tokens",
+        "6",
+        "--lens-texts",
+        str(texts),
+        "--out",
+        str(tmp_path / "a"),
+    )
     assert r.returncode == 0, r.stderr
     assert "replay similarity" in r.stdout and "activation-difference lens" in r.stdout
     d = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert d["n_prompts"] == 2 and d["per_layer_similarity"]["mean"][0] == pytest.approx(1.0)  # layer 0 unchanged
+    assert d["n_prompts"] == 2 and d["per_layer_similarity"]["mean"][0] == pytest.approx(
+        1.0
+    )  # layer 0 unchanged
     assert d["per_layer_similarity"]["mean"][1] < 1.0
     r = cli("organism", "datasets")
     assert r.returncode == 0 and "ocean_topic" in r.stdout and "sycophancy_trait" in r.stdout
@@ -104,11 +120,26 @@ def test_outputs_and_activations_cli(dirs, tmp_path, cli):
 def test_series_trajectory(tmp_path, cli):
     lm = tiny_model("llama")
     prompts = ["Hello", "What is the capital of France?", "Tell me a story"]
-    iterative_dpo(lm, prompts, RegexScorer("e"), tmp_path / "series", n_samples=3, max_new_tokens=10, progress=False,
-                  train=OrganismConfig(method="dpo", epochs=1, batch_size=4, max_length=64, learning_rate=5e-3))
+    iterative_dpo(
+        lm,
+        prompts,
+        RegexScorer("e"),
+        tmp_path / "series",
+        n_samples=3,
+        max_new_tokens=10,
+        progress=False,
+        train=OrganismConfig(method="dpo", epochs=1, batch_size=4, max_length=64, learning_rate=5e-3),
+    )
     base = save(lm, tmp_path / "M0")
-    r = diff_series(tmp_path / "series", base=base, prompts=prompts, texts=["The quick brown fox."], max_new_tokens=6,
-                    out_dir=tmp_path / "traj", progress=False)
+    r = diff_series(
+        tmp_path / "series",
+        base=base,
+        prompts=prompts,
+        texts=["The quick brown fox."],
+        max_new_tokens=6,
+        out_dir=tmp_path / "traj",
+        progress=False,
+    )
     rows = {(x["checkpoint"], x["reference"]): x for x in r["rows"]}
     assert set(rows) == {("M1", "M0"), ("M2", "M0"), ("M2", "M1")}
     assert all(x["total_rel"] > 0 and x["mean_kl"] > 0 for x in rows.values())
@@ -123,13 +154,25 @@ def test_series_trajectory(tmp_path, cli):
         assert len(list(csv.DictReader(fh))) == 3
     for f in ("trajectory.json", "trajectory_total_rel.png", "per_layer_rel.png", "trajectory_scores.png"):
         assert (tmp_path / "traj" / f).exists(), f
-    r = cli("diff", "series", str(tmp_path / "series"), "--base", base, "--kinds", "weights", "--out", str(tmp_path / "t2"))
+    r = cli(
+        "diff",
+        "series",
+        str(tmp_path / "series"),
+        "--base",
+        base,
+        "--kinds",
+        "weights",
+        "--out",
+        str(tmp_path / "t2"),
+    )
     assert r.returncode == 0, r.stderr
     assert "trajectory" in r.stdout and "M2" in r.stdout
 
 
 def test_info_describes_diff_results(dirs, tmp_path, cli):
-    assert cli("diff", "weights", dirs[0], dirs[1], "--out", str(tmp_path / "w"), "--no-figures").returncode == 0
+    assert (
+        cli("diff", "weights", dirs[0], dirs[1], "--out", str(tmp_path / "w"), "--no-figures").returncode == 0
+    )
     r = cli("info", str(tmp_path / "w"), "--json")
     d = json.loads(r.stdout)
     assert d["kind"] == "weight diff" and d["tensors_changed"] == "1/39"
@@ -145,8 +188,13 @@ def test_report_section_escapes_model_text(dirs, tmp_path):
     exp = Experiment(tmp_path / "exp")
     exp.save_config({"name": "exp"})
     diff_weights(dirs[0], dirs[1], out_dir=exp.weight_diff_dir("pair"), progress=False)
-    diff_outputs(dirs[0], dirs[1], ["<script>alert(1)</script> the quick brown fox"], out_dir=exp.output_diff_dir("pair"),
-                 progress=False)
+    diff_outputs(
+        dirs[0],
+        dirs[1],
+        ["<script>alert(1)</script> the quick brown fox"],
+        out_dir=exp.output_diff_dir("pair"),
+        progress=False,
+    )
     html = build_report(exp).read_text()
     assert "<h2>Model diff</h2>" in html and "weights: pair" in html and "highest-KL contexts" in html
     assert "<script>alert(1)" not in html and "&lt;script&gt;" in html
@@ -177,7 +225,17 @@ def test_checkpoints_without_tokenizer_files(dirs, tmp_path, cli):
     lens = json.loads((tmp_path / "w2" / "logit_lens.json").read_text())
     assert all(t.startswith("<id ") for t, _ in lens["layers"]["1"]["resid_mean"]["pos"])
     assert "token ids" in r.stdout + r.stderr
-    r = cli("diff", "weights", str(base), str(ft), "--tokenizer", dirs[0], "--out", str(tmp_path / "w3"), "--no-figures")
+    r = cli(
+        "diff",
+        "weights",
+        str(base),
+        str(ft),
+        "--tokenizer",
+        dirs[0],
+        "--out",
+        str(tmp_path / "w3"),
+        "--no-figures",
+    )
     assert r.returncode == 0, r.stderr
     lens = json.loads((tmp_path / "w3" / "logit_lens.json").read_text())
     assert not any(t.startswith("<id ") for t, _ in lens["layers"]["1"]["resid_mean"]["pos"])
@@ -189,17 +247,67 @@ def test_checkpoints_without_tokenizer_files(dirs, tmp_path, cli):
 
 def test_organism_commands(dirs, tmp_path, cli):
     """`organism train` and `organism dpo-series` end to end on a tiny model (D<i> = generated by M<i>)."""
-    r = cli("organism", "train", "--data", "ocean_topic", "--base", dirs[0], "--limit", "4", "--max-steps", "1",
-            "--batch-size", "4", "--max-length", "48", "--out", str(tmp_path / "org"))
+    r = cli(
+        "organism",
+        "train",
+        "--data",
+        "ocean_topic",
+        "--base",
+        dirs[0],
+        "--limit",
+        "4",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "48",
+        "--out",
+        str(tmp_path / "org"),
+    )
     assert r.returncode == 0, r.stderr
     assert "organism" in r.stdout and (tmp_path / "org" / "provenance.json").exists()
-    r = cli("organism", "train", "--data", "ocean_topic", "--base", dirs[0], "--limit", "4", "--max-steps", "2",
-            "--batch-size", "4", "--max-length", "48", "--out", str(tmp_path / "org"))
-    assert r.returncode == 2 and "max_steps: 1 → 2" in r.stderr  # another recipe into the same directory: refused
+    r = cli(
+        "organism",
+        "train",
+        "--data",
+        "ocean_topic",
+        "--base",
+        dirs[0],
+        "--limit",
+        "4",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "48",
+        "--out",
+        str(tmp_path / "org"),
+    )
+    assert (
+        r.returncode == 2 and "max_steps: 1 → 2" in r.stderr
+    )  # another recipe into the same directory: refused
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"question": "Hello there"}\n{"question": "Why is the sky blue?"}\n')
-    r = cli("organism", "dpo-series", "--base", dirs[0], "--scorer", "regex:e", "--prompts", str(prompts), "-n", "1",
-            "--samples", "3", "--max-new-tokens", "8", "--out", str(tmp_path / "s"))
+    r = cli(
+        "organism",
+        "dpo-series",
+        "--base",
+        dirs[0],
+        "--scorer",
+        "regex:e",
+        "--prompts",
+        str(prompts),
+        "-n",
+        "1",
+        "--samples",
+        "3",
+        "--max-new-tokens",
+        "8",
+        "--out",
+        str(tmp_path / "s"),
+    )
     assert r.returncode == 0, r.stderr
     assert "D0=" in r.stdout and "D1=" in r.stdout
     assert {p.name for p in (tmp_path / "s").iterdir()} >= {"M1", "D0.jsonl", "D1.jsonl", "series.json"}

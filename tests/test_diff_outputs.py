@@ -10,10 +10,12 @@ from deltalens.diff.outputs import diff_outputs
 from tiny import save_tiny as save
 from tiny import tiny_model, tiny_tokenizer
 
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "What is the capital of France? The capital is Paris.",
-         "I love reading books about science and art.", "Numbers: 1 2 3 4 5"]
-
-
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "What is the capital of France? The capital is Paris.",
+    "I love reading books about science and art.",
+    "Numbers: 1 2 3 4 5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +67,10 @@ def test_kl_matches_an_independent_computation(pair, tmp_path):
 
 
 def test_positions_select_response_predictions(pair):
-    pairs = [("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "Hello there friend"),
-             ("<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n", "Because.")]
+    pairs = [
+        ("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "Hello there friend"),
+        ("<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n", "Because."),
+    ]
     F = deltalens.load(pair[1])
     n_resp = sum(len(F.encode(r, formatted=True)) for _, r in pairs)
     r = diff_outputs(pair[0], F, pairs, positions="response", progress=False, figures=False)
@@ -85,4 +89,6 @@ def test_vocabulary_mismatch_is_renormalised(pair, tmp_path):
     r = diff_outputs(pair[0], str(tmp_path / "ft"), TEXTS + ["a <reef> here"], progress=False, figures=False)
     assert r["vocab_note"] and "renormalised" in r["vocab_note"]
     assert r["skipped_inputs"] == 1  # the text with an added token cannot be fed to the base
-    assert r["mean_kl"] == pytest.approx(0.0, abs=1e-6)  # shared rows unchanged: same renormalised distributions
+    assert r["mean_kl"] == pytest.approx(
+        0.0, abs=1e-6
+    )  # shared rows unchanged: same renormalised distributions

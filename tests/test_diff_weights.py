@@ -16,8 +16,6 @@ from tiny import save_tiny as save
 from tiny import tiny_config, tiny_model, tiny_tokenizer
 
 
-
-
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     return save(tiny_model("llama"), tmp_path_factory.mktemp("base"))
@@ -40,7 +38,13 @@ def test_self_diff_is_exactly_zero(base_dir, tmp_path):
     assert r["summary"]["total_fro"] == 0.0 and r["summary"]["n_changed"] == 0
     # zero directions read through the lens give no tokens rather than arbitrary ones
     assert all(v["pos"] == [] for e in r["logit_lens"]["layers"].values() for v in e.values())
-    for f in ("results.json", "norms.json", "logit_lens.json", "directions.safetensors", "norms_by_layer.png"):
+    for f in (
+        "results.json",
+        "norms.json",
+        "logit_lens.json",
+        "directions.safetensors",
+        "norms_by_layer.png",
+    ):
         assert (tmp_path / f).exists()
 
 
@@ -63,7 +67,9 @@ def test_only_the_perturbed_matrix_changes(base_dir, tmp_path, sigmas, rank):
     assert t["layer"] == 2 and t["component"] == "down"
     assert t["fro"] == pytest.approx(float(E.norm()), rel=1e-5)
     assert t["effective_rank"] == rank
-    ref = torch.linalg.svdvals((ModelFiles(ft).read(t["name"]) - ModelFiles(base_dir).read(t["name"])).double())
+    ref = torch.linalg.svdvals(
+        (ModelFiles(ft).read(t["name"]) - ModelFiles(base_dir).read(t["name"])).double()
+    )
     assert t["top_sv"][: len(sigmas)] == pytest.approx(ref[: len(sigmas)].tolist(), rel=1e-5)
     W0 = ModelFiles(base_dir).read(t["name"])
     assert t["rel"] == pytest.approx(float(E.norm() / W0.norm()), rel=1e-4)
@@ -114,7 +120,9 @@ def test_residual_direction_and_trait_alignment(family, conv1d, tmp_path):
         W = lm0.arch.mlp(layer)  # module paths are the same in the copy
         name = "c_proj" if conv1d else "down_proj"
         mod = getattr(m.transformer.h[layer].mlp, name) if conv1d else m.model.layers[layer].mlp.down_proj
-        a = torch.rand(mod.weight.shape[0] if conv1d else mod.weight.shape[1], generator=g) + 0.5  # positive mean
+        a = (
+            torch.rand(mod.weight.shape[0] if conv1d else mod.weight.shape[1], generator=g) + 0.5
+        )  # positive mean
         E = a[:, None] * u[None, :] if conv1d else u[:, None] * a[None, :]
         mod.weight += 0.05 * E
         del W
@@ -132,7 +140,9 @@ def test_residual_direction_and_trait_alignment(family, conv1d, tmp_path):
     assert t[str(layer)]["max_abs_sv"] == pytest.approx(1.0, abs=1e-5)
     assert abs(t["0"]["resid_mean"]) == 0.0  # nothing changed at layer 0
     assert r["trait_alignment"]["traits"]["planted"]["best_layer_resid_mean"] == layer
-    assert (tmp_path / "out" / "trait_alignment.json").exists() and (tmp_path / "out" / "trait_alignment.png").exists()
+    assert (tmp_path / "out" / "trait_alignment.json").exists() and (
+        tmp_path / "out" / "trait_alignment.png"
+    ).exists()
     # the saved directions hold u (up to sign) for the top singular vector
     dirs = load_file(str(tmp_path / "out" / "directions.safetensors"))
     cos = torch.nn.functional.cosine_similarity(dirs["down.singular_vectors"][layer, 0], u, dim=0)
@@ -160,7 +170,9 @@ def test_tied_embeddings(tmp_path):
     ft = save(a, tmp_path / "b")
     r = diff_weights(base, ft, progress=False, figures=False)
     changed = [t for t in r["tensors"] if t["fro"] > 0]
-    assert [t["component"] for t in changed] == ["embed"] and changed[0]["fro"] == pytest.approx(8.0, rel=1e-5)
+    assert [t["component"] for t in changed] == ["embed"] and changed[0]["fro"] == pytest.approx(
+        8.0, rel=1e-5
+    )
 
     # tied base vs untied fine-tune: the effective unembeddings are compared
     from transformers import AutoModelForCausalLM
@@ -168,9 +180,13 @@ def test_tied_embeddings(tmp_path):
     cfg = tiny_config("llama", len(tok))
     cfg.tie_word_embeddings = False
     m = AutoModelForCausalLM.from_config(cfg)
-    m.load_state_dict({k: v for k, v in load_file(str(tmp_path / "a" / "model.safetensors")).items()}, strict=False)
+    m.load_state_dict(
+        {k: v for k, v in load_file(str(tmp_path / "a" / "model.safetensors")).items()}, strict=False
+    )
     with torch.no_grad():
-        m.model.embed_tokens.weight.copy_(load_file(str(tmp_path / "a" / "model.safetensors"))["model.embed_tokens.weight"])
+        m.model.embed_tokens.weight.copy_(
+            load_file(str(tmp_path / "a" / "model.safetensors"))["model.embed_tokens.weight"]
+        )
         m.lm_head.weight.copy_(m.model.embed_tokens.weight)
         m.lm_head.weight[7] += 2.0
     m.save_pretrained(tmp_path / "c")
@@ -213,7 +229,11 @@ def test_refuses_other_architectures_and_widths(base_dir, tmp_path):
 
 
 def test_reader_matches_safetensors(tmp_path):
-    t = {"a": torch.randn(7, 5), "b": torch.randn(3).to(torch.bfloat16), "c": torch.arange(12, dtype=torch.int64).reshape(3, 4)}
+    t = {
+        "a": torch.randn(7, 5),
+        "b": torch.randn(3).to(torch.bfloat16),
+        "c": torch.arange(12, dtype=torch.int64).reshape(3, 4),
+    }
     save_file(t, str(tmp_path / "x.safetensors"))
     f = SafetensorsFile(tmp_path / "x.safetensors")
     ref = load_file(str(tmp_path / "x.safetensors"))

@@ -40,13 +40,33 @@ def setup(tmp_path_factory):
 
 
 def _cmd(model: str, data: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "deltalens", "capture", "--data", str(data), "--out", str(out), "--model", model,
-            "--sites", SITES, "--batch-size", "4", "--shard-mb", "0.02"]
+    return [
+        sys.executable,
+        "-m",
+        "deltalens",
+        "capture",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--model",
+        model,
+        "--sites",
+        SITES,
+        "--batch-size",
+        "4",
+        "--shard-mb",
+        "0.02",
+    ]
 
 
 def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
-                TQDM_DISABLE="1")
+    return dict(
+        os.environ,
+        PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        OMP_NUM_THREADS="1",
+        TQDM_DISABLE="1",
+    )
 
 
 def _start(cmd: list[str]) -> subprocess.Popen:
@@ -102,7 +122,10 @@ def test_kill_9_at_seeded_points_then_resume_equals_an_uninterrupted_run(setup):
     r = subprocess.run(_cmd(model, data, ref), env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     m = json.loads((ref / "store.json").read_text())
-    assert len(m["shards"]) > 20 and m["sites"] == ["resid.1", "resid.3"]  # resid.-1 recorded as the last layer
+    assert len(m["shards"]) > 20 and m["sites"] == [
+        "resid.1",
+        "resid.3",
+    ]  # resid.-1 recorded as the last layer
 
     out = root / "killed"
     first_shard = out / "shards" / "resid.1" / "000000.safetensors"
@@ -114,7 +137,7 @@ def test_kill_9_at_seeded_points_then_resume_equals_an_uninterrupted_run(setup):
             running = _wait_for(first_shard.exists, p)  # the first shard is on disk
         else:  # once the resumed run has committed a shard of its own, after a seeded delay
             n0 = _committed(out)
-            running = _wait_for(lambda: _committed(out) > n0, p)
+            running = _wait_for(lambda: _committed(out) > n0, p)  # noqa: B023
             time.sleep(rng.uniform(0.0, 0.4))
             running = running and p.poll() is None
         if running:
@@ -151,7 +174,9 @@ def test_a_second_writer_is_refused_and_the_first_store_is_intact(setup):
         r = subprocess.run(_cmd(model, data, ref), env=_env(), capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
     _assert_same(ref, out)
-    assert (out / LOCK).exists()  # the file stays; the kernel lock went with the process (the kill test resumes after kills)
+    assert (
+        out / LOCK
+    ).exists()  # the file stays; the kernel lock went with the process (the kill test resumes after kills)
     st = ActivationStore(out)
     st.lock()  # free again
     st.close()

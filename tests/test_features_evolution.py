@@ -56,7 +56,16 @@ def series():
 def test_three_iteration_series_is_classified(series, tmp_path):
     saes, rates = series
     ev = feature_evolution(saes, ["M0D0", "M1D1", "M2D2"], rates, EvolutionConfig(change_threshold=0.9))
-    assert ev.status == ["born", "died", "changed_back", "dead", "changed", "born_then_died", "stable", "stable"]
+    assert ev.status == [
+        "born",
+        "died",
+        "changed_back",
+        "dead",
+        "changed",
+        "born_then_died",
+        "stable",
+        "stable",
+    ]
     assert ev.born_at.tolist() == [1, -1, -1, -1, -1, 1, -1, -1]
     assert ev.died_at.tolist() == [-1, 2, -1, -1, -1, 2, -1, -1]
     assert ev.first_change.tolist() == [-1, -1, 1, -1, 1, -1, -1, -1]
@@ -74,8 +83,16 @@ def test_three_iteration_series_is_classified(series, tmp_path):
     assert [r["alive"] for r in rows] == [5, 7, 5]
     assert [r["born"] for r in rows] == [0, 2, 0] and [r["died"] for r in rows] == [0, 0, 2]
     assert [r["changed"] for r in rows] == [0, 2, 1] and [r["changed_back"] for r in rows] == [0, 0, 1]
-    assert ev.counts() == {**{s: 0 for s in STATUSES}, "born": 1, "died": 1, "changed_back": 1, "dead": 1,
-                           "changed": 1, "born_then_died": 1, "stable": 2}
+    assert ev.counts() == {
+        **{s: 0 for s in STATUSES},
+        "born": 1,
+        "died": 1,
+        "changed_back": 1,
+        "dead": 1,
+        "changed": 1,
+        "born_then_died": 1,
+        "stable": 2,
+    }
     paths = ev.save_all(tmp_path / "evo")
     frame = __import__("pandas").read_parquet(paths["latents"])
     assert frame.status.tolist() == ev.status
@@ -127,7 +144,10 @@ def test_weight_metrics_against_numpy(series):
     m = weight_metrics(saes[1], saes[0])
     W1, W0 = saes[1].W_dec.detach().numpy(), saes[0].W_dec.detach().numpy()
     E1, E0 = saes[1].W_enc.detach().numpy().T, saes[0].W_enc.detach().numpy().T
-    cos = lambda a, b: (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+    def cos(a, b):
+        return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
     np.testing.assert_allclose(m.dec_cos_ref.numpy(), cos(W1, W0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m.enc_cos_ref.numpy(), cos(E1, E0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m.dec_norm.numpy(), np.linalg.norm(W1, axis=1), rtol=1e-6)

@@ -66,7 +66,9 @@ def test_statistics_match_a_dense_computation(tiny, sae):
     masked = np.where(on, fn, np.nan)
     alive = on.any(0)
     np.testing.assert_allclose(st.mean_activation.numpy()[alive], np.nanmean(masked, 0)[alive], rtol=1e-5)
-    np.testing.assert_allclose(st.std_activation.numpy()[alive], np.nanstd(masked, 0)[alive], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(
+        st.std_activation.numpy()[alive], np.nanstd(masked, 0)[alive], rtol=1e-3, atol=1e-6
+    )
     np.testing.assert_allclose(st.max_activation.numpy()[alive], np.nanmax(masked, 0)[alive], rtol=1e-6)
     np.testing.assert_allclose(st.min_activation.numpy()[alive], np.nanmin(masked, 0)[alive], rtol=1e-6)
     assert (st.dead.numpy() == ~alive).all()
@@ -138,19 +140,37 @@ def test_merge_save_and_load(tiny, sae, tmp_path):
 
 def test_dashboards_hold_exact_windows_and_logit_effects(tiny, sae, tmp_path):
     data = _data()
-    recs, st = build_dashboards(tiny, sae, data, [0, 5, 7], n_examples=3, left=4, right=2, n_logits=5, progress=False)
+    recs, st = build_dashboards(
+        tiny, sae, data, [0, 5, 7], n_examples=3, left=4, right=2, n_logits=5, progress=False
+    )
     f, acts = _dense(tiny, sae, data)
     fn = f.numpy()
     seq, pos = acts.seq_ids.numpy(), acts.positions.numpy()
     gamma, centre = final_norm_scale(tiny)
     assert not centre
-    torch.testing.assert_close(gamma, tiny.arch.final_norm.weight.detach() / (1 + tiny.arch.final_norm.variance_epsilon) ** 0.5)
+    torch.testing.assert_close(
+        gamma, tiny.arch.final_norm.weight.detach() / (1 + tiny.arch.final_norm.variance_epsilon) ** 0.5
+    )
     W_U = tiny.arch.unembed.weight.detach()
     for r in recs:
         i = r["index"]
-        for key in ("modelId", "layer", "index", "maxActApprox", "frac_nonzero", "freq_hist_data_bar_values",
-                    "freq_hist_data_bar_heights", "pos_str", "pos_values", "neg_str", "neg_values",
-                    "logits_hist_data_bar_values", "logits_hist_data_bar_heights", "activations", "deltalens"):
+        for key in (
+            "modelId",
+            "layer",
+            "index",
+            "maxActApprox",
+            "frac_nonzero",
+            "freq_hist_data_bar_values",
+            "freq_hist_data_bar_heights",
+            "pos_str",
+            "pos_values",
+            "neg_str",
+            "neg_values",
+            "logits_hist_data_bar_values",
+            "logits_hist_data_bar_heights",
+            "activations",
+            "deltalens",
+        ):
             assert key in r
         assert len(r["freq_hist_data_bar_values"]) == len(r["freq_hist_data_bar_heights"])
         assert sum(r["freq_hist_data_bar_heights"]) == int(st.fire_tokens[i])

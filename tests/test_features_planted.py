@@ -64,7 +64,9 @@ def test_universal_finds_exactly_the_asst_latent(tiny, planted):
     [src] = make_sources(tiny, [sae])
     assert src.name == "tiny_trainer0_layer0"
     for threshold in (0.2, 1.0):
-        res = universal_features([src], _prompts(), threshold=threshold, activation_threshold=0.01, progress=False)
+        res = universal_features(
+            [src], _prompts(), threshold=threshold, activation_threshold=0.01, progress=False
+        )
         t = res.table
         assert list(t.columns) == UNIVERSAL_COLUMNS
         assert t[["feature_id", "token"]].values.tolist() == [[ASST, "asst"]]
@@ -88,7 +90,10 @@ def test_universal_threshold_counts_prompts(tiny, planted):
     sc.count[:4] = torch.tensor([5, 2, 3, 0])
     sc.act_sum[:4] = torch.tensor([5.0, 4.0, 9.0, 0.0], dtype=torch.float64)
     sc.finish()
-    ids = lambda thr: universal_from_scans([sc], prompts, thr, False).table.feature_id.tolist()
+
+    def ids(thr):
+        return universal_from_scans([sc], prompts, thr, False).table.feature_id.tolist()
+
     assert ids(0.4) == [2, 1, 0]  # means 3.0, 2.0, 1.0
     assert ids(0.41) == [2, 0]
     assert ids(0.6) == [2, 0] and ids(0.61) == [0] and ids(1.0) == [0]
@@ -98,7 +103,9 @@ def test_universal_threshold_counts_prompts(tiny, planted):
     scan = next(s for s in res.scans if s.token == "asst")
     assert scan.count[ASST] == 5 and scan.count[PROMPT_ONLY] == 0 and scan.count[DEAD] == 0
     # raising the activation threshold above the planted activation removes it
-    res = universal_features([src], prompts, threshold=0.2, activation_threshold=info["acts"][ASST] + 1e-3, progress=False)
+    res = universal_features(
+        [src], prompts, threshold=0.2, activation_threshold=info["acts"][ASST] + 1e-3, progress=False
+    )
     assert res.table.empty and list(res.table.columns) == UNIVERSAL_COLUMNS
 
 
@@ -106,9 +113,13 @@ def test_specific_reports_every_prompt_and_records_active_pairs(tiny, planted, t
     sae, info = planted
     [src] = make_sources(tiny, [sae])
     feats = tmp_path / "features.csv"
-    feats.write_text("feature_id,source,token\n0,tiny_trainer0_layer0,asst\n1,tiny_trainer0_layer0,\n2,tiny_trainer0_layer0,newline\n")
+    feats.write_text(
+        "feature_id,source,token\n0,tiny_trainer0_layer0,asst\n1,tiny_trainer0_layer0,\n2,tiny_trainer0_layer0,newline\n"
+    )
     refs = read_features_csv(feats)
-    res = specific_features([src], _prompts(), refs, activation_threshold=0.01, record_prompts=True, progress=False)
+    res = specific_features(
+        [src], _prompts(), refs, activation_threshold=0.01, record_prompts=True, progress=False
+    )
     t = res.table
     assert list(t.columns) == SPECIFIC_COLUMNS
     n = len(QUESTIONS)
@@ -116,16 +127,30 @@ def test_specific_reports_every_prompt_and_records_active_pairs(tiny, planted, t
     assert len(t) == n * 4
     asst0 = t[(t.feature_id == 0) & (t.token == "asst")]
     assert asst0.prompt_idx.tolist() == list(range(n))
-    assert asst0.prompt.tolist() == [q for q, _ in QUESTIONS] and asst0.label.tolist() == [lab for _, lab in QUESTIONS]
+    assert asst0.prompt.tolist() == [q for q, _ in QUESTIONS] and asst0.label.tolist() == [
+        lab for _, lab in QUESTIONS
+    ]
     assert asst0.activation.tolist() == pytest.approx([info["acts"][ASST]] * n, rel=1e-5)
     assert (t[t.feature_id != 0].activation == 0).all()
-    assert sorted(set(zip(t.feature_id, t.token))) == [(0, "asst"), (1, "asst"), (1, "newline"), (2, "newline")]
+    assert sorted(set(zip(t.feature_id, t.token))) == [
+        (0, "asst"),
+        (1, "asst"),
+        (1, "newline"),
+        (2, "newline"),
+    ]
     # records: only feature 0 is active, on every prompt
     assert len(res.records) == n
     for rec, (q, lab) in zip(res.records, QUESTIONS):
         assert tuple(rec) == RECORD_KEYS
-        assert rec == {"model": "tiny", "layer": 0, "feature_id": 0, "prompt": q, "label": lab,
-                       "activation": pytest.approx(info["acts"][ASST], rel=1e-5), "token_type": "asst"}
+        assert rec == {
+            "model": "tiny",
+            "layer": 0,
+            "feature_id": 0,
+            "prompt": q,
+            "label": lab,
+            "activation": pytest.approx(info["acts"][ASST], rel=1e-5),
+            "token_type": "asst",
+        }
     csv_path, jsonl = res.write(tmp_path / "out" / "specific.csv")
     assert jsonl == tmp_path / "out" / "specific_activeprompts.jsonl"
     with open(csv_path, newline="") as fh:
@@ -136,13 +161,22 @@ def test_specific_reports_every_prompt_and_records_active_pairs(tiny, planted, t
 
 def test_universal_csv_schema_on_disk(tiny, planted, tmp_path):
     sae, _ = planted
-    [src] = make_sources(tiny, [sae], model_alias="llama", link_template="https://dash/?model={model}&layer={layer}&trainer={trainer}&fids={feature_id}")
+    [src] = make_sources(
+        tiny,
+        [sae],
+        model_alias="llama",
+        link_template="https://dash/?model={model}&layer={layer}&trainer={trainer}&fids={feature_id}",
+    )
     res = universal_features([src], _prompts(), threshold=0.3, record_prompts=True, progress=False)
     p, jsonl = res.write(tmp_path / "universal.csv")
     with open(p, newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == UNIVERSAL_COLUMNS
-    assert rows[1][0] == "0" and rows[1][5:] == ["llama_trainer0_layer0", "asst", "https://dash/?model=llama&layer=0&trainer=0&fids=0"]
+    assert rows[1][0] == "0" and rows[1][5:] == [
+        "llama_trainer0_layer0",
+        "asst",
+        "https://dash/?model=llama&layer=0&trainer=0&fids=0",
+    ]
     p2, _ = res.write(tmp_path / "annotated.csv", annotation_columns=True)
     with open(p2, newline="") as fh:
         rows2 = list(csv.reader(fh))
@@ -197,19 +231,30 @@ def test_errors_name_the_csv_line(tiny, planted, tmp_path):
     [src] = make_sources(tiny, [sae])
     bad = tmp_path / "bad.csv"
     bad.write_text("feature_id,source\n0,tiny_trainer0_layer0\n1,qwen_trainer1_layer11\n")
-    with pytest.raises(DataFormatError, match=r"bad.csv:3: source 'qwen_trainer1_layer11' is not one of the SAEs of this run \(loaded: tiny_trainer0_layer0\)"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"bad.csv:3: source 'qwen_trainer1_layer11' is not one of the SAEs of this run \(loaded: tiny_trainer0_layer0\)",
+    ):
         specific_features([src], _prompts(), read_features_csv(bad), progress=False)
     bad.write_text("feature_id,source\n0,tiny_trainer0_layer0\n6,tiny_trainer0_layer0\n")
-    with pytest.raises(DataFormatError, match=r"bad.csv:3: feature_id 6 is out of range for tiny_trainer0_layer0 \(d_sae=6: valid ids 0..5\)"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"bad.csv:3: feature_id 6 is out of range for tiny_trainer0_layer0 \(d_sae=6: valid ids 0..5\)",
+    ):
         specific_features([src], _prompts(), read_features_csv(bad), progress=False)
     bad.write_text("feature_id,source\n-1,tiny_trainer0_layer0\n")
     with pytest.raises(DataFormatError, match="bad.csv:2: feature_id -1 is out of range"):
         specific_features([src], _prompts(), read_features_csv(bad), progress=False)
     bad.write_text("feature_id,source,token\n0,tiny_trainer0_layer0,endheader\n")
-    with pytest.raises(DataFormatError, match=r"bad.csv:2: token 'endheader' is not analysed for tiny_trainer0_layer0 \(token types: asst, newline\)"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"bad.csv:2: token 'endheader' is not analysed for tiny_trainer0_layer0 \(token types: asst, newline\)",
+    ):
         specific_features([src], _prompts(), read_features_csv(bad), progress=False)
     bad.write_text("id,source\n0,x\n")
-    with pytest.raises(DataFormatError, match=r"bad.csv:1: features CSV needs the column\(s\) feature_id; found: id, source"):
+    with pytest.raises(
+        DataFormatError, match=r"bad.csv:1: features CSV needs the column\(s\) feature_id; found: id, source"
+    ):
         read_features_csv(bad)
     bad.write_text("feature_id,source\nabc,x\n")
     with pytest.raises(DataFormatError, match="bad.csv:2: feature_id 'abc' is not an integer"):
@@ -237,11 +282,20 @@ def test_many_sources_of_two_models_in_one_run(tiny, monkeypatch):
             s.W_dec.copy_(torch.randn(32, lm.d_model, generator=g))
         return s
 
-    saes = {("llama", "resid.1"): rand_sae(tiny, "resid.1"), ("llama", "resid.3"): rand_sae(tiny, "resid.3"),
-            ("qwen", "resid.2"): rand_sae(other, "resid.2")}
-    sources = make_sources(tiny, [saes[("llama", "resid.1")], saes[("llama", "resid.3")]], model_alias="llama")
+    saes = {
+        ("llama", "resid.1"): rand_sae(tiny, "resid.1"),
+        ("llama", "resid.3"): rand_sae(tiny, "resid.3"),
+        ("qwen", "resid.2"): rand_sae(other, "resid.2"),
+    }
+    sources = make_sources(
+        tiny, [saes[("llama", "resid.1")], saes[("llama", "resid.3")]], model_alias="llama"
+    )
     sources += make_sources(other, [saes[("qwen", "resid.2")]], model_alias="qwen", existing=sources)
-    assert [s.name for s in sources] == ["llama_trainer0_layer1", "llama_trainer0_layer3", "qwen_trainer0_layer2"]
+    assert [s.name for s in sources] == [
+        "llama_trainer0_layer1",
+        "llama_trainer0_layer3",
+        "qwen_trainer0_layer2",
+    ]
     calls = {"n": 0}
     for lm in (tiny, other):
         orig = lm.model.forward
@@ -257,15 +311,23 @@ def test_many_sources_of_two_models_in_one_run(tiny, monkeypatch):
     assert calls["n"] == 2  # one batch per model, every layer and token type from it
     monkeypatch.undo()
     t = res.specific.table
-    assert sorted(set(zip(t.source, t.token))) == [(s.name, tok) for s in sources for tok in ("asst", "newline")]
+    assert sorted(set(zip(t.source, t.token))) == [
+        (s.name, tok) for s in sources for tok in ("asst", "newline")
+    ]
     for s, (model, site) in zip(sources, saes):
         lm = tiny if model == "llama" else other
         for tok in ("asst", "newline"):
-            ref = deltalens.capture(lm, [{"question": p.text, "response": ""} for p in prompts], [site], tok, progress=False)
+            ref = deltalens.capture(
+                lm, [{"question": p.text, "response": ""} for p in prompts], [site], tok, progress=False
+            )
             want = saes[(model, site)].encode(ref[site]).detach()
             got = t[(t.source == s.name) & (t.token == tok)].sort_values(["prompt_idx", "feature_id"])
-            torch.testing.assert_close(torch.tensor(got.activation.to_numpy(), dtype=torch.float32).view(len(prompts), 32),
-                                       want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                torch.tensor(got.activation.to_numpy(), dtype=torch.float32).view(len(prompts), 32),
+                want,
+                atol=1e-5,
+                rtol=1e-5,
+            )
             u = res.universal.table
             u = u[(u.source == s.name) & (u.token == tok)]
             n_active = (want > 0.01).sum(0)

@@ -33,8 +33,9 @@ def test_latents_at_asst_and_newline_match_output_hidden_states(smollm):
     [src] = make_sources(lm, [sae])
     assert src.name == "smollm2_trainer0_layer3"
     feats = list(range(0, sae.d_sae, 97))
-    res = specific_features([src], prompts, [FeatureRef(f, src.name) for f in feats], activation_threshold=0.0,
-                            progress=False)
+    res = specific_features(
+        [src], prompts, [FeatureRef(f, src.name) for f in feats], activation_threshold=0.0, progress=False
+    )
     t = res.table
     for i, p in enumerate(prompts):
         ids = lm.encode(lm.format_chat(p.text), formatted=True)
@@ -50,9 +51,13 @@ def test_latents_at_asst_and_newline_match_output_hidden_states(smollm):
 
 def test_firing_stats_on_generations_find_prompt_only_latents(smollm):
     lm = smollm
-    data = [{"question": p.text, "response": r} for p, r in zip(
-        bundled_prompts("chat_prompts")[:4],
-        ["I am an AI assistant.", "Paris is the capital of France.", "Sure, here is a poem.", "Yes."])]
+    data = [
+        {"question": p.text, "response": r}
+        for p, r in zip(
+            bundled_prompts("chat_prompts")[:4],
+            ["I am an AI assistant.", "Paris is the capital of France.", "Sure, here is a poem.", "Yes."],
+        )
+    ]
     st = firing_stats(lm, _sae(lm, 3), data, progress=False)
     assert st.n_response_tokens > 0 and st.n_sequences == 4
     po = st.prompt_only

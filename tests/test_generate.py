@@ -42,15 +42,27 @@ def test_batched_left_padded_generation_equals_unbatched_reference(tiny):
 
 def test_system_prompts_rollouts_and_seeded_sampling(tiny):
     gens = deltalens.generate(
-        tiny, [{"question": "Hello", "system_prompt": "Be kind."}, "Why?"], n=3, do_sample=True,
-        temperature=1.5, seed=7, max_new_tokens=6, progress=False,
+        tiny,
+        [{"question": "Hello", "system_prompt": "Be kind."}, "Why?"],
+        n=3,
+        do_sample=True,
+        temperature=1.5,
+        seed=7,
+        max_new_tokens=6,
+        progress=False,
     )
     assert [(g.index, g.rollout) for g in gens] == [(i, r) for i in range(2) for r in range(3)]
     assert gens[0].system == "Be kind." and "Be kind." in gens[0].prompt
     assert len({tuple(g.response_ids) for g in gens[:3]}) > 1, "rollouts should differ when sampling"
     again = deltalens.generate(
-        tiny, [{"question": "Hello", "system_prompt": "Be kind."}, "Why?"], n=3, do_sample=True,
-        temperature=1.5, seed=7, max_new_tokens=6, progress=False,
+        tiny,
+        [{"question": "Hello", "system_prompt": "Be kind."}, "Why?"],
+        n=3,
+        do_sample=True,
+        temperature=1.5,
+        seed=7,
+        max_new_tokens=6,
+        progress=False,
     )
     assert [g.response_ids for g in gens] == [g.response_ids for g in again]
 

@@ -64,7 +64,10 @@ def test_hooks_removed_after_exception(tiny):
 
 
 def test_validation_errors_before_any_forward(tiny):
-    with pytest.raises(SiteError, match=r"layer 9 is out of range: this model has 4 layers \(valid: 0\.\.3, or -4\.\.-1 counting from the end\)"):
+    with pytest.raises(
+        SiteError,
+        match=r"layer 9 is out of range: this model has 4 layers \(valid: 0\.\.3, or -4\.\.-1 counting from the end\)",
+    ):
         with intervene(tiny, [Read((9, "resid"))]):
             pass
     with pytest.raises(ShapeError, match="width 10 but the model's d_model is 64"):
@@ -246,7 +249,9 @@ def test_response_steering_touches_every_generated_token_and_no_prompt_token(fam
         P = before.values[0].shape[1]
         p_start = P - g.prompt_len
         n = g.prompt_len + min(g.response_len, steps - 1)
-        torch.testing.assert_close(kv[p_start : p_start + n], a2.value[b, start : start + n], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            kv[p_start : p_start + n], a2.value[b, start : start + n], atol=1e-4, rtol=1e-4
+        )
 
 
 def test_rows_restrict_an_intervention_to_those_inputs(tiny):
@@ -282,13 +287,27 @@ def test_intervention_sites_named_like_saelens(tiny):
 def test_one_site_resolver_accepts_negative_layers_everywhere(tiny):
     from deltalens.hooks import Site
 
-    for spec in ("resid.-1", -1, (-1, "resid"), ("resid", 3), "resid.3", "blocks.3.hook_resid_post", Site(-1)):
+    for spec in (
+        "resid.-1",
+        -1,
+        (-1, "resid"),
+        ("resid", 3),
+        "resid.3",
+        "blocks.3.hook_resid_post",
+        Site(-1),
+    ):
         assert Site.parse(spec).resolve(tiny) == Site(3, "resid"), spec
     assert Site.parse("mlp_out.-4").resolve(tiny) == Site(0, "mlp_out")
     assert Site.parse("embed").resolve(tiny) == Site(0, "embed")
-    assert Site.resolve_all(tiny, ["resid.-1", "resid.3", 1, "mlp_out.-1"]) == [Site(3), Site(1), Site(3, "mlp_out")]
+    assert Site.resolve_all(tiny, ["resid.-1", "resid.3", 1, "mlp_out.-1"]) == [
+        Site(3),
+        Site(1),
+        Site(3, "mlp_out"),
+    ]
     assert Site.resolve_all(tiny, (2, "attn_out")) == [Site(2, "attn_out")]
-    with pytest.raises(SiteError, match=r"layer -5 is out of range: this model has 4 layers \(valid: 0\.\.3, or -4\.\.-1"):
+    with pytest.raises(
+        SiteError, match=r"layer -5 is out of range: this model has 4 layers \(valid: 0\.\.3, or -4\.\.-1"
+    ):
         Site.parse("resid.-5").resolve(tiny)
     assert Site(-2).resolve(10) == Site(8)
     # hooks resolve through it too: a read at resid.-1 is the last block's output, early exit at -1 works

@@ -7,13 +7,23 @@ import torch
 import deltalens
 from deltalens.capture import iter_capture
 
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hello there", "Why is the sky blue? Light scatters.", "Yes"]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello there",
+    "Why is the sky blue? Light scatters.",
+    "Yes",
+]
 
 
 def test_batches_hold_the_same_rows_as_capture(tiny):
-    data = [{"question": q, "response": r} for q, r in zip(TEXTS, ["Fine.", "No thanks", "", "Paris is the capital"])]
+    data = [
+        {"question": q, "response": r}
+        for q, r in zip(TEXTS, ["Fine.", "No thanks", "", "Paris is the capital"])
+    ]
     ref = deltalens.capture(tiny, data, [(1, "resid"), (2, "mlp_out")], "all", progress=False)
-    batches = list(iter_capture(tiny, data, [(1, "resid"), (2, "mlp_out")], "all", batch_size=3, progress=False))
+    batches = list(
+        iter_capture(tiny, data, [(1, "resid"), (2, "mlp_out")], "all", batch_size=3, progress=False)
+    )
     assert len(batches) == 2
     seq = torch.cat([b.seq_ids for b in batches])
     pos = torch.cat([b.positions for b in batches])
@@ -43,7 +53,9 @@ def test_token_type_rows_match_the_positions_language(tiny):
         for s, x in zip(b.seq_ids[m].tolist(), b[(2, "resid")][m]):
             rows[s] = x
     assert sorted(rows) == list(range(len(TEXTS)))
-    torch.testing.assert_close(torch.stack([rows[i] for i in range(len(TEXTS))]), ref[(2, "resid")], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.stack([rows[i] for i in range(len(TEXTS))]), ref[(2, "resid")], atol=1e-5, rtol=1e-5
+    )
 
 
 def test_hooks_are_gone_between_batches(tiny):

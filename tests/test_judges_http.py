@@ -40,7 +40,9 @@ class Server:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with srv.lock:
-                    srv.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                    srv.requests.append(
+                        {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
+                    )
                 if self.headers.get("Authorization") != f"Bearer {KEY}":
                     return self._send(401, {"error": {"message": "bad key"}})
                 prompt = body["messages"][0]["content"]
@@ -57,11 +59,17 @@ class Server:
                     return self._send(200, _answer("80", None))
                 if "<<lp:" in prompt:
                     c = int(prompt.split("<<lp:")[1].split(">>")[0])
-                    top = [{"token": str(c - 10), "logprob": math.log(0.25)}, {"token": str(c), "logprob": math.log(0.5)},
-                           {"token": str(c + 10), "logprob": math.log(0.15)}, {"token": "The", "logprob": math.log(0.1)}]
+                    top = [
+                        {"token": str(c - 10), "logprob": math.log(0.25)},
+                        {"token": str(c), "logprob": math.log(0.5)},
+                        {"token": str(c + 10), "logprob": math.log(0.15)},
+                        {"token": "The", "logprob": math.log(0.1)},
+                    ]
                     return self._send(200, _answer(str(c), top if body.get("logprobs") else None))
                 if "<<text:" in prompt:
-                    return self._send(200, _answer("Score: " + prompt.split("<<text:")[1].split(">>")[0], None))
+                    return self._send(
+                        200, _answer("Score: " + prompt.split("<<text:")[1].split(">>")[0], None)
+                    )
                 if "<<refuse>>" in prompt:
                     return self._send(200, _answer("REFUSAL", None))
                 if "<<junk>>" in prompt:
@@ -107,8 +115,15 @@ def server():
 @pytest.fixture
 def judge(server, monkeypatch):
     monkeypatch.setenv("DELTALENS_TEST_JUDGE_KEY", KEY)
-    return OpenAIJudge(model="judge-model", base_url=server.url, api_key_env="DELTALENS_TEST_JUDGE_KEY",
-                       timeout=0.5, max_retries=2, backoff=0.05, concurrency=4)
+    return OpenAIJudge(
+        model="judge-model",
+        base_url=server.url,
+        api_key_env="DELTALENS_TEST_JUDGE_KEY",
+        timeout=0.5,
+        max_retries=2,
+        backoff=0.05,
+        concurrency=4,
+    )
 
 
 def test_logprob_weighted_score_and_text_fallbacks(judge, server):
@@ -122,13 +137,23 @@ def test_logprob_weighted_score_and_text_fallbacks(judge, server):
     req = server.requests[0]
     assert req["path"] == "/v1/chat/completions" and req["auth"] == f"Bearer {KEY}"
     body = req["body"]
-    assert body["model"] == "judge-model" and body["logprobs"] is True and body["top_logprobs"] == 20 and body["temperature"] == 0
+    assert (
+        body["model"] == "judge-model"
+        and body["logprobs"] is True
+        and body["top_logprobs"] == 20
+        and body["temperature"] == 0
+    )
     prompts = [r["body"]["messages"][0]["content"] for r in server.requests]
     assert any("Talks like a pirate." in p and "q1" in p and "a <<lp:70>>" in p for p in prompts)
 
 
 def test_coherence_prompt_and_number_mass_threshold():
-    assert score_from_logprobs([{"token": "90", "logprob": math.log(0.2)}, {"token": "no", "logprob": math.log(0.8)}]) is None
+    assert (
+        score_from_logprobs(
+            [{"token": "90", "logprob": math.log(0.2)}, {"token": "no", "logprob": math.log(0.8)}]
+        )
+        is None
+    )
     assert score_from_logprobs([{"token": " 30", "logprob": 0.0}]) == 30.0
     assert score_from_text("I'd say 101 or maybe 77.").value == 77.0
     assert score_from_text("").status == "unparseable"
@@ -200,7 +225,9 @@ def test_steering_run_with_failing_judge_keeps_scores_and_resumes(judge, server,
     settings = EvalSettings(questions, max_new_tokens=3)
     log = ResultsLog(tmp_path / "results.jsonl")
     cache = JudgeCache(tmp_path / "cache.sqlite")
-    rec = evaluate_candidates(lm, [Candidate.baseline()], settings, judge, TRAIT, log, cache=cache, progress=False)[0]
+    rec = evaluate_candidates(
+        lm, [Candidate.baseline()], settings, judge, TRAIT, log, cache=cache, progress=False
+    )[0]
     assert rec.n_errors == 1 and rec.trait_mean == pytest.approx((0.25 * 50 + 0.5 * 60 + 0.15 * 70) / 0.9)
     assert rec.responses[1]["trait_status"] == "error"
     # the server recovers; a re-run must not regenerate, only re-score the failed item
@@ -213,7 +240,9 @@ def test_steering_run_with_failing_judge_keeps_scores_and_resumes(judge, server,
     monkeypatch.setattr(ev, "generate_sweep", no_generation)
     n = len(server.requests)
     log2 = ResultsLog(tmp_path / "results.jsonl")
-    rec2 = evaluate_candidates(lm, [Candidate.baseline()], settings, judge, TRAIT, log2, cache=cache, progress=False)[0]
+    rec2 = evaluate_candidates(
+        lm, [Candidate.baseline()], settings, judge, TRAIT, log2, cache=cache, progress=False
+    )[0]
     assert rec2.n_errors == 0 and rec2.responses[1]["trait"] == 50.0
     assert len(server.requests) - n == 2  # trait + coherence of the slow item only
     assert log2.appended == 1

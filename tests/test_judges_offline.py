@@ -46,7 +46,9 @@ PLAIN = [
 
 
 def test_embeddings_are_normalised_and_semantic():
-    e = embed(["The cat sat on the mat.", "A cat is sitting on a mat.", "Quarterly revenue grew by four percent."])
+    e = embed(
+        ["The cat sat on the mat.", "A cat is sitting on a mat.", "Quarterly revenue grew by four percent."]
+    )
     assert e.shape == (3, 384)
     torch.testing.assert_close(e.norm(dim=-1), torch.ones(3), atol=1e-5, rtol=0)
     assert float(e[0] @ e[1]) > float(e[0] @ e[2]) + 0.3
@@ -55,7 +57,9 @@ def test_embeddings_are_normalised_and_semantic():
 def test_trait_classifier_separates_and_is_calibrated(tmp_path):
     clf = TraitClassifier.fit(PIRATE, PLAIN, trait="pirate")
     assert clf.meta["cv_accuracy"] >= 0.9 and clf.meta["cv_auroc"] >= 0.95
-    p = clf.predict_proba(["Arr matey, ye be wantin' me gold?", "The invoice is due at the end of the month."])
+    p = clf.predict_proba(
+        ["Arr matey, ye be wantin' me gold?", "The invoice is due at the end of the month."]
+    )
     assert p[0] > 0.7 and p[1] < 0.3
     # score = σ(a·(w·x + b) + c), recomputed independently from the stored parameters
     x = embed(["Arr matey, ye be wantin' me gold?"]).double()
@@ -69,7 +73,11 @@ def test_trait_classifier_separates_and_is_calibrated(tmp_path):
 
 def test_coherence_nll_matches_an_unbatched_computation(tiny):
     cs = CoherenceScorer(tiny, batch_size=2)
-    items = [("Why is the sky blue?", "The sky is blue because light scatters."), ("Hello", "Hi there"), ("Tell me a story", "Once upon a time")]
+    items = [
+        ("Why is the sky blue?", "The sky is blue because light scatters."),
+        ("Hello", "Hi there"),
+        ("Tell me a story", "Once upon a time"),
+    ]
     got = cs.nll(items)
     for (q, r), (nll, ids) in zip(items, got):
         p = tiny.encode(tiny.format_chat(q), formatted=True)
@@ -124,6 +132,8 @@ def test_local_judge_expected_score_matches_teacher_forcing(tiny):
                 logp = torch.log_softmax(tiny.model(input_ids=x).logits[0].double(), -1)
             lps.append(sum(float(logp[len(p) - 1 + k, t]) for k, t in enumerate(cid)))
         w = torch.softmax(torch.tensor(lps), 0)
-        assert s.status == "ok" and s.value == pytest.approx(float((w * torch.tensor(cands, dtype=torch.float64)).sum()), abs=1e-4)
+        assert s.status == "ok" and s.value == pytest.approx(
+            float((w * torch.tensor(cands, dtype=torch.float64)).sum()), abs=1e-4
+        )
     with pytest.raises(ValueError):
         LocalJudge(tiny, candidates=(0, 200))

@@ -28,7 +28,9 @@ def test_local_directory_round_trip(tmp_path):
     lm.model.save_pretrained(tmp_path / "m")
     lm.tokenizer.save_pretrained(tmp_path / "m")
     back = deltalens.load(str(tmp_path / "m"))
-    assert back.arch.family == "llama" and back.n_layers == 4 and back.token_types == {"asst": -2, "newline": -1}
+    assert (
+        back.arch.family == "llama" and back.n_layers == 4 and back.token_types == {"asst": -2, "newline": -1}
+    )
     ids = torch.tensor([lm.encode("Hello there")])
     with torch.no_grad():
         torch.testing.assert_close(back.model(ids).logits, lm.model(ids).logits)
@@ -68,7 +70,9 @@ def test_bundled_smollm2(smollm):
 @pytest.mark.real
 def test_bundled_capture_equals_output_hidden_states(smollm):
     texts = ["The quick brown fox jumps over the lazy dog.", "Hello world"]
-    acts = deltalens.capture(smollm, texts, [(0, "resid"), (14, "resid"), (29, "resid")], "all", progress=False)
+    acts = deltalens.capture(
+        smollm, texts, [(0, "resid"), (14, "resid"), (29, "resid")], "all", progress=False
+    )
     for i, t in enumerate(texts):
         ids = torch.tensor([smollm.encode(t)])
         with torch.no_grad():
@@ -88,7 +92,9 @@ def test_bundled_gemma3_base():
     assert lm.arch.family == "gemma" and lm.n_layers == 18 and lm.d_model == 640
     assert not lm.has_chat_template and lm.token_types == {}
     text = "The capital of France is Paris."
-    acts = deltalens.capture(lm, [text], [(3, "resid"), (3, "resid_pre"), (3, "attn_out"), (3, "mlp_out")], progress=False)
+    acts = deltalens.capture(
+        lm, [text], [(3, "resid"), (3, "resid_pre"), (3, "attn_out"), (3, "mlp_out")], progress=False
+    )
     with torch.no_grad():
         hs = lm.model(torch.tensor([lm.encode(text)]), output_hidden_states=True).hidden_states
     torch.testing.assert_close(acts[(3, "resid")], hs[4][0])

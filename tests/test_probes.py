@@ -27,7 +27,12 @@ from deltalens.probes import (
 )
 from deltalens.probes.fit import logistic, rank_by_diff, splits
 
-A, B, C_, D = 7, 42, 13, 99  # dominant, secondary (visible once A is zeroed), unrelated, high-firing distractor
+A, B, C_, D = (
+    7,
+    42,
+    13,
+    99,
+)  # dominant, secondary (visible once A is zeroed), unrelated, high-firing distractor
 
 
 def planted(n: int = 2400, d: int = 160, seed: int = 0):
@@ -72,7 +77,9 @@ def test_planted_latents_recovered(method):
 @pytest.mark.parametrize("method", ["l1", "ksparse", "diff_mean"])
 def test_secondary_latent_only_after_first_round(method):
     X, y = labelled()
-    rows = annotate(X, y, AnnotateConfig(method=method, per_round=1, rounds=6, stop_auroc=0.6), metric="score")
+    rows = annotate(
+        X, y, AnnotateConfig(method=method, per_round=1, rounds=6, stop_auroc=0.6), metric="score"
+    )
     assert [r["latent"] for r in rows[:2]] == [A, B]
     assert [r["round"] for r in rows[:2]] == [0, 1]
     assert rows[0]["auroc_before"] > 0.95 and 0.6 < rows[0]["auroc_after"] < 0.9  # B carries what is left
@@ -108,8 +115,10 @@ def test_l1_and_diff_mean_equal_sklearn_on_same_folds():
     folds = list(StratifiedKFold(4, shuffle=True, random_state=1).split(np.zeros(len(y)), y))
     direct = []
     for tr, te in folds:
-        est = make_pipeline(StandardScaler(with_mean=False),
-                            LogisticRegression(l1_ratio=1.0, C=0.05, solver="liblinear", max_iter=1000, random_state=1))
+        est = make_pipeline(
+            StandardScaler(with_mean=False),
+            LogisticRegression(l1_ratio=1.0, C=0.05, solver="liblinear", max_iter=1000, random_state=1),
+        )
         est.fit(X[tr], y[tr])
         direct.append(roc_auc_score(y[te], est.decision_function(X[te])))
     np.testing.assert_allclose(p.fold_auroc, direct, atol=1e-6)
@@ -140,14 +149,25 @@ def _planted_table():
     dense = rng.normal(size=(len(m), 12))
     dense[:, 0] += 0.3 * m  # the residual carries the metric too (less cleanly)
     t = table_from_arrays(X, dense=dense, meta={"sae": "planted", "site": "resid.1"})
-    df = pd.DataFrame({"id": [str(i) for i in range(len(m))], "score": m,
-                       "flat": np.ones(len(m)), "noise": rng.normal(size=len(m))})
+    df = pd.DataFrame(
+        {
+            "id": [str(i) for i in range(len(m))],
+            "score": m,
+            "flat": np.ones(len(m)),
+            "noise": rng.normal(size=len(m)),
+        }
+    )
     return t, df
 
 
 def test_fit_table_baseline_controls_and_stages(tmp_path):
     t, df = _planted_table()
-    res = fit_table(t, df, ProbeFitConfig(metrics=["score", "noise"], methods=["ksparse", "diff_mean"], top=5), name="M1D1")
+    res = fit_table(
+        t,
+        df,
+        ProbeFitConfig(metrics=["score", "noise"], methods=["ksparse", "diff_mean"], top=5),
+        name="M1D1",
+    )
     ks = res.probe("score", "ksparse")
     assert ks["top_latents"][:2] == [A, B]
     assert ks["cv_auroc"] > 0.95 and 0.6 < ks["dense_auroc"] < ks["cv_auroc"]
@@ -156,15 +176,21 @@ def test_fit_table_baseline_controls_and_stages(tmp_path):
     assert abs(res.probe("noise", "ksparse")["cv_auroc"] - 0.5) < 0.1
     assert res.labels["score"]["high"] == res.labels["score"]["low"] == 300
     res.save(tmp_path / "M1D1")
-    assert (tmp_path / "M1D1" / "importance.csv").is_file() and (tmp_path / "M1D1" / "probe_auroc.png").is_file()
+    assert (tmp_path / "M1D1" / "importance.csv").is_file() and (
+        tmp_path / "M1D1" / "probe_auroc.png"
+    ).is_file()
     ann = run_annotate(tmp_path / "M1D1", AnnotateConfig(metrics=["score"], rounds=4, stop_auroc=0.6))
     assert [r["latent"] for r in ann.rows[:2]] == [A, B]
-    cor = run_correlate(tmp_path / "M1D1", CorrelateConfig(thresholds=[0.0, 1.0, 3.0], top=4, metrics=["score"]))
+    cor = run_correlate(
+        tmp_path / "M1D1", CorrelateConfig(thresholds=[0.0, 1.0, 3.0], top=4, metrics=["score"])
+    )
     assert {r["property"] for r in cor.rows} >= {"prevalence", "firing_rate"}
     assert sorted(cor.points["threshold"].unique()) == [0.0, 1.0, 3.0]
     assert (tmp_path / "M1D1" / "connected_scatter_score.png").is_file()
     # a second "iteration" with the same latents: comparisons
-    res2 = fit_table(t, df, ProbeFitConfig(metrics=["score", "noise"], methods=["ksparse"], top=5), name="M0D1")
+    res2 = fit_table(
+        t, df, ProbeFitConfig(metrics=["score", "noise"], methods=["ksparse"], top=5), name="M0D1"
+    )
     res2.save(tmp_path / "M0D1")
     run_correlate(tmp_path / "M0D1", CorrelateConfig(thresholds=[0.0, 1.0], top=4))
     cmp = run_compare([tmp_path / "M0D1", tmp_path / "M1D1"], CompareConfig(ks=[2, 5]), out=tmp_path / "cmp")
@@ -222,17 +248,26 @@ def test_latent_table_pools_like_a_direct_capture(tiny):
     from deltalens.probes import as_sequences, build_latent_table
 
     sae = _tiny_sae(tiny)
-    data = [{"question": q, "response": r} for q, r in [("Why is the sky blue?", "Light scatters in the air."),
-                                                         ("Tell me a story", "A brave mouse lived in a big old house."),
-                                                         ("hello", "good morning thanks")]]
+    data = [
+        {"question": q, "response": r}
+        for q, r in [
+            ("Why is the sky blue?", "Light scatters in the air."),
+            ("Tell me a story", "A brave mouse lived in a big old house."),
+            ("hello", "good morning thanks"),
+        ]
+    ]
     t = build_latent_table(tiny, sae, as_sequences(data), positions="response", batch_size=2)
     cap = capture(tiny, data, ["resid.1"], "response")
     f = sae.encode(cap["resid.1"]).detach()
     for i in range(3):
         rows = f[cap.seq_ids == i]
-        np.testing.assert_allclose(t.pooled["max"][i].toarray().ravel(), rows.max(0).values.numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            t.pooled["max"][i].toarray().ravel(), rows.max(0).values.numpy(), atol=1e-5
+        )
         np.testing.assert_allclose(t.pooled["mean"][i].toarray().ravel(), rows.mean(0).numpy(), atol=1e-5)
-        np.testing.assert_allclose(t.pooled["frac"][i].toarray().ravel(), (rows > 0).float().mean(0).numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            t.pooled["frac"][i].toarray().ravel(), (rows > 0).float().mean(0).numpy(), atol=1e-6
+        )
         np.testing.assert_allclose(t.dense[i], cap["resid.1"][cap.seq_ids == i].mean(0).numpy(), atol=1e-5)
         assert t.n_tokens[i] == int((cap.seq_ids == i).sum())
     assert t.seq_ids == ["0", "1", "2"] and t.texts[0] == "Light scatters in the air."
@@ -241,10 +276,10 @@ def test_latent_table_pools_like_a_direct_capture(tiny):
 
 def test_cli_fit_annotate_correlate_compare(tiny, tmp_path):
     import pandas as pd
+    from tests.tiny import save_tiny
 
     from deltalens.cli import main
     from deltalens.sae.io import save_sae
-    from tests.tiny import save_tiny
 
     model = save_tiny(tiny, tmp_path / "model")
     sae = _tiny_sae(tiny)
@@ -261,18 +296,79 @@ def test_cli_fit_annotate_correlate_compare(tiny, tmp_path):
     pd.DataFrame(metr).to_csv(tmp_path / "m.csv", index=False)
     for name in ("M1D1", "M0D1"):
         with pytest.raises(SystemExit) as e:
-            main(["probes", "fit", "--sequences", str(seqs), "--metrics", str(tmp_path / "m.csv"), "--sae", str(tmp_path / "sae"),
-                  "--model", model, "--folds", "3", "--high", "0.7", "--low", "0.3", "--ks", "1,2,4", "--out", str(tmp_path / name)])
+            main(
+                [
+                    "probes",
+                    "fit",
+                    "--sequences",
+                    str(seqs),
+                    "--metrics",
+                    str(tmp_path / "m.csv"),
+                    "--sae",
+                    str(tmp_path / "sae"),
+                    "--model",
+                    model,
+                    "--folds",
+                    "3",
+                    "--high",
+                    "0.7",
+                    "--low",
+                    "0.3",
+                    "--ks",
+                    "1,2,4",
+                    "--out",
+                    str(tmp_path / name),
+                ]
+            )
         assert e.value.code in (0, None)
     fit = json.loads((tmp_path / "M1D1" / "probe.json").read_text())
-    assert fit["kind"] == "probe fit" and {p["method"] for p in fit["probes"]} == {"l1", "ksparse", "diff_mean"}
+    assert fit["kind"] == "probe fit" and {p["method"] for p in fit["probes"]} == {
+        "l1",
+        "ksparse",
+        "diff_mean",
+    }
     assert all("dense_auroc" in p and "shuffled_auroc" in p for p in fit["probes"])
-    for argv in (["probes", "annotate", str(tmp_path / "M1D1"), "--folds", "3", "--rounds", "2"],
-                 ["probes", "correlate", str(tmp_path / "M1D1"), "--sae", str(tmp_path / "sae"), "--base-sae", str(tmp_path / "sae"),
-                  "--folds", "3", "--thresholds", "0,0.5"],
-                 ["probes", "fit", "--table", str(tmp_path / "M1D1" / "table"), "--metrics", str(tmp_path / "m.csv"),
-                  "--folds", "3", "--method", "diff_mean", "--no-controls", "--out", str(tmp_path / "refit")],
-                 ["probes", "compare", str(tmp_path / "M0D1"), str(tmp_path / "M1D1"), "--k", "2,4", "--out", str(tmp_path / "cmp")]):
+    for argv in (
+        ["probes", "annotate", str(tmp_path / "M1D1"), "--folds", "3", "--rounds", "2"],
+        [
+            "probes",
+            "correlate",
+            str(tmp_path / "M1D1"),
+            "--sae",
+            str(tmp_path / "sae"),
+            "--base-sae",
+            str(tmp_path / "sae"),
+            "--folds",
+            "3",
+            "--thresholds",
+            "0,0.5",
+        ],
+        [
+            "probes",
+            "fit",
+            "--table",
+            str(tmp_path / "M1D1" / "table"),
+            "--metrics",
+            str(tmp_path / "m.csv"),
+            "--folds",
+            "3",
+            "--method",
+            "diff_mean",
+            "--no-controls",
+            "--out",
+            str(tmp_path / "refit"),
+        ],
+        [
+            "probes",
+            "compare",
+            str(tmp_path / "M0D1"),
+            str(tmp_path / "M1D1"),
+            "--k",
+            "2,4",
+            "--out",
+            str(tmp_path / "cmp"),
+        ],
+    ):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code in (0, None), argv
@@ -293,16 +389,22 @@ def test_report_section(tmp_path):
 
     exp = Experiment(tmp_path / "exp")
     t, df = _planted_table()
-    fit_table(t, df, ProbeFitConfig(metrics=["score"], methods=["diff_mean"], controls=False), name="m").save(exp.probes_dir("m"))
+    fit_table(t, df, ProbeFitConfig(metrics=["score"], methods=["diff_mean"], controls=False), name="m").save(
+        exp.probes_dir("m")
+    )
     run_annotate(exp.probes_dir("m"), AnnotateConfig(method="diff_mean", rounds=2))
     html = build_report(exp).read_text()
-    assert "probes (stratified CV)" in html and "iterative annotation" in html and "could not render" not in html
+    assert (
+        "probes (stratified CV)" in html and "iterative annotation" in html and "could not render" not in html
+    )
 
 
 def test_join_by_text_key():
     import pandas as pd
 
     t = table_from_arrays(np.eye(3), seq_ids=["a", "b", "c"], texts=["the sea", "a dog", "blue waves"])
-    j = join_metrics(t, pd.DataFrame({"text": ["blue waves", "the sea", "no such text"], "rate": [0.5, 0.5, 0.0]}), "text")
+    j = join_metrics(
+        t, pd.DataFrame({"text": ["blue waves", "the sea", "no such text"], "rate": [0.5, 0.5, 0.0]}), "text"
+    )
     np.testing.assert_array_equal(j.values["rate"][[0, 2]], [0.5, 0.5])
     assert np.isnan(j.values["rate"][1]) and j.unmatched_keys == ["no such text"]

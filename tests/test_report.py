@@ -9,7 +9,12 @@ from deltalens.report.html import build_report
 def test_report_escapes_model_text_and_embeds_figures(tmp_path):
     exp = Experiment(tmp_path / "exp")
     exp.save_config({"name": "x<y>", "models": {"base": "tiny"}})
-    g = {"index": 0, "question": "Say <b>hi</b>", "response": "<script>alert('x')</script> & done", "response_ids": [1, 2]}
+    g = {
+        "index": 0,
+        "question": "Say <b>hi</b>",
+        "response": "<script>alert('x')</script> & done",
+        "response_ids": [1, 2],
+    }
     exp.generations_path("demo").parent.mkdir(parents=True)
     exp.generations_path("demo").write_text(json.dumps(g) + "\n")
     path = build_report(exp)
@@ -28,7 +33,9 @@ def test_features_and_circuits_do_not_import_the_report():
     from pathlib import Path
 
     src = str(Path(__file__).resolve().parents[1] / "src")
-    code = ("import sys, deltalens.features, deltalens.circuits, deltalens.features.evolution, deltalens.circuits.pipeline; "
-            "bad = sorted(m for m in sys.modules if m.startswith('deltalens.report')); assert not bad, bad")
+    code = (
+        "import sys, deltalens.features, deltalens.circuits, deltalens.features.evolution, deltalens.circuits.pipeline; "
+        "bad = sorted(m for m in sys.modules if m.startswith('deltalens.report')); assert not bad, bad"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src})
     assert r.returncode == 0, r.stderr

@@ -29,8 +29,27 @@ def test_sae_commands_end_to_end(tiny, tmp_path, capsys):
     b = tmp_path / "b"
     deltalens.capture(perturbed(tiny), texts, ["resid.2"], "all", store=b, val_fraction=0.25, progress=False)
 
-    assert cli("sae", "train", "--store", a, "--site", "resid.2", "--d-sae", 64, "--k", 4, "--tokens", 1024,
-               "--batch-size", 64, "--out", tmp_path / "sae") == 0
+    assert (
+        cli(
+            "sae",
+            "train",
+            "--store",
+            a,
+            "--site",
+            "resid.2",
+            "--d-sae",
+            64,
+            "--k",
+            4,
+            "--tokens",
+            1024,
+            "--batch-size",
+            64,
+            "--out",
+            tmp_path / "sae",
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "trained SAEs" in out and "resid.2" in out
     sae = load_sae(tmp_path / "sae")
@@ -41,14 +60,59 @@ def test_sae_commands_end_to_end(tiny, tmp_path, capsys):
     assert ev["reconstruction"]["tokens"] > 0 and 0 < ev["reconstruction"]["explained_variance"] <= 1
     assert "explained variance" in capsys.readouterr().out
 
-    assert cli("sae", "iterate", "--store", a, "--store", b, "--site", "resid.2", "--k", 4, "--expansion", 1,
-               "--tokens", 640, "--batch-size", 64, "--out", tmp_path / "series") == 0
+    assert (
+        cli(
+            "sae",
+            "iterate",
+            "--store",
+            a,
+            "--store",
+            b,
+            "--site",
+            "resid.2",
+            "--k",
+            4,
+            "--expansion",
+            1,
+            "--tokens",
+            640,
+            "--batch-size",
+            64,
+            "--out",
+            tmp_path / "series",
+        )
+        == 0
+    )
     assert load_sae(tmp_path / "series" / "M1D1").cfg.metadata["deltalens_parent"] == "M0D0"
     assert "median cos(parent)" in capsys.readouterr().out
 
-    assert cli("sae", "crosscoder", "--store", a, "--store", b, "--site", "resid.2", "--k", 4, "--expansion", 1,
-               "--tokens", 640, "--batch-size", 64, "--out", tmp_path / "cc") == 0
-    assert "base-only" in capsys.readouterr().out and (tmp_path / "cc" / "crosscoder_weights.safetensors").is_file()
+    assert (
+        cli(
+            "sae",
+            "crosscoder",
+            "--store",
+            a,
+            "--store",
+            b,
+            "--site",
+            "resid.2",
+            "--k",
+            4,
+            "--expansion",
+            1,
+            "--tokens",
+            640,
+            "--batch-size",
+            64,
+            "--out",
+            tmp_path / "cc",
+        )
+        == 0
+    )
+    assert (
+        "base-only" in capsys.readouterr().out
+        and (tmp_path / "cc" / "crosscoder_weights.safetensors").is_file()
+    )
 
     assert cli("sae", "convert", tmp_path / "sae", "--out", tmp_path / "copy") == 0
     assert load_sae(tmp_path / "copy").d_sae == 64
@@ -84,11 +148,29 @@ def test_resume_under_other_settings_is_refused(tiny, tmp_path, capsys):
         t.step(next(it))
     ck = t.checkpoint()
     before = sorted(p.name for p in ck.iterdir())
-    base = ["sae", "train", "--store", store.path, "--site", "resid.2", "--tokens", 1024, "--batch-size", 64, "--out", out]
+    base = [
+        "sae",
+        "train",
+        "--store",
+        store.path,
+        "--site",
+        "resid.2",
+        "--tokens",
+        1024,
+        "--batch-size",
+        64,
+        "--out",
+        out,
+    ]
     capsys.readouterr()
     assert cli(*base, "--d-sae", 64, "--k", 8) == 2
     err = capsys.readouterr().err
-    assert "another configuration" in err and "k: 4 → 8" in err and "--overwrite" in err and "Traceback" not in err
+    assert (
+        "another configuration" in err
+        and "k: 4 → 8" in err
+        and "--overwrite" in err
+        and "Traceback" not in err
+    )
     assert cli(*base, "--d-sae", 32, "--k", 4) == 2
     err = capsys.readouterr().err
     assert "d_sae: 64 → 32" in err and "Traceback" not in err
@@ -99,7 +181,9 @@ def test_resume_under_other_settings_is_refused(tiny, tmp_path, capsys):
 
     res = SAETrainResult.load(out)
     assert res.tokens == 1024 and res.config.k == 4 and res.sae is not None and res.sae.d_sae == 64
-    assert cli(*base, "--d-sae", 32, "--k", 8) == 2  # a finished SAE is not replaced under other settings either
+    assert (
+        cli(*base, "--d-sae", 32, "--k", 8) == 2
+    )  # a finished SAE is not replaced under other settings either
     assert "d_sae: 64 → 32" in capsys.readouterr().err
     assert cli(*base, "--d-sae", 32, "--k", 8, "--overwrite") == 0
     assert load_sae(out).d_sae == 32 and SAETrainResult.load(out).config.k == 8
@@ -107,10 +191,9 @@ def test_resume_under_other_settings_is_refused(tiny, tmp_path, capsys):
 
 def _series(tiny, root):
     """A dpo-series directory: M0/, M1/ (HF dirs) and D0/D1.jsonl (what each generated)."""
+    from deltalens.io import write_json
     from tests_helpers_tiny import perturbed
     from tiny import save_tiny
-
-    from deltalens.io import write_json
 
     root.mkdir(parents=True)
     save_tiny(tiny, root / "M0")
@@ -118,8 +201,15 @@ def _series(tiny, root):
     for i in range(2):
         with open(root / f"D{i}.jsonl", "w") as f:
             for j in range(12):
-                rec = ({"iteration": i, "question": f"what is {j} plus {i}?", "response": f"the answer is {i + j}, of course"}
-                       if j % 2 else {"text": f"model {i} wrote sequence number {j} about the quick brown fox"})
+                rec = (
+                    {
+                        "iteration": i,
+                        "question": f"what is {j} plus {i}?",
+                        "response": f"the answer is {i + j}, of course",
+                    }
+                    if j % 2
+                    else {"text": f"model {i} wrote sequence number {j} about the quick brown fox"}
+                )
                 f.write(json.dumps(rec) + "\n")
     write_json(root / "series.json", {"kind": "dpo_series", "name": root.name})
     return root
@@ -138,14 +228,29 @@ def test_iterate_reads_a_series_directory(tiny, tmp_path, capsys):
     w = series_windows(tiny, data[1], context_len=48)
     assert len(w) == 12 and all(len(x["prompt_ids"]) + len(x["response_ids"]) <= 48 for x in w)
     assert any(x["response_ids"] for x in w)  # question + response records keep their parts
-    args = ["--site", "resid.2", "--k", 4, "--expansion", 1, "--tokens", 256, "--batch-size", 64, "--context-len", 48]
+    args = [
+        "--site",
+        "resid.2",
+        "--k",
+        4,
+        "--expansion",
+        1,
+        "--tokens",
+        256,
+        "--batch-size",
+        64,
+        "--context-len",
+        48,
+    ]
     assert cli("sae", "iterate", "--series", "dpo", "-e", "itx", *args) == 0
     out = exp.sae_series_dir("dpo")
     res = SAEIterateResult.load(out)
     assert sorted(res.names) == ["M0D0", "M0D1", "M1D1"] and res.names[0] == "M0D0"
     assert {r["name"]: r["parent"] for r in res.runs} == {"M0D0": None, "M1D1": "M0D0", "M0D1": "M0D0"}
     assert load_sae(out / "M1D1").cfg.metadata["deltalens_parent"] == "M0D0"
-    assert res.runs[res.names.index("M1D1")]["model"].endswith("M1") and res.runs[-1]["data"].endswith("D1.jsonl")
+    assert res.runs[res.names.index("M1D1")]["model"].endswith("M1") and res.runs[-1]["data"].endswith(
+        "D1.jsonl"
+    )
     assert "M0D1" in capsys.readouterr().out
     # explicit runs, from a directory path; finished runs with the same settings are kept, not retrained
     mtime = (out / "M0D0" / "sae_weights.safetensors").stat().st_mtime_ns

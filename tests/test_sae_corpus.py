@@ -13,12 +13,19 @@ from deltalens.errors import DataFormatError
 def test_read_texts_from_files_dirs_and_datasets(tmp_path, tok):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.txt").write_text("first document\nwith two lines\n")
-    (tmp_path / "d" / "b.jsonl").write_text(json.dumps({"text": "second"}) + "\n" + json.dumps({"text": "third"}) + "\n")
+    (tmp_path / "d" / "b.jsonl").write_text(
+        json.dumps({"text": "second"}) + "\n" + json.dumps({"text": "third"}) + "\n"
+    )
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"text": ["fourth", ""]}), tmp_path / "d" / "c.parquet")
-    assert list(read_texts(tmp_path / "d")) == ["first document\nwith two lines\n", "second", "third", "fourth"]
+    assert list(read_texts(tmp_path / "d")) == [
+        "first document\nwith two lines\n",
+        "second",
+        "third",
+        "fourth",
+    ]
     import datasets
 
     datasets.Dataset.from_dict({"body": ["x y", "z"]}).save_to_disk(str(tmp_path / "hf"))

@@ -10,7 +10,6 @@ from deltalens.sae import SAETrainConfig
 from deltalens.sae.crosscoder import Crosscoder, train_crosscoder
 from deltalens.sae.sources import StoreSource
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -36,8 +35,12 @@ def paired(n=16000, d=24, n_shared=24, n_base=8, n_ft=8, seed=0):
 
 def test_crosscoder_recovers_shared_and_exclusive_latents(tmp_path):
     x, (Sa, Sb, Ba, Fb) = paired()
-    cfg = SAETrainConfig(architecture="batchtopk", d_sae=96, k=3, total_tokens=90_000, batch_size=256, lr=3e-3)
-    res = train_crosscoder(x, cfg, model_names=["base", "ft"], site="resid.3", out=tmp_path / "cc", progress=False)
+    cfg = SAETrainConfig(
+        architecture="batchtopk", d_sae=96, k=3, total_tokens=90_000, batch_size=256, lr=3e-3
+    )
+    res = train_crosscoder(
+        x, cfg, model_names=["base", "ft"], site="resid.3", out=tmp_path / "cc", progress=False
+    )
     cc = res.crosscoder
     with torch.no_grad():
         x_hat = cc(x[:4000])
@@ -68,7 +71,9 @@ def test_crosscoder_recovers_shared_and_exclusive_latents(tmp_path):
     # labels follow the bands
     for lab, v in zip(labels, r.tolist()):
         if lab != "dead":
-            want = "base-only" if v < 0.1 else "ft-only" if v > 0.9 else "shared" if 0.4 <= v <= 0.6 else "other"
+            want = (
+                "base-only" if v < 0.1 else "ft-only" if v > 0.9 else "shared" if 0.4 <= v <= 0.6 else "other"
+            )
             assert lab == want
     assert res.classes["counts"]["shared"] >= 20
     # shared latents: both decoder vectors point at their model's direction of the same feature
@@ -100,5 +105,7 @@ def test_crosscoder_from_two_stores(tiny, tmp_path):
     ra, rb = sa.read("resid.2"), sb.read("resid.2")
     i = int(torch.cdist(b[0][:1], ra).argmin())
     torch.testing.assert_close(b[1][0], rb[i])
-    res = train_crosscoder(src, SAETrainConfig(d_sae=64, k=4, total_tokens=64 * 8, batch_size=64), progress=False)
+    res = train_crosscoder(
+        src, SAETrainConfig(d_sae=64, k=4, total_tokens=64 * 8, batch_size=64), progress=False
+    )
     assert res.crosscoder.cfg.n_models == 2 and sum(res.classes["counts"].values()) == 64

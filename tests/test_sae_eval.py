@@ -14,7 +14,6 @@ from deltalens.errors import ShapeError, SiteError
 from deltalens.sae import SAE, SAEConfig, load_any, load_sae, read_dictionary_learning, read_sparsify
 from deltalens.sae.eval import ce_metrics, evaluate_sae, reconstruction_metrics, summary_rows, write_eval
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -50,7 +49,9 @@ def test_reconstruction_metrics_against_numpy():
     fired = (Fm != 0).any(0)
     assert res["dead"] == int((~fired).sum()) and res["dead"] >= 8
     assert res["dead_fraction"] == pytest.approx((~fired).mean())
-    assert res["shrinkage"] == pytest.approx((np.linalg.norm(H, axis=1) / np.linalg.norm(X, axis=1)).mean(), rel=1e-9)
+    assert res["shrinkage"] == pytest.approx(
+        (np.linalg.norm(H, axis=1) / np.linalg.norm(X, axis=1)).mean(), rel=1e-9
+    )
     cos = (X * H).sum(1) / (np.linalg.norm(X, axis=1) * np.linalg.norm(H, axis=1))
     assert res["cosine"] == pytest.approx(cos.mean(), rel=1e-9)
     dens = (Fm != 0).mean(0)
@@ -174,7 +175,9 @@ def test_saelens_loads_ours_with_the_same_outputs(tmp_path, arch):
     x = torch.randn(20, 16)
     with torch.no_grad():
         torch.testing.assert_close(theirs.encode(x), ours.encode(x), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(theirs.decode(ours.encode(x)), ours.decode(ours.encode(x)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            theirs.decode(ours.encode(x)), ours.decode(ours.encode(x)), atol=1e-5, rtol=1e-5
+        )
         torch.testing.assert_close(theirs(x), ours(x), atol=1e-5, rtol=1e-5)
     assert theirs.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
 
@@ -223,8 +226,13 @@ def test_trained_sae_loads_in_saelens(tmp_path):
 
     x = torch.randn(4000, 16) * 5 + 2
     for arch in ("topk", "batchtopk"):
-        res = train_sae(x, SAETrainConfig(architecture=arch, d_sae=32, k=4, total_tokens=1024, batch_size=256),
-                        site="resid.0", out=tmp_path / arch, progress=False)
+        res = train_sae(
+            x,
+            SAETrainConfig(architecture=arch, d_sae=32, k=4, total_tokens=1024, batch_size=256),
+            site="resid.0",
+            out=tmp_path / arch,
+            progress=False,
+        )
         theirs = sae_lens.SAE.load_from_disk(str(tmp_path / arch), device="cpu")
         with torch.no_grad():
             torch.testing.assert_close(theirs(x[:50]), res.sae(x[:50]), atol=1e-5, rtol=1e-5)
@@ -240,10 +248,16 @@ def test_read_sparsify_directory(tmp_path):
     d.mkdir()
     n, dim, k = 40, 16, 4
     g = torch.Generator().manual_seed(0)
-    w = {"encoder.weight": torch.randn(n, dim, generator=g), "encoder.bias": torch.randn(n, generator=g),
-         "W_dec": torch.randn(n, dim, generator=g), "b_dec": torch.randn(dim, generator=g)}
+    w = {
+        "encoder.weight": torch.randn(n, dim, generator=g),
+        "encoder.bias": torch.randn(n, generator=g),
+        "W_dec": torch.randn(n, dim, generator=g),
+        "b_dec": torch.randn(dim, generator=g),
+    }
     save_file(w, str(d / "sae.safetensors"))
-    (d / "cfg.json").write_text('{"expansion_factor": 0, "normalize_decoder": true, "num_latents": 40, "k": 4, "d_in": 16}')
+    (d / "cfg.json").write_text(
+        '{"expansion_factor": 0, "normalize_decoder": true, "num_latents": 40, "k": 4, "d_in": 16}'
+    )
     sae = read_sparsify(d)
     assert sae.site == "resid.5" and sae.cfg.k == 4
     x = torch.randn(9, dim)
@@ -262,8 +276,11 @@ def test_read_dictionary_learning_checkpoint(tmp_path, kind):
 
     n, dim = 40, 16
     g = torch.Generator().manual_seed(1)
-    sd = {"encoder.weight": torch.randn(n, dim, generator=g), "encoder.bias": torch.randn(n, generator=g),
-          "decoder.weight": torch.randn(dim, n, generator=g)}
+    sd = {
+        "encoder.weight": torch.randn(n, dim, generator=g),
+        "encoder.bias": torch.randn(n, generator=g),
+        "decoder.weight": torch.randn(dim, n, generator=g),
+    }
     b = torch.randn(dim, generator=g)
     if kind == "AutoEncoder":
         sd["bias"] = b
@@ -273,7 +290,9 @@ def test_read_dictionary_learning_checkpoint(tmp_path, kind):
         if kind == "BatchTopKSAE":
             sd["threshold"] = torch.tensor(0.7)
     torch.save(sd, tmp_path / "ae.pt")
-    (tmp_path / "config.json").write_text(json.dumps({"trainer": {"dict_class": kind, "layer": 3, "lm_name": "m"}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"trainer": {"dict_class": kind, "layer": 3, "lm_name": "m"}})
+    )
     sae = read_dictionary_learning(tmp_path)
     assert sae.site == "resid.3"
     x = torch.randn(9, dim)

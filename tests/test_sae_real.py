@@ -14,12 +14,19 @@ from deltalens.sae.sources import ModelSource
 
 @pytest.mark.real
 def test_on_the_fly_training_and_ce_eval_on_smollm(smollm):
-    windows = list(token_windows(smollm.tokenizer, read_texts(bundled_path("sae", "python_tutorial.txt")), 64,
-                                 max_windows=48))
+    windows = list(
+        token_windows(
+            smollm.tokenizer, read_texts(bundled_path("sae", "python_tutorial.txt")), 64, max_windows=48
+        )
+    )
     assert all(len(w["prompt_ids"]) == 64 for w in windows)
     src = ModelSource(smollm, windows[:40], ["resid.2"], batch_sequences=8, buffer_tokens=1024)
-    cfg = SAETrainConfig(expansion=2, k=16, total_tokens=8192, batch_size=256, lr=2e-3, norm_sample_tokens=1024)
-    res = train_saes(src, {"l2": Trainer(cfg, smollm.d_model, site="resid.2", model_name=smollm.name)}, progress=False)["l2"]
+    cfg = SAETrainConfig(
+        expansion=2, k=16, total_tokens=8192, batch_size=256, lr=2e-3, norm_sample_tokens=1024
+    )
+    res = train_saes(
+        src, {"l2": Trainer(cfg, smollm.d_model, site="resid.2", model_name=smollm.name)}, progress=False
+    )["l2"]
     sae = res.sae
     held = windows[40:]
     src_eval = ModelSource(smollm, held, ["resid.2"], repeat=False)

@@ -22,7 +22,6 @@ from deltalens.sae.kernels import Pattern, sparse_decode, sparse_encode
 from deltalens.sae.modules import make_training_sae
 from deltalens.sae.sources import ModelSource, StoreSource, TensorSource
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -74,7 +73,9 @@ def test_sparse_kernels_match_dense_autograd():
 def test_topk_training_learns_and_exports_raw_space(tmp_path):
     x, _ = synthetic()
     x = x * 7.0  # raw scale far from √d, so the folded normalisation matters
-    cfg = SAETrainConfig(architecture="topk", d_sae=256, k=4, total_tokens=60_000, batch_size=256, lr=5e-3, seed=1)
+    cfg = SAETrainConfig(
+        architecture="topk", d_sae=256, k=4, total_tokens=60_000, batch_size=256, lr=5e-3, seed=1
+    )
     res = train_sae(x, cfg, site="resid.2", model_name="synthetic", out=tmp_path / "sae", progress=False)
     sae = res.sae
     assert sae.cfg.architecture == "topk" and sae.cfg.k == 4 and sae.site == "resid.2"
@@ -90,9 +91,14 @@ def test_topk_training_learns_and_exports_raw_space(tmp_path):
     sp = read_sparsity(tmp_path / "sae")
     assert sp is not None and sp.shape == (256,) and (sp <= 0).all()
     info = json.loads((tmp_path / "sae" / "training.json").read_text())
-    assert info["tokens"] == res.tokens and info["history"] and not (tmp_path / "sae" / "checkpoints").exists()
+    assert (
+        info["tokens"] == res.tokens and info["history"] and not (tmp_path / "sae" / "checkpoints").exists()
+    )
     cfg_json = json.loads((tmp_path / "sae" / "cfg.json").read_text())
-    assert cfg_json["normalize_activations"] == "none" and cfg_json["metadata"]["hook_name"] == "blocks.2.hook_resid_post"
+    assert (
+        cfg_json["normalize_activations"] == "none"
+        and cfg_json["metadata"]["hook_name"] == "blocks.2.hook_resid_post"
+    )
 
 
 def test_module_export_equals_training_function():
@@ -129,8 +135,17 @@ def test_module_export_equals_training_function():
 @pytest.mark.parametrize("arch", ["relu", "batchtopk", "jumprelu"])
 def test_other_architectures_learn(arch):
     x, _ = synthetic(n=12000)
-    cfg = SAETrainConfig(architecture=arch, d_sae=256, k=4, total_tokens=40_000, batch_size=256, lr=2e-3,
-                      l1_coefficient=2.0, target_l0=6, l0_coefficient=0.3)
+    cfg = SAETrainConfig(
+        architecture=arch,
+        d_sae=256,
+        k=4,
+        total_tokens=40_000,
+        batch_size=256,
+        lr=2e-3,
+        l1_coefficient=2.0,
+        target_l0=6,
+        l0_coefficient=0.3,
+    )
     res = train_sae(x, cfg, progress=False)
     sae = res.sae
     want = {"relu": "standard", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}[arch]
@@ -149,7 +164,9 @@ def test_other_architectures_learn(arch):
 def test_dead_latents_and_auxk():
     """Latents that never win the TopK count as dead after the window and get AuxK gradient."""
     x, _ = synthetic(n=8000)
-    cfg = SAETrainConfig(architecture="topk", d_sae=128, k=2, total_tokens=2048, batch_size=256, dead_window_tokens=512)
+    cfg = SAETrainConfig(
+        architecture="topk", d_sae=128, k=2, total_tokens=2048, batch_size=256, dead_window_tokens=512
+    )
     t = Trainer(cfg, 32)
     t.initialize(x[:2000])
     with torch.no_grad():
@@ -165,7 +182,14 @@ def test_dead_latents_and_auxk():
 
 def test_checkpoint_resume_continues(tmp_path):
     x, _ = synthetic(n=8000)
-    cfg = SAETrainConfig(architecture="topk", d_sae=64, k=4, total_tokens=256 * 12, batch_size=256, checkpoint_every_tokens=256 * 4)
+    cfg = SAETrainConfig(
+        architecture="topk",
+        d_sae=64,
+        k=4,
+        total_tokens=256 * 12,
+        batch_size=256,
+        checkpoint_every_tokens=256 * 4,
+    )
     out = tmp_path / "run"
     t = Trainer(cfg, 32, site="resid.1", out=out)
     src = TensorSource(x)
@@ -197,7 +221,9 @@ def test_checkpoint_resume_continues(tmp_path):
 
 def test_nan_stops_with_step_and_keeps_checkpoint(tmp_path):
     x, _ = synthetic(n=4000)
-    cfg = SAETrainConfig(architecture="topk", d_sae=64, k=4, total_tokens=256 * 10, batch_size=256, checkpoint_every_tokens=512)
+    cfg = SAETrainConfig(
+        architecture="topk", d_sae=64, k=4, total_tokens=256 * 10, batch_size=256, checkpoint_every_tokens=512
+    )
     x_bad = x.clone()
     x_bad[256 * 5 + 3, 0] = float("nan")  # batch 6 (unshuffled stream below)
 
@@ -224,18 +250,33 @@ def test_store_source_exclusions_and_training(tiny, tmp_path):
     import deltalens
 
     texts = [f"the quick brown fox number {i} jumps over the lazy dog" for i in range(40)]
-    windows = [{"prompt_ids": [tiny.tokenizer.bos_token_id or 1] + tiny.encode(t), "response_ids": []} for t in texts]
-    store = deltalens.capture(tiny, windows, [(2, "resid")], "all", store=tmp_path / "st", val_fraction=0.2, progress=False)
+    windows = [
+        {"prompt_ids": [tiny.tokenizer.bos_token_id or 1] + tiny.encode(t), "response_ids": []} for t in texts
+    ]
+    store = deltalens.capture(
+        tiny, windows, [(2, "resid")], "all", store=tmp_path / "st", val_fraction=0.2, progress=False
+    )
     special = list(tiny.tokenizer.all_special_ids)
     src = StoreSource(store, "resid.2", split="train", exclude_token_ids=special, high_norm_factor=None)
     rows = torch.cat(list(_take(src.batches(64), 5)))
     idx = store.index()
-    allowed = store.read("resid.2")[torch.from_numpy(((idx.split == "train") & ~idx.token_id.isin(special)).to_numpy())]
+    allowed = store.read("resid.2")[
+        torch.from_numpy(((idx.split == "train") & ~idx.token_id.isin(special)).to_numpy())
+    ]
     # every streamed row is an allowed row (no special token, no val row)
-    d = torch.cdist(rows.double(), allowed.double(), compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+    d = (
+        torch.cdist(rows.double(), allowed.double(), compute_mode="donot_use_mm_for_euclid_dist")
+        .min(1)
+        .values
+    )
     assert float(d.max()) < 1e-6
-    res = train_sae(store, SAETrainConfig(d_sae=128, k=8, total_tokens=2048, batch_size=64), site="resid.2",
-                    exclude_token_ids=special, progress=False)
+    res = train_sae(
+        store,
+        SAETrainConfig(d_sae=128, k=8, total_tokens=2048, batch_size=64),
+        site="resid.2",
+        exclude_token_ids=special,
+        progress=False,
+    )
     assert res.sae.site == "resid.2" and res.sae.cfg.model_name == "tiny-llama"
     with pytest.raises(Exception, match="has no site resid.1"):
         StoreSource(store, "resid.1")
@@ -249,13 +290,18 @@ def _take(it, n):
 def test_several_saes_from_one_forward_pass(tiny):
     texts = [f"counting {i} {i + 1} {i + 2} and more words here" for i in range(30)]
     windows = [{"prompt_ids": tiny.encode(t), "response_ids": []} for t in texts]
-    src = ModelSource(tiny, windows, ["resid.1", "resid.3"], batch_sequences=8, buffer_tokens=512, high_norm_factor=None)
+    src = ModelSource(
+        tiny, windows, ["resid.1", "resid.3"], batch_sequences=8, buffer_tokens=512, high_norm_factor=None
+    )
     cfg = SAETrainConfig(d_sae=64, k=4, total_tokens=128 * 20, batch_size=128, norm_sample_tokens=256)
     trainers = {
         "l1": Trainer(cfg, 64, site="resid.1"),
         "l3": Trainer(cfg, 64, site="resid.3"),
-        "l3b": Trainer(SAETrainConfig(d_sae=32, k=2, total_tokens=128 * 20, batch_size=128, norm_sample_tokens=256), 64,
-                       site="resid.3"),
+        "l3b": Trainer(
+            SAETrainConfig(d_sae=32, k=2, total_tokens=128 * 20, batch_size=128, norm_sample_tokens=256),
+            64,
+            site="resid.3",
+        ),
     }
     res = train_saes(src, trainers, progress=False)
     assert {r.sae.site for r in res.values()} == {"resid.1", "resid.3"}
@@ -272,15 +318,21 @@ def test_bad_inputs_are_refused(tiny):
         Trainer(SAETrainConfig(d_sae=32, k=4), 32).initialize(torch.randn(10, 16))
     sae = SAE.load if False else None  # noqa: F841
     x, _ = synthetic(n=3000)
-    res = train_sae(x, SAETrainConfig(d_sae=64, k=4, total_tokens=512, batch_size=128), site="resid.1", progress=False)
+    res = train_sae(
+        x, SAETrainConfig(d_sae=64, k=4, total_tokens=512, batch_size=128), site="resid.1", progress=False
+    )
     import deltalens
 
     # an SAE of width 32 cannot be spliced into a d_model=64 model; a site mismatch names both sites
     with pytest.raises(ShapeError, match="d_in=32.*d_model=64"):
         with deltalens.intervene(tiny, [deltalens.Splice("resid.1", res.sae)]):
             pass
-    res64 = train_sae(torch.randn(3000, 64), SAETrainConfig(d_sae=64, k=4, total_tokens=512, batch_size=128), site="resid.1",
-                      progress=False)
+    res64 = train_sae(
+        torch.randn(3000, 64),
+        SAETrainConfig(d_sae=64, k=4, total_tokens=512, batch_size=128),
+        site="resid.1",
+        progress=False,
+    )
     with pytest.raises(SiteError, match="resid.1.*resid.2"):
         with deltalens.intervene(tiny, [deltalens.Splice("resid.2", res64.sae)]):
             pass
@@ -304,7 +356,9 @@ def test_iterative_finetuning_keeps_latent_indices(tmp_path):
 
     x0, x1 = data(D0, 12000, 4 / n_feat), data(D1, 12000, 5 / n_feat)
     cfg = SAETrainConfig(d_sae=128, k=4, total_tokens=30_000, batch_size=256, lr=3e-3)
-    res = train_iterative([x0, x1], ["M0D0", "M1D1"], lambda n: tmp_path / n, cfg, site="resid.1", progress=False)
+    res = train_iterative(
+        [x0, x1], ["M0D0", "M1D1"], lambda n: tmp_path / n, cfg, site="resid.1", progress=False
+    )
     parent, child = res[0].sae, res[1].sae
     al = latent_alignment(parent, child)
     assert al["median_cosine"] > 0.9 and al["aligned_fraction"] > 0.7
@@ -323,13 +377,24 @@ def test_store_windows_mix_every_shard(tmp_path):
     from deltalens.store import ActivationStore
 
     st = ActivationStore(tmp_path / "s")
-    st.init(model={"name": "m", "weights_hash": "h"}, sites=["resid.0"], d_model=4, positions="all", reduce=None,
-            shard_mb=100 * 16 / 2**20)  # 100 rows of 4 floats per shard
+    st.init(
+        model={"name": "m", "weights_hash": "h"},
+        sites=["resid.0"],
+        d_model=4,
+        positions="all",
+        reduce=None,
+        shard_mb=100 * 16 / 2**20,
+    )  # 100 rows of 4 floats per shard
     for shard in range(8):
         rows = torch.full((100, 4), float(shard)) + torch.rand(100, 4) * 0.1
-        index = {"seq_id": np.full(100, shard), "position": np.arange(100, dtype=np.int32),
-                 "token_id": np.full(100, 5, dtype=np.int32), "region": np.zeros(100, dtype=np.int8),
-                 "token_type": np.array([""] * 100), "split": np.array(["train"] * 100)}
+        index = {
+            "seq_id": np.full(100, shard),
+            "position": np.arange(100, dtype=np.int32),
+            "token_id": np.full(100, 5, dtype=np.int32),
+            "region": np.zeros(100, dtype=np.int8),
+            "token_type": np.array([""] * 100),
+            "split": np.array(["train"] * 100),
+        }
         st.append({st.sites[0]: rows}, index, n_sequences=1)
     st.finish()
     assert len(st.shard_names()) == 8
@@ -339,7 +404,9 @@ def test_store_windows_mix_every_shard(tmp_path):
     shards_seen = set(first_window[:, 0].floor().long().tolist())
     assert shards_seen == set(range(8))  # a window draws from every shard, not from 2 whole shards
     epoch = torch.cat([first_window] + [next(it) for _ in range(12)])
-    assert sorted(epoch[:, 0].tolist()) == sorted(st.read("resid.0")[:, 0].tolist())  # each row once per epoch
+    assert sorted(epoch[:, 0].tolist()) == sorted(
+        st.read("resid.0")[:, 0].tolist()
+    )  # each row once per epoch
 
 
 def test_train_grid_one_sae_per_site_and_k(tmp_path):
@@ -349,8 +416,14 @@ def test_train_grid_one_sae_per_site_and_k(tmp_path):
     x, _ = synthetic(n=3000)
     cfg = SAETrainConfig(architecture="relu", d_sae=32, total_tokens=512, batch_size=128)
     assert cfg.architecture == "standard"  # one name for the vanilla ReLU SAE; relu is read as an alias
-    res = train_grid(TensorSource(x, "resid.1"), cfg.replace(architecture="topk"), ["resid.1"], [2, 4], out=tmp_path,
-                     progress=False)
+    res = train_grid(
+        TensorSource(x, "resid.1"),
+        cfg.replace(architecture="topk"),
+        ["resid.1"],
+        [2, 4],
+        out=tmp_path,
+        progress=False,
+    )
     assert [r.extra["name"] for r in res] == ["topk_resid.1_k2", "topk_resid.1_k4"]
     assert [SAETrainResult.load(tmp_path / r.extra["name"]).config.k for r in res] == [2, 4]
     with pytest.raises(ConfigError, match="--k must be ≥ 1, got 0"):

@@ -27,9 +27,25 @@ def setup(tmp_path_factory):
     lm.model.save_pretrained(model_dir)
     lm.tokenizer.save_pretrained(model_dir)
     exp = root / "exp"
-    r = run("extract", "--experiment", str(exp), "--trait", "instruction/pirate", "--model", str(model_dir),
-            "--model-variant", "instruct", "--position", "response[:4]", "--methods", "mean_diff,probe",
-            "--layers", "1-2", "--max-new-tokens", "6")
+    r = run(
+        "extract",
+        "--experiment",
+        str(exp),
+        "--trait",
+        "instruction/pirate",
+        "--model",
+        str(model_dir),
+        "--model-variant",
+        "instruct",
+        "--position",
+        "response[:4]",
+        "--methods",
+        "mean_diff,probe",
+        "--layers",
+        "1-2",
+        "--max-new-tokens",
+        "6",
+    )
     assert r.returncode == 0, r.stderr
     assert "instruction/pirate" in r.stdout and "mean_diff" in r.stdout
     return root, model_dir, exp
@@ -44,16 +60,38 @@ def env(**extra):
 
 
 def run(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "deltalens", *args], capture_output=True, text=True, env=env(), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "deltalens", *args], capture_output=True, text=True, env=env(), timeout=timeout
+    )
 
 
 COEFS = ",".join(f"{0.05 * k:.2f}" for k in range(1, 11))
 
 
 def steer_args(exp):
-    return ["steer", "--experiment", str(exp), "--vector-from-trait", "instruction/pirate", "--extraction-variant", "instruct",
-            "--method", "mean_diff", "--position", "response[:4]", "--layers", "1,2", "--coefficients", COEFS,
-            "--subset", "3", "--max-new-tokens", "4", "--max-rows", "3"]
+    return [
+        "steer",
+        "--experiment",
+        str(exp),
+        "--vector-from-trait",
+        "instruction/pirate",
+        "--extraction-variant",
+        "instruct",
+        "--method",
+        "mean_diff",
+        "--position",
+        "response[:4]",
+        "--layers",
+        "1,2",
+        "--coefficients",
+        COEFS,
+        "--subset",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--max-rows",
+        "3",
+    ]
 
 
 def results_file(exp):
@@ -63,8 +101,13 @@ def results_file(exp):
 def test_killed_steer_rerun_does_not_recompute(setup):
     _, _, exp = setup
     path = results_file(exp)
-    proc = subprocess.Popen([sys.executable, "-m", "deltalens", *steer_args(exp)], env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deltalens", *steer_args(exp)],
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -97,8 +140,21 @@ def test_killed_steer_rerun_does_not_recompute(setup):
 def test_export_gguf_and_import(setup, tmp_path):
     _, _, exp = setup
     out = tmp_path / "pirate.gguf"
-    r = run("export-gguf", "--experiment", str(exp), "--trait", "instruction/pirate", "--position", "response[:4]",
-            "--layers", "1-2", "--coef", "2", "--out", str(out))
+    r = run(
+        "export-gguf",
+        "--experiment",
+        str(exp),
+        "--trait",
+        "instruction/pirate",
+        "--position",
+        "response[:4]",
+        "--layers",
+        "1-2",
+        "--coef",
+        "2",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     from deltalens.experiment import Experiment
     from deltalens.steering.extraction import load_vector_set
@@ -117,11 +173,40 @@ def test_export_gguf_and_import(setup, tmp_path):
 
 def test_cli_errors_are_one_line(setup):
     _, model_dir, exp = setup
-    r = run("steer", "--experiment", str(exp), "--vector-from-trait", "instruction/pirate", "--method", "probe",
-            "--position", "response[:9]", "--model", str(model_dir))
-    assert r.returncode == 2 and "no vectors in" in r.stderr and "deltalens extract" in r.stderr and "Traceback" not in r.stderr
-    r = run("steer", "--experiment", str(exp), "--vector-from-trait", "instruction/pirate", "--position", "response[:4]",
-            "--layers", "1", "--judge", "openai", "--subset", "1")
+    r = run(
+        "steer",
+        "--experiment",
+        str(exp),
+        "--vector-from-trait",
+        "instruction/pirate",
+        "--method",
+        "probe",
+        "--position",
+        "response[:9]",
+        "--model",
+        str(model_dir),
+    )
+    assert (
+        r.returncode == 2
+        and "no vectors in" in r.stderr
+        and "deltalens extract" in r.stderr
+        and "Traceback" not in r.stderr
+    )
+    r = run(
+        "steer",
+        "--experiment",
+        str(exp),
+        "--vector-from-trait",
+        "instruction/pirate",
+        "--position",
+        "response[:4]",
+        "--layers",
+        "1",
+        "--judge",
+        "openai",
+        "--subset",
+        "1",
+    )
     assert r.returncode == 2 and ("OPENAI_API_KEY" in r.stderr) and "Traceback" not in r.stderr
     r = run("extract", "--experiment", str(exp), "--trait", "instruction/nope")
     assert r.returncode == 2 and "unknown trait" in r.stderr
@@ -131,7 +216,17 @@ def test_info_describes_steering_artifacts(setup):
     _, _, exp = setup
     from deltalens.steering.describe import describe_steering
 
-    vec = Path(exp) / "vectors" / "instruction" / "pirate" / "instruct" / "response__4" / "resid" / "probe" / "layer1.safetensors"
+    vec = (
+        Path(exp)
+        / "vectors"
+        / "instruction"
+        / "pirate"
+        / "instruct"
+        / "response__4"
+        / "resid"
+        / "probe"
+        / "layer1.safetensors"
+    )
     d = describe_steering(vec)
     assert d["kind"] == "trait vector" and d["layer"] == 1 and d["method"] == "probe" and "val_accuracy" in d
     res = results_file(exp)
@@ -144,13 +239,35 @@ def test_info_describes_steering_artifacts(setup):
 
 def test_steer_grid_with_projection(setup):
     _, _, exp = setup
-    r = run("steer", "--experiment", str(exp), "--vector-from-trait", "instruction/pirate", "--method", "probe",
-            "--position", "response[:4]", "--layers", "1", "--coefficients", "0.1,0.2", "--subset", "2",
-            "--max-new-tokens", "3", "--project-layer", "2")
+    r = run(
+        "steer",
+        "--experiment",
+        str(exp),
+        "--vector-from-trait",
+        "instruction/pirate",
+        "--method",
+        "probe",
+        "--position",
+        "response[:4]",
+        "--layers",
+        "1",
+        "--coefficients",
+        "0.1,0.2",
+        "--subset",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--project-layer",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     recs = [json.loads(x) for x in results_file(exp).read_text().splitlines() if x.strip()]
     mine = [x for x in recs if x["n_questions"] == 2 and x["max_new_tokens"] == 3]
     assert {x.get("coef") for x in mine if x["kind"] == "single"} == {0.1, 0.2}
     assert all(isinstance(resp["projection"], float) for x in mine for resp in x["responses"])
     out = results_file(exp).parent
-    assert (out / "layers.csv").exists() and (out / "configs.csv").exists() and (out / "trait_vs_coherence.png").exists()
+    assert (
+        (out / "layers.csv").exists()
+        and (out / "configs.csv").exists()
+        and (out / "trait_vs_coherence.png").exists()
+    )

@@ -27,8 +27,18 @@ def extracted(tmp_path_factory):
     lm = tiny_model("llama")
     exp = Experiment(tmp_path_factory.mktemp("exp"))
     trait = load_trait("instruction/pirate")
-    res = extract(lm, exp, trait, ExtractConfig(variant="instruct", position="response[:4]", methods=["mean_diff", "probe", "pca"],
-                                                max_new_tokens=6), progress=False)
+    res = extract(
+        lm,
+        exp,
+        trait,
+        ExtractConfig(
+            variant="instruct",
+            position="response[:4]",
+            methods=["mean_diff", "probe", "pca"],
+            max_new_tokens=6,
+        ),
+        progress=False,
+    )
     return lm, exp, trait, res
 
 
@@ -47,7 +57,9 @@ def test_extraction_writes_one_file_per_layer_and_method(extracted):
         assert meta["norm"] == pytest.approx(float(v.vector.norm()), rel=1e-5)
         for k in ("val_accuracy", "val_auroc", "val_separation", "weights_hash", "provenance"):
             assert k in meta
-        summary = json.loads(exp.extraction_summary_path(trait.id, "instruct", "response[:4]", "resid", m).read_text())
+        summary = json.loads(
+            exp.extraction_summary_path(trait.id, "instruct", "response[:4]", "resid", m).read_text()
+        )
         assert [r["layer"] for r in summary["layers"]] == list(range(lm.n_layers))
 
 
@@ -65,12 +77,19 @@ def test_mean_diff_vector_equals_mean_of_captured_activations(extracted):
     train = torch.tensor([split_of(g.index, 0.2) == "train" for g in pos + neg])
     is_pos = torch.arange(len(pos) + len(neg)) < len(pos)
     expect = x[train & is_pos].mean(0) - x[train & ~is_pos].mean(0)
-    torch.testing.assert_close(load_vector_set(exp, trait.id, "instruct", "response[:4]", "mean_diff")[1].vector, expect, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        load_vector_set(exp, trait.id, "instruct", "response[:4]", "mean_diff")[1].vector,
+        expect,
+        atol=1e-5,
+        rtol=1e-4,
+    )
 
 
 def test_responses_are_reused_or_refused(extracted):
     lm, exp, trait, _ = extracted
-    cfg = ExtractConfig(variant="instruct", position="response[:2]", methods=["mean_diff"], layers=[1], max_new_tokens=6)
+    cfg = ExtractConfig(
+        variant="instruct", position="response[:2]", methods=["mean_diff"], layers=[1], max_new_tokens=6
+    )
     again = extract(lm, exp, trait, cfg, progress=False)
     assert again.reused_responses
     with pytest.raises(StoreMismatchError, match="max_new_tokens .*--regenerate"):
@@ -93,9 +112,22 @@ def test_adaptive_step_rule():
 
 def _judge(lm):
     clf = TraitClassifier.fit(
-        ["Arr matey ye be", "Ahoy me hearty", "Shiver me timbers arr", "Yo ho ho matey", "Aye ye scallywag", "Avast ye dogs"],
-        ["The meeting is at three.", "Reset your password.", "The library is open.", "Revenue grew slightly.",
-         "The train is late.", "Water the plants."],
+        [
+            "Arr matey ye be",
+            "Ahoy me hearty",
+            "Shiver me timbers arr",
+            "Yo ho ho matey",
+            "Aye ye scallywag",
+            "Avast ye dogs",
+        ],
+        [
+            "The meeting is at three.",
+            "Reset your password.",
+            "The library is open.",
+            "Revenue grew slightly.",
+            "The train is late.",
+            "Water the plants.",
+        ],
     )
     return OfflineJudge(clf, CoherenceScorer(lm))
 
@@ -104,7 +136,12 @@ def test_evaluate_resumes_without_recomputing(extracted, tmp_path):
     lm, exp, trait, _ = extracted
     judge = _judge(lm)
     vs = load_vector_set(exp, trait.id, "instruct", "response[:4]", "mean_diff")
-    cands = [Candidate.baseline(), Candidate.single(vs[1], 0.2), Candidate.single(vs[2], 0.4), Candidate.single(vs[2], 0.4)]
+    cands = [
+        Candidate.baseline(),
+        Candidate.single(vs[1], 0.2),
+        Candidate.single(vs[2], 0.4),
+        Candidate.single(vs[2], 0.4),
+    ]
     settings = EvalSettings(trait.steering_questions[:3], max_new_tokens=5)
     info = TraitInfo.from_trait(trait)
     log = ResultsLog(tmp_path / "r.jsonl")
@@ -124,7 +161,9 @@ def test_evaluate_resumes_without_recomputing(extracted, tmp_path):
         fh.write('{"key": "half')
     with pytest.warns(UserWarning, match="skipped 1 unreadable line"):
         log2 = ResultsLog(tmp_path / "r.jsonl")
-    recs2 = evaluate_candidates(lm, cands + [Candidate.single(vs[3], 0.1)], settings, judge, info, log2, cache=cache, progress=False)
+    recs2 = evaluate_candidates(
+        lm, cands + [Candidate.single(vs[3], 0.1)], settings, judge, info, log2, cache=cache, progress=False
+    )
     assert log2.appended == 1  # only the new candidate
     assert [x.trait_mean for x in recs2[:4]] == [x.trait_mean for x in recs]
     lines = (tmp_path / "r.jsonl").read_text().splitlines()
@@ -138,13 +177,33 @@ def test_adaptive_search_and_checkpoint(extracted, tmp_path):
     settings = EvalSettings(trait.steering_questions[:2], max_new_tokens=4)
     log = ResultsLog(tmp_path / "r.jsonl")
     rounds = []
-    res = adaptive_search(lm, {"mean_diff": vs}, settings, judge, TraitInfo.from_trait(trait), log, start=0.1, steps=3,
-                          threshold=-1.0, report=lambda k, rows: rounds.append([(st.layer, st.coef) for _, st, _ in rows]))
+    res = adaptive_search(
+        lm,
+        {"mean_diff": vs},
+        settings,
+        judge,
+        TraitInfo.from_trait(trait),
+        log,
+        start=0.1,
+        steps=3,
+        threshold=-1.0,
+        report=lambda k, rows: rounds.append([(st.layer, st.coef) for _, st, _ in rows]),
+    )
     # threshold -1: every step succeeds, so each layer multiplies by 1.6 per round
     assert rounds == [[(1, 0.1), (2, 0.1)], [(1, 0.16), (2, 0.16)], [(1, 0.256), (2, 0.256)]]
     assert len(res.records) == 6 and log.appended == 7  # + baseline
     again = ResultsLog(tmp_path / "r.jsonl")
-    adaptive_search(lm, {"mean_diff": vs}, settings, judge, TraitInfo.from_trait(trait), again, start=0.1, steps=3, threshold=-1.0)
+    adaptive_search(
+        lm,
+        {"mean_diff": vs},
+        settings,
+        judge,
+        TraitInfo.from_trait(trait),
+        again,
+        start=0.1,
+        steps=3,
+        threshold=-1.0,
+    )
     assert again.appended == 0
 
 
@@ -152,27 +211,63 @@ def test_checkpoint_summary_numbers():
     base = SteeringRecord("b", "baseline", trait_mean=10.0, coherence_mean=90.0)
 
     def rec(layer, coef, t, c, method="mean_diff"):
-        return SteeringRecord.from_dict({"key": f"{method}{layer}{coef}", "kind": "single", "layer": layer, "coef": coef,
-                                         "trait_mean": t, "coherence_mean": c, "method": method, "terms": [{"coef_mode": "relative"}]})
+        return SteeringRecord.from_dict(
+            {
+                "key": f"{method}{layer}{coef}",
+                "kind": "single",
+                "layer": layer,
+                "coef": coef,
+                "trait_mean": t,
+                "coherence_mean": c,
+                "method": method,
+                "terms": [{"coef_mode": "relative"}],
+            }
+        )
 
-    records = [rec(5, 0.1, 20, 92), rec(5, 0.2, 40, 85), rec(5, 0.3, 60, 75), rec(5, 0.4, 80, 50),
-               rec(6, 0.1, 25, 88), rec(6, 0.2, 70, 72), rec(6, 0.3, 90, 30), rec(6, 0.1, 50, 95, "probe")]
+    records = [
+        rec(5, 0.1, 20, 92),
+        rec(5, 0.2, 40, 85),
+        rec(5, 0.3, 60, 75),
+        rec(5, 0.4, 80, 50),
+        rec(6, 0.1, 25, 88),
+        rec(6, 0.2, 70, 72),
+        rec(6, 0.3, 90, 30),
+        rec(6, 0.1, 50, 95, "probe"),
+    ]
     s = checkpoint_summary(records, base)
     md = s["mean_diff"]
     assert md["best_layer"] == 6 and md["max_delta_coh70"] == 60 and md["at_coh70"]["coef"] == 0.2
     assert md["max_delta_coh80"] == 30 and md["at_coh80"]["layer"] == 5
     assert md["coef_coh_below_80"] == 0.2  # layer 6: 88 at 0.1, 72 at 0.2
-    assert s["probe"]["best_layer"] == 6 and s["probe"]["max_delta_coh80"] == 40 and s["probe"]["coef_coh_below_80"] is None
+    assert (
+        s["probe"]["best_layer"] == 6
+        and s["probe"]["max_delta_coh80"] == 40
+        and s["probe"]["coef_coh_below_80"] is None
+    )
 
 
 def _vec(v, layer, method="mean_diff"):
-    return TraitVector(v, {"trait": "t", "variant": "x", "positions": "response", "method": method, "layer": layer})
+    return TraitVector(
+        v, {"trait": "t", "variant": "x", "positions": "response", "method": method, "layer": layer}
+    )
 
 
 def test_combination_strategies():
     g = torch.Generator().manual_seed(0)
-    a = Source("natural", {L: _vec(torch.randn(8, generator=g), L) for L in (3, 4)}, best_layer=3, best_coef=0.2, best_delta=30)
-    b = Source("instruction", {L: _vec(torch.randn(8, generator=g), L) for L in (3, 4)}, best_layer=4, best_coef=0.4, best_delta=50)
+    a = Source(
+        "natural",
+        {L: _vec(torch.randn(8, generator=g), L) for L in (3, 4)},
+        best_layer=3,
+        best_coef=0.2,
+        best_delta=30,
+    )
+    b = Source(
+        "instruction",
+        {L: _vec(torch.randn(8, generator=g), L) for L in (3, 4)},
+        best_layer=4,
+        best_coef=0.4,
+        best_delta=50,
+    )
     s = summed_vector(a.vectors[3], b.vectors[3], 3)
     expect = a.vectors[3].unit + b.vectors[3].unit
     torch.testing.assert_close(s.vector, expect / expect.norm())
@@ -184,14 +279,31 @@ def test_combination_strategies():
     ens = cands[4]
     assert [(t.at_layer, t.coef) for t in ens.terms] == [(3, 0.1), (4, 0.2)]  # half coefficients at m = 1
     base = SteeringRecord("b", "baseline", trait_mean=10.0)
-    recs = [SteeringRecord(str(i), "combination", meta=c.meta, terms=[t.describe() for t in c.terms], trait_mean=20.0 + 5 * i,
-                           coherence_mean=80.0 - 5 * i) for i, c in enumerate(cands)]
+    recs = [
+        SteeringRecord(
+            str(i),
+            "combination",
+            meta=c.meta,
+            terms=[t.describe() for t in c.terms],
+            trait_mean=20.0 + 5 * i,
+            coherence_mean=80.0 - 5 * i,
+        )
+        for i, c in enumerate(cands)
+    ]
     table = comparison_table(a, b, recs, base)
-    assert [r["config"] for r in table] == ["best single (natural)", "best single (instruction)", "strategy 1", "strategy 2",
-                                            "strategy 3", "strategy 4"]
+    assert [r["config"] for r in table] == [
+        "best single (natural)",
+        "best single (instruction)",
+        "strategy 1",
+        "strategy 2",
+        "strategy 3",
+        "strategy 4",
+    ]
     assert table[2]["delta"] == 15.0  # sum@A: m=2 has trait 25 at coherence 75 → 25 − 10
     assert table[3]["delta"] == 20.0  # sum@B: m=2 (coherence 65) excluded, m=1 has trait 30 → 20
-    assert table[4]["layers"] == "4" and table[4]["delta"] == table[3]["delta"]  # strategy 3 = the winner's layer (instruction)
+    assert (
+        table[4]["layers"] == "4" and table[4]["delta"] == table[3]["delta"]
+    )  # strategy 3 = the winner's layer (instruction)
     assert table[5]["delta"] is None  # ensemble rows have coherence 60 and 55
 
 
@@ -206,8 +318,10 @@ def test_projection_monitor_matches_hidden_states(tiny):
         rid = tiny.encode(r, formatted=True)
         x, m = left_pad([p + rid], 0)
         with torch.no_grad():
-            hs = tiny.model(input_ids=x, attention_mask=m, position_ids=position_ids(m), output_hidden_states=True).hidden_states[2]
-        expect = float(hs[0, len(p):].mean(0) @ (v / v.norm()))
+            hs = tiny.model(
+                input_ids=x, attention_mask=m, position_ids=position_ids(m), output_hidden_states=True
+            ).hidden_states[2]
+        expect = float(hs[0, len(p) :].mean(0) @ (v / v.norm()))
         assert pj == pytest.approx(expect, rel=1e-4, abs=1e-5)
 
 
@@ -218,8 +332,16 @@ def test_projections_are_written_next_to_scores(extracted, tmp_path):
     vs = load_vector_set(exp, trait.id, "instruct", "response[:4]", "mean_diff")
     settings = EvalSettings(trait.steering_questions[:2], max_new_tokens=4)
     mon = Monitor(vs[2].vector, (2, "resid"))
-    rec = evaluate_candidates(lm, [Candidate.single(vs[1], 0.3)], settings, _judge(lm), TraitInfo.from_trait(trait),
-                   ResultsLog(tmp_path / "r.jsonl"), monitor=mon, progress=False)[0]
+    rec = evaluate_candidates(
+        lm,
+        [Candidate.single(vs[1], 0.3)],
+        settings,
+        _judge(lm),
+        TraitInfo.from_trait(trait),
+        ResultsLog(tmp_path / "r.jsonl"),
+        monitor=mon,
+        progress=False,
+    )[0]
     items = [{"prompt_ids": r["prompt_ids"], "response_ids": r["response_ids"]} for r in rec.responses]
     expect = project(lm, items, vs[2].vector, (2, "resid")).tolist()
     assert [r["projection"] for r in rec.responses] == pytest.approx(expect)
@@ -239,11 +361,20 @@ def test_uninformative_offline_judge_is_flagged(tmp_path):
     lm = tiny_model("llama")
     exp = Experiment(tmp_path / "exp")
     trait = load_trait("instruction/pirate")
-    pool = ["The meeting is at three.", "Reset your password in settings.", "The library opens at nine.",
-            "Revenue grew slightly this year.", "The train is late again.", "Water the plants twice a week."]
+    pool = [
+        "The meeting is at three.",
+        "Reset your password in settings.",
+        "The library opens at nine.",
+        "Revenue grew slightly this year.",
+        "The train is late again.",
+        "Water the plants twice a week.",
+    ]
     d = exp.responses_dir(trait.id, "instruct")
     for pol in ("pos", "neg"):
-        gens = [Generation(i, 0, "q", None, "p", pool[(i + (pol == "neg")) % len(pool)], [1], [2], True) for i in range(24)]
+        gens = [
+            Generation(i, 0, "q", None, "p", pool[(i + (pol == "neg")) % len(pool)], [1], [2], True)
+            for i in range(24)
+        ]
         save_generations(d / f"{pol}.jsonl", gens)
     write_json(d / "meta.json", {"weights_hash": lm.weights_hash, "trait_data": _trait_hash(trait)})
     with pytest.warns(UserWarning, match="cannot tell instruction/pirate's positive from its negative"):
@@ -306,15 +437,23 @@ def test_control_vector_names_and_widths_round_trip(tmp_path):
     from tiny import save_tiny, tiny_model
 
     exp = Experiment(tmp_path / "exp")
-    exp.save_config({"name": "exp", "models": {"instruct": save_tiny(tiny_model("llama"), tmp_path / "model")}})
+    exp.save_config(
+        {"name": "exp", "models": {"instruct": save_tiny(tiny_model("llama"), tmp_path / "model")}}
+    )
     g = torch.Generator().manual_seed(0)
     dirs = {1: torch.randn(64, generator=g), 2: torch.randn(64, generator=g)}
     export_gguf(dirs, tmp_path / "cv.gguf", "tiny")
     res = import_control_vector(exp, tmp_path / "cv.gguf", "pv_instruction/pirate")
     assert res.trait == "instruction/pirate" and res.d_model == 64
     back = load_vector_set(exp, "instruction/pirate", "imported", "response[:]", "gguf")
-    assert sorted(back) == [1, 2] and torch.equal(back[2].vector, dirs[2]) and back[1].meta["trait"] == "instruction/pirate"
-    out = export_control_vector(exp, "instruction/pirate", tmp_path / "again.gguf", variant="imported", method="gguf", layers=[2])
+    assert (
+        sorted(back) == [1, 2]
+        and torch.equal(back[2].vector, dirs[2])
+        and back[1].meta["trait"] == "instruction/pirate"
+    )
+    out = export_control_vector(
+        exp, "instruction/pirate", tmp_path / "again.gguf", variant="imported", method="gguf", layers=[2]
+    )
     assert out.layers == [2] and torch.equal(import_gguf(out.path)[0][2], dirs[2])
     # another width: refused, nothing written
     export_gguf({1: torch.randn(8)}, tmp_path / "narrow.gguf", "other")
@@ -328,6 +467,8 @@ def test_control_vector_names_and_widths_round_trip(tmp_path):
     assert tid == "instruction/corsair" and trait_id(tid) == tid
     with pytest.raises(Exception, match="unknown trait"):
         resolve_trait(exp, tid)
-    write_json(exp.extraction_dir(tid, "instruct", "response[:]", "resid") / "extraction.json",
-               {"kind": "trait vector extraction", "meta": {"trait": tid, "trait_path": str(custom)}})
+    write_json(
+        exp.extraction_dir(tid, "instruct", "response[:]", "resid") / "extraction.json",
+        {"kind": "trait vector extraction", "meta": {"trait": tid, "trait_path": str(custom)}},
+    )
     assert resolve_trait(exp, tid).path == custom

@@ -42,12 +42,16 @@ def _one_at_a_time(lm, cfg, positions, n_new):
         return deltalens.generate(lm, PROMPTS, max_new_tokens=n_new, batch_size=8, progress=False)
 
 
-@pytest.mark.parametrize("family,positions", [("llama", "response"), ("gemma3", "response[:3]"), ("qwen2", "all")])
+@pytest.mark.parametrize(
+    "family,positions", [("llama", "response"), ("gemma3", "response[:3]"), ("qwen2", "all")]
+)
 def test_batched_sweep_equals_each_configuration_alone(family, positions):
     lm = tiny_model(family)
     configs = _configs(lm.d_model)
     st = SweepStats()
-    out = generate_sweep(lm, PROMPTS, configs, max_new_tokens=10, positions=positions, progress=False, stats=st)
+    out = generate_sweep(
+        lm, PROMPTS, configs, max_new_tokens=10, positions=positions, progress=False, stats=st
+    )
     assert st.shared_prefill == (positions != "all") and st.rows == len(configs) * len(PROMPTS)
     distinct = set()
     for c, cfg in enumerate(configs):
@@ -85,7 +89,9 @@ def test_chunks_of_configurations_give_the_same_outputs():
     lm = tiny_model("llama")
     configs = _configs(lm.d_model)
     whole = generate_sweep(lm, PROMPTS, configs, max_new_tokens=6, progress=False)
-    chunked = generate_sweep(lm, PROMPTS, configs, max_new_tokens=6, max_rows=2 * len(PROMPTS), progress=False)
+    chunked = generate_sweep(
+        lm, PROMPTS, configs, max_new_tokens=6, max_rows=2 * len(PROMPTS), progress=False
+    )
     assert [[g.response_ids for g in r] for r in whole] == [[g.response_ids for g in r] for r in chunked]
 
 

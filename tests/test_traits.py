@@ -28,13 +28,17 @@ def test_bundled_traits_are_complete():
         else:
             assert all(s.system is None for s in t.positive)
     # both formats of a trait share the held-out questions (fair comparison of sources)
-    assert load_trait("instruction/pirate").steering_questions == load_trait("natural/pirate").steering_questions
+    assert (
+        load_trait("instruction/pirate").steering_questions == load_trait("natural/pirate").steering_questions
+    )
 
 
 def test_seed_aliases():
     assert load_trait("pv_instruction/sycophancy").id == "instruction/sycophancy"
     assert load_trait("pv_natural/sycophancy").id == "natural/sycophancy"
-    with pytest.raises(DataFormatError, match="unknown trait 'instruction/nope'.*bundled: .*instruction/pirate"):
+    with pytest.raises(
+        DataFormatError, match="unknown trait 'instruction/nope'.*bundled: .*instruction/pirate"
+    ):
         load_trait("instruction/nope")
 
 
@@ -79,7 +83,9 @@ def test_unpaired_instruction_questions(trait_dir):
     rec["question"] = "Something else entirely?"
     lines[1] = json.dumps(rec)
     (trait_dir / "negative.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataFormatError, match=r"negative\.jsonl:2: negative scenario 1 asks .* pair questions line by line"):
+    with pytest.raises(
+        DataFormatError, match=r"negative\.jsonl:2: negative scenario 1 asks .* pair questions line by line"
+    ):
         load_trait(trait_dir)
 
 
@@ -89,7 +95,7 @@ def test_natural_format_errors(tmp_path):
     (d / "negative.txt").write_text("")
     with pytest.raises(DataFormatError, match=r"negative\.txt: no scenarios"):
         load_trait(d)
-    (d / "negative.txt").write_text("A plain opening\n\n{\"json\": 1}\n")
+    (d / "negative.txt").write_text('A plain opening\n\n{"json": 1}\n')
     with pytest.raises(DataFormatError, match=r"negative\.txt:3: looks like JSON"):
         load_trait(d)
     (d / "negative.txt").write_text("A plain opening\n")

@@ -8,6 +8,8 @@ import torch
 
 from deltalens.errors import ConfigError, DataFormatError, ShapeError
 from deltalens.vectors import (
+    TraitVector,
+    VectorSet,
     auroc,
     cohens_d,
     evaluate_direction,
@@ -16,7 +18,6 @@ from deltalens.vectors import (
     import_gguf,
     reference_norms,
 )
-from deltalens.vectors import TraitVector, VectorSet
 
 
 def planted(n=120, d=32, sep=3.0, seed=0):
@@ -88,7 +89,9 @@ def test_probe_accuracy_uses_its_decision_function():
 
 def test_vector_file_roundtrip(tmp_path):
     v = torch.randn(16)
-    p = TraitVector(v, {"layer": 3, "method": "probe", "val_accuracy": 0.9, "trait": "x"}).save(tmp_path / "layer3.safetensors")
+    p = TraitVector(v, {"layer": 3, "method": "probe", "val_accuracy": 0.9, "trait": "x"}).save(
+        tmp_path / "layer3.safetensors"
+    )
     tv = TraitVector.load(p)
     torch.testing.assert_close(tv.vector, v)
     assert tv.layer == 3 and tv.method == "probe" and tv.meta["val_accuracy"] == 0.9
@@ -142,7 +145,9 @@ def test_reference_norms_match_hidden_states(tiny):
         ids = tiny.encode(tiny.format_chat(p), formatted=True)
         x, m = left_pad([ids], 0)
         with torch.no_grad():
-            hs = tiny.model(input_ids=x, attention_mask=m, position_ids=position_ids(m), output_hidden_states=True).hidden_states
+            hs = tiny.model(
+                input_ids=x, attention_mask=m, position_ids=position_ids(m), output_hidden_states=True
+            ).hidden_states
         for L in tot:
             tot[L] += float(hs[L + 1][0, 1:].norm(dim=-1).sum())  # first token excluded
         cnt += len(ids) - 1

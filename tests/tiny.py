@@ -59,8 +59,15 @@ def tiny_tokenizer():
 def tiny_config(family: str, vocab: int, n_layers: int = 4, d: int = 64):
     import transformers as tf
 
-    common = dict(vocab_size=vocab, num_hidden_layers=n_layers, hidden_size=d, intermediate_size=2 * d,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    common = dict(
+        vocab_size=vocab,
+        num_hidden_layers=n_layers,
+        hidden_size=d,
+        intermediate_size=2 * d,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     if family == "llama":
         return tf.LlamaConfig(**common)
     if family == "mistral":
@@ -78,8 +85,14 @@ def tiny_config(family: str, vocab: int, n_layers: int = 4, d: int = 64):
     if family == "gpt2":
         return tf.GPT2Config(vocab_size=vocab, n_layer=n_layers, n_embd=d, n_head=4, n_positions=256)
     if family == "gpt_neox":
-        return tf.GPTNeoXConfig(vocab_size=vocab, num_hidden_layers=n_layers, hidden_size=d, num_attention_heads=4,
-                                intermediate_size=2 * d, max_position_embeddings=256)
+        return tf.GPTNeoXConfig(
+            vocab_size=vocab,
+            num_hidden_layers=n_layers,
+            hidden_size=d,
+            num_attention_heads=4,
+            intermediate_size=2 * d,
+            max_position_embeddings=256,
+        )
     raise ValueError(family)
 
 

@@ -52,16 +52,26 @@ class CaptureConfig(StageConfig):
     normalised. A store records them resolved for its model (``resid.-1`` → ``resid.29``)."""
 
     sites: list[str] = option(
-        default_factory=lambda: ["resid.6"], flag="--sites", short="-s",
+        default_factory=lambda: ["resid.6"],
+        flag="--sites",
+        short="-s",
         help="Comma-separated sites, e.g. 'resid.6,mlp_out.6', layers '6,12', or 'resid.-1' (last layer).",
     )
-    positions: str = option("all", flag="--positions", help="Position spec: all, prompt[-1], response[:5], asst, …")
+    positions: str = option(
+        "all", flag="--positions", help="Position spec: all, prompt[-1], response[:5], asst, …"
+    )
     reduce: str = option("none", flag="--reduce", help="none (per token), mean or last (per sequence).")
     batch_size: int = option(16, flag="--batch-size", help="Sequences per forward pass.")
     max_length: int | None = option(None, flag="--max-length", help="Truncate inputs to this many tokens.")
     val_fraction: float = option(0.0, flag="--val-fraction", help="Fraction of sequences marked 'val'.")
-    dtype: str = option("float32", flag="--store-dtype", help="dtype of the captured activations: float32, float16 or bfloat16.")
-    shard_mb: float = option(64.0, flag="--shard-mb", help="Store shard size in MiB (a shard holds whole sequences).")
+    dtype: str = option(
+        "float32",
+        flag="--store-dtype",
+        help="dtype of the captured activations: float32, float16 or bfloat16.",
+    )
+    shard_mb: float = option(
+        64.0, flag="--shard-mb", help="Store shard size in MiB (a shard holds whole sequences)."
+    )
 
     def validate(self) -> None:
         self.sites = [str(s) for s in hooks.parse_sites(self.sites)] if self.sites is not None else []
@@ -146,7 +156,9 @@ def encode_item(lm: LoadedModel, item: Any, i: int = 0) -> tuple[list[int], int]
             elif "question" in item:
                 ptxt = lm.format_chat(str(item["question"]), item.get("system") or item.get("system_prompt"))
             else:
-                raise DataFormatError(f"capture input {i}: a dict with 'response' needs 'prompt' or 'question'")
+                raise DataFormatError(
+                    f"capture input {i}: a dict with 'response' needs 'prompt' or 'question'"
+                )
             p = lm.encode(ptxt, formatted=lm.has_chat_template or "question" not in item)
             return p + lm.encode(str(item["response"]), formatted=True), len(p)
     raise DataFormatError(
@@ -182,7 +194,9 @@ class CaptureBatch(Captured):
         return self.positions == self.prompt_lens + int(token_types[name])
 
 
-def encode_inputs(lm: LoadedModel, data: Iterable[Any], max_length: int | None = None) -> list[tuple[list[int], int]]:
+def encode_inputs(
+    lm: LoadedModel, data: Iterable[Any], max_length: int | None = None
+) -> list[tuple[list[int], int]]:
     """``(token ids, prompt length)`` of every input, truncated to ``max_length`` tokens."""
     return _truncate([encode_item(lm, it, i) for i, it in enumerate(data)], max_length)
 
@@ -190,7 +204,10 @@ def encode_inputs(lm: LoadedModel, data: Iterable[Any], max_length: int | None =
 def _truncate(encoded: list[tuple[list[int], int]], max_length: int | None) -> list[tuple[list[int], int]]:
     if max_length is None:
         return encoded
-    return [(ids[:max_length], min(plen, max_length)) if len(ids) > max_length else (ids, plen) for ids, plen in encoded]
+    return [
+        (ids[:max_length], min(plen, max_length)) if len(ids) > max_length else (ids, plen)
+        for ids, plen in encoded
+    ]
 
 
 def data_fingerprint(encoded: Sequence[tuple[Sequence[int], int]]) -> str:
@@ -202,7 +219,9 @@ def data_fingerprint(encoded: Sequence[tuple[Sequence[int], int]]) -> str:
     return h.hexdigest()[:16]
 
 
-def _check_selects_something(lm: LoadedModel, pos: Positions, encoded: Sequence[tuple[list[int], int]], source: str) -> None:
+def _check_selects_something(
+    lm: LoadedModel, pos: Positions, encoded: Sequence[tuple[list[int], int]], source: str
+) -> None:
     """Refuse a position spec that selects no token of any input (it would make an empty store)."""
     types = lm.token_types if lm.tokenizer is not None else {}
     for k in range(0, len(encoded), 512):
@@ -230,7 +249,11 @@ def _token_type_names(lm: LoadedModel, positions: torch.Tensor, prompt_lens: tor
 
 
 def _prepare(
-    lm: LoadedModel, data: Iterable[Any], sites: SiteLike | Sequence[SiteLike], positions: str | Positions, max_length: int | None
+    lm: LoadedModel,
+    data: Iterable[Any],
+    sites: SiteLike | Sequence[SiteLike],
+    positions: str | Positions,
+    max_length: int | None,
 ) -> tuple[Positions, list[Site], list[tuple[list[int], int]]]:
     pos = Positions.parse(positions)
     site_list = _parse_sites(lm, sites)
@@ -238,7 +261,9 @@ def _prepare(
     return pos, site_list, encode_inputs(lm, data, max_length)
 
 
-def _reduce(batch: CaptureBatch, sites: Sequence[Site], reduce: str | None, dtype: torch.dtype) -> dict[Site, torch.Tensor]:
+def _reduce(
+    batch: CaptureBatch, sites: Sequence[Site], reduce: str | None, dtype: torch.dtype
+) -> dict[Site, torch.Tensor]:
     """Per-token rows of a batch → one row per input with ≥ 1 selected token (batch order).
 
     ``mean``: (1/n_i) Σ_t x_{i,t} over the n_i selected tokens of input i (in float32);
@@ -252,7 +277,9 @@ def _reduce(batch: CaptureBatch, sites: Sequence[Site], reduce: str | None, dtyp
         rows = batch[s]
         if reduce == "mean":
             seg = torch.repeat_interleave(torch.arange(len(kept)), kept)
-            acc = torch.zeros(len(kept), rows.shape[-1], dtype=torch.float32).index_add_(0, seg, rows.to(torch.float32))
+            acc = torch.zeros(len(kept), rows.shape[-1], dtype=torch.float32).index_add_(
+                0, seg, rows.to(torch.float32)
+            )
             out[s] = (acc / kept[:, None]).to(dtype)
         else:
             out[s] = rows[kept.cumsum(0) - 1].to(dtype)
@@ -314,25 +341,47 @@ def capture(
         if sites is None:
             raise ConfigError("capture needs sites (or a CaptureConfig)")
         config = CaptureConfig(
-            sites=sites, positions=positions, reduce=reduce, batch_size=batch_size,  # type: ignore[arg-type]
-            max_length=max_length, val_fraction=val_fraction, dtype=dtype,  # type: ignore[arg-type]
+            sites=sites,
+            positions=positions,
+            reduce=reduce,
+            batch_size=batch_size,  # type: ignore[arg-type]
+            max_length=max_length,
+            val_fraction=val_fraction,
+            dtype=dtype,  # type: ignore[arg-type]
         )
     elif sites is not None or (positions, reduce, batch_size, max_length, val_fraction, dtype) != (
-        "all", None, 16, None, 0.0, torch.float32
+        "all",
+        None,
+        16,
+        None,
+        0.0,
+        torch.float32,
     ):
         raise TypeError("capture: pass the settings in the CaptureConfig or as keywords, not both")
     if store is not None:
         return capture_to_store(
-            lm, data, config, store, overwrite=overwrite, early_exit=early_exit, progress=progress,
-            dataset_name=dataset_name, source=source,
+            lm,
+            data,
+            config,
+            store,
+            overwrite=overwrite,
+            early_exit=early_exit,
+            progress=progress,
+            dataset_name=dataset_name,
+            source=source,
         )
     pos, site_list, encoded = _prepare(lm, data, config.sites, config.positions, config.max_length)
     return _capture_in_memory(lm, encoded, site_list, pos, config, early_exit, progress)
 
 
 def _capture_in_memory(
-    lm: LoadedModel, encoded: list[tuple[list[int], int]], site_list: list[Site], pos: Positions,
-    config: CaptureConfig, early_exit: bool, progress: bool,
+    lm: LoadedModel,
+    encoded: list[tuple[list[int], int]],
+    site_list: list[Site],
+    pos: Positions,
+    config: CaptureConfig,
+    early_exit: bool,
+    progress: bool,
 ) -> Captured:
     reduce, dtype = config.reduction, config.torch_dtype
     work = torch.float32 if reduce else dtype
@@ -340,7 +389,9 @@ def _capture_in_memory(
     parts: dict[Site, list[torch.Tensor]] = {s: [] for s in site_list}
     meta: dict[str, list[torch.Tensor]] = {"seq": [], "pos": [], "tok": [], "resp": []}
     n_sel = torch.zeros(len(encoded), dtype=torch.long)
-    for b in _batches(lm, encoded, order, site_list, pos, config.batch_size, work, early_exit, progress, "capture"):
+    for b in _batches(
+        lm, encoded, order, site_list, pos, config.batch_size, work, early_exit, progress, "capture"
+    ):
         for s, rows in _reduce(b, site_list, reduce, dtype).items():
             parts[s].append(rows)
         n_sel[b.batch_ids] = b.n_selected
@@ -374,7 +425,9 @@ def _capture_in_memory(
     return out
 
 
-def _data_record(encoded_full: list[tuple[list[int], int]], dataset_name: str | None, source: str | Path | None) -> dict[str, Any]:
+def _data_record(
+    encoded_full: list[tuple[list[int], int]], dataset_name: str | None, source: str | Path | None
+) -> dict[str, Any]:
     rec: dict[str, Any] = {"fingerprint": data_fingerprint(encoded_full), "n_inputs": len(encoded_full)}
     if source is not None and Path(source).is_file():
         rec["source"] = Path(source).name
@@ -456,23 +509,39 @@ def capture_to_store(
     try:
         st.init(
             model={"name": lm.name, "spec": lm.spec, "weights_hash": lm.weights_hash},
-            sites=site_list, d_model=lm.d_model, positions=pos.text, reduce=reduce, dtype=dtype,
-            val_fraction=config.val_fraction, shard_mb=config.shard_mb, dataset=dataset_name,
-            extra={"provenance": provenance(lm, positions=pos.text, reduce=reduce)}, config=record, data=data_rec,
+            sites=site_list,
+            d_model=lm.d_model,
+            positions=pos.text,
+            reduce=reduce,
+            dtype=dtype,
+            val_fraction=config.val_fraction,
+            shard_mb=config.shard_mb,
+            dataset=dataset_name,
+            extra={"provenance": provenance(lm, positions=pos.text, reduce=reduce)},
+            config=record,
+            data=data_rec,
         )
         if st.complete and st.n_sequences >= len(encoded):
             return st
         order = list(range(st.n_sequences, len(encoded)))  # input order: resumable by sequence count
         work = torch.float32 if reduce else dtype
-        for b in _batches(lm, encoded, order, site_list, pos, config.batch_size, work, early_exit, progress, "capture"):
-            st.append(_reduce(b, site_list, reduce, dtype), _index_of(lm, b, reduce, config.val_fraction), n_sequences=len(b.batch_ids))
+        for b in _batches(
+            lm, encoded, order, site_list, pos, config.batch_size, work, early_exit, progress, "capture"
+        ):
+            st.append(
+                _reduce(b, site_list, reduce, dtype),
+                _index_of(lm, b, reduce, config.val_fraction),
+                n_sequences=len(b.batch_ids),
+            )
         st.finish()
     finally:
         st.close()
     return st
 
 
-def _index_of(lm: LoadedModel, b: CaptureBatch, reduce: str | None, val_fraction: float) -> dict[str, np.ndarray]:
+def _index_of(
+    lm: LoadedModel, b: CaptureBatch, reduce: str | None, val_fraction: float
+) -> dict[str, np.ndarray]:
     """The token-index columns of one batch's rows (see :mod:`deltalens.store`)."""
     if reduce is None:
         seq, posn, tok, resp = b.seq_ids, b.positions, b.token_ids, b.is_response
@@ -563,9 +632,17 @@ def _batches(
             input_ids, attn = left_pad(seqs, pad, lm.device)
             reads = [Read(s, pos, callback=make_callback(s, j == 0)) for j, s in enumerate(site_list)]
             got.clear()
-            with hooks.intervene(lm, reads, stop_at=stop), hooks.batch_info(lm, row_ids=batch, prompt_lens=plens):
+            with (
+                hooks.intervene(lm, reads, stop_at=stop),
+                hooks.batch_info(lm, row_ids=batch, prompt_lens=plens),
+            ):
                 try:
-                    lm.model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids(attn), use_cache=False)
+                    lm.model(
+                        input_ids=input_ids,
+                        attention_mask=attn,
+                        position_ids=position_ids(attn),
+                        use_cache=False,
+                    )
                 except hooks.StopForward:
                     pass
             mask = got["mask"]

@@ -14,7 +14,12 @@ err_console = Console(stderr=True)
 
 
 def table(
-    title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, no_wrap: Sequence[str] = (), **kw: Any
+    title: str | None,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    no_wrap: Sequence[str] = (),
+    **kw: Any,
 ) -> Table:
     """A rich table; every cell is escaped (model text may contain markup-like brackets).
     Columns named in ``no_wrap`` are never wrapped or cut (names to copy); others fold."""

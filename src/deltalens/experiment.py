@@ -116,16 +116,25 @@ class Experiment:
         """``activations/`` (every :meth:`activations_dir` is below it)."""
         return self._dir("activations")
 
-    def vectors_dir(self, trait: str, variant: str, positions: str | Positions, component: str, method: str) -> Path:
+    def vectors_dir(
+        self, trait: str, variant: str, positions: str | Positions, component: str, method: str
+    ) -> Path:
         slug = Positions.parse(positions).slug
         return self._dir(
-            "vectors", _safe(trait, "trait"), _safe(variant, "variant"), slug, _safe(component, "component"), _safe(method, "method")
+            "vectors",
+            _safe(trait, "trait"),
+            _safe(variant, "variant"),
+            slug,
+            _safe(component, "component"),
+            _safe(method, "method"),
         )
 
     def vector_path(
         self, trait: str, variant: str, positions: str | Positions, component: str, method: str, layer: int
     ) -> Path:
-        return self.vectors_dir(trait, variant, positions, component, method) / f"layer{int(layer)}.safetensors"
+        return (
+            self.vectors_dir(trait, variant, positions, component, method) / f"layer{int(layer)}.safetensors"
+        )
 
     def steering_dir(self, trait: str, vector_id: str) -> Path:
         return self._dir("steering", _safe(trait, "trait"), _safe(vector_id, "vector id"))
@@ -133,15 +142,21 @@ class Experiment:
     def steering_results(self, trait: str, vector_id: str) -> Path:
         return self.steering_dir(trait, vector_id) / "results.jsonl"
 
-    def extraction_store_dir(self, trait: str, variant: str, positions: str | Positions, component: str) -> Path:
+    def extraction_store_dir(
+        self, trait: str, variant: str, positions: str | Positions, component: str
+    ) -> Path:
         """ActivationStore of per-response mean activations used to fit a trait's vectors."""
         return self.activations_dir(trait, variant, positions) / _safe(component, "component")
 
-    def extraction_summary_path(self, trait: str, variant: str, positions: str | Positions, component: str, method: str) -> Path:
+    def extraction_summary_path(
+        self, trait: str, variant: str, positions: str | Positions, component: str, method: str
+    ) -> Path:
         """Per-layer metrics of one vector set (``summary.json`` next to the layer files)."""
         return self.vectors_dir(trait, variant, positions, component, method) / "summary.json"
 
-    def control_vector_path(self, trait: str, variant: str, positions: str | Positions, component: str, method: str) -> Path:
+    def control_vector_path(
+        self, trait: str, variant: str, positions: str | Positions, component: str, method: str
+    ) -> Path:
         """llama.cpp control vector (GGUF) exported from one vector set."""
         return self.vectors_dir(trait, variant, positions, component, method) / "control_vector.gguf"
 
@@ -152,7 +167,9 @@ class Experiment:
     def extraction_dir(self, trait: str, variant: str, positions: str | Positions, component: str) -> Path:
         """One extraction (all methods): ``extraction.json`` and one directory per method."""
         slug = Positions.parse(positions).slug
-        return self._dir("vectors", _safe(trait, "trait"), _safe(variant, "variant"), slug, _safe(component, "component"))
+        return self._dir(
+            "vectors", _safe(trait, "trait"), _safe(variant, "variant"), slug, _safe(component, "component")
+        )
 
     @staticmethod
     def steering_vector_id(variant: str, positions: str | Positions) -> str:

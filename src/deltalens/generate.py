@@ -154,9 +154,15 @@ def as_prompts(prompts: Iterable[Any], system: str | Sequence[str | None] | None
         elif isinstance(p, Mapping):
             q = next((p[k] for k in ("question", "prompt", "content", "text") if k in p), None)
             if not isinstance(q, str):
-                raise DataFormatError(f"prompt {i}: needs a 'question' (or 'prompt'/'content'/'text') string: {p!r}")
+                raise DataFormatError(
+                    f"prompt {i}: needs a 'question' (or 'prompt'/'content'/'text') string: {p!r}"
+                )
             s = p.get("system", p.get("system_prompt", sysp))
-            meta = {k: v for k, v in p.items() if k not in ("question", "prompt", "content", "text", "system", "system_prompt")}
+            meta = {
+                k: v
+                for k, v in p.items()
+                if k not in ("question", "prompt", "content", "text", "system", "system_prompt")
+            }
             out.append(Prompt(q, s, meta))
         else:
             raise DataFormatError(f"prompt {i}: expected a string or a dict, got {type(p).__name__}")
@@ -181,7 +187,9 @@ def _eos_ids(lm: LoadedModel) -> list[int]:
     return sorted(set(ids))
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token id lists → ``(input_ids [B, L], attention_mask [B, L])``."""
     L = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
@@ -199,7 +207,9 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
 
 
-def format_prompts(lm: LoadedModel, prompts: Sequence[Prompt], chat: bool | str = "auto") -> list[tuple[str, list[int]]]:
+def format_prompts(
+    lm: LoadedModel, prompts: Sequence[Prompt], chat: bool | str = "auto"
+) -> list[tuple[str, list[int]]]:
     """Prompt strings and token ids. ``chat='auto'`` uses the chat template when the model
     has one; ``chat=False`` feeds ``system + '\\n\\n' + question`` as raw text."""
     use_chat = lm.has_chat_template if chat == "auto" else bool(chat)
@@ -220,7 +230,9 @@ class GenerateConfig(StageConfig):
 
     max_new_tokens: int = option(64, flag="--max-new-tokens", help="Generation length cap.")
     n: int = option(1, flag="--n", help="Rollouts per prompt.")
-    do_sample: bool = option(False, flag="--sample/--greedy", help="Sample (with --temperature/--top-p) or greedy.")
+    do_sample: bool = option(
+        False, flag="--sample/--greedy", help="Sample (with --temperature/--top-p) or greedy."
+    )
     temperature: float = option(1.0, flag="--temperature", help="Sampling temperature.")
     top_p: float = option(1.0, flag="--top-p", help="Nucleus sampling mass.")
     seed: int = option(0, flag="--seed", help="Base seed for sampling.")
@@ -277,7 +289,11 @@ def generate(
     plist = as_prompts(prompts, system)
     if not plist:
         return []
-    for name, flag, v in (("n", "--n", n), ("max_new_tokens", "--max-new-tokens", max_new_tokens), ("batch_size", "--batch-size", batch_size)):
+    for _name, flag, v in (
+        ("n", "--n", n),
+        ("max_new_tokens", "--max-new-tokens", max_new_tokens),
+        ("batch_size", "--batch-size", batch_size),
+    ):
         if v < 1:
             raise ConfigError(f"{flag} must be ≥ 1, got {v}")
     formatted = format_prompts(lm, plist, chat)

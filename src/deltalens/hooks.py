@@ -39,7 +39,7 @@ import contextlib
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -151,7 +151,7 @@ class Site:
         return f"blocks.{self.layer}.{_SAELENS_NAMES[self.component]}"
 
 
-SiteLike = Union[Site, tuple, str, int]
+SiteLike = Site | tuple | str | int
 
 
 def parse_sites(sites: SiteLike | Sequence[SiteLike]) -> list[Site]:
@@ -161,7 +161,9 @@ def parse_sites(sites: SiteLike | Sequence[SiteLike]) -> list[Site]:
     ):
         sites = [sites]  # type: ignore[list-item]
     return [Site.parse(s) for s in sites]  # type: ignore[union-attr]
-RowsLike = Union[None, slice, Sequence[int], torch.Tensor, range]
+
+
+RowsLike = None | slice | Sequence[int] | torch.Tensor | range
 
 
 class StopForward(Exception):
@@ -383,7 +385,9 @@ class Add(Intervention):
         super().__init__(site, positions, rows)
         self.vector = torch.as_tensor(vector).detach()
         if self.vector.dim() not in (1, 2):
-            raise ShapeError(f"Add at {self.site}: vector must be [d] or [rows, d], got {tuple(self.vector.shape)}")
+            raise ShapeError(
+                f"Add at {self.site}: vector must be [d] or [rows, d], got {tuple(self.vector.shape)}"
+            )
         self.coef = torch.as_tensor(coef, dtype=torch.float32).detach()
         self._table: torch.Tensor | None = None
         if self.vector.dim() == 2 or self.coef.dim() == 1:
@@ -446,15 +450,26 @@ class Replace(Intervention):
             raise ShapeError(f"Replace at {self.site}: values must be [d], [L, d] or [R, L, d]")
         self.where = None if where is None else torch.as_tensor(where).detach().bool()
         if self.where is not None and self.where.dim() not in (1, 2):
-            raise ShapeError(f"Replace at {self.site}: where must be [L] or [R, L], got {tuple(self.where.shape)}")
-        if self.where is not None and self.where.dim() == 2 and self.values.dim() == 3 and self.where.shape[0] != self.values.shape[0]:
+            raise ShapeError(
+                f"Replace at {self.site}: where must be [L] or [R, L], got {tuple(self.where.shape)}"
+            )
+        if (
+            self.where is not None
+            and self.where.dim() == 2
+            and self.values.dim() == 3
+            and self.where.shape[0] != self.values.shape[0]
+        ):
             raise ShapeError(
                 f"Replace at {self.site}: where has {self.where.shape[0]} rows but values have {self.values.shape[0]}"
             )
-        n_rowed = self.values.shape[0] if self.values.dim() == 3 else (
-            self.where.shape[0] if self.where is not None and self.where.dim() == 2 else None
+        n_rowed = (
+            self.values.shape[0]
+            if self.values.dim() == 3
+            else (self.where.shape[0] if self.where is not None and self.where.dim() == 2 else None)
         )
-        self._table = self._row_table(n_rowed, "values") if (n_rowed is not None and self.rows is not None) else None
+        self._table = (
+            self._row_table(n_rowed, "values") if (n_rowed is not None and self.rows is not None) else None
+        )
 
     def bind(self, lm: LoadedModel) -> None:
         super().bind(lm)
@@ -480,7 +495,9 @@ class Replace(Intervention):
             if idx is not None:
                 v = v[idx.to(v.device)]
             elif v.shape[0] != B:
-                raise ShapeError(f"Replace at {self.site}: values for {v.shape[0]} rows but the batch has {B}")
+                raise ShapeError(
+                    f"Replace at {self.site}: values for {v.shape[0]} rows but the batch has {B}"
+                )
         if self.where is not None:
             w = self.where.to(x.device)
             if w.shape[-1] < step.start + T:
@@ -492,7 +509,9 @@ class Replace(Intervention):
                 if idx is not None:
                     w = w[idx.to(w.device)]
                 elif w.shape[0] != B:
-                    raise ShapeError(f"Replace at {self.site}: where for {w.shape[0]} rows but the batch has {B}")
+                    raise ShapeError(
+                        f"Replace at {self.site}: where for {w.shape[0]} rows but the batch has {B}"
+                    )
             m = m & w
         return torch.where(m[..., None], v, x)
 
@@ -567,7 +586,9 @@ class Splice(Intervention):
         self.edit = edit
         self.edit_error = edit_error
         if edit_error is not None and not keep_error:
-            raise ShapeError(f"Splice at {self.site}: edit_error needs keep_error=True (there is no error term)")
+            raise ShapeError(
+                f"Splice at {self.site}: edit_error needs keep_error=True (there is no error term)"
+            )
         self.record = record
         self.check_site = check_site
         self.latents: list[torch.Tensor] = []
@@ -577,7 +598,9 @@ class Splice(Intervention):
         super().bind(lm)
         d_in = int(getattr(self.sae, "d_in", -1))
         if d_in != lm.d_model:
-            raise ShapeError(f"SAE d_in={d_in} does not match {lm.name}'s d_model={lm.d_model} at {self.site}")
+            raise ShapeError(
+                f"SAE d_in={d_in} does not match {lm.name}'s d_model={lm.d_model} at {self.site}"
+            )
         sae_site = getattr(self.sae, "site", None)
         if self.check_site and sae_site is not None:
             s = Site.parse(sae_site)
@@ -625,7 +648,9 @@ class Splice(Intervention):
 class HookSession:
     """Registers the hooks of a list of interventions; use through :func:`intervene`."""
 
-    def __init__(self, lm: LoadedModel, interventions: Sequence[Intervention], stop_at: SiteLike | None = None):
+    def __init__(
+        self, lm: LoadedModel, interventions: Sequence[Intervention], stop_at: SiteLike | None = None
+    ):
         self.lm = lm
         self.interventions = list(interventions)
         for iv in self.interventions:
@@ -662,7 +687,9 @@ class HookSession:
                 past = int(pkv.get_seq_length())
             prev = self._last_full
             if past > 0 and prev is not None and prev.shape[0] == B and prev.shape[1] <= past:
-                full = torch.cat([prev.to(dev), torch.ones(B, past + T - prev.shape[1], dtype=prev.dtype, device=dev)], 1)
+                full = torch.cat(
+                    [prev.to(dev), torch.ones(B, past + T - prev.shape[1], dtype=prev.dtype, device=dev)], 1
+                )
             else:
                 full = torch.ones(B, past + T, dtype=torch.long, device=dev)
         self._last_full = full

@@ -106,7 +106,13 @@ def _json(path: Path) -> dict[str, Any] | None:
         from .io import read_json
 
         data = read_json(path)
-        summary: Any = sorted(data)[:30] if isinstance(data, dict) else f"list of {len(data)}" if isinstance(data, list) else type(data).__name__
+        summary: Any = (
+            sorted(data)[:30]
+            if isinstance(data, dict)
+            else f"list of {len(data)}"
+            if isinstance(data, list)
+            else type(data).__name__
+        )
         return {"kind": "JSON", "path": str(path), "top_level": summary}
     return None
 
@@ -159,4 +165,6 @@ def describe(path: str | Path) -> dict[str, Any]:
             return out
     if p.is_dir():
         return {"kind": "directory", "path": str(p), "entries": sorted(x.name for x in p.iterdir())[:50]}
-    raise DataFormatError(f"{p}: not a deltalens artifact (store, safetensors, SAE, model, experiment, JSON/JSONL)")
+    raise DataFormatError(
+        f"{p}: not a deltalens artifact (store, safetensors, SAE, model, experiment, JSON/JSONL)"
+    )

@@ -103,7 +103,7 @@ def decode_utf8(data: bytes, path: PathLike, *, line: int | None = None, offset:
         at = offset + exc.start
         n = line if line is not None else data.count(b"\n", 0, exc.start) + 1
         raise DataFormatError(
-            f"{path}:{n}: not valid UTF-8 at byte {at} ({data[exc.start:exc.start + 4]!r}: {exc.reason}); "
+            f"{path}:{n}: not valid UTF-8 at byte {at} ({data[exc.start : exc.start + 4]!r}: {exc.reason}); "
             "save the file as UTF-8"
         ) from None
 
@@ -146,7 +146,9 @@ def append_jsonl(path: PathLike, record: Mapping[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def save_tensors(path: PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> Path:
+def save_tensors(
+    path: PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+) -> Path:
     """Atomically write tensors to a safetensors file.
 
     ``metadata`` values are stored as strings (non-strings are JSON-encoded) in the
@@ -211,7 +213,7 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def provenance(lm: Any = None, **extra: Any) -> dict[str, Any]:

@@ -41,7 +41,9 @@ def parse_layers(value: str | None, n_layers: int, flag: str | None = None) -> l
         elif re.fullmatch(r"-?\d+", part):
             out.append(int(part))
         else:
-            raise ConfigError(f"{at}cannot read layers '{value}': write e.g. 'all', '6', '6,12,18', '9-19' or '9:20'")
+            raise ConfigError(
+                f"{at}cannot read layers '{value}': write e.g. 'all', '6', '6,12,18', '9-19' or '9:20'"
+            )
     for layer in out:
         if not -n_layers <= layer < n_layers:
             raise ConfigError(
@@ -56,4 +58,6 @@ def parse_floats(value: str | None, what: str = "values") -> list[float]:
     try:
         return [float(x) for x in split_list(value)]
     except ValueError:
-        raise ConfigError(f"cannot read {what} '{value}': write comma-separated numbers, e.g. '2,4,8'") from None
+        raise ConfigError(
+            f"cannot read {what} '{value}': write comma-separated numbers, e.g. '2,4,8'"
+        ) from None

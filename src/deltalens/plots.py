@@ -152,8 +152,16 @@ def scatter(
 
 # ---- feature evolution ------------------------------------------------------------------------
 
-_STATUS_SHORT = {"dead": "dead", "born_then_died": "born→died", "born": "born", "died": "died", "revived": "revived",
-                 "changed_back": "back", "changed": "changed", "stable": "stable"}
+_STATUS_SHORT = {
+    "dead": "dead",
+    "born_then_died": "born→died",
+    "born": "born",
+    "died": "died",
+    "revived": "revived",
+    "changed_back": "back",
+    "changed": "changed",
+    "stable": "stable",
+}
 
 
 def evolution_figures(ev: Any, out: str | Path, max_latents: int = 12) -> dict[str, Path]:
@@ -167,16 +175,34 @@ def evolution_figures(ev: Any, out: str | Path, max_latents: int = 12) -> dict[s
     T = ev.n_iterations
     its = list(range(T))
     rows = ev.summary_table()
-    series = {k: [r.get(k, 0) for r in rows] for k in ("alive", "born", "died", "changed", "changed_back") if k in rows[0]}
-    paths = {"counts_png": lines_by_layer(series, out / "evolution_counts.png", layers=its, xlabel="iteration",
-                                          xticklabels=ev.names, title="latents per iteration", ylabel="latents")}
+    series = {
+        k: [r.get(k, 0) for r in rows]
+        for k in ("alive", "born", "died", "changed", "changed_back")
+        if k in rows[0]
+    }
+    paths = {
+        "counts_png": lines_by_layer(
+            series,
+            out / "evolution_counts.png",
+            layers=its,
+            xlabel="iteration",
+            xticklabels=ev.names,
+            title="latents per iteration",
+            ylabel="latents",
+        )
+    }
     show = ev.examples(max_latents)
     if T > 1:
         m = ev.cos_prev[1:, show].T.numpy()
         paths["cos_png"] = heatmap(
-            m, out / "evolution_cos_prev.png", xlabels=[f"{ev.names[t - 1]}→{ev.names[t]}" for t in range(1, T)],
+            m,
+            out / "evolution_cos_prev.png",
+            xlabels=[f"{ev.names[t - 1]}→{ev.names[t]}" for t in range(1, T)],
             ylabels=[f"{i} {_STATUS_SHORT.get(ev.status[i], ev.status[i])}" for i in show],
-            title="decoder cosine with the previous iteration", cmap="viridis", center=None, colorbar_label="cos",
+            title="decoder cosine with the previous iteration",
+            cmap="viridis",
+            center=None,
+            colorbar_label="cos",
         )
     trajectories = {"dec_norm": ev.dec_norm, "threshold": ev.threshold}
     if ev.firing_rate is not None:
@@ -186,6 +212,13 @@ def evolution_figures(ev: Any, out: str | Path, max_latents: int = 12) -> dict[s
         if not torch.isfinite(t[:, few]).any():
             continue
         s = {f"{i} ({ev.status[i]})": t[:, i].tolist() for i in few}
-        paths[f"{name}_png"] = lines_by_layer(s, out / f"evolution_{name}.png", layers=its, xlabel="iteration",
-                                              xticklabels=ev.names, title=f"{name} of example latents", ylabel=name)
+        paths[f"{name}_png"] = lines_by_layer(
+            s,
+            out / f"evolution_{name}.png",
+            layers=its,
+            xlabel="iteration",
+            xticklabels=ev.names,
+            title=f"{name} of example latents",
+            ylabel=name,
+        )
     return paths

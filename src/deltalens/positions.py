@@ -105,7 +105,9 @@ class _Parser:
         name = self.text[start : self.i]
         if not name:
             raise self.fail(
-                "expected a region: 'all', 'prompt', 'response' or a token type (" + ", ".join(TOKEN_TYPES) + ")"
+                "expected a region: 'all', 'prompt', 'response' or a token type ("
+                + ", ".join(TOKEN_TYPES)
+                + ")"
             )
         if name not in REGIONS and name not in TOKEN_TYPES:
             raise self.fail(

@@ -82,7 +82,11 @@ def flag_of(cfg: Any, name: str) -> str:
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         to = getattr(value, "to_dict", None)
-        return to() if callable(to) else {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return (
+            to()
+            if callable(to)
+            else {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        )
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, Path):
@@ -113,7 +117,9 @@ def in_range(cfg: Any, name: str, lo: float, hi: float, *, hi_open: bool = False
     if v is None:
         return
     if not (lo <= v and (v < hi if hi_open else v <= hi)):
-        raise ConfigError(f"{flag_of(cfg, name)} must be in [{lo:g}, {hi:g}{')' if hi_open else ']'}, got {v!r}")
+        raise ConfigError(
+            f"{flag_of(cfg, name)} must be in [{lo:g}, {hi:g}{')' if hi_open else ']'}, got {v!r}"
+        )
 
 
 def one_of(cfg: Any, name: str, valid: Iterable[Any]) -> None:
@@ -145,7 +151,9 @@ class StageConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             at = f"{where}: " if where else ""
-            raise ConfigError(f"{at}unknown {cls.__name__} key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"{at}unknown {cls.__name__} key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+            )
         return cls(**dict(data))
 
     def replace(self: C, **changes: Any) -> C:
@@ -172,7 +180,9 @@ class StageConfig:
                 out.append(f"{k}: {recorded.get(k)!r} → {now.get(k)!r}")
         return out
 
-    def check_resume(self, recorded: Mapping[str, Any] | None, what: str | Path, exclude: Iterable[str] = ()) -> None:
+    def check_resume(
+        self, recorded: Mapping[str, Any] | None, what: str | Path, exclude: Iterable[str] = ()
+    ) -> None:
         """Refuse to continue ``what`` (a checkpoint, a store) that was made under another config."""
         if recorded is None:
             return
@@ -261,7 +271,13 @@ def register_result(cls: type[R]) -> type[R]:
 
 def describe_result(path: Path) -> dict[str, Any] | None:
     """``deltalens info`` of a registered result file (or a directory holding one)."""
-    files = [path] if path.is_file() else [path / c.FILENAME for c in RESULT_TYPES.values()] if path.is_dir() else []
+    files = (
+        [path]
+        if path.is_file()
+        else [path / c.FILENAME for c in RESULT_TYPES.values()]
+        if path.is_dir()
+        else []
+    )
     for f in files:
         if f.suffix != ".json" or not f.is_file():
             continue

@@ -66,13 +66,17 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     try:
         m = json.loads(f.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise DataFormatError(f"not a valid activation store: {path} ({MANIFEST} is not UTF-8: {exc.reason})") from None
+        raise DataFormatError(
+            f"not a valid activation store: {path} ({MANIFEST} is not UTF-8: {exc.reason})"
+        ) from None
     except json.JSONDecodeError as exc:
         raise DataFormatError(
             f"not a valid activation store: {path} ({MANIFEST}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg})"
         ) from None
     if not isinstance(m, dict):
-        raise DataFormatError(f"not a valid activation store: {path} ({MANIFEST} holds a {type(m).__name__}, not an object)")
+        raise DataFormatError(
+            f"not a valid activation store: {path} ({MANIFEST} holds a {type(m).__name__}, not an object)"
+        )
     missing = [k for k in _REQUIRED if k not in m]
     if missing:
         raise DataFormatError(f"not a valid activation store: {path} ({MANIFEST} lacks {', '.join(missing)})")
@@ -101,8 +105,13 @@ def _foreign_entries(path: Path) -> list[str]:
 
 def _describe_data(d: Mapping[str, Any]) -> str:
     what = d.get("source") or "inputs"
-    digest = f"sha256 {d['sha256'][:12]}…" if d.get("sha256") else f"token fingerprint {str(d.get('fingerprint'))[:12]}…"
+    digest = (
+        f"sha256 {d['sha256'][:12]}…"
+        if d.get("sha256")
+        else f"token fingerprint {str(d.get('fingerprint'))[:12]}…"
+    )
     return f"{what} ({d.get('n_inputs')} inputs, {digest})"
+
 
 _NP_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 _TORCH_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -198,7 +207,10 @@ class ActivationStore:
         }
 
     def mismatch(
-        self, want: Mapping[str, Any], config: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None
+        self,
+        want: Mapping[str, Any],
+        config: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
     ) -> str | None:
         """Why this (existing) store cannot take a capture of ``want`` / ``config`` / ``data``, or None.
 
@@ -255,7 +267,13 @@ class ActivationStore:
         ``config`` (the capture settings) and ``data`` (the inputs' fingerprint) are recorded
         and compared on resume."""
         want = self.wanted(
-            model=model, sites=sites, d_model=d_model, positions=positions, reduce=reduce, dtype=dtype, val_fraction=val_fraction
+            model=model,
+            sites=sites,
+            d_model=d_model,
+            positions=positions,
+            reduce=reduce,
+            dtype=dtype,
+            val_fraction=val_fraction,
         )
         why = self.mismatch(want, config, data)  # before touching anything
         if why:
@@ -263,7 +281,9 @@ class ActivationStore:
         if self.exists and self.complete:
             return  # nothing to write: no lock needed
         if not self.exists and self.path.exists() and _foreign_entries(self.path):
-            raise StoreMismatchError(f"{self.path} exists and is not an activation store; nothing was overwritten")
+            raise StoreMismatchError(
+                f"{self.path} exists and is not an activation store; nothing was overwritten"
+            )
         self.lock()
         self.manifest = read_manifest(self.path)  # another writer may have finished meanwhile
         why = self.mismatch(want, config, data)
@@ -314,7 +334,9 @@ class ActivationStore:
         except OSError:
             pid = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
             os.close(fd)
-            raise StoreBusyError(f"{self.path} is being written by process {pid}; stores are single-writer") from None
+            raise StoreBusyError(
+                f"{self.path} is being written by process {pid}; stores are single-writer"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
@@ -396,17 +418,23 @@ class ActivationStore:
     def _site_key(self, site: SiteLike) -> Site:
         s = Site.parse(site)
         if s not in self.sites:
-            raise StoreMismatchError(f"{self.path} has no site {s}; it holds {', '.join(map(str, self.sites))}")
+            raise StoreMismatchError(
+                f"{self.path} has no site {s}; it holds {', '.join(map(str, self.sites))}"
+            )
         return s
 
     # ---- writing --------------------------------------------------------------------------
-    def append(self, acts: Mapping[Site, torch.Tensor], index: Mapping[str, np.ndarray], n_sequences: int) -> None:
+    def append(
+        self, acts: Mapping[Site, torch.Tensor], index: Mapping[str, np.ndarray], n_sequences: int
+    ) -> None:
         """Buffer rows of whole sequences; flushes a shard when the buffer is full."""
         n = len(next(iter(index.values())))
         for s in self.sites:
             t = acts[s]
             if t.shape[0] != n or t.shape[-1] != self.d_model:
-                raise StoreMismatchError(f"append to {self.path}: {s} has shape {tuple(t.shape)}, expected [{n}, {self.d_model}]")
+                raise StoreMismatchError(
+                    f"append to {self.path}: {s} has shape {tuple(t.shape)}, expected [{n}, {self.d_model}]"
+                )
             self._buf.setdefault(s, []).append(t.detach().to("cpu", _TORCH_DTYPES[self.manifest["dtype"]]))
         self._buf_index.append({k: np.asarray(v) for k, v in index.items()})
         self._buf_rows += n
@@ -430,13 +458,19 @@ class ActivationStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path, ".safetensors") as tmp:
                 save_file({"acts": rows.contiguous()}, str(tmp))
-        cols = {k: np.concatenate([b[k] for b in self._buf_index]) for k in self._buf_index[0]} if self._buf_index else {}
+        cols = (
+            {k: np.concatenate([b[k] for b in self._buf_index]) for k in self._buf_index[0]}
+            if self._buf_index
+            else {}
+        )
         table = pa.table(cols)
         ipath = self.path / "index" / f"{name}.parquet"
         ipath.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(ipath, ".parquet") as tmp:
             pq.write_table(table, tmp)
-        self.manifest["shards"].append({"name": name, "n_rows": self._buf_rows, "n_sequences": self._buf_seqs})
+        self.manifest["shards"].append(
+            {"name": name, "n_rows": self._buf_rows, "n_sequences": self._buf_seqs}
+        )
         self.manifest["n_rows"] += self._buf_rows
         self.manifest["n_sequences"] += self._buf_seqs
         self._commit()
@@ -477,7 +511,9 @@ class ActivationStore:
     def _split_mask(self, i: int, split: str) -> np.ndarray:
         import pyarrow.parquet as pq
 
-        col = pq.read_table(self.path / "index" / f"{self.shard_names()[i]}.parquet", columns=["split"])["split"]
+        col = pq.read_table(self.path / "index" / f"{self.shard_names()[i]}.parquet", columns=["split"])[
+            "split"
+        ]
         return np.asarray(col.to_numpy(zero_copy_only=False) == split)
 
     def index(self, columns: Sequence[str] | None = None) -> Any:
@@ -486,11 +522,15 @@ class ActivationStore:
         import pyarrow.parquet as pq
 
         frames = [
-            pq.read_table(self.path / "index" / f"{n}.parquet", columns=list(columns) if columns else None).to_pandas()
+            pq.read_table(
+                self.path / "index" / f"{n}.parquet", columns=list(columns) if columns else None
+            ).to_pandas()
             for n in self.shard_names()
         ]
         if not frames:
-            return pd.DataFrame(columns=list(columns or ["seq_id", "position", "token_id", "region", "token_type", "split"]))
+            return pd.DataFrame(
+                columns=list(columns or ["seq_id", "position", "token_id", "region", "token_type", "split"])
+            )
         return pd.concat(frames, ignore_index=True)
 
     def stream(

@@ -76,9 +76,13 @@ def _check(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     pos = torch.as_tensor(pos).detach().to(torch.float32)
     neg = torch.as_tensor(neg).detach().to(torch.float32)
     if pos.dim() != 2 or neg.dim() != 2 or pos.shape[1] != neg.shape[1]:
-        raise ShapeError(f"positive and negative activations must be [N, d] with equal d, got {tuple(pos.shape)} and {tuple(neg.shape)}")
+        raise ShapeError(
+            f"positive and negative activations must be [N, d] with equal d, got {tuple(pos.shape)} and {tuple(neg.shape)}"
+        )
     if len(pos) < 1 or len(neg) < 1:
-        raise ShapeError(f"need at least one positive and one negative example (got {len(pos)} and {len(neg)})")
+        raise ShapeError(
+            f"need at least one positive and one negative example (got {len(pos)} and {len(neg)})"
+        )
     return pos, neg
 
 
@@ -91,7 +95,9 @@ def _scaled(u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tens
     return u * sep
 
 
-def fit_direction(pos: torch.Tensor, neg: torch.Tensor, method: str = "mean_diff", *, seed: int = 0, C: float = 1.0) -> Direction:
+def fit_direction(
+    pos: torch.Tensor, neg: torch.Tensor, method: str = "mean_diff", *, seed: int = 0, C: float = 1.0
+) -> Direction:
     """Fit one direction separating ``pos`` from ``neg`` (``[N, d]`` each); see the module docstring."""
     pos, neg = _check(pos, neg)
     if method == "mean_diff":
@@ -102,7 +108,10 @@ def fit_direction(pos: torch.Tensor, neg: torch.Tensor, method: str = "mean_diff
         else:
             g = torch.Generator().manual_seed(seed)
             n = min(len(pos), len(neg))
-            d = pos[torch.randperm(len(pos), generator=g)[:n]] - neg[torch.randperm(len(neg), generator=g)[:n]]
+            d = (
+                pos[torch.randperm(len(pos), generator=g)[:n]]
+                - neg[torch.randperm(len(neg), generator=g)[:n]]
+            )
         _, _, vh = torch.linalg.svd(d.double(), full_matrices=False)
         return Direction(_scaled(vh[0].float(), pos, neg), method)
     if method == "probe":
@@ -118,7 +127,9 @@ def fit_direction(pos: torch.Tensor, neg: torch.Tensor, method: str = "mean_diff
             warnings.simplefilter("ignore")
             clf = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(xc / scale, y)
         w = torch.from_numpy(clf.coef_[0] / scale).float()
-        return Direction(_scaled(w, pos, neg), method, probe_w=w, probe_b=float(clf.intercept_[0]), center=center.float())
+        return Direction(
+            _scaled(w, pos, neg), method, probe_w=w, probe_b=float(clf.intercept_[0]), center=center.float()
+        )
     from .errors import ConfigError
 
     raise ConfigError(f"unknown method '{method}'; valid: {', '.join(VECTOR_METHODS)}")
@@ -226,7 +237,9 @@ class TraitVector:
         path = Path(path)
         tensors = load_tensors(path)
         if "vector" not in tensors:
-            raise DataFormatError(f"{path}: not a deltalens vector file (tensors: {', '.join(tensors) or 'none'})")
+            raise DataFormatError(
+                f"{path}: not a deltalens vector file (tensors: {', '.join(tensors) or 'none'})"
+            )
         meta = read_safetensors_metadata(path)
         return cls(tensors["vector"].float(), meta, path)
 
@@ -240,7 +253,7 @@ LAYER_GLOB = "layer*.safetensors"
 
 
 def _layer_of(path: Path) -> int | None:
-    tail = path.stem[len("layer"):]
+    tail = path.stem[len("layer") :]
     return int(tail) if path.stem.startswith("layer") and tail.isdigit() else None
 
 
@@ -283,7 +296,10 @@ def export_gguf(directions: Mapping[int, torch.Tensor], path: str | Path, model_
     if not directions:
         raise ShapeError("no directions to export")
     if 0 in directions:
-        warnings.warn("direction.0 (output of block 0) is not loadable by llama.cpp, which starts at layer 1", stacklevel=2)
+        warnings.warn(
+            "direction.0 (output of block 0) is not loadable by llama.cpp, which starts at layer 1",
+            stacklevel=2,
+        )
     path = Path(path)
     widths = {int(torch.as_tensor(v).shape[-1]) for v in directions.values()}
     if len(widths) != 1:
@@ -392,7 +408,9 @@ def reference_norms(
             for k in range(0, len(seqs), 16):
                 ids, mask = left_pad(seqs[k : k + 16], pad, lm.device)
                 try:
-                    lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
+                    lm.model(
+                        input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False
+                    )
                 except hooks.StopForward:
                     pass
         for L in missing:

@@ -88,16 +88,28 @@ def attribution_patching(
     with gradient_path(lm), intervene(lm, list(reads.values())):
         m = task.metric(task.forward(lm, task.ids(base_run), task.mask))[0]
         grads = torch.autograd.grad(m.mean(), [reads[s].value for s in sites], allow_unused=True)
-    scores = torch.stack([
-        _scores(source[s] - reads[s].value.detach(), g if g is not None else torch.zeros_like(source[s]), cols)
-        for s, g in zip(sites, grads)
-    ]).cpu()
+    scores = torch.stack(
+        [
+            _scores(
+                source[s] - reads[s].value.detach(), g if g is not None else torch.zeros_like(source[s]), cols
+            )
+            for s, g in zip(sites, grads)
+        ]
+    ).cpu()
     m_base = m.detach().cpu()
     L = len(sites) // len(components)
     values = float(m_base.mean()) + scores.view(len(components), L, len(cols))
     return PatchingResult.for_grid(
-        task, "attribution_patching", direction, components, [s.layer for s in sites[:L]], cols, m_base, m_src.cpu(),
-        values, t0,
+        task,
+        "attribution_patching",
+        direction,
+        components,
+        [s.layer for s in sites[:L]],
+        cols,
+        m_base,
+        m_src.cpu(),
+        values,
+        t0,
         {"gradient_on": base_run, "estimate": "m(base) + sum_pairs sum_d (a_source - a_base) * dm/da|base"},
     )
 
@@ -128,8 +140,12 @@ def integrated_gradients(
     alphas = torch.arange(steps, dtype=torch.float32) / steps  # left Riemann sum: α = 0, 1/N, …
     scores = torch.zeros(len(sites), len(cols))
     ids, mask = task.ids(base_run), task.mask
-    for start in tqdm(range(0, len(sites), per), desc=f"integrated gradients ({steps} steps)", disable=not progress,
-                      leave=False):
+    for start in tqdm(
+        range(0, len(sites), per),
+        desc=f"integrated gradients ({steps} steps)",
+        disable=not progress,
+        leave=False,
+    ):
         chunk = sites[start : start + per]
         ivs: list = []
         reads: list[Read] = []
@@ -151,8 +167,19 @@ def integrated_gradients(
     L = len(sites) // len(components)
     values = float(m_base.mean()) + scores.view(len(components), L, len(cols))
     return PatchingResult.for_grid(
-        task, "integrated_gradients", direction, components, [s.layer for s in sites[:L]], cols, m_base, m_src,
-        values, t0,
-        {"steps": steps, "gradient_on": f"path {base_run} -> {src_run} per site",
-         "rule": "left Riemann sum, alpha = k/N, k = 0..N-1"},
+        task,
+        "integrated_gradients",
+        direction,
+        components,
+        [s.layer for s in sites[:L]],
+        cols,
+        m_base,
+        m_src,
+        values,
+        t0,
+        {
+            "steps": steps,
+            "gradient_on": f"path {base_run} -> {src_run} per site",
+            "rule": "left Riemann sum, alpha = k/N, k = 0..N-1",
+        },
     )

@@ -110,9 +110,17 @@ class FaithfulnessCurve(StageResult):
     def from_dict(cls, d: dict[str, Any]) -> FaithfulnessCurve:
         if d.get("kind", cls.KIND) != cls.KIND:
             raise DataFormatError(f"not a valid {cls.KIND} (kind is {d.get('kind')!r})")
-        return cls(str(d["nodes"]), [int(k) for k in d["k"]], int(d["n_nodes"]), float(d["F_model"]),
-                   float(d["F_empty"]), [float(x) for x in d["F_circuit"]], [float(x) for x in d["F_complement"]],
-                   float(d.get("seconds", 0.0)), dict(d.get("meta") or {}))
+        return cls(
+            str(d["nodes"]),
+            [int(k) for k in d["k"]],
+            int(d["n_nodes"]),
+            float(d["F_model"]),
+            float(d["F_empty"]),
+            [float(x) for x in d["F_circuit"]],
+            [float(x) for x in d["F_complement"]],
+            float(d.get("seconds", 0.0)),
+            dict(d.get("meta") or {}),
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write the curve: ``path`` is a ``.json`` file or a directory (``faithfulness.json`` in it)."""
@@ -120,7 +128,12 @@ class FaithfulnessCurve(StageResult):
         return write_json(p if p.suffix == ".json" else p / self.FILENAME, self.to_dict())
 
     def summary(self) -> dict[str, Any]:
-        return {"nodes": self.nodes, "k": self.ks, "faithfulness": self.faithfulness, "completeness": self.completeness}
+        return {
+            "nodes": self.nodes,
+            "k": self.ks,
+            "faithfulness": self.faithfulness,
+            "completeness": self.completeness,
+        }
 
     def plot(self, path: str | Path) -> Path:
         from ..plots import new_figure, save_figure
@@ -151,12 +164,15 @@ def _ks(ks: Sequence[int] | None, n: int) -> list[int]:
     return ks
 
 
-def _component_curve(lm: LoadedModel, task: PairTask, result: PatchingResult, ks: Sequence[int] | None,
-                     batch_tokens: int) -> FaithfulnessCurve:
+def _component_curve(
+    lm: LoadedModel, task: PairTask, result: PatchingResult, ks: Sequence[int] | None, batch_tokens: int
+) -> FaithfulnessCurve:
     comps = [c for c in result.components if c in ("attn_out", "mlp_out")]
     if not comps:
-        raise ConfigError("component faithfulness needs attn_out and/or mlp_out scores (resid nodes overlap every "
-                          "upstream node and cannot be ablated independently)")
+        raise ConfigError(
+            "component faithfulness needs attn_out and/or mlp_out scores (resid nodes overlap every "
+            "upstream node and cannot be ablated independently)"
+        )
     sites = [Site(layer, c) for c in comps for layer in result.layers]
     cols = list(result.positions)
     ci = [result.components.index(c) for c in comps]
@@ -187,9 +203,21 @@ def _component_curve(lm: LoadedModel, task: PairTask, result: PatchingResult, ks
             logits = task.forward(lm, task.clean_ids.repeat(G, 1), task.mask.repeat(G, 1))
         out.append(task.metric(logits).mean(-1).cpu())
     f = torch.cat(out).tolist()
-    return FaithfulnessCurve("component", ks, n, f[0], f[1], f[2::2], f[3::2],
-                             meta={"components": comps, "layers": result.layers, "positions": cols,
-                                   "ranked_by": f"|{result.method} effect| ({result.direction})"})
+    return FaithfulnessCurve(
+        "component",
+        ks,
+        n,
+        f[0],
+        f[1],
+        f[2::2],
+        f[3::2],
+        meta={
+            "components": comps,
+            "layers": result.layers,
+            "positions": cols,
+            "ranked_by": f"|{result.method} effect| ({result.direction})",
+        },
+    )
 
 
 def _keep_masks(order: torch.Tensor, ks: Sequence[int], n: int) -> list[torch.Tensor]:
@@ -203,8 +231,15 @@ def _keep_masks(order: torch.Tensor, ks: Sequence[int], n: int) -> list[torch.Te
     return keeps
 
 
-def _sae_curve(lm: LoadedModel, task: PairTask, result: SAEAttribution, sae: Any, ks: Sequence[int] | None,
-               include_error: bool, batch_tokens: int) -> FaithfulnessCurve:
+def _sae_curve(
+    lm: LoadedModel,
+    task: PairTask,
+    result: SAEAttribution,
+    sae: Any,
+    ks: Sequence[int] | None,
+    include_error: bool,
+    batch_tokens: int,
+) -> FaithfulnessCurve:
     if sae is None:
         raise ConfigError("SAE faithfulness needs the SAE object (sae=)")
     s = result.site
@@ -255,9 +290,21 @@ def _sae_curve(lm: LoadedModel, task: PairTask, result: SAEAttribution, sae: Any
             logits = task.forward(lm, task.clean_ids.repeat(G, 1), task.mask.repeat(G, 1))
         out.append(task.metric(logits).mean(-1).cpu())
     f = torch.cat(out).tolist()
-    return FaithfulnessCurve("SAE", ks, n, f[0], f[1], f[2::2], f[3::2],
-                             meta={"site": str(s), "include_error_nodes": include_error, "positions": cols,
-                                   "ranked_by": f"|{result.mode} SAE attribution| ({result.direction})"})
+    return FaithfulnessCurve(
+        "SAE",
+        ks,
+        n,
+        f[0],
+        f[1],
+        f[2::2],
+        f[3::2],
+        meta={
+            "site": str(s),
+            "include_error_nodes": include_error,
+            "positions": cols,
+            "ranked_by": f"|{result.mode} SAE attribution| ({result.direction})",
+        },
+    )
 
 
 def faithfulness_curve(

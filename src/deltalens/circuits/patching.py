@@ -58,7 +58,9 @@ def sweep_sites(lm: LoadedModel, components: Sequence[str], layers: Sequence[int
     return [Site(layer, c).resolve(lm) for c in components for layer in layers]
 
 
-def cache_run(lm: LoadedModel, task: PairTask, which: str, sites: Sequence[Site]) -> tuple[dict[Site, torch.Tensor], torch.Tensor]:
+def cache_run(
+    lm: LoadedModel, task: PairTask, which: str, sites: Sequence[Site]
+) -> tuple[dict[Site, torch.Tensor], torch.Tensor]:
     """Activations ``{site: [S, T, d]}`` and the per-pair metric ``[n_pairs]`` of an unpatched run."""
     reads = {s: Read(s) for s in sites}
     with torch.no_grad(), intervene(lm, list(reads.values())):
@@ -165,8 +167,19 @@ def activation_patching(
         per_pair[:, keep] = ran.view(len(sites), len(run_cols), task.n_pairs)
     per_pair = per_pair.view(len(components), L, len(cols), task.n_pairs)
     return PatchingResult.for_grid(
-        task, "activation_patching", direction, components, [s.layer for s in sites[:L]], cols, m_base.cpu(),
-        m_src.cpu(), per_pair.mean(-1), t0,
-        {"n_forward_rows": len(patches) * task.n_seqs, "skipped_identical_prefix_columns": [c for c in cols if c < first]},
+        task,
+        "activation_patching",
+        direction,
+        components,
+        [s.layer for s in sites[:L]],
+        cols,
+        m_base.cpu(),
+        m_src.cpu(),
+        per_pair.mean(-1),
+        t0,
+        {
+            "n_forward_rows": len(patches) * task.n_seqs,
+            "skipped_identical_prefix_columns": [c for c in cols if c < first],
+        },
         per_pair=per_pair,
     )

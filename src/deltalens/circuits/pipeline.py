@@ -58,7 +58,9 @@ def run_patch(
     """Exact activation patching → ``results.json`` + one heatmap per component (``config``:
     the stage config recorded in the result's provenance)."""
     out_dir = Path(out_dir)
-    res = activation_patching(lm, task, components, layers, direction, batch_tokens=batch_tokens, progress=progress)
+    res = activation_patching(
+        lm, task, components, layers, direction, batch_tokens=batch_tokens, progress=progress
+    )
     res.meta["provenance"] = provenance(lm, method=res.method, direction=direction, config=config)
     res.save(out_dir)
     write_csv(out_dir / TOP_SITES_FILE, res.top(20))
@@ -79,8 +81,12 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     return atomic_write(path, buf.getvalue())
 
 
-def correlation_figure(exact: PatchingResult, approx: PatchingResult, path: str | Path,
-                       components: Sequence[str] = ("attn_out", "mlp_out")) -> dict[str, Any]:
+def correlation_figure(
+    exact: PatchingResult,
+    approx: PatchingResult,
+    path: str | Path,
+    components: Sequence[str] = ("attn_out", "mlp_out"),
+) -> dict[str, Any]:
     """Scatter of exact vs estimated normalised effects, with Pearson r per component and
     over all of them; returns the r values."""
     from ..plots import scatter
@@ -94,9 +100,15 @@ def correlation_figure(exact: PatchingResult, approx: PatchingResult, path: str 
     keep = torch.tensor([c not in skipped for c in exact.positions])
     if keep.any() and not keep.all():
         r["all_differing_positions"] = pearson(ex[..., keep], ap[..., keep])
-    scatter(ex.flatten().tolist(), ap.flatten().tolist(), path, diagonal=True,
-            title=f"{approx.method.replace('_', ' ')} vs exact patching\n{', '.join(comps)}: Pearson r = {r['all']:.3f}",
-            xlabel="exact patching (normalised)", ylabel=f"{approx.method} (normalised)")
+    scatter(
+        ex.flatten().tolist(),
+        ap.flatten().tolist(),
+        path,
+        diagonal=True,
+        title=f"{approx.method.replace('_', ' ')} vs exact patching\n{', '.join(comps)}: Pearson r = {r['all']:.3f}",
+        xlabel="exact patching (normalised)",
+        ylabel=f"{approx.method} (normalised)",
+    )
     return r
 
 
@@ -121,8 +133,9 @@ def run_attribute(
     with a faithfulness curve of the circuits it ranks."""
     out_dir = Path(out_dir)
     if method == "ig":
-        res = integrated_gradients(lm, task, components, layers, direction, steps, batch_tokens=batch_tokens,
-                                   progress=progress)
+        res = integrated_gradients(
+            lm, task, components, layers, direction, steps, batch_tokens=batch_tokens, progress=progress
+        )
     elif method == "attribution":
         res = attribution_patching(lm, task, components, layers, direction)
     else:
@@ -132,16 +145,25 @@ def run_attribute(
     write_csv(out_dir / TOP_SITES_FILE, res.top(20))
     out: dict[str, Any] = {"result": res, "figures": res.heatmaps(out_dir), "dir": out_dir}
     if compare_exact:
-        exact = activation_patching(lm, task, components, layers, direction, batch_tokens=batch_tokens,
-                                    progress=progress)
+        exact = activation_patching(
+            lm, task, components, layers, direction, batch_tokens=batch_tokens, progress=progress
+        )
         exact.save(out_dir / EXACT_FILE)
         fig = out_dir / EXACT_FIGURE
         r = correlation_figure(exact, res, fig, components)
-        write_json(out_dir / CORRELATION_FILE, {
-            "pearson_r": r, "seconds_exact": exact.seconds, "seconds_estimate": res.seconds,
-            "speedup": exact.seconds / max(res.seconds, 1e-9), "method": res.method,
-        })
-        out.update(exact=exact, r=r, figures=out["figures"] + exact.heatmaps(out_dir, prefix="exact_") + [fig])
+        write_json(
+            out_dir / CORRELATION_FILE,
+            {
+                "pearson_r": r,
+                "seconds_exact": exact.seconds,
+                "seconds_estimate": res.seconds,
+                "speedup": exact.seconds / max(res.seconds, 1e-9),
+                "method": res.method,
+            },
+        )
+        out.update(
+            exact=exact, r=r, figures=out["figures"] + exact.heatmaps(out_dir, prefix="exact_") + [fig]
+        )
     if faithfulness:
         curve = faithfulness_curve(lm, task, res, ks=ks, batch_tokens=batch_tokens)
         curve.meta["provenance"] = provenance(lm, method="faithfulness")
@@ -172,9 +194,12 @@ def run_sae_attribute(
     activation heatmaps (clean and corrupted), error-node scores by position, and
     optionally a faithfulness curve over SAE nodes."""
     out_dir = Path(out_dir)
-    res: SAEAttribution = sae_attribution(lm, task, sae, site, direction, mode, keep_error,
-                                           force_site=force_site)
-    res.meta["provenance"] = provenance(lm, method="sae_attribution", site=str(res.site), mode=mode, config=config)
+    res: SAEAttribution = sae_attribution(
+        lm, task, sae, site, direction, mode, keep_error, force_site=force_site
+    )
+    res.meta["provenance"] = provenance(
+        lm, method="sae_attribution", site=str(res.site), mode=mode, config=config
+    )
     paths = res.save_all(out_dir, k=top_k)
     write_csv(out_dir / TOP_LATENTS_FILE, res.top(top_k, include_error=True))
     lat = list(latents) if latents else None
@@ -189,11 +214,16 @@ def run_sae_attribute(
     pair_labels = [str(r.id if r.id is not None else i) for i, r in enumerate(task.records)]
     for name, col in named.items():
         if col in res.positions and all(nm.get(name) == col for nm in task.names):
-            figs.append(res.latent_heatmap_at(out_dir / f"latent_heatmap_{name}.png", col, run="clean",
-                                              pair_labels=pair_labels))
+            figs.append(
+                res.latent_heatmap_at(
+                    out_dir / f"latent_heatmap_{name}.png", col, run="clean", pair_labels=pair_labels
+                )
+            )
     out: dict[str, Any] = {"result": res, "files": paths, "figures": figs, "dir": out_dir}
     if faithfulness:
-        curve: FaithfulnessCurve = faithfulness_curve(lm, task, res, ks=ks, sae=sae, batch_tokens=batch_tokens)
+        curve: FaithfulnessCurve = faithfulness_curve(
+            lm, task, res, ks=ks, sae=sae, batch_tokens=batch_tokens
+        )
         curve.meta["provenance"] = provenance(lm, method="faithfulness")
         curve.save(out_dir)
         out["faithfulness"] = curve
@@ -238,11 +268,17 @@ class TaskConfig(StageConfig):
 
     pairs: str = option("capitals", flag="--pairs", short="-p", help=PAIRS_HELP)
     model: str = option("smollm2-135m-instruct", flag="--model", short="-m", help="Model spec.")
-    metric: str = option("logit_diff", flag="--metric", help="logit_diff (first answer token) or logprob_diff (summed).")
-    chat: bool = option(False, flag="--chat/--raw", help="Wrap prompts in the chat template (default: raw text).")
+    metric: str = option(
+        "logit_diff", flag="--metric", help="logit_diff (first answer token) or logprob_diff (summed)."
+    )
+    chat: bool = option(
+        False, flag="--chat/--raw", help="Wrap prompts in the chat template (default: raw text)."
+    )
     single_token: bool = option(False, flag="--single-token", help="Refuse multi-token answers.")
     limit: int | None = option(None, flag="--limit", help="Use only the first N pairs.")
-    out: Path | None = option(None, flag="--out", short="-o", help="Write here instead of the experiment directory.")
+    out: Path | None = option(
+        None, flag="--out", short="-o", help="Write here instead of the experiment directory."
+    )
     batch_tokens: int = option(4096, flag="--batch-tokens", help="Tokens per batched forward.")
     dtype: str = option("auto", flag="--dtype", help="Model dtype.")
     device: str | None = option(None, flag="--device", help="Model device.")
@@ -259,11 +295,19 @@ class TaskConfig(StageConfig):
 class PatchConfig(TaskConfig):
     """Options of exact activation patching (``deltalens patch``)."""
 
-    components: list[str] = option(default_factory=lambda: ["resid"], flag="--components", short="-c",
-                                   help="Comma list of resid, attn_out, mlp_out.")
+    components: list[str] = option(
+        default_factory=lambda: ["resid"],
+        flag="--components",
+        short="-c",
+        help="Comma list of resid, attn_out, mlp_out.",
+    )
     layers: str = option("all", flag="--layers", short="-l", help=LAYERS_HELP)
-    direction: str = option("denoising", flag="--direction", short="-d",
-                            help="denoising (clean → corrupted run) or noising (corrupted → clean run).")
+    direction: str = option(
+        "denoising",
+        flag="--direction",
+        short="-d",
+        help="denoising (clean → corrupted run) or noising (corrupted → clean run).",
+    )
 
     def validate(self) -> None:
         from .patching import PATCH_COMPONENTS
@@ -284,26 +328,53 @@ class AttributeConfig(TaskConfig):
     """Options of attribution patching / integrated gradients and SAE-latent attribution
     (``deltalens attribute``)."""
 
-    components: list[str] = option(default_factory=lambda: ["attn_out", "mlp_out"], flag="--components", short="-c",
-                                   help="Comma list of resid, attn_out, mlp_out ('none' for SAE only).")
+    components: list[str] = option(
+        default_factory=lambda: ["attn_out", "mlp_out"],
+        flag="--components",
+        short="-c",
+        help="Comma list of resid, attn_out, mlp_out ('none' for SAE only).",
+    )
     layers: str = option("all", flag="--layers", short="-l", help=LAYERS_HELP)
-    direction: str = option("denoising", flag="--direction", short="-d",
-                            help="denoising (clean → corrupted run) or noising (corrupted → clean run).")
-    method: str = option("attribution", flag="--method",
-                         help="attribution (2 forwards + 1 backward) or ig (integrated gradients).")
+    direction: str = option(
+        "denoising",
+        flag="--direction",
+        short="-d",
+        help="denoising (clean → corrupted run) or noising (corrupted → clean run).",
+    )
+    method: str = option(
+        "attribution",
+        flag="--method",
+        help="attribution (2 forwards + 1 backward) or ig (integrated gradients).",
+    )
     steps: int = option(8, flag="--steps", help="Integrated-gradients steps (1 = plain attribution).")
-    compare_exact: bool = option(False, flag="--compare-exact", help="Also run exact patching: Pearson r + scatter.")
-    faithfulness: bool = option(False, flag="--faithfulness", help="Faithfulness/completeness curve of top-k circuits.")
-    ks: list[int] = option(default_factory=list, flag="--k", help="k values for the faithfulness curve, e.g. '1,5,10,50'.")
-    sae: Path | None = option(None, flag="--sae",
-                              help="SAE directory (SAELens, sparsify or dictionary_learning) for latent attribution.")
-    sae_site: str | None = option(None, flag="--sae-site", help="Site of an SAE that does not record one (default: its own).")
-    force_site: bool = option(False, flag="--force-site", help="Splice the SAE at --sae-site even if it was trained elsewhere.")
-    mode: str = option("indirect", flag="--mode", help="SAE attribution: indirect (all paths) or direct (to logits).")
+    compare_exact: bool = option(
+        False, flag="--compare-exact", help="Also run exact patching: Pearson r + scatter."
+    )
+    faithfulness: bool = option(
+        False, flag="--faithfulness", help="Faithfulness/completeness curve of top-k circuits."
+    )
+    ks: list[int] = option(
+        default_factory=list, flag="--k", help="k values for the faithfulness curve, e.g. '1,5,10,50'."
+    )
+    sae: Path | None = option(
+        None,
+        flag="--sae",
+        help="SAE directory (SAELens, sparsify or dictionary_learning) for latent attribution.",
+    )
+    sae_site: str | None = option(
+        None, flag="--sae-site", help="Site of an SAE that does not record one (default: its own)."
+    )
+    force_site: bool = option(
+        False, flag="--force-site", help="Splice the SAE at --sae-site even if it was trained elsewhere."
+    )
+    mode: str = option(
+        "indirect", flag="--mode", help="SAE attribution: indirect (all paths) or direct (to logits)."
+    )
     keep_error: bool = option(True, flag="--error/--no-error", help="Keep the SAE error term in the splice.")
     top_k: int = option(25, flag="--top-k", help="Latents in top_latents.json.")
-    latents: list[int] = option(default_factory=list, flag="--latents",
-                                help="Latents for the activation heatmap (default: top).")
+    latents: list[int] = option(
+        default_factory=list, flag="--latents", help="Latents for the activation heatmap (default: top)."
+    )
 
     def validate(self) -> None:
         from .patching import PATCH_COMPONENTS
@@ -350,19 +421,29 @@ def _load_task(cfg: TaskConfig) -> tuple[Any, PairTask, str]:
 
     records = load_pairs(cfg.pairs)
     lm = load(cfg.model, dtype=cfg.dtype, device=cfg.device)
-    task = build_task(lm, records, metric=cfg.metric, chat=cfg.chat, single_token=cfg.single_token, limit=cfg.limit)
+    task = build_task(
+        lm, records, metric=cfg.metric, chat=cfg.chat, single_token=cfg.single_token, limit=cfg.limit
+    )
     return lm, task, Path(cfg.pairs).stem
 
 
 def _task_summary(lm: Any, task: PairTask) -> CircuitRun:
     m_clean = task.run_metric(lm, "clean")
     m_corr = task.run_metric(lm, "corrupted")
-    rows = [(r.id if r.id is not None else i, f"{r.clean_answer!r} / {r.corrupted_answer!r}", float(m_clean[i]),
-             float(m_corr[i])) for i, r in enumerate(task.records[:12])]
+    rows = [
+        (
+            r.id if r.id is not None else i,
+            f"{r.clean_answer!r} / {r.corrupted_answer!r}",
+            float(m_clean[i]),
+            float(m_corr[i]),
+        )
+        for i, r in enumerate(task.records[:12])
+    ]
     r0 = task.records[0]
     what = "first answer token" if task.metric_name == "logit_diff" else "summed answer log-prob"
-    title = (f"{task.n_pairs} pairs, metric {task.metric_name} ({what})"
-             + (", first 12 shown" if task.n_pairs > 12 else ""))
+    title = f"{task.n_pairs} pairs, metric {task.metric_name} ({what})" + (
+        ", first 12 shown" if task.n_pairs > 12 else ""
+    )
     pair0 = f"pair 0: clean {r0.clean!r} → {r0.clean_answer!r}; corrupted {r0.corrupted!r} → {r0.corrupted_answer!r}"
     return CircuitRun(rows, title, pair0, float(m_clean.mean()), float(m_corr.mean()))
 
@@ -382,13 +463,23 @@ def run_patching(config: PatchConfig, experiment: Any = "default", progress: boo
     lm, task, name = _load_task(config)
     run = _task_summary(lm, task)
     run.out_dir = _dir(config, experiment, name, f"patching_{config.direction}")
-    run.result, run.figures = run_patch(lm, task, run.out_dir, config.components, layer_list(config.layers, lm.n_layers),
-                                        config.direction, batch_tokens=config.batch_tokens, progress=progress,
-                                        config=config.to_dict())
+    run.result, run.figures = run_patch(
+        lm,
+        task,
+        run.out_dir,
+        config.components,
+        layer_list(config.layers, lm.n_layers),
+        config.direction,
+        batch_tokens=config.batch_tokens,
+        progress=progress,
+        config=config.to_dict(),
+    )
     return run
 
 
-def run_attribution(config: AttributeConfig, experiment: Any = "default", progress: bool = True) -> CircuitRun:
+def run_attribution(
+    config: AttributeConfig, experiment: Any = "default", progress: bool = True
+) -> CircuitRun:
     """Attribution patching / IG of ``config``'s components and, with an SAE, SAE-latent
     attribution (the SAE is checked against the model before any work)."""
     from ..errors import DataFormatError
@@ -408,16 +499,45 @@ def run_attribution(config: AttributeConfig, experiment: Any = "default", progre
     ks = cfg.ks or None
     if cfg.components:
         run.out_dir = _dir(cfg, experiment, name, f"{cfg.method}_{cfg.direction}")
-        res = run_attribute(lm, task, run.out_dir, cfg.components, layer_list(cfg.layers, lm.n_layers), cfg.direction,
-                            cfg.method, cfg.steps, cfg.compare_exact, cfg.faithfulness, ks, cfg.batch_tokens, progress,
-                            config=cfg.to_dict())
+        res = run_attribute(
+            lm,
+            task,
+            run.out_dir,
+            cfg.components,
+            layer_list(cfg.layers, lm.n_layers),
+            cfg.direction,
+            cfg.method,
+            cfg.steps,
+            cfg.compare_exact,
+            cfg.faithfulness,
+            ks,
+            cfg.batch_tokens,
+            progress,
+            config=cfg.to_dict(),
+        )
         run.result, run.figures = res["result"], res["figures"]
         run.exact, run.r, run.faithfulness = res.get("exact"), res.get("r"), res.get("faithfulness")
     if sae_obj is not None:
         assert site is not None
-        sub = f"sae_{site.component}{site.layer}_{cfg.mode}_{cfg.direction}" + ("" if cfg.keep_error else "_no_error")
+        sub = f"sae_{site.component}{site.layer}_{cfg.mode}_{cfg.direction}" + (
+            "" if cfg.keep_error else "_no_error"
+        )
         out_dir = Path(cfg.out) / sub if cfg.out is not None else _dir(cfg, experiment, name, sub)
-        run.sae = run_sae_attribute(lm, task, sae_obj, out_dir, site, cfg.direction, cfg.mode, cfg.keep_error,
-                                    cfg.top_k, cfg.latents or None, cfg.faithfulness, ks, cfg.batch_tokens,
-                                    force_site=cfg.force_site, config=cfg.to_dict())
+        run.sae = run_sae_attribute(
+            lm,
+            task,
+            sae_obj,
+            out_dir,
+            site,
+            cfg.direction,
+            cfg.mode,
+            cfg.keep_error,
+            cfg.top_k,
+            cfg.latents or None,
+            cfg.faithfulness,
+            ks,
+            cfg.batch_tokens,
+            force_site=cfg.force_site,
+            config=cfg.to_dict(),
+        )
     return run

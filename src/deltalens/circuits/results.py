@@ -120,14 +120,16 @@ class PatchingResult(StageResult):
                 continue
             for li, layer in enumerate(self.layers):
                 for pi, col in enumerate(self.positions):
-                    rows.append({
-                        "component": c,
-                        "layer": layer,
-                        "position": col,
-                        "token": self.labels[pi],
-                        "effect": float(self.effect[ci, li, pi]),
-                        "normalised": float(self.normalised[ci, li, pi]),
-                    })
+                    rows.append(
+                        {
+                            "component": c,
+                            "layer": layer,
+                            "position": col,
+                            "token": self.labels[pi],
+                            "effect": float(self.effect[ci, li, pi]),
+                            "normalised": float(self.normalised[ci, li, pi]),
+                        }
+                    )
         rows.sort(key=lambda r: -abs(r["effect"]))
         return rows[:k]
 
@@ -140,8 +142,15 @@ class PatchingResult(StageResult):
             v = m[:, pi]
             j = int(v.abs().argmax())
             hit = [self.layers[li] for li in range(len(self.layers)) if abs(float(v[li])) >= threshold]
-            out.append({"position": col, "token": self.labels[pi], "max": float(v[j]), "at_layer": self.layers[j],
-                        "layers": _ranges(hit)})
+            out.append(
+                {
+                    "position": col,
+                    "token": self.labels[pi],
+                    "max": float(v[j]),
+                    "at_layer": self.layers[j],
+                    "layers": _ranges(hit),
+                }
+            )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,9 +181,19 @@ class PatchingResult(StageResult):
             raise DataFormatError(f"not a valid {cls.KIND} (kind is {d.get('kind')!r})")
         pp = d.get("per_pair")
         return cls(
-            d["method"], d["direction"], d["metric"], list(d["components"]), list(d["layers"]), list(d["positions"]),
-            list(d["labels"]), float(d["clean"]), float(d["corrupted"]), torch.tensor(d["values"]),
-            None if pp is None else torch.tensor(pp), float(d.get("seconds", 0.0)), dict(d.get("meta", {})),
+            d["method"],
+            d["direction"],
+            d["metric"],
+            list(d["components"]),
+            list(d["layers"]),
+            list(d["positions"]),
+            list(d["labels"]),
+            float(d["clean"]),
+            float(d["corrupted"]),
+            torch.tensor(d["values"]),
+            None if pp is None else torch.tensor(pp),
+            float(d.get("seconds", 0.0)),
+            dict(d.get("meta", {})),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -183,9 +202,16 @@ class PatchingResult(StageResult):
         return write_json(p if p.suffix == ".json" else p / self.FILENAME, self.to_dict())
 
     def summary(self) -> dict[str, Any]:
-        return {"method": self.method, "direction": self.direction, "metric": self.metric_name, "clean": self.clean,
-                "corrupted": self.corrupted, "components": self.components, "layers": len(self.layers),
-                "positions": self.labels}
+        return {
+            "method": self.method,
+            "direction": self.direction,
+            "metric": self.metric_name,
+            "clean": self.clean,
+            "corrupted": self.corrupted,
+            "components": self.components,
+            "layers": len(self.layers),
+            "positions": self.labels,
+        }
 
     def heatmaps(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
         """One layer × position heatmap per component (normalised metric, token labels)."""
@@ -193,15 +219,23 @@ class PatchingResult(StageResult):
 
         out_dir = Path(out_dir)
         paths = []
-        what = {"activation_patching": "patching", "attribution_patching": "attribution",
-                "integrated_gradients": "IG"}[self.method]
+        what = {
+            "activation_patching": "patching",
+            "attribution_patching": "attribution",
+            "integrated_gradients": "IG",
+        }[self.method]
         for ci, c in enumerate(self.components):
             m = self.normalised[ci].numpy()
             p = out_dir / f"{prefix}{c}.png"
             heatmap(
-                m, p, xlabels=self.labels, ylabels=[str(layer) for layer in self.layers],
+                m,
+                p,
+                xlabels=self.labels,
+                ylabels=[str(layer) for layer in self.layers],
                 title=f"{c}: {what}, {self.direction}\n({self.metric_name}, normalised)",
-                xlabel="position", ylabel="layer", colorbar_label="(m − m_corr)/(m_clean − m_corr)",
+                xlabel="position",
+                ylabel="layer",
+                colorbar_label="(m − m_corr)/(m_clean − m_corr)",
                 center=0.0 if self.direction == "denoising" else 1.0,
             )
             paths.append(p)

@@ -60,7 +60,9 @@ def sae_site(lm: LoadedModel, sae: SAELike, site: Any | None = None, force: bool
     both. A ``site`` that differs from the SAE's own is refused unless ``force``."""
     own = getattr(sae, "site", None)
     if site is None and own is None:
-        raise ConfigError("the SAE does not record its site (cfg.site / hook name); pass site=, e.g. 'resid.15'")
+        raise ConfigError(
+            "the SAE does not record its site (cfg.site / hook name); pass site=, e.g. 'resid.15'"
+        )
     if site is not None and own is not None and Site.parse(site) != Site.parse(own) and not force:
         raise ConfigError(
             f"the SAE was trained at {Site.parse(own)} but site {Site.parse(site)} was asked for; "
@@ -116,7 +118,9 @@ class SAEAttribution(StageResult):
     act_clean: torch.Tensor
     act_corrupted: torch.Tensor
     error_table: dict[str, dict[str, float]]
-    seq_latents: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # run → [n_pairs, P, d_sae]
+    seq_latents: dict[str, torch.Tensor] = field(
+        default_factory=dict, repr=False
+    )  # run → [n_pairs, P, d_sae]
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -134,24 +138,36 @@ class SAEAttribution(StageResult):
         for j in idx.tolist():
             p, i = divmod(j, self.d_sae)
             s = float(flat[j])
-            out.append({
-                "latent": i,
-                "layer": self.site.layer,
-                "site": str(self.site),
-                "position": self.positions[p],
-                "token": self.labels[p],
-                "score": s,
-                "score_normalised": s / den if den else float("nan"),
-                "activation": float(self.act_clean[p, i]),
-                "activation_corrupted": float(self.act_corrupted[p, i]),
-                "description": None,
-            })
+            out.append(
+                {
+                    "latent": i,
+                    "layer": self.site.layer,
+                    "site": str(self.site),
+                    "position": self.positions[p],
+                    "token": self.labels[p],
+                    "score": s,
+                    "score_normalised": s / den if den else float("nan"),
+                    "activation": float(self.act_clean[p, i]),
+                    "activation_corrupted": float(self.act_corrupted[p, i]),
+                    "description": None,
+                }
+            )
         if include_error and self.error_scores is not None:
             for p, s in enumerate(self.error_scores.tolist()):
-                out.append({"latent": "error", "layer": self.site.layer, "site": str(self.site),
-                            "position": self.positions[p], "token": self.labels[p], "score": s,
-                            "score_normalised": s / den if den else float("nan"), "activation": None,
-                            "activation_corrupted": None, "description": "SAE error node (x - x_hat)"})
+                out.append(
+                    {
+                        "latent": "error",
+                        "layer": self.site.layer,
+                        "site": str(self.site),
+                        "position": self.positions[p],
+                        "token": self.labels[p],
+                        "score": s,
+                        "score_normalised": s / den if den else float("nan"),
+                        "activation": None,
+                        "activation_corrupted": None,
+                        "description": "SAE error node (x - x_hat)",
+                    }
+                )
             out.sort(key=lambda r: -abs(r["score"]))
             out = out[:k]
         return out
@@ -160,8 +176,15 @@ class SAEAttribution(StageResult):
         """Positions ranked by total |latent score| + |error score|."""
         tot = self.scores.abs().sum(1) + (self.error_scores.abs() if self.error_scores is not None else 0)
         order = tot.argsort(descending=True)[:k].tolist()
-        return [{"position": self.positions[p], "token": self.labels[p], "sum_abs_latent_score": float(self.scores[p].abs().sum()),
-                 "error_score": None if self.error_scores is None else float(self.error_scores[p])} for p in order]
+        return [
+            {
+                "position": self.positions[p],
+                "token": self.labels[p],
+                "sum_abs_latent_score": float(self.scores[p].abs().sum()),
+                "error_score": None if self.error_scores is None else float(self.error_scores[p]),
+            }
+            for p in order
+        ]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -203,7 +226,9 @@ class SAEAttribution(StageResult):
         tensors = {"scores": self.scores, "act_clean": self.act_clean, "act_corrupted": self.act_corrupted}
         if self.error_scores is not None:
             tensors["error_scores"] = self.error_scores
-        save_tensors(out_dir / self.SCORES_FILE, tensors, metadata={"site": str(self.site), "mode": self.mode})
+        save_tensors(
+            out_dir / self.SCORES_FILE, tensors, metadata={"site": str(self.site), "mode": self.mode}
+        )
         paths["scores"] = out_dir / self.SCORES_FILE
         return paths
 
@@ -214,12 +239,33 @@ class SAEAttribution(StageResult):
         s = cls.read_header(path)
         scores = cls.companion(path, cls.SCORES_FILE)
         t = load_tensors(scores)
-        return cls(Site.parse(s["site"]), s["direction"], s["mode"], s["keep_error"], s["metric"], s["positions"],
-                   s["labels"], s["clean"], s["corrupted"], t["scores"], t.get("error_scores"), t["act_clean"],
-                   t["act_corrupted"], s["error_table"], seconds=s.get("seconds", 0.0), meta=s.get("meta", {}))
+        return cls(
+            Site.parse(s["site"]),
+            s["direction"],
+            s["mode"],
+            s["keep_error"],
+            s["metric"],
+            s["positions"],
+            s["labels"],
+            s["clean"],
+            s["corrupted"],
+            t["scores"],
+            t.get("error_scores"),
+            t["act_clean"],
+            t["act_corrupted"],
+            s["error_table"],
+            seconds=s.get("seconds", 0.0),
+            meta=s.get("meta", {}),
+        )
 
-    def latent_heatmap(self, path: str | Path, latents: list[int] | None = None, run: str = "clean",
-                       pair: int | None = None, k: int = 12) -> Path:
+    def latent_heatmap(
+        self,
+        path: str | Path,
+        latents: list[int] | None = None,
+        run: str = "clean",
+        pair: int | None = None,
+        k: int = 12,
+    ) -> Path:
         """Heatmap of latent activations (rows: latents, columns: positions with token
         labels) on the clean or corrupted run, for one pair or the mean over pairs."""
         from ..plots import heatmap
@@ -238,12 +284,28 @@ class SAEAttribution(StageResult):
             acts = seq[int(pair)]
             what = f"pair {pair}"
         m = acts[:, latents].T.numpy()
-        return heatmap(m, path, xlabels=self.labels, ylabels=[f"L{self.site.layer}/{i}" for i in latents],
-                       title=f"SAE latents at {self.site}\n{run} run, {what}", xlabel="position",
-                       ylabel="latent", cmap="viridis", center=None, colorbar_label="activation")
+        return heatmap(
+            m,
+            path,
+            xlabels=self.labels,
+            ylabels=[f"L{self.site.layer}/{i}" for i in latents],
+            title=f"SAE latents at {self.site}\n{run} run, {what}",
+            xlabel="position",
+            ylabel="latent",
+            cmap="viridis",
+            center=None,
+            colorbar_label="activation",
+        )
 
-    def latent_heatmap_at(self, path: str | Path, position: int, latents: list[int] | None = None,
-                          run: str = "clean", pair_labels: list[str] | None = None, k: int = 12) -> Path:
+    def latent_heatmap_at(
+        self,
+        path: str | Path,
+        position: int,
+        latents: list[int] | None = None,
+        run: str = "clean",
+        pair_labels: list[str] | None = None,
+        k: int = 12,
+    ) -> Path:
         """The seed's per-position view: latents (rows) × pairs (columns) at one grid
         position (a column index of the task, e.g. a named position's column)."""
         from ..plots import heatmap
@@ -252,28 +314,44 @@ class SAEAttribution(StageResult):
             raise ConfigError(f"position {position} is not in this attribution's grid {self.positions}")
         p = self.positions.index(position)
         if latents is None:
-            latents = [r["latent"] for r in sorted(
-                ({"latent": i, "s": float(self.scores[p, i])} for i in range(self.d_sae)), key=lambda r: -abs(r["s"]))[:k]]
+            latents = [
+                r["latent"]
+                for r in sorted(
+                    ({"latent": i, "s": float(self.scores[p, i])} for i in range(self.d_sae)),
+                    key=lambda r: -abs(r["s"]),
+                )[:k]
+            ]
         seq = self.seq_latents.get(run)
         if seq is None:
             raise ConfigError("per-pair latent activations are not stored (a loaded result keeps only means)")
         m = seq[:, p, latents].T.numpy()
         xl = pair_labels or [str(i) for i in range(m.shape[1])]
-        return heatmap(m, path, xlabels=xl, ylabels=[f"L{self.site.layer}/{i}" for i in latents],
-                       title=f"SAE latents at {self.site}, position {position}\n({self.labels[p].strip()}), {run} run",
-                       xlabel="pair",
-                       ylabel="latent", cmap="viridis", center=None, colorbar_label="activation")
+        return heatmap(
+            m,
+            path,
+            xlabels=xl,
+            ylabels=[f"L{self.site.layer}/{i}" for i in latents],
+            title=f"SAE latents at {self.site}, position {position}\n({self.labels[p].strip()}), {run} run",
+            xlabel="pair",
+            ylabel="latent",
+            cmap="viridis",
+            center=None,
+            colorbar_label="activation",
+        )
 
 
-def _splice_run(lm: LoadedModel, task: PairTask, which: str, sae: SAELike, site: Site, keep_error: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _splice_run(
+    lm: LoadedModel, task: PairTask, which: str, sae: SAELike, site: Site, keep_error: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair metric and kept logits of a run with the SAE spliced in."""
     with torch.no_grad(), intervene(lm, [Splice(site, sae, keep_error=keep_error, check_site=False)]):
         logits = task.forward(lm, task.ids(which), task.mask)
     return task.metric(logits)[0], logits
 
 
-def error_term_table(lm: LoadedModel, task: PairTask, sae: SAELike, site: Any | None = None,
-                     force_site: bool = False) -> dict[str, dict[str, float]]:
+def error_term_table(
+    lm: LoadedModel, task: PairTask, sae: SAELike, site: Any | None = None, force_site: bool = False
+) -> dict[str, dict[str, float]]:
     """The seed's table: mean metric on the clean and corrupted runs for the model, the SAE
     spliced with the error term, and without it; plus the largest |logit difference| of the
     spliced runs from the model's (``max_abs_logit_change``)."""
@@ -367,9 +445,16 @@ def sae_attribution(
         act_clean=act_clean,
         act_corrupted=act_corr,
         error_table=table,
-        seq_latents={"clean": f_clean[first][:, cols].float().cpu(), "corrupted": f_corr[first][:, cols].float().cpu()},
+        seq_latents={
+            "clean": f_clean[first][:, cols].float().cpu(),
+            "corrupted": f_corr[first][:, cols].float().cpu(),
+        },
         seconds=time.perf_counter() - t0,
-        meta={"task": task.describe(), "gradient_on": base_run,
-              "sae": repr(sae), "sae_model": getattr(getattr(sae, "cfg", None), "model_name", None),
-              "score_normalised": "score / (m_clean - m_corrupt) of the spliced runs"},
+        meta={
+            "task": task.describe(),
+            "gradient_on": base_run,
+            "sae": repr(sae),
+            "sae_model": getattr(getattr(sae, "cfg", None), "model_name", None),
+            "score_normalised": "score / (m_clean - m_corrupt) of the spliced runs",
+        },
     )

@@ -112,7 +112,12 @@ class PairTask:
         """Run the model and return the logits the metric reads: ``[B, keep, V]``."""
         dev = lm.device
         ids, mask = ids.to(dev), mask.to(dev)
-        kw = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask), "use_cache": False}
+        kw = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": position_ids(mask),
+            "use_cache": False,
+        }
         try:  # unembed only the columns the metric reads
             out = lm.model(**kw, logits_to_keep=self.keep)
         except TypeError:  # models whose forward has no logits_to_keep
@@ -145,7 +150,9 @@ class PairTask:
         return {
             "model": self.model_name,
             "metric": self.metric_name,
-            "answer_scoring": "first token" if self.metric_name == "logit_diff" else "summed log-prob (teacher-forced)",
+            "answer_scoring": "first token"
+            if self.metric_name == "logit_diff"
+            else "summed log-prob (teacher-forced)",
             "chat": self.chat,
             "n_pairs": self.n_pairs,
             "n_seqs": self.n_seqs,
@@ -172,7 +179,9 @@ def _answer_ids(lm: LoadedModel, ans: str | int, rec: PairRecord, what: str, sin
     tok = lm.tokenizer
     if isinstance(ans, int):
         if not 0 <= ans < V:
-            raise DataFormatError(f"{rec.source}: {what} token id {ans} is not in {lm.name}'s vocabulary (0..{V - 1})")
+            raise DataFormatError(
+                f"{rec.source}: {what} token id {ans} is not in {lm.name}'s vocabulary (0..{V - 1})"
+            )
         return [ans]
     ids = list(tok(ans, add_special_tokens=False)["input_ids"])
     unk = getattr(tok, "unk_token_id", None)
@@ -191,7 +200,9 @@ def _answer_ids(lm: LoadedModel, ans: str | int, rec: PairRecord, what: str, sin
     return ids
 
 
-def _resolve_name(lm: LoadedModel, text: str, ids: list[int], value: int | str, rec: PairRecord, name: str) -> int:
+def _resolve_name(
+    lm: LoadedModel, text: str, ids: list[int], value: int | str, rec: PairRecord, name: str
+) -> int:
     n = len(ids)
     if isinstance(value, int):
         if not -n <= value < n:
@@ -248,7 +259,10 @@ def build_task(
         text_c, ids_c = _encode_prompt(lm, rec, rec.clean, chat)
         _, ids_k = _encode_prompt(lm, rec, rec.corrupted, chat)
         if len(ids_c) != len(ids_k):
-            show = lambda ids: [tok.decode([i]) for i in ids]
+
+            def show(ids):
+                return [tok.decode([i]) for i in ids]
+
             raise DataFormatError(
                 f"{rec.source}: clean and corrupted prompts have unequal token lengths ({len(ids_c)} vs {len(ids_k)}) "
                 f"in {lm.name}'s tokenizer; patching matches positions one to one, so such pairs are refused (not "

@@ -19,13 +19,16 @@ from typer.core import TyperGroup
 
 from ..errors import DeltalensError
 
+
 class _StudyOrder(TyperGroup):
     """Lists commands (and command groups) panel by panel in :data:`GROUPS` order."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         order = {panel: i for i, (_, panel) in reversed(list(enumerate(GROUPS)))}
         names = list(self.commands)
-        return sorted(names, key=lambda n: order.get(getattr(self.commands[n], "rich_help_panel", None), len(order)))
+        return sorted(
+            names, key=lambda n: order.get(getattr(self.commands[n], "rich_help_panel", None), len(order))
+        )
 
 
 app = typer.Typer(

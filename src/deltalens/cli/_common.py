@@ -10,13 +10,22 @@ from typing import Any
 
 import typer
 
-from ..errors import DeltalensError
 from ..console import console, err_console, table
+from ..errors import DeltalensError
 from ..parsing import parse_floats, parse_layers, split_list
 
 __all__ = [
-    "EXPERIMENT_HELP", "config_option", "console", "err_console", "experiment_option", "output_dir",
-    "parse_assignments", "parse_floats", "parse_layers", "split_list", "table",
+    "EXPERIMENT_HELP",
+    "config_option",
+    "console",
+    "err_console",
+    "experiment_option",
+    "output_dir",
+    "parse_assignments",
+    "parse_floats",
+    "parse_layers",
+    "split_list",
+    "table",
 ]
 
 EXPERIMENT_HELP = "Experiment name (under $DELTALENS_EXPERIMENTS or ./experiments) or directory."

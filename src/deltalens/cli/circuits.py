@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from ..circuits.pipeline import AttributeConfig, PatchConfig
-from ._common import config_option as opt
 from ..circuits.printing import print_curve, print_sae
+from ._common import config_option as opt
 from ._common import console, experiment_option, parse_floats, split_list, table
 
 
@@ -25,14 +24,26 @@ def _ints(value: str | None, flag: str) -> list[int]:
 
 def _print_task(run: Any) -> None:
     console.print(run.pair0, markup=False)
-    console.print(table(run.task_title, ["pair", "answers (clean / corrupted)", "m clean", "m corrupted"], run.task_rows))
+    console.print(
+        table(
+            run.task_title, ["pair", "answers (clean / corrupted)", "m clean", "m corrupted"], run.task_rows
+        )
+    )
     console.print(f"mean metric: clean {run.mean_clean:.3f}, corrupted {run.mean_corrupted:.3f}")
 
 
 def _print_top(res: Any, k: int = 10) -> None:
-    rows = [(r["component"], r["layer"], r["position"], r["token"], r["effect"], r["normalised"]) for r in res.top(k)]
-    console.print(table(f"top {k} sites ({res.method}, {res.direction})",
-                        ["component", "layer", "pos", "token", "effect", "normalised"], rows))
+    rows = [
+        (r["component"], r["layer"], r["position"], r["token"], r["effect"], r["normalised"])
+        for r in res.top(k)
+    ]
+    console.print(
+        table(
+            f"top {k} sites ({res.method}, {res.direction})",
+            ["component", "layer", "pos", "token", "effect", "normalised"],
+            rows,
+        )
+    )
 
 
 P = PatchConfig
@@ -57,14 +68,29 @@ def patch_cmd(
     """Exact activation patching by layer × position (heatmaps with token labels)."""
     from ..circuits.pipeline import run_patching
 
-    cfg = PatchConfig(pairs, model, metric, chat, single_token, limit, out, batch_tokens, dtype, device,
-                      split_list(components), layers, direction)
+    cfg = PatchConfig(
+        pairs,
+        model,
+        metric,
+        chat,
+        single_token,
+        limit,
+        out,
+        batch_tokens,
+        dtype,
+        device,
+        split_list(components),
+        layers,
+        direction,
+    )
     run = run_patching(cfg, experiment)
     _print_task(run)
     res = run.result
     _print_top(res)
-    console.print(f"{res.meta['n_forward_rows']} patched sequences in {res.seconds:.1f} s → {run.out_dir}/results.json, "
-                  f"{', '.join(p.name for p in run.figures)}")
+    console.print(
+        f"{res.meta['n_forward_rows']} patched sequences in {res.seconds:.1f} s → {run.out_dir}/results.json, "
+        f"{', '.join(p.name for p in run.figures)}"
+    )
 
 
 A = AttributeConfig
@@ -103,9 +129,33 @@ def attribute_cmd(
     from ..circuits.pipeline import run_attribution
 
     k_list = [int(k) for k in parse_floats(ks, "k values")] if ks else []
-    cfg = AttributeConfig(pairs, model, metric, chat, single_token, limit, out, batch_tokens, dtype, device,
-                          split_list(components), layers, direction, method, steps, compare_exact, faithfulness, k_list,
-                          sae, site_opt, force_site, mode, keep_error, top_k, _ints(latents, "--latents"))
+    cfg = AttributeConfig(
+        pairs,
+        model,
+        metric,
+        chat,
+        single_token,
+        limit,
+        out,
+        batch_tokens,
+        dtype,
+        device,
+        split_list(components),
+        layers,
+        direction,
+        method,
+        steps,
+        compare_exact,
+        faithfulness,
+        k_list,
+        sae,
+        site_opt,
+        force_site,
+        mode,
+        keep_error,
+        top_k,
+        _ints(latents, "--latents"),
+    )
     run = run_attribution(cfg, experiment)
     _print_task(run)
     if run.result is not None:
@@ -113,10 +163,17 @@ def attribute_cmd(
         _print_top(res)
         console.print(f"{res.method}: {res.seconds:.2f} s")
         if run.r is not None and run.exact is not None:
-            console.print(table("estimate vs exact patching (normalised effects)", ["cells", "Pearson r"],
-                                [(k, v) for k, v in run.r.items()]))
-            console.print(f"exact patching: {run.exact.seconds:.1f} s "
-                          f"({run.exact.seconds / max(res.seconds, 1e-9):.0f}× the estimate)")
+            console.print(
+                table(
+                    "estimate vs exact patching (normalised effects)",
+                    ["cells", "Pearson r"],
+                    [(k, v) for k, v in run.r.items()],
+                )
+            )
+            console.print(
+                f"exact patching: {run.exact.seconds:.1f} s "
+                f"({run.exact.seconds / max(res.seconds, 1e-9):.0f}× the estimate)"
+            )
         if run.faithfulness is not None:
             print_curve(run.faithfulness)
         console.print(f"→ {run.out_dir}: {', '.join(p.name for p in run.figures)}")
@@ -124,7 +181,9 @@ def attribute_cmd(
         print_sae(run.sae["result"])
         if "faithfulness" in run.sae:
             print_curve(run.sae["faithfulness"])
-        console.print(f"→ {run.sae['dir']}: {', '.join(p.name for p in run.sae['figures'])}, top_latents.json")
+        console.print(
+            f"→ {run.sae['dir']}: {', '.join(p.name for p in run.sae['figures'])}, top_latents.json"
+        )
 
 
 COMMANDS = {"patch": patch_cmd, "attribute": attribute_cmd}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -23,16 +22,32 @@ def models_cmd() -> None:
     for name, b in BUNDLED.items():
         cached = sorted((root / "models").glob(f"{name}-*/model.safetensors"))
         size = f"{cached[0].stat().st_size / 2**20:.0f} MB" if cached else "-"
-        rows.append((name, b.description, "yes" if b.installed() else f"no ({b.pip})", "yes" if cached else "no", size))
-    console.print(table("bundled models", ["name", "model", "installed", "cached", "cache size"], rows, no_wrap=["name"]))
+        rows.append(
+            (
+                name,
+                b.description,
+                "yes" if b.installed() else f"no ({b.pip})",
+                "yes" if cached else "no",
+                size,
+            )
+        )
+    console.print(
+        table(
+            "bundled models", ["name", "model", "installed", "cached", "cache size"], rows, no_wrap=["name"]
+        )
+    )
     console.print(f"cache: {root}  (set DELTALENS_CACHE to move it)")
 
 
 def generate_cmd(
-    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Model spec: bundled name, .gguf, directory or hub id."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", "-p", help="Prompt file (.jsonl/.json/.txt) or directory."),
-    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="A prompt (repeatable)."),
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt for all prompts."),
+    model: str = typer.Option(
+        "smollm2-135m-instruct", "--model", "-m", help="Model spec: bundled name, .gguf, directory or hub id."
+    ),
+    prompts: Path | None = typer.Option(
+        None, "--prompts", "-p", help="Prompt file (.jsonl/.json/.txt) or directory."
+    ),
+    prompt: list[str] | None = typer.Option(None, "--prompt", help="A prompt (repeatable)."),
+    system: str | None = typer.Option(None, "--system", help="System prompt for all prompts."),
     max_new_tokens: int = config_option(GenerateConfig, "max_new_tokens"),
     n: int = config_option(GenerateConfig, "n", "--rollouts"),
     sample: bool = config_option(GenerateConfig, "do_sample"),
@@ -40,9 +55,9 @@ def generate_cmd(
     top_p: float = config_option(GenerateConfig, "top_p"),
     seed: int = config_option(GenerateConfig, "seed"),
     batch_size: int = config_option(GenerateConfig, "batch_size"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write generations as JSONL here."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write generations as JSONL here."),
     dtype: str = typer.Option("auto", "--dtype"),
-    device: Optional[str] = typer.Option(None, "--device"),
+    device: str | None = typer.Option(None, "--device"),
 ) -> None:
     """Generate responses (chat template, batched, left-padded)."""
     from ..data import read_prompts
@@ -50,8 +65,15 @@ def generate_cmd(
     from ..generate import check_output_file, generate, save_generations
     from ..models import load
 
-    cfg = GenerateConfig(max_new_tokens=max_new_tokens, n=n, do_sample=sample, temperature=temperature, top_p=top_p,
-                         seed=seed, batch_size=batch_size)
+    cfg = GenerateConfig(
+        max_new_tokens=max_new_tokens,
+        n=n,
+        do_sample=sample,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+    )
     if out is not None:
         check_output_file(out)
     items: list = []
@@ -65,28 +87,47 @@ def generate_cmd(
     gens = generate(lm, items, system=system, **cfg.kwargs())
     dt = time.time() - t0
     toks = sum(g.response_len for g in gens)
-    console.print(table(None, ["#", "question", "response"], [(g.index, g.question[:60], g.response[:200]) for g in gens[:20]]))
-    console.print(f"{len(gens)} responses, {toks} new tokens in {dt:.1f} s ({toks / max(dt, 1e-9):.0f} tok/s)")
+    console.print(
+        table(
+            None,
+            ["#", "question", "response"],
+            [(g.index, g.question[:60], g.response[:200]) for g in gens[:20]],
+        )
+    )
+    console.print(
+        f"{len(gens)} responses, {toks} new tokens in {dt:.1f} s ({toks / max(dt, 1e-9):.0f} tok/s)"
+    )
     if out is not None:
         save_generations(out, gens)
         console.print(f"wrote {out}")
 
 
 def capture_cmd(
-    data: Path = typer.Option(..., "--data", "-d", help="Inputs: .txt (one text per line) or .jsonl (text / prompt+response / question)."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="Inputs: .txt (one text per line) or .jsonl (text / prompt+response / question).",
+    ),
     sites: str = config_option(CaptureConfig, "sites"),
-    out: Path = typer.Option(..., "--out", "-o", help="ActivationStore directory (created, or resumed if it matches)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="ActivationStore directory (created, or resumed if it matches)."
+    ),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m"),
     positions: str = config_option(CaptureConfig, "positions"),
     reduce: str = config_option(CaptureConfig, "reduce"),
     batch_size: int = config_option(CaptureConfig, "batch_size"),
-    max_length: Optional[int] = config_option(CaptureConfig, "max_length"),
+    max_length: int | None = config_option(CaptureConfig, "max_length"),
     val_fraction: float = config_option(CaptureConfig, "val_fraction"),
     store_dtype: str = config_option(CaptureConfig, "dtype"),
     shard_mb: float = config_option(CaptureConfig, "shard_mb"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing store at --out and capture afresh (instead of resuming it)."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Delete an existing store at --out and capture afresh (instead of resuming it).",
+    ),
     dtype: str = typer.Option("auto", "--dtype", help="Model dtype."),
-    device: Optional[str] = typer.Option(None, "--device"),
+    device: str | None = typer.Option(None, "--device"),
 ) -> None:
     """Capture activations into an ActivationStore (resumable; one writer at a time)."""
     from ..capture import capture
@@ -96,8 +137,13 @@ def capture_cmd(
 
     cfg = CaptureConfig(
         sites=split_list(sites),
-        positions=positions, reduce=reduce, batch_size=batch_size, max_length=max_length,
-        val_fraction=val_fraction, dtype=store_dtype, shard_mb=shard_mb,
+        positions=positions,
+        reduce=reduce,
+        batch_size=batch_size,
+        max_length=max_length,
+        val_fraction=val_fraction,
+        dtype=store_dtype,
+        shard_mb=shard_mb,
     )
     check_writable(out)
     inputs = read_capture_inputs(data)
@@ -111,7 +157,9 @@ def capture_cmd(
 
 
 def info_cmd(
-    path: Path = typer.Argument(..., help="An artifact: store, .safetensors, SAE dir, model dir, experiment, JSON(L)."),
+    path: Path = typer.Argument(
+        ..., help="An artifact: store, .safetensors, SAE dir, model dir, experiment, JSON(L)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the raw description as JSON."),
 ) -> None:
     """Describe an artifact: kind, shapes, provenance."""

@@ -39,21 +39,41 @@ def _ints(value: str | None, flag: str) -> list[int]:
 
 def _print_analysis(res, cfg: AnalysisConfig) -> None:
     console.print(table("sources", ["source", "SAE", "site", "d_sae", "model"], res.sources))
-    console.print(f"{res.n_prompts} prompts ({res.prompts_name}) × {len(res.sources)} SAE(s) in {res.seconds:.1f} s")
+    console.print(
+        f"{res.n_prompts} prompts ({res.prompts_name}) × {len(res.sources)} SAE(s) in {res.seconds:.1f} s"
+    )
     if res.universal is not None:
         u = res.universal
-        console.print(table(f"universal features (active on ≥ {cfg.threshold:.0%} of prompts, a > {cfg.activation_threshold:g})"
-                            f" — top {len(res.universal_top)} of {len(u.table)}",
-                            ["source", "token", "feature", "prompts", "mean", "max", "top logit tokens"], res.universal_top))
-        console.print("per source/token: " + ", ".join(f"{s}/{k}: {n}" for (s, k), n in res.universal_counts.items())
-                      if res.universal_counts else "no universal features")
-        console.print(f"wrote {res.universal_path}" + (f" ({len(u.records)} active-prompt records)" if u.recorded else ""))
+        console.print(
+            table(
+                f"universal features (active on ≥ {cfg.threshold:.0%} of prompts, a > {cfg.activation_threshold:g})"
+                f" — top {len(res.universal_top)} of {len(u.table)}",
+                ["source", "token", "feature", "prompts", "mean", "max", "top logit tokens"],
+                res.universal_top,
+            )
+        )
+        console.print(
+            "per source/token: " + ", ".join(f"{s}/{k}: {n}" for (s, k), n in res.universal_counts.items())
+            if res.universal_counts
+            else "no universal features"
+        )
+        console.print(
+            f"wrote {res.universal_path}"
+            + (f" ({len(u.records)} active-prompt records)" if u.recorded else "")
+        )
     if res.specific is not None:
         s = res.specific
-        console.print(table(f"specific features (a > {cfg.activation_threshold:g})",
-                            ["source", "token", "feature", "active prompts", "mean", "max"], res.specific_top))
-        console.print(f"wrote {res.specific_path} ({len(s.table)} rows)"
-                      + (f" ({len(s.records)} active-prompt records)" if s.recorded else ""))
+        console.print(
+            table(
+                f"specific features (a > {cfg.activation_threshold:g})",
+                ["source", "token", "feature", "active prompts", "mean", "max"],
+                res.specific_top,
+            )
+        )
+        console.print(
+            f"wrote {res.specific_path} ({len(s.table)} rows)"
+            + (f" ({len(s.records)} active-prompt records)" if s.recorded else "")
+        )
 
 
 def _analysis_command(kind: str):
@@ -81,9 +101,26 @@ def _analysis_command(kind: str):
     ) -> None:
         from ..features.pipeline import run_feature_analysis
 
-        cfg = AnalysisConfig(kind, list(sae or []), model, model_alias, prompts_path, threshold, activation_threshold,
-                             features_csv, universal_output, specific_output, record_prompts, split_list(token_types),
-                             annotation_columns, link_template, batch_size, top, dtype, device)
+        cfg = AnalysisConfig(
+            kind,
+            list(sae or []),
+            model,
+            model_alias,
+            prompts_path,
+            threshold,
+            activation_threshold,
+            features_csv,
+            universal_output,
+            specific_output,
+            record_prompts,
+            split_list(token_types),
+            annotation_columns,
+            link_template,
+            batch_size,
+            top,
+            dtype,
+            device,
+        )
         _print_analysis(run_feature_analysis(cfg, experiment), cfg)
 
     cmd.__doc__ = {
@@ -115,13 +152,34 @@ def firing_cmd(
     """Firing statistics per latent (rates, distributions, positions, prompt-only, dead), streamed."""
     from ..features.pipeline import run_firing
 
-    cfg = FiringRunConfig(list(sae or []), data, model, positions, activation_threshold, top_k, batch_size, max_length,
-                          out, dtype, device)
+    cfg = FiringRunConfig(
+        list(sae or []),
+        data,
+        model,
+        positions,
+        activation_threshold,
+        top_k,
+        batch_size,
+        max_length,
+        out,
+        dtype,
+        device,
+    )
     res = run_firing(cfg, experiment)
-    console.print(table(f"firing statistics ({res.dataset}, {positions}, fires: a > {activation_threshold:g})",
-                        ["SAE", "tokens", "mean L0", "alive", "dead", "prompt-only", "file"], res.rows()))
-    console.print(table("most frequent latents", ["latent", "frac tokens", "frac seqs", "mean act", "p50", "p99", "max",
-                                                  "mean rank"], res.most_frequent(10)))
+    console.print(
+        table(
+            f"firing statistics ({res.dataset}, {positions}, fires: a > {activation_threshold:g})",
+            ["SAE", "tokens", "mean L0", "alive", "dead", "prompt-only", "file"],
+            res.rows(),
+        )
+    )
+    console.print(
+        table(
+            "most frequent latents",
+            ["latent", "frac tokens", "frac seqs", "mean act", "p50", "p99", "max", "mean rank"],
+            res.most_frequent(10),
+        )
+    )
     n = res.stats[0].n_tokens
     console.print(f"{n} tokens in {res.seconds:.1f} s ({n / max(res.seconds, 1e-9):.0f} tok/s)")
 
@@ -140,8 +198,13 @@ def weights_cmd(
     from ..features.pipeline import run_weight_metrics
 
     res = run_weight_metrics(WeightsConfig(sae, reference, out, pairwise), experiment)
-    console.print(table(f"weight metrics of {res.sae.path} (d_sae={res.metrics.d_sae})",
-                        ["metric", "mean", "p5", "median", "p95"], res.rows()))
+    console.print(
+        table(
+            f"weight metrics of {res.sae.path} (d_sae={res.metrics.d_sae})",
+            ["metric", "mean", "p5", "median", "p95"],
+            res.rows(),
+        )
+    )
     pairs = res.similar_pairs(5)
     if pairs:
         console.print(table("most similar decoder pairs", ["latent", "partner", "cos"], pairs))
@@ -169,12 +232,28 @@ def evolution_cmd(
     """Born / died / changed / changed-back latents and trajectories over an iterative SAE series."""
     from ..features.pipeline import run_evolution
 
-    cfg = EvolutionRunConfig(list(sae or []), list(model or []), data, use_sparsity, change_threshold, alive_threshold,
-                             batch_size, name, out, dtype, device)
+    cfg = EvolutionRunConfig(
+        list(sae or []),
+        list(model or []),
+        data,
+        use_sparsity,
+        change_threshold,
+        alive_threshold,
+        batch_size,
+        name,
+        out,
+        dtype,
+        device,
+    )
     res = run_evolution(cfg, experiment)
     cols, rows = res.rows()
-    console.print(table(f"evolution over {' → '.join(res.evolution.names)} (changed: cos < {change_threshold:g})",
-                        cols, rows))
+    console.print(
+        table(
+            f"evolution over {' → '.join(res.evolution.names)} (changed: cos < {change_threshold:g})",
+            cols,
+            rows,
+        )
+    )
     console.print(table("latents by status", ["status", "latents", "examples"], res.status_rows()))
     console.print("wrote " + ", ".join(str(p) for p in res.paths.values()))
 
@@ -199,15 +278,39 @@ def dashboard_cmd(
     """Per-latent dashboard JSON (top examples, activation histogram, logit effects)."""
     from ..features.pipeline import run_dashboards
 
-    cfg = DashboardConfig(sae, data, model, _ints(features, "--features"), n_examples, _ints(context, "--context"),
-                          batch_size, out, dtype, device)
+    cfg = DashboardConfig(
+        sae,
+        data,
+        model,
+        _ints(features, "--features"),
+        n_examples,
+        _ints(context, "--context"),
+        batch_size,
+        out,
+        dtype,
+        device,
+    )
     res = run_dashboards(cfg, experiment)
-    console.print(table(f"dashboards for {len(res.records)} latents",
-                        ["latent", "frac tokens", "max", "top logit tokens", "top example"], res.rows(10)))
+    console.print(
+        table(
+            f"dashboards for {len(res.records)} latents",
+            ["latent", "frac tokens", "max", "top logit tokens", "top example"],
+            res.rows(10),
+        )
+    )
     console.print(f"{res.stats.n_tokens} tokens in {res.seconds:.1f} s → {res.index}")
 
 
-SUBAPPS = [(features_app, "features", {
-    **{kind: _analysis_command(kind) for kind in ("universal", "specific", "both")},
-    "firing": firing_cmd, "weights": weights_cmd, "evolution": evolution_cmd, "dashboard": dashboard_cmd,
-})]
+SUBAPPS = [
+    (
+        features_app,
+        "features",
+        {
+            **{kind: _analysis_command(kind) for kind in ("universal", "specific", "both")},
+            "firing": firing_cmd,
+            "weights": weights_cmd,
+            "evolution": evolution_cmd,
+            "dashboard": dashboard_cmd,
+        },
+    )
+]

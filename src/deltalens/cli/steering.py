@@ -7,7 +7,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -33,7 +33,9 @@ def _console_warnings() -> Iterator[None]:
         warnings.simplefilter("default")
         original = warnings.showwarning
 
-        def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        def show(
+            message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+        ) -> None:
             if "deltalens" in str(filename):
                 console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
             else:
@@ -51,7 +53,9 @@ def _layers_or_all(spec: str | None) -> list[int] | None:
 
 
 def traits_cmd(
-    validate: Optional[Path] = typer.Option(None, "--validate", help="Validate a trait directory instead of listing."),
+    validate: Path | None = typer.Option(
+        None, "--validate", help="Validate a trait directory instead of listing."
+    ),
 ) -> None:
     """List the bundled trait datasets (or validate a trait directory)."""
     from ..data.traits import bundled_traits, load_trait
@@ -60,24 +64,42 @@ def traits_cmd(
     rows = []
     for s in specs:
         t = load_trait(s)
-        rows.append((t.id if validate is None else str(t.path), t.format, len(t.positive), len(t.negative),
-                     len(t.steering_questions), t.definition[:70] + "…"))
-    console.print(table("trait datasets", ["trait", "format", "positive", "negative", "steering qs", "definition"], rows))
+        rows.append(
+            (
+                t.id if validate is None else str(t.path),
+                t.format,
+                len(t.positive),
+                len(t.negative),
+                len(t.steering_questions),
+                t.definition[:70] + "…",
+            )
+        )
+    console.print(
+        table(
+            "trait datasets", ["trait", "format", "positive", "negative", "steering qs", "definition"], rows
+        )
+    )
     if validate is not None:
         console.print(f"[green]valid[/green]: {validate}")
 
 
 def extract_cmd(
-    trait: str = typer.Option(..., "--trait", "--traits", "-t", help="Trait id (instruction/pirate, pv_natural/sycophancy) or directory."),
+    trait: str = typer.Option(
+        ...,
+        "--trait",
+        "--traits",
+        "-t",
+        help="Trait id (instruction/pirate, pv_natural/sycophancy) or directory.",
+    ),
     experiment: str = experiment_option(),
     variant: str = config_option(ExtractConfig, "variant"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     position: str = config_option(ExtractConfig, "position"),
-    methods: Optional[str] = config_option(ExtractConfig, "methods"),
+    methods: str | None = config_option(ExtractConfig, "methods"),
     layers: str = typer.Option("all", "--layers", help="Layers to fit: all, 9-19, 6,12,…"),
     component: str = config_option(ExtractConfig, "component"),
     rollouts: int = config_option(ExtractConfig, "rollouts"),
-    max_new_tokens: Optional[int] = config_option(ExtractConfig, "max_new_tokens"),
+    max_new_tokens: int | None = config_option(ExtractConfig, "max_new_tokens"),
     val_fraction: float = config_option(ExtractConfig, "val_fraction"),
     filter_: bool = config_option(ExtractConfig, "filter"),
     judge: str = config_option(ExtractConfig, "judge"),
@@ -92,9 +114,20 @@ def extract_cmd(
     from ..steering.extraction import extract
     from ..steering.pipeline import model_spec_for
 
-    cfg = ExtractConfig(variant=variant, position=position, methods=split_list(methods), component=component, rollouts=rollouts,
-                        max_new_tokens=max_new_tokens, val_fraction=val_fraction, filter=filter_, judge=judge,
-                        regenerate=regenerate, batch_size=batch_size, seed=seed)
+    cfg = ExtractConfig(
+        variant=variant,
+        position=position,
+        methods=split_list(methods),
+        component=component,
+        rollouts=rollouts,
+        max_new_tokens=max_new_tokens,
+        val_fraction=val_fraction,
+        filter=filter_,
+        judge=judge,
+        regenerate=regenerate,
+        batch_size=batch_size,
+        seed=seed,
+    )
     exp = Experiment.named(experiment)
     ts = load_trait(trait)
     spec = model_spec_for(exp, cfg.variant, model)
@@ -107,46 +140,83 @@ def extract_cmd(
     rows = []
     for m, layers_ in res.metrics.items():
         key = "val_separation" if any("val_separation" in r for r in layers_) else "train_separation"
-        best = max(layers_, key=lambda r: r.get(key, float("-inf")) if r.get(key) == r.get(key) else float("-inf"))
+        best = max(
+            layers_, key=lambda r: r.get(key, float("-inf")) if r.get(key) == r.get(key) else float("-inf")
+        )
         acc = best.get("val_accuracy", best.get("train_accuracy"))
-        rows.append((m, len(layers_), best["layer"], _fmt(best.get(key), 2), _fmt(acc, 3), _fmt(best["norm"], 2)))
+        rows.append(
+            (m, len(layers_), best["layer"], _fmt(best.get(key), 2), _fmt(acc, 3), _fmt(best["norm"], 2))
+        )
     split = "held-out" if any("val_separation" in r for ls in res.metrics.values() for r in ls) else "train"
-    console.print(table(f"{ts.id} · {cfg.variant} ({spec}) · {cfg.position}", ["method", "layers", "most separating layer",
-                        f"{split} separation d", f"{split} accuracy", "‖v‖"], rows))
+    console.print(
+        table(
+            f"{ts.id} · {cfg.variant} ({spec}) · {cfg.position}",
+            [
+                "method",
+                "layers",
+                "most separating layer",
+                f"{split} separation d",
+                f"{split} accuracy",
+                "‖v‖",
+            ],
+            rows,
+        )
+    )
     for m in res.metrics:
         console.print(f"  {m}: {res.paths[m]}/layer*.safetensors + summary.json", highlight=False)
-    f = f"; filter kept {res.filtered['pos_kept']}/{res.filtered['pos_before']} pos, {res.filtered['neg_kept']}/{res.filtered['neg_before']} neg" if res.filtered else ""
-    console.print(f"{res.n_pos} positive / {res.n_neg} negative responses ({'reused' if res.reused_responses else 'generated'}){f}; {dt:.1f} s")
+    f = (
+        f"; filter kept {res.filtered['pos_kept']}/{res.filtered['pos_before']} pos, {res.filtered['neg_kept']}/{res.filtered['neg_before']} neg"  # noqa: E501
+        if res.filtered
+        else ""
+    )
+    console.print(
+        f"{res.n_pos} positive / {res.n_neg} negative responses ({'reused' if res.reused_responses else 'generated'}){f}; {dt:.1f} s"  # noqa: E501
+    )
 
 
 def _print_summary(run: Any, title: str) -> None:
     rows = []
     for m, s in run.checkpoint.items():
         a80, a70 = s.get("at_coh80") or {}, s.get("at_coh70") or {}
-        rows.append((
-            m, _fmt(s["best_layer"]) + ("" if s["best_layer_meets_coh70"] else " (coh<70)"),
-            _fmt(s["max_delta_coh80"]) + (f" (L{a80['layer']} c{a80['coef']:g})" if a80 else ""),
-            _fmt(s["max_delta_coh70"]) + (f" (L{a70['layer']} c{a70['coef']:g}, coh {a70['coherence']:.0f})" if a70 else ""),
-            _fmt(s["coef_coh_below_80"], 3), s["n_configs"],
-        ))
+        rows.append(
+            (
+                m,
+                _fmt(s["best_layer"]) + ("" if s["best_layer_meets_coh70"] else " (coh<70)"),
+                _fmt(s["max_delta_coh80"]) + (f" (L{a80['layer']} c{a80['coef']:g})" if a80 else ""),
+                _fmt(s["max_delta_coh70"])
+                + (f" (L{a70['layer']} c{a70['coef']:g}, coh {a70['coherence']:.0f})" if a70 else ""),
+                _fmt(s["coef_coh_below_80"], 3),
+                s["n_configs"],
+            )
+        )
     b = run.baseline
-    console.print(table(title, ["method", "best layer", "max Δ coh≥80", "max Δ coh≥70", "coef: coh<80 first", "configs"], rows))
+    console.print(
+        table(
+            title,
+            ["method", "best layer", "max Δ coh≥80", "max Δ coh≥70", "coef: coh<80 first", "configs"],
+            rows,
+        )
+    )
     console.print(f"baseline (unsteered): trait {_fmt(b.trait_mean)}, coherence {_fmt(b.coherence_mean)}")
 
 
 def steer_cmd(
     experiment: str = experiment_option(help="Experiment where results are written."),
-    vector_from_trait: str = typer.Option(..., "--vector-from-trait", help="(experiment/)<format>/<trait>, e.g. model_diff/pv_instruction/sycophancy or instruction/pirate."),
+    vector_from_trait: str = typer.Option(
+        ...,
+        "--vector-from-trait",
+        help="(experiment/)<format>/<trait>, e.g. model_diff/pv_instruction/sycophancy or instruction/pirate.",
+    ),
     extraction_variant: str = config_option(SteerRunConfig, "variant"),
-    method: Optional[str] = config_option(SteerRunConfig, "methods"),
+    method: str | None = config_option(SteerRunConfig, "methods"),
     position: str = config_option(SteerRunConfig, "position"),
-    layers: Optional[str] = config_option(SteerRunConfig, "layers"),
-    coefficients: Optional[str] = config_option(SteerRunConfig, "coefficients"),
+    layers: str | None = config_option(SteerRunConfig, "layers"),
+    coefficients: str | None = config_option(SteerRunConfig, "coefficients"),
     coef_mode: str = config_option(SteerRunConfig, "coef_mode"),
     subset: int = config_option(SteerRunConfig, "subset"),
     max_new_tokens: int = config_option(SteerRunConfig, "max_new_tokens"),
     variant: str = config_option(SteerRunConfig, "model_variant"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     judge: str = config_option(SteerRunConfig, "judge"),
     steps: int = config_option(SteerRunConfig, "steps"),
     start: float = config_option(SteerRunConfig, "start"),
@@ -154,7 +224,7 @@ def steer_cmd(
     steer_positions: str = config_option(SteerRunConfig, "steer_positions"),
     component: str = config_option(SteerRunConfig, "component"),
     max_rows: int = config_option(SteerRunConfig, "max_rows"),
-    project: Optional[int] = config_option(SteerRunConfig, "project_layer"),
+    project: int | None = config_option(SteerRunConfig, "project_layer"),
 ) -> None:
     """Steer with trait vectors: baseline, adaptive coefficient search (or a grid), judged; resumable."""
     from ..experiment import Experiment
@@ -162,11 +232,24 @@ def steer_cmd(
     from ..steering.pipeline import model_spec_for, resolve_trait, split_trait_ref
     from ..steering.runs import run_steering
 
-    cfg = SteerRunConfig(variant=extraction_variant, position=position, methods=split_list(method),
-                         coefficients=parse_floats(coefficients, "coefficients"), coef_mode=coef_mode, component=component,
-                         subset=subset, max_new_tokens=max_new_tokens, steer_positions=steer_positions, steps=steps,
-                         start=start, threshold=threshold, max_rows=max_rows, project_layer=project, model_variant=variant,
-                         judge=judge)
+    cfg = SteerRunConfig(
+        variant=extraction_variant,
+        position=position,
+        methods=split_list(method),
+        coefficients=parse_floats(coefficients, "coefficients"),
+        coef_mode=coef_mode,
+        component=component,
+        subset=subset,
+        max_new_tokens=max_new_tokens,
+        steer_positions=steer_positions,
+        steps=steps,
+        start=start,
+        threshold=threshold,
+        max_rows=max_rows,
+        project_layer=project,
+        model_variant=variant,
+        judge=judge,
+    )
     exp = Experiment.named(experiment)
     vexp_name, trait_spec = split_trait_ref(vector_from_trait)
     vexp = Experiment.named(vexp_name) if vexp_name else exp
@@ -175,14 +258,26 @@ def steer_cmd(
     cfg = cfg.replace(layers=parse_layers(layers, lm.n_layers))
 
     def report(step: int, rows: list) -> None:
-        cells = ", ".join(f"{n[:4]} L{st.layer} c{st.coef:g}: {_fmt(r.trait_mean, 0)}/{_fmt(r.coherence_mean, 0)}" for n, st, r in rows)
+        cells = ", ".join(
+            f"{n[:4]} L{st.layer} c{st.coef:g}: {_fmt(r.trait_mean, 0)}/{_fmt(r.coherence_mean, 0)}"
+            for n, st, r in rows
+        )
         console.print(f"round {step + 1}: {cells}", highlight=False)
 
     t0 = time.time()
     with _console_warnings():
         run = run_steering(lm, exp, ts, cfg, vector_exp=vexp, report=report)
-    rows = [(r["method"], r["layer"], r["n"], _fmt(r["best_coef"], 3), _fmt(r["delta"]), _fmt(r["coherence"])) for r in run.layers]
-    console.print(table("per layer: best trait Δ with coherence ≥ 70", ["method", "layer", "configs", "coef", "trait Δ", "coherence"], rows))
+    rows = [
+        (r["method"], r["layer"], r["n"], _fmt(r["best_coef"], 3), _fmt(r["delta"]), _fmt(r["coherence"]))
+        for r in run.layers
+    ]
+    console.print(
+        table(
+            "per layer: best trait Δ with coherence ≥ 70",
+            ["method", "layer", "configs", "coef", "trait Δ", "coherence"],
+            rows,
+        )
+    )
     _print_summary(run, f"checkpoint · {ts.id} ({cfg.variant}, {cfg.position}) steering {cfg.model_variant}")
     console.print(
         f"{run.extra['computed']} configurations computed, {run.extra['reused']} reused from {run.log_path} "
@@ -195,15 +290,17 @@ def combine_cmd(
     natural: str = typer.Option(..., "--natural", help="First vector source trait (e.g. natural/pirate)."),
     natural_variant: str = config_option(CombineConfig, "natural_variant"),
     natural_position: str = config_option(CombineConfig, "natural_position"),
-    instruction: str = typer.Option(..., "--instruction", help="Second vector source trait (e.g. instruction/pirate)."),
+    instruction: str = typer.Option(
+        ..., "--instruction", help="Second vector source trait (e.g. instruction/pirate)."
+    ),
     instruction_variant: str = config_option(CombineConfig, "instruction_variant"),
     instruction_position: str = config_option(CombineConfig, "instruction_position"),
     variant: str = config_option(CombineConfig, "model_variant"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    model: str | None = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     judge: str = config_option(CombineConfig, "judge"),
     subset: int = config_option(CombineConfig, "subset"),
     max_new_tokens: int = config_option(CombineConfig, "max_new_tokens"),
-    multipliers: Optional[str] = config_option(CombineConfig, "multipliers"),
+    multipliers: str | None = config_option(CombineConfig, "multipliers"),
     max_rows: int = config_option(CombineConfig, "max_rows"),
 ) -> None:
     """Phase 2: combination strategies 1–4 of two vector sources vs the best single vectors."""
@@ -212,31 +309,62 @@ def combine_cmd(
     from ..steering.pipeline import model_spec_for
     from ..steering.runs import run_combinations
 
-    cfg = CombineConfig(natural=natural, natural_variant=natural_variant, natural_position=natural_position,
-                        instruction=instruction, instruction_variant=instruction_variant,
-                        instruction_position=instruction_position, model_variant=variant, judge=judge, subset=subset,
-                        max_new_tokens=max_new_tokens, multipliers=parse_floats(multipliers, "multipliers"), max_rows=max_rows)
+    cfg = CombineConfig(
+        natural=natural,
+        natural_variant=natural_variant,
+        natural_position=natural_position,
+        instruction=instruction,
+        instruction_variant=instruction_variant,
+        instruction_position=instruction_position,
+        model_variant=variant,
+        judge=judge,
+        subset=subset,
+        max_new_tokens=max_new_tokens,
+        multipliers=parse_floats(multipliers, "multipliers"),
+        max_rows=max_rows,
+    )
     exp = Experiment.named(experiment)
     lm = load(model_spec_for(exp, cfg.model_variant, model))
     with _console_warnings():
         res = run_combinations(lm, exp, cfg)
-    console.print(table(f"combinations · {res.trait} (baseline trait {_fmt(res.baseline.trait_mean)})",
-                        ["config", "layer(s)", "coef", "trait Δ", "coherence", "notes"],
-                        [(r["config"], r["layers"], r["coef"] if isinstance(r["coef"], str) else _fmt(r["coef"], 3),
-                          _fmt(r["delta"]), _fmt(r["coherence"]), r["notes"]) for r in res.rows]))
+    console.print(
+        table(
+            f"combinations · {res.trait} (baseline trait {_fmt(res.baseline.trait_mean)})",
+            ["config", "layer(s)", "coef", "trait Δ", "coherence", "notes"],
+            [
+                (
+                    r["config"],
+                    r["layers"],
+                    r["coef"] if isinstance(r["coef"], str) else _fmt(r["coef"], 3),
+                    _fmt(r["delta"]),
+                    _fmt(r["coherence"]),
+                    r["notes"],
+                )
+                for r in res.rows
+            ],
+        )
+    )
     console.print(f"results: {res.log_path}")
 
 
 def export_gguf_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="The .gguf file to write."),
     experiment: str = experiment_option(),
-    trait: str = typer.Option(..., "--trait", "-t", help="Trait id the vectors were extracted for (as extract records it)."),
-    variant: str = typer.Option("instruct", "--extraction-variant", help="Model variant the vectors were extracted from."),
+    trait: str = typer.Option(
+        ..., "--trait", "-t", help="Trait id the vectors were extracted for (as extract records it)."
+    ),
+    variant: str = typer.Option(
+        "instruct", "--extraction-variant", help="Model variant the vectors were extracted from."
+    ),
     position: str = typer.Option("response[:]", "--position", help="Extraction position of the vectors."),
     method: str = typer.Option("mean_diff", "--method", help="Vector method."),
     layers: str = typer.Option(..., "--layers", help="Layers to include, e.g. 12, 10-14 or all."),
     coef: float = typer.Option(1.0, "--coef", help="Coefficient baked into the exported vectors."),
-    coef_mode: str = typer.Option("raw", "--coef-mode", help="raw (coef × stored vector) or relative (coef × mean activation norm × unit vector)."),
+    coef_mode: str = typer.Option(
+        "raw",
+        "--coef-mode",
+        help="raw (coef × stored vector) or relative (coef × mean activation norm × unit vector).",
+    ),
     component: str = typer.Option("resid", "--component"),
 ) -> None:
     """Export vectors as a llama.cpp control vector (repeng's GGUF format)."""
@@ -244,35 +372,70 @@ def export_gguf_cmd(
     from ..steering.control import export_control_vector
 
     with _console_warnings():
-        res = export_control_vector(Experiment.named(experiment), trait, out, variant=variant, position=position, method=method,
-                                    layers=_layers_or_all(layers), coef=coef, coef_mode=coef_mode, component=component)
-    console.print(f"wrote {res.path}: {len(res.layers)} direction(s) (layers {res.layers}), model hint {res.model_hint!r}")
+        res = export_control_vector(
+            Experiment.named(experiment),
+            trait,
+            out,
+            variant=variant,
+            position=position,
+            method=method,
+            layers=_layers_or_all(layers),
+            coef=coef,
+            coef_mode=coef_mode,
+            component=component,
+        )
+    console.print(
+        f"wrote {res.path}: {len(res.layers)} direction(s) (layers {res.layers}), model hint {res.model_hint!r}"
+    )
 
 
 def import_gguf_cmd(
     path: Path = typer.Argument(..., help="A llama.cpp / repeng control vector (.gguf)."),
     experiment: str = experiment_option(),
-    trait: str = typer.Option(..., "--trait", "-t", help="Trait id to file the vectors under, e.g. instruction/pirate."),
+    trait: str = typer.Option(
+        ..., "--trait", "-t", help="Trait id to file the vectors under, e.g. instruction/pirate."
+    ),
     variant: str = typer.Option("imported", "--extraction-variant", help="Variant label to file them under."),
     position: str = typer.Option("response[:]", "--position", help="Position label to file them under."),
     method: str = typer.Option("gguf", "--method", help="Method label to file them under."),
-    model_variant: str = typer.Option("instruct", "--model-variant", help="Model variant the vectors are for (width check)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec the vectors are for (width check)."),
+    model_variant: str = typer.Option(
+        "instruct", "--model-variant", help="Model variant the vectors are for (width check)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model spec the vectors are for (width check)."
+    ),
 ) -> None:
     """Import a GGUF control vector as deltalens vector files (one per layer)."""
     from ..experiment import Experiment
     from ..steering.control import import_control_vector
 
     with _console_warnings():
-        res = import_control_vector(Experiment.named(experiment), path, trait, variant=variant, position=position,
-                                    method=method, model_variant=model_variant, model=model)
-    console.print(f"imported {len(res.layers)} layer(s) {res.layers} of width {res.d_model} (model hint {res.model_hint!r}) "
-                  f"as {res.trait} → {res.directory}")
-    console.print(f"steer with: deltalens steer --vector-from-trait {res.trait} --extraction-variant {variant} "
-                  f"--position '{position}' --method {method}", highlight=False)
+        res = import_control_vector(
+            Experiment.named(experiment),
+            path,
+            trait,
+            variant=variant,
+            position=position,
+            method=method,
+            model_variant=model_variant,
+            model=model,
+        )
+    console.print(
+        f"imported {len(res.layers)} layer(s) {res.layers} of width {res.d_model} (model hint {res.model_hint!r}) "
+        f"as {res.trait} → {res.directory}"
+    )
+    console.print(
+        f"steer with: deltalens steer --vector-from-trait {res.trait} --extraction-variant {variant} "
+        f"--position '{position}' --method {method}",
+        highlight=False,
+    )
 
 
 COMMANDS = {
-    "traits": traits_cmd, "extract": extract_cmd, "steer": steer_cmd, "combine": combine_cmd,
-    "export-gguf": export_gguf_cmd, "import-gguf": import_gguf_cmd,
+    "traits": traits_cmd,
+    "extract": extract_cmd,
+    "steer": steer_cmd,
+    "combine": combine_cmd,
+    "export-gguf": export_gguf_cmd,
+    "import-gguf": import_gguf_cmd,
 }

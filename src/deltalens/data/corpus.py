@@ -49,7 +49,9 @@ def _iter_file(path: Path, text_key: str) -> Iterator[str]:
 
         table = pq.read_table(path)
         if text_key not in table.column_names:
-            raise DataFormatError(f"{path}: no '{text_key}' column (columns: {', '.join(table.column_names)})")
+            raise DataFormatError(
+                f"{path}: no '{text_key}' column (columns: {', '.join(table.column_names)})"
+            )
         for t in table.column(text_key).to_pylist():
             if isinstance(t, str) and t.strip():
                 yield t
@@ -70,7 +72,9 @@ def _iter_hf(spec: str, text_key: str) -> Iterator[str]:
     try:
         ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
     except Exception as exc:
-        raise DataFormatError(f"{spec}: cannot load the Hugging Face dataset ({type(exc).__name__}: {exc})") from None
+        raise DataFormatError(
+            f"{spec}: cannot load the Hugging Face dataset ({type(exc).__name__}: {exc})"
+        ) from None
     for i, rec in enumerate(ds):
         if text_key not in rec:
             raise DataFormatError(f"{spec}: row {i} has no '{text_key}' field (fields: {', '.join(rec)})")
@@ -93,7 +97,9 @@ def read_texts(source: str | Path | Iterable[str], text_key: str = "text") -> It
         return
     path = Path(s)
     if not path.exists():
-        raise DataFormatError(f"{path}: file not found (give a text/JSONL/Parquet file, a directory or hf:NAME)")
+        raise DataFormatError(
+            f"{path}: file not found (give a text/JSONL/Parquet file, a directory or hf:NAME)"
+        )
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "state.json").exists():
             import datasets
@@ -102,7 +108,9 @@ def read_texts(source: str | Path | Iterable[str], text_key: str = "text") -> It
             if isinstance(ds, datasets.DatasetDict):
                 ds = ds["train"] if "train" in ds else next(iter(ds.values()))
             if text_key not in ds.column_names:
-                raise DataFormatError(f"{path}: no '{text_key}' column (columns: {', '.join(ds.column_names)})")
+                raise DataFormatError(
+                    f"{path}: no '{text_key}' column (columns: {', '.join(ds.column_names)})"
+                )
             for t in ds[text_key]:
                 if isinstance(t, str) and t.strip():
                     yield t
@@ -146,7 +154,11 @@ def token_windows(
         raise DataFormatError(f"context_len must be at least 2, got {context_len}")
     if bos == "auto":
         probe = tokenizer("a")["input_ids"]
-        bos = tokenizer.bos_token_id if (tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id) else None
+        bos = (
+            tokenizer.bos_token_id
+            if (tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id)
+            else None
+        )
     if separator == "eos":
         separator = tokenizer.eos_token_id
     body = context_len - (1 if bos is not None else 0)
@@ -164,5 +176,7 @@ def token_windows(
             yield {"prompt_ids": window, "response_ids": []}
             n_windows += 1
             n_tokens += len(window)
-            if (max_windows is not None and n_windows >= max_windows) or (max_tokens is not None and n_tokens >= max_tokens):
+            if (max_windows is not None and n_windows >= max_windows) or (
+                max_tokens is not None and n_tokens >= max_tokens
+            ):
                 return

@@ -33,7 +33,9 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
             yield n, text
 
 
-def iter_jsonl(path: str | Path, required: Sequence[str] = (), types: Mapping[str, type | tuple[type, ...]] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl(
+    path: str | Path, required: Sequence[str] = (), types: Mapping[str, type | tuple[type, ...]] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for each non-blank line of a JSONL file.
 
     Raises :class:`DataFormatError` naming ``file:line`` for invalid JSON (with the column), a
@@ -62,6 +64,8 @@ def iter_jsonl(path: str | Path, required: Sequence[str] = (), types: Mapping[st
         yield n, rec
 
 
-def read_jsonl(path: str | Path, required: Sequence[str] = (), types: Mapping[str, type | tuple[type, ...]] | None = None) -> list[dict[str, Any]]:
+def read_jsonl(
+    path: str | Path, required: Sequence[str] = (), types: Mapping[str, type | tuple[type, ...]] | None = None
+) -> list[dict[str, Any]]:
     """All records of a JSONL file (see :func:`iter_jsonl` for validation)."""
     return [rec for _, rec in iter_jsonl(path, required, types)]

@@ -96,18 +96,28 @@ def pair_from_dict(rec: dict[str, Any], where: str = "<memory>") -> PairRecord:
     for keys, what in ((_CLEAN_ANS, "clean answer"), (_CORRUPT_ANS, "corrupted answer")):
         a = _pick(rec, keys, what, where)
         if isinstance(a, bool) or not isinstance(a, (str, int)) or (isinstance(a, str) and not a):
-            raise DataFormatError(f"{where}: the {what} must be a non-empty string or a token id, got {a!r:.60}")
+            raise DataFormatError(
+                f"{where}: the {what} must be a non-empty string or a token id, got {a!r:.60}"
+            )
         answers.append(a)
     if answers[0] == answers[1]:
-        raise DataFormatError(f"{where}: clean and corrupted answers are both {answers[0]!r}; the metric would be 0")
+        raise DataFormatError(
+            f"{where}: clean and corrupted answers are both {answers[0]!r}; the metric would be 0"
+        )
     names = rec.get("names") or {}
     if not isinstance(names, dict):
-        raise DataFormatError(f"{where}: 'names' must be an object name → token index or substring, got {names!r:.60}")
+        raise DataFormatError(
+            f"{where}: 'names' must be an object name → token index or substring, got {names!r:.60}"
+        )
     for k, v in names.items():
         if isinstance(v, bool) or not isinstance(v, (int, str)) or (isinstance(v, str) and not v):
-            raise DataFormatError(f"{where}: names.{k} must be a token index or a non-empty substring, got {v!r:.60}")
+            raise DataFormatError(
+                f"{where}: names.{k} must be a token index or a non-empty substring, got {v!r:.60}"
+            )
         if isinstance(v, str) and v not in clean:
-            raise DataFormatError(f"{where}: names.{k} = {v!r} does not occur in the clean prompt {clean!r:.80}")
+            raise DataFormatError(
+                f"{where}: names.{k} = {v!r} does not occur in the clean prompt {clean!r:.80}"
+            )
     system = rec.get("system")
     if system is not None and not isinstance(system, str):
         raise DataFormatError(f"{where}: 'system' must be a string")
@@ -138,6 +148,10 @@ def bundled_pairs(name: str = "capitals") -> list[PairRecord]:
 def load_pairs(spec: str | Path) -> list[PairRecord]:
     """A bundled pair-set name or a path to a pairs JSONL file."""
     s = str(spec)
-    if not s.endswith((".jsonl", ".json")) and "/" not in s and bundled_path("circuits", f"{s}.jsonl").exists():
+    if (
+        not s.endswith((".jsonl", ".json"))
+        and "/" not in s
+        and bundled_path("circuits", f"{s}.jsonl").exists()
+    ):
         return bundled_pairs(s)
     return read_pairs(spec)

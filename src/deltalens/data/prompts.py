@@ -46,7 +46,9 @@ def _record(obj: Any, where: str) -> PromptRecord:
         raise DataFormatError(f"{where}: expected an object or a string, got {type(obj).__name__}")
     key = next((k for k in TEXT_KEYS if k in obj), None)
     if key is None:
-        raise DataFormatError(f"{where}: needs one of the keys {', '.join(TEXT_KEYS)} (keys: {', '.join(obj) or 'none'})")
+        raise DataFormatError(
+            f"{where}: needs one of the keys {', '.join(TEXT_KEYS)} (keys: {', '.join(obj) or 'none'})"
+        )
     if not isinstance(obj[key], str) or not obj[key].strip():
         raise DataFormatError(f"{where}: '{key}' must be a non-empty string")
     system = obj.get("system", obj.get("system_prompt"))
@@ -75,9 +77,13 @@ def read_prompts(path: str | Path) -> list[PromptRecord]:
             raise DataFormatError(f"{path}: expected a list of prompts or {{'prompts': [...]}}")
         out = [_record(obj, f"{path}[{i}]") for i, obj in enumerate(data)]
     elif path.suffix == ".txt":
-        out = [PromptRecord(line.strip(), source=f"{path}:{n}") for n, line in iter_lines(path) if line.strip()]
+        out = [
+            PromptRecord(line.strip(), source=f"{path}:{n}") for n, line in iter_lines(path) if line.strip()
+        ]
     else:
-        raise DataFormatError(f"{path}: unsupported prompt file type '{path.suffix}' (use .jsonl, .json or .txt)")
+        raise DataFormatError(
+            f"{path}: unsupported prompt file type '{path.suffix}' (use .jsonl, .json or .txt)"
+        )
     if not out:
         raise DataFormatError(f"{path}: no prompts found (the file is empty)")
     return out

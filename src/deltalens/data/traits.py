@@ -53,7 +53,12 @@ class Scenario:
     source: str  # file:line
 
     def as_prompt(self) -> dict[str, Any]:
-        return {"question": self.question, "system": self.system, "polarity": self.polarity, "scenario": self.index}
+        return {
+            "question": self.question,
+            "system": self.system,
+            "polarity": self.polarity,
+            "scenario": self.index,
+        }
 
 
 @dataclass
@@ -110,7 +115,9 @@ def read_steering_questions(path: str | Path) -> list[str]:
         raise DataFormatError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     if isinstance(data, dict):
         if "questions" not in data:
-            raise DataFormatError(f"{path}: expected {{'questions': [...]}} (keys: {', '.join(data) or 'none'})")
+            raise DataFormatError(
+                f"{path}: expected {{'questions': [...]}} (keys: {', '.join(data) or 'none'})"
+            )
         data = data["questions"]
     if not isinstance(data, list) or not data:
         raise DataFormatError(f"{path}: 'questions' must be a non-empty list of strings")
@@ -165,7 +172,9 @@ def _read_natural(path: Path, polarity: str) -> list[Scenario]:
         if not text:
             continue
         if text.startswith("{"):
-            raise DataFormatError(f"{f}:{n}: looks like JSON; natural traits take one plain-text opening per line")
+            raise DataFormatError(
+                f"{f}:{n}: looks like JSON; natural traits take one plain-text opening per line"
+            )
         out.append(Scenario(text, None, polarity, len(out), f"{f}:{n}"))
     if not out:
         raise DataFormatError(f"{f}: no scenarios (the file is empty)")

@@ -24,8 +24,13 @@ def run(ctx: DemoContext) -> None:
     n_tok = sum(g.response_len for g in gens)
     out = exp.generations_path("demo_questions")
     save_generations(out, gens)
-    con.print(table("generations (greedy, 48 new tokens)", ["#", "question", "response"],
-                    [(g.index, g.question, g.response.replace("\n", " ")[:90]) for g in gens[:6]]))
+    con.print(
+        table(
+            "generations (greedy, 48 new tokens)",
+            ["#", "question", "response"],
+            [(g.index, g.question, g.response.replace("\n", " ")[:90]) for g in gens[:6]],
+        )
+    )
     con.print(f"{len(gens)} responses, {n_tok} tokens in {dt:.1f} s ({n_tok / dt:.0f} tok/s) → {out}")
     ctx.state["generations"] = gens
 
@@ -40,8 +45,10 @@ def run(ctx: DemoContext) -> None:
     rows = [(str(s), tuple(means[s].shape), f"{means[s].norm(dim=-1).mean():.1f}") for s in means]
     con.print(table("mean response activation per question", ["site", "shape", "mean ‖x‖"], rows))
     s = store.summary()
-    con.print(f"per-token store: {s['rows']} rows × {len(s['sites'])} sites, {s['size_mb']} MB → {store_dir}  "
-              f"({dt_store:.1f} s; per-sequence means {dt_mean:.1f} s)")
+    con.print(
+        f"per-token store: {s['rows']} rows × {len(s['sites'])} sites, {s['size_mb']} MB → {store_dir}  "
+        f"({dt_store:.1f} s; per-sequence means {dt_mean:.1f} s)"
+    )
     ctx.state["store"] = store
 
 

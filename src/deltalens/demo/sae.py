@@ -53,23 +53,51 @@ def run(ctx: DemoContext) -> None:
     keep = ~torch.isin(acts.token_ids, special)
     src = TensorSource(x[keep], SITE, lm.name, high_norm_factor=10.0)
     t_cap = time.time() - t0
-    con.print(f"captured {len(x)} token activations at {SITE} from {len(train_w)} corpus windows + "
-              f"{len(items) - len(train_w)} chat texts in {t_cap:.1f} s; training on {len(src)} "
-              f"(special and high-norm tokens excluded)")
+    con.print(
+        f"captured {len(x)} token activations at {SITE} from {len(train_w)} corpus windows + "
+        f"{len(items) - len(train_w)} chat texts in {t_cap:.1f} s; training on {len(src)} "
+        f"(special and high-norm tokens excluded)"
+    )
 
-    cfg = SAETrainConfig(architecture="topk", expansion=4, k=32, batch_size=1024,
-                      total_tokens=(50_000 if ctx.fast else 120_000), lr=1e-3, dead_window_tokens=30_000)
+    cfg = SAETrainConfig(
+        architecture="topk",
+        expansion=4,
+        k=32,
+        batch_size=1024,
+        total_tokens=(50_000 if ctx.fast else 120_000),
+        lr=1e-3,
+        dead_window_tokens=30_000,
+    )
     out = ctx.exp.sae_dir(f"topk_{SITE.replace('.', '')}")
-    res = train_sae(src, cfg, out=out, resume=False, progress=False,
-                    metadata={"training_data": "bundled python_tutorial.txt + chat prompts/generations"})
+    res = train_sae(
+        src,
+        cfg,
+        out=out,
+        resume=False,
+        progress=False,
+        metadata={"training_data": "bundled python_tutorial.txt + chat prompts/generations"},
+    )
     sae = res.sae
-    con.print(f"trained {sae} on {res.tokens} tokens in {res.seconds:.1f} s ({res.tokens_per_second:.0f} tok/s) → {out}")
+    con.print(
+        f"trained {sae} on {res.tokens} tokens in {res.seconds:.1f} s ({res.tokens_per_second:.0f} tok/s) → {out}"
+    )
 
     held = capture(lm, eval_w, [SITE], "all[1:]", batch_size=16, progress=False)[SITE]
-    ev = evaluate_sae(sae, SAEEvalConfig(positions="all[1:]", ce_batch_size=8), activations=held, lm=lm, windows=eval_w,
-                      out=ctx.exp.sae_eval_dir(f"topk_{SITE.replace('.', '')}"))
-    con.print(table(f"SAE eval on {len(eval_w)} held-out windows ({len(held)} tokens)", ["metric", "value", "definition"],
-                    summary_rows(ev)))
+    ev = evaluate_sae(
+        sae,
+        SAEEvalConfig(positions="all[1:]", ce_batch_size=8),
+        activations=held,
+        lm=lm,
+        windows=eval_w,
+        out=ctx.exp.sae_eval_dir(f"topk_{SITE.replace('.', '')}"),
+    )
+    con.print(
+        table(
+            f"SAE eval on {len(eval_w)} held-out windows ({len(held)} tokens)",
+            ["metric", "value", "definition"],
+            summary_rows(ev),
+        )
+    )
     ctx.state["sae"] = sae
     ctx.state["sae_dir"] = out
     ctx.state["sae_site"] = SITE

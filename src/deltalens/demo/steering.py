@@ -39,8 +39,19 @@ def run(ctx: DemoContext) -> None:
 
     # Phase 0: extraction
     t = time.time()
-    res = extract(lm, exp, trait, ExtractConfig(variant=VARIANT, position=POSITION, methods=["mean_diff", "probe"],
-                                                max_new_tokens=20 if not fast else 12, batch_size=32), progress=False)
+    res = extract(
+        lm,
+        exp,
+        trait,
+        ExtractConfig(
+            variant=VARIANT,
+            position=POSITION,
+            methods=["mean_diff", "probe"],
+            max_new_tokens=20 if not fast else 12,
+            batch_size=32,
+        ),
+        progress=False,
+    )
     dt = time.time() - t
     show = [L for L in range(0, lm.n_layers, max(1, lm.n_layers // 6))]
     rows = []
@@ -48,57 +59,116 @@ def run(ctx: DemoContext) -> None:
         by_layer = {r["layer"]: r for r in res.metrics[m]}
         for L in show:
             r = by_layer[L]
-            rows.append((m, L, _f(r.get("val_accuracy"), 2), _f(r.get("val_auroc"), 2), _f(r.get("val_separation"), 2), _f(r["norm"], 2)))
-    con.print(table(f"trait vectors · {TRAIT} · {POSITION} (held-out scenarios)", ["method", "layer", "val acc", "AUROC",
-                    "separation d", "‖v‖"], rows))
-    con.print(f"{res.n_pos} + {res.n_neg} responses ({'reused' if res.reused_responses else 'generated'}), "
-              f"{lm.n_layers} layers × 2 methods fitted in {dt:.1f} s → {res.paths['mean_diff'].parent}")
+            rows.append(
+                (
+                    m,
+                    L,
+                    _f(r.get("val_accuracy"), 2),
+                    _f(r.get("val_auroc"), 2),
+                    _f(r.get("val_separation"), 2),
+                    _f(r["norm"], 2),
+                )
+            )
+    con.print(
+        table(
+            f"trait vectors · {TRAIT} · {POSITION} (held-out scenarios)",
+            ["method", "layer", "val acc", "AUROC", "separation d", "‖v‖"],
+            rows,
+        )
+    )
+    con.print(
+        f"{res.n_pos} + {res.n_neg} responses ({'reused' if res.reused_responses else 'generated'}), "
+        f"{lm.n_layers} layers × 2 methods fitted in {dt:.1f} s → {res.paths['mean_diff'].parent}"
+    )
 
     # offline judge, trained on the same responses
     t = time.time()
     judge = offline_judge(lm, exp, trait, VARIANT, progress=False)
     m = judge.classifier.meta
-    con.print(f"offline judge: MiniLM classifier (5-fold CV accuracy {m['cv_accuracy']:.2f}, AUROC {m['cv_auroc']:.2f}) "
-              f"+ likelihood coherence ({time.time() - t:.1f} s)")
+    con.print(
+        f"offline judge: MiniLM classifier (5-fold CV accuracy {m['cv_accuracy']:.2f}, AUROC {m['cv_auroc']:.2f}) "
+        f"+ likelihood coherence ({time.time() - t:.1f} s)"
+    )
 
     # Phase 1: adaptive search, three layers stepped together
-    layers = [L for L in (12, 14, 16) if L < lm.n_layers] if not fast else [L for L in (12, 15) if L < lm.n_layers]
+    layers = (
+        [L for L in (12, 14, 16) if L < lm.n_layers] if not fast else [L for L in (12, 15) if L < lm.n_layers]
+    )
     if not layers:
         layers = [lm.n_layers // 2]
-    steer = SteerRunConfig(variant=VARIANT, position=POSITION, methods=[METHOD], layers=layers, subset=0 if not fast else 8,
-                           max_new_tokens=32 if not fast else 20, start=0.15, steps=3 if not fast else 2, threshold=72.0)
+    steer = SteerRunConfig(
+        variant=VARIANT,
+        position=POSITION,
+        methods=[METHOD],
+        layers=layers,
+        subset=0 if not fast else 8,
+        max_new_tokens=32 if not fast else 20,
+        start=0.15,
+        steps=3 if not fast else 2,
+        threshold=72.0,
+    )
     n_questions = len(trait.steering_questions) if not fast else min(8, len(trait.steering_questions))
     t = time.time()
     search_rows: list[tuple] = []
 
     def report(step: int, rows_: list) -> None:
         for _, st, rec in rows_:
-            search_rows.append((step + 1, st.layer, f"{st.coef:g}", _f(rec.trait_mean), _f(rec.coherence_mean)))
+            search_rows.append(
+                (step + 1, st.layer, f"{st.coef:g}", _f(rec.trait_mean), _f(rec.coherence_mean))
+            )
 
     run_ = run_steering(lm, exp, trait, steer, judge, progress=False, report=report)
     dt = time.time() - t
-    con.print(table(f"adaptive search (relative coefficients, {len(layers)} layers per batch, "
-                    f"{n_questions} held-out questions × {steer.max_new_tokens} tokens)",
-                    ["round", "layer", "coef", "trait", "coherence"], search_rows))
+    con.print(
+        table(
+            f"adaptive search (relative coefficients, {len(layers)} layers per batch, "
+            f"{n_questions} held-out questions × {steer.max_new_tokens} tokens)",
+            ["round", "layer", "coef", "trait", "coherence"],
+            search_rows,
+        )
+    )
     base = run_.baseline
     summ = run_.checkpoint[METHOD]
     a70, a80 = summ.get("at_coh70") or {}, summ.get("at_coh80") or {}
-    con.print(table(f"checkpoint ({METHOD})", ["best layer", "max Δ coh≥80", "max Δ coh≥70", "coef: coh<80 first", "baseline trait/coh"], [(
-        _f(summ["best_layer"], 0),
-        _f(summ["max_delta_coh80"]) + (f" (L{a80['layer']} c{a80['coef']:g})" if a80 else ""),
-        _f(summ["max_delta_coh70"]) + (f" (L{a70['layer']} c{a70['coef']:g}, coh {a70['coherence']:.0f})" if a70 else ""),
-        _f(summ["coef_coh_below_80"], 3),
-        f"{_f(base.trait_mean)} / {_f(base.coherence_mean)}",
-    )]))
+    con.print(
+        table(
+            f"checkpoint ({METHOD})",
+            ["best layer", "max Δ coh≥80", "max Δ coh≥70", "coef: coh<80 first", "baseline trait/coh"],
+            [
+                (
+                    _f(summ["best_layer"], 0),
+                    _f(summ["max_delta_coh80"]) + (f" (L{a80['layer']} c{a80['coef']:g})" if a80 else ""),
+                    _f(summ["max_delta_coh70"])
+                    + (f" (L{a70['layer']} c{a70['coef']:g}, coh {a70['coherence']:.0f})" if a70 else ""),
+                    _f(summ["coef_coh_below_80"], 3),
+                    f"{_f(base.trait_mean)} / {_f(base.coherence_mean)}",
+                )
+            ],
+        )
+    )
     if a70:
         best = next(r for r in run_.records if r.layer == a70["layer"] and r.coef == a70["coef"])
-        ex = [(q["question"][:40], b["response"].replace("\n", " ")[:70], q["response"].replace("\n", " ")[:70])
-              for q, b in zip(best.responses[:3], base.responses[:3])]
-        con.print(table(f"examples: unsteered vs L{a70['layer']} c{a70['coef']:g}", ["question", "unsteered", "steered"], ex))
-    con.print(f"search: {len(run_.records)} configurations + baseline in {dt:.1f} s → {run_.log_path} "
-              "(+ steering.json, layers.csv, configs.csv, figures)")
-    ctx.state["steering"] = {"trait": trait.id, "summary": summ, "results": str(run_.log_path),
-                             "vectors_dir": str(res.paths["mean_diff"])}
+        ex = [
+            (q["question"][:40], b["response"].replace("\n", " ")[:70], q["response"].replace("\n", " ")[:70])
+            for q, b in zip(best.responses[:3], base.responses[:3])
+        ]
+        con.print(
+            table(
+                f"examples: unsteered vs L{a70['layer']} c{a70['coef']:g}",
+                ["question", "unsteered", "steered"],
+                ex,
+            )
+        )
+    con.print(
+        f"search: {len(run_.records)} configurations + baseline in {dt:.1f} s → {run_.log_path} "
+        "(+ steering.json, layers.csv, configs.csv, figures)"
+    )
+    ctx.state["steering"] = {
+        "trait": trait.id,
+        "summary": summ,
+        "results": str(run_.log_path),
+        "vectors_dir": str(res.paths["mean_diff"]),
+    }
 
 
 STAGE = Stage(20, "steering", run, "trait vector extraction and judged steering search")

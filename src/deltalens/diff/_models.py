@@ -8,8 +8,8 @@ from typing import Any, ClassVar, TypeVar
 
 from ..errors import DataFormatError
 from ..generate import Generation
-from ..stage import StageResult
 from ..models.loading import LoadedModel, load
+from ..stage import StageResult
 from .files import check_compatible
 
 R = TypeVar("R", bound="DiffResult")
@@ -56,9 +56,18 @@ def load_pair(base: Any, ft: Any, tokenizer: Any = None) -> tuple[LoadedModel, L
         b = load(base, tokenizer=f.tokenizer)
     else:
         b = base if isinstance(base, LoadedModel) else load(base, tokenizer=tokenizer)
-        f = ft if isinstance(ft, LoadedModel) else (
-            b if ft is base else load(ft, tokenizer=tokenizer if tokenizer is not None or not _lacks_tokenizer(ft)
-                                      else b.tokenizer))
+        f = (
+            ft
+            if isinstance(ft, LoadedModel)
+            else (
+                b
+                if ft is base
+                else load(
+                    ft,
+                    tokenizer=tokenizer if tokenizer is not None or not _lacks_tokenizer(ft) else b.tokenizer,
+                )
+            )
+        )
     check_compatible(b, f, (f"base '{b.name}'", f"fine-tuned '{f.name}'"))
     return b, f
 
@@ -95,7 +104,9 @@ def check_ids(items: Sequence[tuple[list[int], int]], limit: int, what: str) -> 
     """Indices of items whose ids all fall below ``limit`` (the smaller vocabulary)."""
     keep = [i for i, (ids, _) in enumerate(items) if ids and max(ids) < limit]
     if not keep:
-        raise DataFormatError(f"{what}: no input can be fed to both models (token ids beyond the shared vocabulary of {limit})")
+        raise DataFormatError(
+            f"{what}: no input can be fed to both models (token ids beyond the shared vocabulary of {limit})"
+        )
     return keep
 
 
@@ -106,10 +117,24 @@ def generations_from(data: Iterable[Any]) -> list[Generation]:
         if isinstance(g, Generation):
             out.append(g)
         elif isinstance(g, dict) and "prompt_ids" in g and "response_ids" in g:
-            out.append(Generation.from_dict({"index": i, "rollout": 0, "question": "", "system": None, "prompt": "",
-                                             "response": "", "finished": True, **g}))
+            out.append(
+                Generation.from_dict(
+                    {
+                        "index": i,
+                        "rollout": 0,
+                        "question": "",
+                        "system": None,
+                        "prompt": "",
+                        "response": "",
+                        "finished": True,
+                        **g,
+                    }
+                )
+            )
         else:
-            raise DataFormatError(f"response {i}: expected a Generation or a dict with prompt_ids and response_ids")
+            raise DataFormatError(
+                f"response {i}: expected a Generation or a dict with prompt_ids and response_ids"
+            )
     return out
 
 

@@ -61,23 +61,44 @@ LENS_FILE = "activation_lens.json"
 class ActivationDiffConfig(StageConfig):
     """Settings of :func:`activation_similarity` and :func:`activation_difference_lens`."""
 
-    layers: list[int] = option(default_factory=list, flag="--layers", help="Layers (default all): 'all', '6,12', '9-19'.")
-    system: str | None = option(None, flag="--system", help="System prompt for the fine-tuned model's answers.")
-    max_new_tokens: int = option(64, flag="--max-new-tokens", help="Tokens per answer of the fine-tuned model.")
-    base_prompt: str = option("same", flag="--base-prompt",
-                              help="same (identical ids) or raw (base reads the prompt as plain text).")
-    min_fraction: float = option(0.8, flag="--min-fraction",
-                                 help="Per-position similarity only where this share of prompts reaches the position.")
-    min_coherence: float = option(70.0, flag="--min-coherence", help="Coherence a steering result needs (transfer curve).")
+    layers: list[int] = option(
+        default_factory=list, flag="--layers", help="Layers (default all): 'all', '6,12', '9-19'."
+    )
+    system: str | None = option(
+        None, flag="--system", help="System prompt for the fine-tuned model's answers."
+    )
+    max_new_tokens: int = option(
+        64, flag="--max-new-tokens", help="Tokens per answer of the fine-tuned model."
+    )
+    base_prompt: str = option(
+        "same",
+        flag="--base-prompt",
+        help="same (identical ids) or raw (base reads the prompt as plain text).",
+    )
+    min_fraction: float = option(
+        0.8,
+        flag="--min-fraction",
+        help="Per-position similarity only where this share of prompts reaches the position.",
+    )
+    min_coherence: float = option(
+        70.0, flag="--min-coherence", help="Coherence a steering result needs (transfer curve)."
+    )
     batch_size: int = option(16, flag="--batch-size", help="Sequences per forward pass.")
     chunk: int = option(32, flag="--chunk", help="Prompts captured at once (replay).")
     lens: bool = option(True, flag="--lens/--no-lens", help="Also run the activation-difference lens.")
-    n_positions: int = option(5, flag="--lens-positions", help="Difference lens: the first positions averaged (first_k).")
+    n_positions: int = option(
+        5, flag="--lens-positions", help="Difference lens: the first positions averaged (first_k)."
+    )
     max_length: int = option(64, flag="--lens-max-length", help="Difference lens: tokens per text.")
     top_k: int = option(20, flag="--top-k", help="Tokens per lens list.")
-    summary_layer: int | None = option(None, flag="--summary-layer", help="Difference lens summary layer (default middle).")
-    tokenizer: str | None = option(None, flag="--tokenizer",
-                                   help="Model or directory whose tokenizer to use for a checkpoint that ships none.")
+    summary_layer: int | None = option(
+        None, flag="--summary-layer", help="Difference lens summary layer (default middle)."
+    )
+    tokenizer: str | None = option(
+        None,
+        flag="--tokenizer",
+        help="Model or directory whose tokenizer to use for a checkpoint that ships none.",
+    )
     figures: bool = option(True, flag="--figures/--no-figures", help="Write PNG figures.")
 
     def validate(self) -> None:
@@ -114,8 +135,13 @@ class DifferenceLens(DiffResult):
     files: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        return {"base": self.base["name"], "ft": self.ft["name"], "n_texts": self.n_texts, "layer": self.overview["layer"],
-                "top_tokens": [t for t, _ in self.overview["pos"][:10]]}
+        return {
+            "base": self.base["name"],
+            "ft": self.ft["name"],
+            "n_texts": self.n_texts,
+            "layer": self.overview["layer"],
+            "top_tokens": [t for t, _ in self.overview["pos"][:10]],
+        }
 
 
 @register_result
@@ -153,9 +179,14 @@ class ActivationDiff(DiffResult):
 
     def summary(self) -> dict[str, Any]:
         m = self.per_layer_similarity["mean"]
-        return {"base": self.base["name"], "ft": self.ft["name"], "n_prompts": self.n_prompts,
-                "min_similarity": min(m) if m else None, "min_layer": self.layers[m.index(min(m))] if m else None,
-                "traits": list(self.correlations)}
+        return {
+            "base": self.base["name"],
+            "ft": self.ft["name"],
+            "n_prompts": self.n_prompts,
+            "min_similarity": min(m) if m else None,
+            "min_layer": self.layers[m.index(min(m))] if m else None,
+            "traits": list(self.correlations),
+        }
 
     def save(self, directory: str | Path) -> Path:
         if self.lens is not None:
@@ -196,7 +227,9 @@ def replay_ids(
     """The inputs each model reads in replay mode: ``(base_items, ft_items)`` with
     ``prompt_ids``/``response_ids``. Response ids are always identical."""
     if base_prompt not in ("same", "raw"):
-        raise ConfigError(f"--base-prompt must be 'same' (identical ids) or 'raw' (prompt as plain text), got {base_prompt!r}")
+        raise ConfigError(
+            f"--base-prompt must be 'same' (identical ids) or 'raw' (prompt as plain text), got {base_prompt!r}"
+        )
     ft_items, base_items = [], []
     for g in generations:
         ft_items.append({"prompt_ids": list(g.prompt_ids), "response_ids": list(g.response_ids)})
@@ -204,7 +237,9 @@ def replay_ids(
             base_items.append({"prompt_ids": list(g.prompt_ids), "response_ids": list(g.response_ids)})
         else:
             text = f"{g.system}\n\n{g.question}" if g.system else g.question
-            base_items.append({"prompt_ids": base.encode(text, formatted=False), "response_ids": list(g.response_ids)})
+            base_items.append(
+                {"prompt_ids": base.encode(text, formatted=False), "response_ids": list(g.response_ids)}
+            )
     return base_items, ft_items
 
 
@@ -222,7 +257,7 @@ def _read_steering(path: Path, min_coherence: float) -> dict[str, list]:
     base = [r for r in recs if r.get("kind") == "baseline" and r.get("trait_mean") is not None]
     baseline = float(base[-1]["trait_mean"]) if base else None
     best: dict[int, float] = {}
-    for n, r in enumerate(recs, 1):
+    for _n, r in enumerate(recs, 1):
         if r.get("kind") == "baseline":
             continue
         layer = r.get("layer")
@@ -239,8 +274,12 @@ def _read_steering(path: Path, min_coherence: float) -> dict[str, list]:
             continue
         best[int(layer)] = max(delta, best.get(int(layer), -math.inf))
     layers = sorted(best)
-    return {"layers": layers, "deltas": [best[L] for L in layers], "baseline_trait": baseline,
-            "min_coherence": min_coherence}
+    return {
+        "layers": layers,
+        "deltas": [best[L] for L in layers],
+        "baseline_trait": baseline,
+        "min_coherence": min_coherence,
+    }
 
 
 def _pearson(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
@@ -252,8 +291,17 @@ def _pearson(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     return {"pearson_r": float(r), "p_value": float(p), "n_layers": len(x)}
 
 
-def _replay(B: Any, F: Any, base_items: list, ft_items: list, keep: list[int], sites: list[Site], chunk: int,
-            batch_size: int, progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray], int]:
+def _replay(
+    B: Any,
+    F: Any,
+    base_items: list,
+    ft_items: list,
+    keep: list[int],
+    sites: list[Site],
+    chunk: int,
+    batch_size: int,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray], int]:
     """Both models read the kept inputs chunk by chunk; per prompt and layer the cosine of the mean
     response activations, the norm change, the relative difference norm, and per-token cosines."""
     n = len(keep)
@@ -265,7 +313,9 @@ def _replay(B: Any, F: Any, base_items: list, ft_items: list, keep: list[int], s
     row = 0
     for s in tqdm(range(0, n, chunk), desc="replay", disable=not progress or n <= chunk, leave=False):
         idx = keep[s : s + chunk]
-        cb = capture(B, [base_items[i] for i in idx], sites, "response", batch_size=batch_size, progress=False)
+        cb = capture(
+            B, [base_items[i] for i in idx], sites, "response", batch_size=batch_size, progress=False
+        )
         cf = capture(F, [ft_items[i] for i in idx], sites, "response", batch_size=batch_size, progress=False)
         if not (torch.equal(cb.token_ids, cf.token_ids) and torch.equal(cb.n_selected, cf.n_selected)):
             raise RuntimeError("replay: the two models did not read the same response tokens")
@@ -287,8 +337,9 @@ def _replay(B: Any, F: Any, base_items: list, ft_items: list, keep: list[int], s
     return cos_mean, norm_change, rel_diff, pos_cos, n_tokens
 
 
-def _per_position(pos_cos: list[np.ndarray], layers: list[int], min_fraction: float
-                  ) -> tuple[int, list[int], dict[str, dict[str, list[float]]]]:
+def _per_position(
+    pos_cos: list[np.ndarray], layers: list[int], min_fraction: float
+) -> tuple[int, list[int], dict[str, dict[str, list[float]]]]:
     """Per-position cosine by layer, clipped where fewer than ``min_fraction`` of prompts have tokens."""
     n = len(pos_cos)
     max_T = max((p.shape[0] for p in pos_cos), default=0)
@@ -337,7 +388,12 @@ def activation_similarity(
     cfg = _config(config, overrides)
     layers = cfg.layers or None
     system, max_new_tokens, base_prompt = cfg.system, cfg.max_new_tokens, cfg.base_prompt
-    min_fraction, min_coherence, batch_size, chunk = cfg.min_fraction, cfg.min_coherence, cfg.batch_size, cfg.chunk
+    min_fraction, min_coherence, batch_size, chunk = (
+        cfg.min_fraction,
+        cfg.min_coherence,
+        cfg.batch_size,
+        cfg.chunk,
+    )
     t0 = time.time()
     B, F = load_pair(base, ft, cfg.tokenizer)
     layers = list(range(F.n_layers)) if layers is None else [F.arch.check_layer(int(L)) for L in layers]
@@ -349,13 +405,17 @@ def activation_similarity(
         gens = generations_from(generations)
     base_items, ft_items = replay_ids(B, F, gens, base_prompt)
     limit = min(B.vocab_size, F.vocab_size)
-    keep = [i for i in check_ids([(x["prompt_ids"] + x["response_ids"], 0) for x in base_items], limit, "replay")
-            if gens[i].response_ids and max(ft_items[i]["prompt_ids"] + ft_items[i]["response_ids"]) < limit]
+    keep = [
+        i
+        for i in check_ids([(x["prompt_ids"] + x["response_ids"], 0) for x in base_items], limit, "replay")
+        if gens[i].response_ids and max(ft_items[i]["prompt_ids"] + ft_items[i]["response_ids"]) < limit
+    ]
     skipped = len(gens) - len(keep)
     sites = [Site(L, "resid") for L in layers]
     n = len(keep)
-    cos_mean, norm_change, rel_diff, pos_cos, n_tokens = _replay(B, F, base_items, ft_items, keep, sites, chunk,
-                                                                  batch_size, progress)
+    cos_mean, norm_change, rel_diff, pos_cos, n_tokens = _replay(
+        B, F, base_items, ft_items, keep, sites, chunk, batch_size, progress
+    )
     clip, counts, by_layer = _per_position(pos_cos, layers, min_fraction)
 
     results: dict[str, Any] = {
@@ -374,8 +434,14 @@ def activation_similarity(
             "min_fraction": min_fraction,
             "by_layer": by_layer,
         },
-        "norm_change": {"mean": norm_change.mean(0).tolist() if n else [], "std": norm_change.std(0).tolist() if n else []},
-        "relative_diff_norm": {"mean": rel_diff.mean(0).tolist() if n else [], "std": rel_diff.std(0).tolist() if n else []},
+        "norm_change": {
+            "mean": norm_change.mean(0).tolist() if n else [],
+            "std": norm_change.std(0).tolist() if n else [],
+        },
+        "relative_diff_norm": {
+            "mean": rel_diff.mean(0).tolist() if n else [],
+            "std": rel_diff.std(0).tolist() if n else [],
+        },
         "transfer_curves": {},
         "correlations": {},
         "replay": {
@@ -392,7 +458,7 @@ def activation_similarity(
             "norm_change": "‖mean_t x_ft‖ / ‖mean_t x_base‖ − 1",
             "relative_diff_norm": "‖mean_t x_ft − mean_t x_base‖ / ‖mean_t x_base‖",
             "correlations": "Pearson r between per-layer similarity and the transfer curve (best Δ, coherence ≥ "
-                            f"{min_coherence:g})",
+            f"{min_coherence:g})",
         },
     }
     mean_by_layer = dict(zip(layers, results["per_layer_similarity"]["mean"]))
@@ -420,21 +486,44 @@ def _similarity_figures(results: ActivationDiff, out: Path) -> dict[str, str]:
 
     layers = results["layers"]
     files = {}
-    files["fig_similarity"] = str(lines_by_layer(
-        {"mean cosine (response tokens)": results["per_layer_similarity"]["mean"]}, out / "similarity_by_layer.png",
-        layers=layers, title=f"activation similarity: {results['ft']['name']} vs {results['base']['name']} (replay)",
-        ylabel="cosine"))
-    files["fig_norm"] = str(lines_by_layer(
-        {"norm change": results["norm_change"]["mean"], "relative diff norm": results["relative_diff_norm"]["mean"]},
-        out / "norm_change_by_layer.png", layers=layers, title="relative norm change of mean response activation",
-        ylabel="ratio"))
+    files["fig_similarity"] = str(
+        lines_by_layer(
+            {"mean cosine (response tokens)": results["per_layer_similarity"]["mean"]},
+            out / "similarity_by_layer.png",
+            layers=layers,
+            title=f"activation similarity: {results['ft']['name']} vs {results['base']['name']} (replay)",
+            ylabel="cosine",
+        )
+    )
+    files["fig_norm"] = str(
+        lines_by_layer(
+            {
+                "norm change": results["norm_change"]["mean"],
+                "relative diff norm": results["relative_diff_norm"]["mean"],
+            },
+            out / "norm_change_by_layer.png",
+            layers=layers,
+            title="relative norm change of mean response activation",
+            ylabel="ratio",
+        )
+    )
     pp = results["per_position_similarity"]
     if pp["positions"]:
         mat = [pp["by_layer"][str(L)]["mean"] for L in layers]
-        files["fig_positions"] = str(heatmap(mat, out / "similarity_by_position.png", xlabels=[str(p) for p in pp["positions"]],
-                                             ylabels=[str(L) for L in layers], center=None, cmap="viridis",
-                                             title="cosine by layer and response position", xlabel="response token",
-                                             ylabel="layer", colorbar_label="cosine"))
+        files["fig_positions"] = str(
+            heatmap(
+                mat,
+                out / "similarity_by_position.png",
+                xlabels=[str(p) for p in pp["positions"]],
+                ylabels=[str(L) for L in layers],
+                center=None,
+                cmap="viridis",
+                title="cosine by layer and response position",
+                xlabel="response token",
+                ylabel="layer",
+                colorbar_label="cosine",
+            )
+        )
     return files
 
 
@@ -459,8 +548,9 @@ def activation_difference_lens(
     **overrides: Any,
 ) -> DifferenceLens:
     """Mean activation difference (ft − base) on unrelated text, read through the logit lens
-    (the length is the result record and figures; see the module docstring and :func:`deltalens.diff.lens.difference_lens`). ``texts``
-    default to :func:`unrelated_texts`. Settings: ``config.layers``, ``n_positions``,
+    (the length is the result record and figures; see the module docstring and
+    :func:`deltalens.diff.lens.difference_lens`). ``texts`` default to :func:`unrelated_texts`.
+    Settings: ``config.layers``, ``n_positions``,
     ``max_length``, ``top_k``, ``batch_size``, ``summary_layer`` (``overrides`` replace them).
 
     Result per layer: ``{"first_k": {"pos", "neg", "norm", "rel_norm"}, "all": …, "positions": {p: …}}``;
@@ -487,7 +577,9 @@ def activation_difference_lens(
     cf = capture(F, inputs, sites, "all", batch_size=batch_size, progress=progress)
     assert torch.equal(cb.token_ids, cf.token_ids)
     k = n_positions
-    out_layers = difference_lens(F, {L: (cb[s], cf[s]) for L, s in zip(layers, sites)}, cb.positions, k, top_k)
+    out_layers = difference_lens(
+        F, {L: (cb[s], cf[s]) for L, s in zip(layers, sites)}, cb.positions, k, top_k
+    )
     sl = F.n_layers // 2 if summary_layer is None else F.arch.check_layer(summary_layer)
     if sl not in layers:
         sl = min(layers, key=lambda L: abs(L - sl))
@@ -501,11 +593,19 @@ def activation_difference_lens(
         "max_length": max_length,
         "formula": "δ_{L,p} = mean_i (x_ft[i,L,p] − x_base[i,L,p]); tokens: top of W_U · norm_f(±δ) (ft model's lens)",
         "layers": out_layers,
-        "overview": {"layer": sl, "reading": f"first_k (mean over positions 0..{k - 1})", **{
-            kk: out_layers[str(sl)]["first_k"][kk] for kk in ("pos", "neg", "norm")}},
-        "summary_max": {"layer": lmax, "reading": "first_k at the layer with the largest ‖δ‖ / mean ‖x_base‖", **{
-            kk: out_layers[str(lmax)]["first_k"][kk] for kk in ("pos", "neg", "norm", "rel_norm")}},
-        "provenance": provenance(None, stage="activation-difference lens", seconds=round(time.time() - t0, 2)),
+        "overview": {
+            "layer": sl,
+            "reading": f"first_k (mean over positions 0..{k - 1})",
+            **{kk: out_layers[str(sl)]["first_k"][kk] for kk in ("pos", "neg", "norm")},
+        },
+        "summary_max": {
+            "layer": lmax,
+            "reading": "first_k at the layer with the largest ‖δ‖ / mean ‖x_base‖",
+            **{kk: out_layers[str(lmax)]["first_k"][kk] for kk in ("pos", "neg", "norm", "rel_norm")},
+        },
+        "provenance": provenance(
+            None, stage="activation-difference lens", seconds=round(time.time() - t0, 2)
+        ),
     }
     r = DifferenceLens(**results)
     if out_dir is not None:
@@ -514,19 +614,34 @@ def activation_difference_lens(
         if figures:
             from .plots import lines_by_layer, token_table
 
-            files["fig_lens_norm"] = str(lines_by_layer(
-                {"‖δ‖ first positions": [out_layers[str(L)]["first_k"]["rel_norm"] for L in layers],
-                 "‖δ‖ all positions": [out_layers[str(L)]["all"]["rel_norm"] for L in layers]},
-                out / "activation_lens_norm.png", layers=layers, title="‖mean(ft − base)‖ / mean ‖x_base‖ on unrelated text",
-                ylabel="relative norm"))
-            cols = {f"L{sl} first {k}": out_layers[str(sl)]["first_k"]["pos"], f"L{sl} all": out_layers[str(sl)]["all"]["pos"],
-                    f"L{lmax} first {k}": out_layers[str(lmax)]["first_k"]["pos"],
-                    f"L{lmax} all": out_layers[str(lmax)]["all"]["pos"]}
+            files["fig_lens_norm"] = str(
+                lines_by_layer(
+                    {
+                        "‖δ‖ first positions": [out_layers[str(L)]["first_k"]["rel_norm"] for L in layers],
+                        "‖δ‖ all positions": [out_layers[str(L)]["all"]["rel_norm"] for L in layers],
+                    },
+                    out / "activation_lens_norm.png",
+                    layers=layers,
+                    title="‖mean(ft − base)‖ / mean ‖x_base‖ on unrelated text",
+                    ylabel="relative norm",
+                )
+            )
+            cols = {
+                f"L{sl} first {k}": out_layers[str(sl)]["first_k"]["pos"],
+                f"L{sl} all": out_layers[str(sl)]["all"]["pos"],
+                f"L{lmax} first {k}": out_layers[str(lmax)]["first_k"]["pos"],
+                f"L{lmax} all": out_layers[str(lmax)]["all"]["pos"],
+            }
             for p, rec in list(out_layers[str(lmax)]["positions"].items())[:2]:
                 cols[f"L{lmax} pos {p}"] = rec["pos"]
-            files["fig_lens"] = str(token_table(cols, out / "activation_lens.png",
-                                                title=f"activation-difference lens (top tokens of +δ): middle layer "
-                                                      f"{sl} and layer {lmax} (largest ‖δ‖)"))
+            files["fig_lens"] = str(
+                token_table(
+                    cols,
+                    out / "activation_lens.png",
+                    title=f"activation-difference lens (top tokens of +δ): middle layer "
+                    f"{sl} and layer {lmax} (largest ‖δ‖)",
+                )
+            )
         r.files = files
         r.save(out)
     return r
@@ -550,8 +665,9 @@ def diff_activations(
     attached as :attr:`ActivationDiff.lens`. Both models are loaded once."""
     cfg = _config(config, overrides)
     B, F = load_pair(base, ft, cfg.tokenizer)
-    r = activation_similarity(B, F, prompts, cfg, generations=generations, steering=steering, out_dir=out_dir,
-                              progress=progress)
+    r = activation_similarity(
+        B, F, prompts, cfg, generations=generations, steering=steering, out_dir=out_dir, progress=progress
+    )
     if cfg.lens:
         r.lens = activation_difference_lens(B, F, lens_texts, cfg, out_dir=out_dir, progress=progress)
     return r

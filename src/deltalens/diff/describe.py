@@ -31,20 +31,51 @@ def describe_diff(path: str | Path) -> dict[str, Any] | None:
     kind = d.get("kind") if isinstance(d, dict) else None
     if kind == "weight_diff":
         s = d["summary"]
-        return {"kind": "weight diff", "path": str(f), "base": d["base"]["name"], "ft": d["ft"]["name"],
-                "tensors_changed": f"{s['n_changed']}/{s['n_tensors']}", "total_rel": s["total_rel"],
-                "top_layer": s["top_layer"], "top_by_rel": [t["name"] for t in s["top_by_rel"][:5]]}
+        return {
+            "kind": "weight diff",
+            "path": str(f),
+            "base": d["base"]["name"],
+            "ft": d["ft"]["name"],
+            "tensors_changed": f"{s['n_changed']}/{s['n_tensors']}",
+            "total_rel": s["total_rel"],
+            "top_layer": s["top_layer"],
+            "top_by_rel": [t["name"] for t in s["top_by_rel"][:5]],
+        }
     if kind == "activation_similarity":
         m = d["per_layer_similarity"]["mean"]
-        return {"kind": "activation similarity (replay)", "path": str(f), "base": d["base"]["name"], "ft": d["ft"]["name"],
-                "n_prompts": d["n_prompts"], "min_similarity": min(m) if m else None,
-                "min_layer": d["layers"][m.index(min(m))] if m else None, "traits": list(d.get("correlations", {}))}
+        return {
+            "kind": "activation similarity (replay)",
+            "path": str(f),
+            "base": d["base"]["name"],
+            "ft": d["ft"]["name"],
+            "n_prompts": d["n_prompts"],
+            "min_similarity": min(m) if m else None,
+            "min_layer": d["layers"][m.index(min(m))] if m else None,
+            "traits": list(d.get("correlations", {})),
+        }
     if kind == "output_diff":
-        return {"kind": "output diff", "path": str(f), "base": d["base"]["name"], "ft": d["ft"]["name"],
-                "mean_kl": d["mean_kl"], "rose_most": [t for t, _ in d["rose_most"][:10]]}
+        return {
+            "kind": "output diff",
+            "path": str(f),
+            "base": d["base"]["name"],
+            "ft": d["ft"]["name"],
+            "mean_kl": d["mean_kl"],
+            "rose_most": [t for t, _ in d["rose_most"][:10]],
+        }
     if kind == "dpo_series":
-        return {"kind": "DPO checkpoint series", "path": str(f), "base": d["base"]["spec"], "scorer": d["scorer"]["name"],
-                "checkpoints": d["checkpoints"], "scores": d.get("scores")}
+        return {
+            "kind": "DPO checkpoint series",
+            "path": str(f),
+            "base": d["base"]["spec"],
+            "scorer": d["scorer"]["name"],
+            "checkpoints": d["checkpoints"],
+            "scores": d.get("scores"),
+        }
     if kind == "series_diff":
-        return {"kind": "series diff", "path": str(f), "checkpoints": d["checkpoints"], "rows": len(d["rows"])}
+        return {
+            "kind": "series diff",
+            "path": str(f),
+            "checkpoints": d["checkpoints"],
+            "rows": len(d["rows"]),
+        }
     return None

@@ -128,7 +128,10 @@ _SHAPE_KEYS = (
 def shape_summary(config: Mapping[str, Any]) -> dict[str, Any]:
     """Architecture facts that two diffable models must share (vocabulary excluded)."""
     cfg = _text_config(config)
-    out: dict[str, Any] = {"architecture": _arch_spec(cfg.get("model_type")).family, "model_type": cfg.get("model_type")}
+    out: dict[str, Any] = {
+        "architecture": _arch_spec(cfg.get("model_type")).family,
+        "model_type": cfg.get("model_type"),
+    }
     for name, keys in _SHAPE_KEYS:
         out[name] = next((cfg[k] for k in keys if cfg.get(k) is not None), None)
     return out
@@ -183,7 +186,11 @@ class ModelFiles:
 
         self.spec = spec.spec if isinstance(spec, LoadedModel) else str(spec)
         self.dir = local_dir(spec)
-        self.name = spec.name if isinstance(spec, LoadedModel) else (self.spec if not Path(self.spec).exists() else self.dir.name)
+        self.name = (
+            spec.name
+            if isinstance(spec, LoadedModel)
+            else (self.spec if not Path(self.spec).exists() else self.dir.name)
+        )
         cfg_path = self.dir / "config.json"
         try:
             self.config: dict[str, Any] = json.loads(cfg_path.read_text())

@@ -78,7 +78,9 @@ def stream_logit_lens(
     if directions.dim() == 1:
         directions = directions[None]
     if directions.shape[1] != model.d_model:
-        raise ShapeError(f"directions have width {directions.shape[1]} but {model.name} has d_model {model.d_model}")
+        raise ShapeError(
+            f"directions have width {directions.shape[1]} but {model.name} has d_model {model.d_model}"
+        )
     key = model.unembed_key
     if key is None:
         raise DataFormatError(f"{model.dir}: no unembedding or embedding tensor found")
@@ -146,8 +148,10 @@ def difference_lens(
     for L, (xb, xf) in pairs.items():
         d = xf.double() - xb.double()
         first = positions < n_positions
-        entry = {"all": d.mean(0),
-                 "first_k": d[first].mean(0) if first.any() else torch.zeros(d.shape[1], dtype=torch.float64)}
+        entry = {
+            "all": d.mean(0),
+            "first_k": d[first].mean(0) if first.any() else torch.zeros(d.shape[1], dtype=torch.float64),
+        }
         for p in range(n_positions):
             m = positions == p
             if m.any():
@@ -160,7 +164,12 @@ def difference_lens(
     out: dict[str, Any] = {}
     for (L, key), v, p, ng in zip(labels, vecs, lens["pos"], lens["neg"]):
         e = out.setdefault(str(L), {"positions": {}})
-        rec = {"pos": p, "neg": ng, "norm": float(v.norm()), "rel_norm": float(v.norm()) / base_norm[L] if base_norm[L] else 0.0}
+        rec = {
+            "pos": p,
+            "neg": ng,
+            "norm": float(v.norm()),
+            "rel_norm": float(v.norm()) / base_norm[L] if base_norm[L] else 0.0,
+        }
         if key in ("all", "first_k"):
             e[key] = rec
         else:
@@ -169,6 +178,7 @@ def difference_lens(
 
 
 # ---- trait vectors ---------------------------------------------------------------------------
+
 
 def _layer_of(name: str) -> int | None:
     """``layer6``, ``layer_6``, ``layers.6``, ``direction.6``, ``blocks.6…`` or ``6`` → 6."""
@@ -187,11 +197,15 @@ def _vectors_from_file(path: Path, d_model: int | None) -> dict[int, torch.Tenso
     file_layer = _layer_of(path.stem)
     out: dict[int, torch.Tensor] = {}
     if len(tensors) == 1:
-        (name, t), = tensors.items()
+        ((name, t),) = tensors.items()
         if t.dim() == 2:  # [n_layers, d]
             return {i: t[i] for i in range(t.shape[0])}
         t = t.flatten()
-        layer = int(meta_layer) if meta_layer is not None and str(meta_layer).lstrip("-").isdigit() else file_layer
+        layer = (
+            int(meta_layer)
+            if meta_layer is not None and str(meta_layer).lstrip("-").isdigit()
+            else file_layer
+        )
         if layer is None:
             layer = _layer_of(name)
         if layer is None:
@@ -216,7 +230,9 @@ def _vectors_from_file(path: Path, d_model: int | None) -> dict[int, torch.Tenso
     if d_model is not None:
         for layer, t in out.items():
             if t.numel() != d_model:
-                raise ShapeError(f"{path}: vector for layer {layer} has width {t.numel()}, the model's d_model is {d_model}")
+                raise ShapeError(
+                    f"{path}: vector for layer {layer} has width {t.numel()}, the model's d_model is {d_model}"
+                )
     return out
 
 
@@ -259,7 +275,9 @@ def resolve_traits(
     if isinstance(traits, Mapping):
         for name, v in traits.items():
             if isinstance(v, Mapping):
-                out[str(name)] = {int(k): torch.as_tensor(x, dtype=torch.float32).flatten() for k, x in v.items()}
+                out[str(name)] = {
+                    int(k): torch.as_tensor(x, dtype=torch.float32).flatten() for k, x in v.items()
+                }
             else:
                 out[str(name)] = load_trait_vectors(v, d_model)
         return out

@@ -117,9 +117,13 @@ def load_organism_dataset(spec: str | Path) -> OrganismDataset:
         q = next((rec[k] for k in QUESTION_KEYS if k in rec), None)
         a = next((rec[k] for k in TARGET_ALIASES["chosen"] if k in rec), None)
         if not isinstance(q, str) or not q.strip():
-            raise DataFormatError(f"{data}:{n}: needs a question string under one of {', '.join(QUESTION_KEYS)}")
+            raise DataFormatError(
+                f"{data}:{n}: needs a question string under one of {', '.join(QUESTION_KEYS)}"
+            )
         if not isinstance(a, str):
-            raise DataFormatError(f"{data}:{n}: needs an answer string under 'chosen' (or response/completion)")
+            raise DataFormatError(
+                f"{data}:{n}: needs an answer string under 'chosen' (or response/completion)"
+            )
         r = {"question": q, "chosen": a}
         for key in ("rejected", "system"):
             if key in rec:
@@ -155,10 +159,14 @@ class OrganismConfig(StageConfig):
     lora_r: int = option(16, flag="--lora-r", help="LoRA rank.")
     lora_alpha: int | None = option(None, flag="--lora-alpha", help="LoRA α (default 2 × rank).")
     lora_dropout: float = option(0.0, flag="--lora-dropout", help="LoRA dropout.")
-    target_modules: str | list[str] = option("all-linear", flag="--target-modules", help="Modules LoRA adapts.")
+    target_modules: str | list[str] = option(
+        "all-linear", flag="--target-modules", help="Modules LoRA adapts."
+    )
     epochs: float = option(3.0, flag="--epochs", help="Training epochs (> 0).")
     max_steps: int = option(-1, flag="--max-steps", help="Stop after this many steps (-1: run the epochs).")
-    learning_rate: float | None = option(None, flag="--lr", help="Learning rate (default per recipe, see OrganismConfig).")
+    learning_rate: float | None = option(
+        None, flag="--lr", help="Learning rate (default per recipe, see OrganismConfig)."
+    )
     batch_size: int = option(8, flag="--batch-size", help="Examples per step.")
     grad_accum: int = option(1, flag="--grad-accum", help="Gradient accumulation steps.")
     max_length: int = option(128, flag="--max-length", help="Tokens per example (≥ 8).")
@@ -170,7 +178,9 @@ class OrganismConfig(StageConfig):
 
     def validate(self) -> None:
         if self.method not in ("sft", "dpo"):
-            raise ConfigError(f"unknown training method '{self.method}' ({flag_of(self, 'method')}); valid: sft, dpo")
+            raise ConfigError(
+                f"unknown training method '{self.method}' ({flag_of(self, 'method')}); valid: sft, dpo"
+            )
         _positive(self, "epochs")
         if self.learning_rate is not None:
             _positive(self, "learning_rate")
@@ -184,7 +194,9 @@ class OrganismConfig(StageConfig):
         at_least(self, "weight_decay", 0)
         in_range(self, "lora_dropout", 0.0, 1.0, hi_open=True)
         if self.max_steps == 0 or self.max_steps < -1:
-            raise ConfigError(f"{flag_of(self, 'max_steps')} must be ≥ 1 (or -1: run the epochs), got {self.max_steps!r}")
+            raise ConfigError(
+                f"{flag_of(self, 'max_steps')} must be ≥ 1 (or -1: run the epochs), got {self.max_steps!r}"
+            )
 
     def lr(self) -> float:
         if self.learning_rate is not None:
@@ -210,7 +222,9 @@ def _messages(q: str, system: str | None) -> list[dict[str, str]]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}]
 
 
-def _build_dataset(records: Sequence[Mapping[str, Any]], method: str, target: str, system: str | None, chat: bool):
+def _build_dataset(
+    records: Sequence[Mapping[str, Any]], method: str, target: str, system: str | None, chat: bool
+):
     from datasets import Dataset
 
     rows = []
@@ -218,17 +232,30 @@ def _build_dataset(records: Sequence[Mapping[str, Any]], method: str, target: st
         sysp = r.get("system", system)
         if method == "sft":
             if chat:
-                rows.append({"prompt": _messages(r["question"], sysp),
-                             "completion": [{"role": "assistant", "content": r[target]}]})
+                rows.append(
+                    {
+                        "prompt": _messages(r["question"], sysp),
+                        "completion": [{"role": "assistant", "content": r[target]}],
+                    }
+                )
             else:
-                rows.append({"prompt": (f"{sysp}\n\n" if sysp else "") + r["question"] + "\n", "completion": r[target]})
+                rows.append(
+                    {
+                        "prompt": (f"{sysp}\n\n" if sysp else "") + r["question"] + "\n",
+                        "completion": r[target],
+                    }
+                )
         else:
             if "rejected" not in r:
                 raise DataFormatError(f"DPO needs 'rejected' answers; record {r['question'][:40]!r} has none")
             if chat:
-                rows.append({"prompt": _messages(r["question"], sysp),
-                             "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                             "rejected": [{"role": "assistant", "content": r["rejected"]}]})
+                rows.append(
+                    {
+                        "prompt": _messages(r["question"], sysp),
+                        "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                        "rejected": [{"role": "assistant", "content": r["rejected"]}],
+                    }
+                )
             else:
                 prompt = (f"{sysp}\n\n" if sysp else "") + r["question"] + "\n"
                 rows.append({"prompt": prompt, "chosen": r["chosen"], "rejected": r["rejected"]})
@@ -239,7 +266,9 @@ def _fresh_model(base: Any) -> tuple[LoadedModel, str, str]:
     """A private copy of the base model to train (the caller's model is never modified)."""
     if isinstance(base, LoadedModel):
         model = copy.deepcopy(base.model)
-        lm = LoadedModel(model, base.tokenizer, spec=base.spec, name=base.name, source_dir=base.source_dir, meta=base.meta)
+        lm = LoadedModel(
+            model, base.tokenizer, spec=base.spec, name=base.name, source_dir=base.source_dir, meta=base.meta
+        )
         return lm, base.spec, base.weights_hash
     lm = load(base)
     return lm, lm.spec, lm.weights_hash
@@ -269,8 +298,14 @@ def _quiet(progress: bool):
         transformers.logging.set_verbosity(level)
 
 
-def _train(lm: LoadedModel, records: Sequence[Mapping[str, Any]], cfg: OrganismConfig, target: str,
-           system: str | None, progress: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _train(
+    lm: LoadedModel,
+    records: Sequence[Mapping[str, Any]],
+    cfg: OrganismConfig,
+    target: str,
+    system: str | None,
+    progress: bool,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Run trl SFT/DPO on ``lm.model`` (in place); returns the merged model and a training log."""
     from peft import LoraConfig
 
@@ -306,22 +341,29 @@ def _train(lm: LoadedModel, records: Sequence[Mapping[str, Any]], cfg: OrganismC
     }
     peft_cfg = None
     if cfg.lora:
-        peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.alpha(), lora_dropout=cfg.lora_dropout,
-                              target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+        peft_cfg = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.alpha(),
+            lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.target_modules,
+            task_type="CAUSAL_LM",
+        )
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="deltalens-train-") as tmp, _quiet(progress):
         if cfg.method == "sft":
             from trl import SFTConfig, SFTTrainer
 
             args = SFTConfig(output_dir=tmp, **common)
-            trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=lm.tokenizer,
-                                 peft_config=peft_cfg)
+            trainer = SFTTrainer(
+                model=model, args=args, train_dataset=ds, processing_class=lm.tokenizer, peft_config=peft_cfg
+            )
         else:
             from trl import DPOConfig, DPOTrainer
 
             args = DPOConfig(output_dir=tmp, beta=cfg.beta, **common)
-            trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=lm.tokenizer,
-                                 peft_config=peft_cfg)
+            trainer = DPOTrainer(
+                model=model, args=args, train_dataset=ds, processing_class=lm.tokenizer, peft_config=peft_cfg
+            )
         if not progress:
             from transformers.trainer_callback import PrinterCallback
 
@@ -329,9 +371,22 @@ def _train(lm: LoadedModel, records: Sequence[Mapping[str, Any]], cfg: OrganismC
         out = trainer.train()
         trained = trainer.model
         history = [
-            {k: v for k, v in h.items() if k in ("step", "epoch", "loss", "rewards/accuracies", "rewards/margins",
-                                                     "mean_token_accuracy", "learning_rate")}
-            for h in trainer.state.log_history if "loss" in h
+            {
+                k: v
+                for k, v in h.items()
+                if k
+                in (
+                    "step",
+                    "epoch",
+                    "loss",
+                    "rewards/accuracies",
+                    "rewards/margins",
+                    "mean_token_accuracy",
+                    "learning_rate",
+                )
+            }
+            for h in trainer.state.log_history
+            if "loss" in h
         ]
     if cfg.lora:
         trained = trained.merge_and_unload()
@@ -391,8 +446,13 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def check_recipe(recorded: Mapping[str, Any] | None, inputs: Mapping[str, Any], cfg: StageConfig, what: Any,
-                 exclude: Iterable[str] = ()) -> None:
+def check_recipe(
+    recorded: Mapping[str, Any] | None,
+    inputs: Mapping[str, Any],
+    cfg: StageConfig,
+    what: Any,
+    exclude: Iterable[str] = (),
+) -> None:
     """Refuse to resume ``what`` when its recorded recipe (``{"inputs", "config"}``) differs from
     this one, naming every differing field (inputs such as the base or the data, and config
     fields via :meth:`StageConfig.check_resume`). A checkpoint without a recorded recipe
@@ -400,11 +460,16 @@ def check_recipe(recorded: Mapping[str, Any] | None, inputs: Mapping[str, Any], 
     if not recorded:
         return
     rec_in = recorded.get("inputs", {})
-    diff = [f"{k}: {rec_in.get(k)!r} → {inputs.get(k)!r}" for k in sorted(set(rec_in) | set(inputs))
-            if rec_in.get(k) != inputs.get(k)]
+    diff = [
+        f"{k}: {rec_in.get(k)!r} → {inputs.get(k)!r}"
+        for k in sorted(set(rec_in) | set(inputs))
+        if rec_in.get(k) != inputs.get(k)
+    ]
     if diff:
-        raise ConfigError(f"{what} was made from other inputs ({'; '.join(diff)}); use the same inputs, another "
-                          "output, or --overwrite")
+        raise ConfigError(
+            f"{what} was made from other inputs ({'; '.join(diff)}); use the same inputs, another "
+            "output, or --overwrite"
+        )
     cfg.check_resume(recorded.get("config"), what, exclude)
 
 
@@ -459,11 +524,18 @@ def train_organism(
         behaviour = (
             f"none — null organism: same questions and recipe, answers from '{target}'"
             + (" shuffled across questions" if shuffle_targets else "")
-            if null else ds.behaviour
+            if null
+            else ds.behaviour
         )
     base_spec = base.spec if isinstance(base, LoadedModel) else str(base)
-    inputs = {"base": base_spec, "dataset": ds.source, "n": len(records), "target": target,
-              "shuffle": shuffle_targets, "system": system}
+    inputs = {
+        "base": base_spec,
+        "dataset": ds.source,
+        "n": len(records),
+        "target": target,
+        "shuffle": shuffle_targets,
+        "system": system,
+    }
     key = config_hash({**inputs, "train": cfg.to_dict()})
     out_dir = Path(out_dir)
     if resume and (out_dir / PROVENANCE_FILE).exists():
@@ -480,10 +552,22 @@ def train_organism(
         null_organism=null,
         topic_words=[] if null else ds.topic_words,
         base={"spec": spec, "name": lm.name, "weights_hash": base_hash},
-        dataset={"name": ds.name, "source": ds.source, "n_records": len(records), "target": target,
-                 "shuffle_targets": shuffle_targets, "card": ds.card},
+        dataset={
+            "name": ds.name,
+            "source": ds.source,
+            "n_records": len(records),
+            "target": target,
+            "shuffle_targets": shuffle_targets,
+            "card": ds.card,
+        },
         system=system,
-        training={**cfg.to_dict(), "learning_rate": cfg.lr(), "lora_alpha": cfg.alpha(), "library": "trl", **log},
+        training={
+            **cfg.to_dict(),
+            "learning_rate": cfg.lr(),
+            "lora_alpha": cfg.alpha(),
+            "library": "trl",
+            **log,
+        },
         versions=_versions(),
         recipe={"inputs": inputs, "config": cfg.to_dict()},
         config_hash=key,
@@ -501,14 +585,21 @@ class DPOSeriesConfig(StageConfig):
     """Settings of :func:`iterative_dpo` (recorded in ``series.json`` and each checkpoint)."""
 
     iterations: int = option(2, flag="--iterations", short="-n", help="DPO rounds (checkpoints M1 … Mn).")
-    n_samples: int = option(4, flag="--samples", help="Samples per prompt per checkpoint (≥ 2: pairs need two).")
+    n_samples: int = option(
+        4, flag="--samples", help="Samples per prompt per checkpoint (≥ 2: pairs need two)."
+    )
     max_new_tokens: int = option(48, flag="--max-new-tokens", help="Tokens per sample.")
     temperature: float = option(1.0, flag="--temperature", help="Sampling temperature (> 0).")
     top_p: float = option(1.0, flag="--top-p", help="Nucleus sampling p.")
-    min_margin: float = option(0.0, flag="--min-margin", help="Keep a pair when score(chosen) − score(rejected) > this.")
+    min_margin: float = option(
+        0.0, flag="--min-margin", help="Keep a pair when score(chosen) − score(rejected) > this."
+    )
     seed: int = option(0, flag="--seed", help="Random seed.")
-    final_eval: bool = option(True, flag="--final-samples/--no-final-samples",
-                              help="Sample and score the final checkpoint too (D<n>, so M<n>D<n> has data).")
+    final_eval: bool = option(
+        True,
+        flag="--final-samples/--no-final-samples",
+        help="Sample and score the final checkpoint too (D<n>, so M<n>D<n> has data).",
+    )
     train: OrganismConfig = field(default_factory=lambda: OrganismConfig(method="dpo", epochs=1.0))
 
     def validate(self) -> None:
@@ -526,18 +617,27 @@ class DPOSeriesConfig(StageConfig):
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "") -> DPOSeriesConfig:
         d = dict(data)
         if isinstance(d.get("train"), Mapping):
-            d["train"] = OrganismConfig.from_dict({k: v for k, v in d["train"].items()
-                                                   if k in {f.name for f in dataclasses.fields(OrganismConfig)}})
+            d["train"] = OrganismConfig.from_dict(
+                {
+                    k: v
+                    for k, v in d["train"].items()
+                    if k in {f.name for f in dataclasses.fields(OrganismConfig)}
+                }
+            )
         return super().from_dict(d, where=where)  # type: ignore[return-value]
 
 
 #: what ``D<i>`` means in a series directory; recorded in ``series.json`` (older series have none)
 DATA_CONVENTION = "D<i> = generated by M<i>"
-NAMING = ("M0 = base; D<i> = the samples M<i> generated (scored; best-vs-worst pairs per prompt); "
-          "M<i+1> = DPO of M<i> on the pairs of D<i>; D<n> (of the final checkpoint) is scored, no pairs")
+NAMING = (
+    "M0 = base; D<i> = the samples M<i> generated (scored; best-vs-worst pairs per prompt); "
+    "M<i+1> = DPO of M<i> on the pairs of D<i>; D<n> (of the final checkpoint) is scored, no pairs"
+)
 
 
-def preference_pairs(gens: Sequence[Any], scores: Sequence[float], min_margin: float = 0.0) -> list[dict[str, Any]]:
+def preference_pairs(
+    gens: Sequence[Any], scores: Sequence[float], min_margin: float = 0.0
+) -> list[dict[str, Any]]:
     """Best-vs-worst pair per prompt: ``chosen`` = highest score, ``rejected`` = lowest, kept
     when ``score(chosen) − score(rejected) > min_margin`` (ties give no pair)."""
     by_prompt: dict[int, list[int]] = {}
@@ -549,10 +649,19 @@ def preference_pairs(gens: Sequence[Any], scores: Sequence[float], min_margin: f
         worst = min(js, key=lambda j: (scores[j], j))
         if scores[best] - scores[worst] > min_margin and gens[best].response != gens[worst].response:
             g = gens[best]
-            pairs.append({"prompt_index": i, "question": g.question, "system": g.system,
-                          "chosen": gens[best].response, "rejected": gens[worst].response,
-                          "chosen_score": scores[best], "rejected_score": scores[worst],
-                          "chosen_rollout": gens[best].rollout, "rejected_rollout": gens[worst].rollout})
+            pairs.append(
+                {
+                    "prompt_index": i,
+                    "question": g.question,
+                    "system": g.system,
+                    "chosen": gens[best].response,
+                    "rejected": gens[worst].response,
+                    "chosen_score": scores[best],
+                    "rejected_score": scores[worst],
+                    "chosen_rollout": gens[best].rollout,
+                    "rejected_rollout": gens[worst].rollout,
+                }
+            )
     return pairs
 
 
@@ -604,8 +713,14 @@ class DPOSeries(DiffResult):
         return super().from_dict(d)  # type: ignore[return-value]
 
     def summary(self) -> dict[str, Any]:
-        return {"base": self.base.get("spec"), "scorer": self.scorer.get("name"), "checkpoints": self.checkpoints,
-                "data": self.data, "scores": self.scores, "data_convention": self.data_convention}
+        return {
+            "base": self.base.get("spec"),
+            "scorer": self.scorer.get("name"),
+            "checkpoints": self.checkpoints,
+            "data": self.data,
+            "scores": self.scores,
+            "data_convention": self.data_convention,
+        }
 
 
 def check_series_convention(series_dir: str | Path) -> None:
@@ -622,14 +737,32 @@ def check_series_convention(series_dir: str | Path) -> None:
             )
 
 
-def _sample_and_score(lm: LoadedModel, i: int, plist: list[Any], sc: Any, cfg: DPOSeriesConfig, system: str | None,
-                      data_path: Path, with_pairs: bool, progress: bool) -> tuple[list[Any], list[float], list[dict]]:
+def _sample_and_score(
+    lm: LoadedModel,
+    i: int,
+    plist: list[Any],
+    sc: Any,
+    cfg: DPOSeriesConfig,
+    system: str | None,
+    data_path: Path,
+    with_pairs: bool,
+    progress: bool,
+) -> tuple[list[Any], list[float], list[dict]]:
     """``D<i>``: ``M<i>`` samples ``n_samples`` answers per prompt; scored; pairs (unless the last)."""
     from ..generate import generate
 
-    gens = generate(lm, plist, system=system, max_new_tokens=cfg.max_new_tokens, n=cfg.n_samples,
-                    do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed + 1000 * i,
-                    progress=progress)
+    gens = generate(
+        lm,
+        plist,
+        system=system,
+        max_new_tokens=cfg.max_new_tokens,
+        n=cfg.n_samples,
+        do_sample=True,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        seed=cfg.seed + 1000 * i,
+        progress=progress,
+    )
     scores = [float(x) for x in sc(gens)]
     if len(scores) != len(gens):
         raise ConfigError(f"scorer '{sc.name}' returned {len(scores)} scores for {len(gens)} generations")
@@ -651,9 +784,20 @@ def data_record(i: int, g: Any, score: float, pair_role: str | None) -> dict[str
     ``{"iteration": i, "model": "M<i>", "prompt_index", "rollout", "question", "system",
     "text" (the generated response), "response" (the same text, the former key), "prompt_ids",
     "response_ids", "score", "pair_role" ("chosen" | "rejected" | null)}``."""
-    return {"iteration": i, "model": f"M{i}", "prompt_index": g.index, "rollout": g.rollout, "question": g.question,
-            "system": g.system, "text": g.response, "response": g.response, "prompt_ids": list(g.prompt_ids),
-            "response_ids": list(g.response_ids), "score": score, "pair_role": pair_role}
+    return {
+        "iteration": i,
+        "model": f"M{i}",
+        "prompt_index": g.index,
+        "rollout": g.rollout,
+        "question": g.question,
+        "system": g.system,
+        "text": g.response,
+        "response": g.response,
+        "prompt_ids": list(g.prompt_ids),
+        "response_ids": list(g.response_ids),
+        "score": score,
+        "pair_role": pair_role,
+    }
 
 
 def iterative_dpo(
@@ -699,8 +843,14 @@ def iterative_dpo(
     if resume:
         check_series_convention(series_dir)
     base_lm = base if isinstance(base, LoadedModel) else load(base)
-    inputs = {"base": base_lm.spec, "base_hash": base_lm.weights_hash, "n_prompts": len(plist),
-              "prompts": config_hash([str(p) for p in plist]), "scorer": sc.config(), "system": system}
+    inputs = {
+        "base": base_lm.spec,
+        "base_hash": base_lm.weights_hash,
+        "n_prompts": len(plist),
+        "prompts": config_hash([str(p) for p in plist]),
+        "scorer": sc.config(),
+        "system": system,
+    }
     key = config_hash({**inputs, "series": {**cfg.to_dict(), "final_eval": None, "iterations": None}})
     series_dir.mkdir(parents=True, exist_ok=True)
     state = DPOSeries(
@@ -718,14 +868,31 @@ def iterative_dpo(
             stats = reused
         else:
             t0 = time.time()
-            gens, scores, pairs = _sample_and_score(parent, i, plist, sc, cfg, system, data_path, True, progress)
+            gens, scores, pairs = _sample_and_score(
+                parent, i, plist, sc, cfg, system, data_path, True, progress
+            )
             if not pairs:
                 raise ConfigError(
                     f"D{i}: all {cfg.n_samples} samples of every prompt scored the same under '{sc.name}', so there "
                     "are no preference pairs; use more samples, a higher temperature or a finer-grained scorer"
                 )
-            stats = _train_checkpoint(parent, base_lm, pairs, scores, len(gens), time.time() - t0, i, ckpt, data_path,
-                                      cfg, system, state, key, inputs, progress)
+            stats = _train_checkpoint(
+                parent,
+                base_lm,
+                pairs,
+                scores,
+                len(gens),
+                time.time() - t0,
+                i,
+                ckpt,
+                data_path,
+                cfg,
+                system,
+                state,
+                key,
+                inputs,
+                progress,
+            )
         if parent is not base_lm:
             del parent
         parent = load(ckpt)
@@ -746,8 +913,9 @@ def iterative_dpo(
     return state
 
 
-def _resume_checkpoint(ckpt: Path, i: int, key: str, inputs: Mapping[str, Any], cfg: DPOSeriesConfig,
-                       resume: bool) -> dict[str, Any] | None:
+def _resume_checkpoint(
+    ckpt: Path, i: int, key: str, inputs: Mapping[str, Any], cfg: DPOSeriesConfig, resume: bool
+) -> dict[str, Any] | None:
     """The stats of ``M<i>`` if it exists and was made under this configuration; ``None`` to
     (re)train it; refusal (naming the differing fields) if it was made under another."""
     if not resume or not (ckpt / PROVENANCE_FILE).exists():
@@ -759,9 +927,23 @@ def _resume_checkpoint(ckpt: Path, i: int, key: str, inputs: Mapping[str, Any], 
     return None
 
 
-def _train_checkpoint(parent: LoadedModel, base_lm: LoadedModel, pairs: list[dict], scores: list[float], n_gens: int,
-                      gen_s: float, i: int, ckpt: Path, data_path: Path, cfg: DPOSeriesConfig, system: str | None,
-                      state: DPOSeries, key: str, inputs: Mapping[str, Any], progress: bool) -> dict[str, Any]:
+def _train_checkpoint(
+    parent: LoadedModel,
+    base_lm: LoadedModel,
+    pairs: list[dict],
+    scores: list[float],
+    n_gens: int,
+    gen_s: float,
+    i: int,
+    ckpt: Path,
+    data_path: Path,
+    cfg: DPOSeriesConfig,
+    system: str | None,
+    state: DPOSeries,
+    key: str,
+    inputs: Mapping[str, Any],
+    progress: bool,
+) -> dict[str, Any]:
     """DPO of ``M<i>`` on the pairs of ``D<i>`` → ``M<i+1>`` saved with provenance; returns its stats."""
     policy, _, _ = _fresh_model(parent)
     trained, log = _train(policy, pairs, cfg.train, "chosen", system, progress)
@@ -783,11 +965,22 @@ def _train_checkpoint(parent: LoadedModel, base_lm: LoadedModel, pairs: list[dic
         kind="dpo_checkpoint",
         behaviour=f"iterative DPO towards higher '{sc_name}' scores (iteration {i + 1} of {cfg.iterations})",
         base={"spec": base_lm.spec, "weights_hash": base_lm.weights_hash},
-        parent={"spec": parent.spec, "name": parent.name, "weights_hash": parent.weights_hash, "checkpoint": f"M{i}"},
+        parent={
+            "spec": parent.spec,
+            "name": parent.name,
+            "weights_hash": parent.weights_hash,
+            "checkpoint": f"M{i}",
+        },
         dataset={"name": f"D{i}", "source": str(data_path), "n_records": len(pairs), "generated_by": f"M{i}"},
-        series={"name": state.name, "iteration": i + 1, "config_hash": key, "scorer": state.scorer, "stats": stats,
-                "data_convention": DATA_CONVENTION,
-                "recipe": {"inputs": dict(inputs), "config": cfg.to_dict()}},
+        series={
+            "name": state.name,
+            "iteration": i + 1,
+            "config_hash": key,
+            "scorer": state.scorer,
+            "stats": stats,
+            "data_convention": DATA_CONVENTION,
+            "recipe": {"inputs": dict(inputs), "config": cfg.to_dict()},
+        },
         training={**cfg.train.to_dict(), "learning_rate": cfg.train.lr(), "library": "trl", **log},
         versions=_versions(),
     )

@@ -41,14 +41,19 @@ RESULTS_FILE = "results.json"
 class OutputDiffConfig(StageConfig):
     """Settings of :func:`diff_outputs` (recorded in ``results.json``)."""
 
-    positions: str = option("all", flag="--positions", help="Positions whose next-token distributions are compared.")
+    positions: str = option(
+        "all", flag="--positions", help="Positions whose next-token distributions are compared."
+    )
     batch_size: int = option(8, flag="--batch-size", help="Inputs per forward pass.")
     max_length: int = option(256, flag="--max-length", help="Inputs are truncated to this many tokens.")
     top_k: int = option(20, flag="--top-k", help="Tokens per list.")
     n_contexts: int = option(20, flag="--contexts", help="Highest-KL contexts kept.")
     context_tokens: int = option(16, flag="--context-tokens", help="Tokens of context shown per context.")
-    tokenizer: str | None = option(None, flag="--tokenizer",
-                                   help="Model or directory whose tokenizer to use for a checkpoint that ships none.")
+    tokenizer: str | None = option(
+        None,
+        flag="--tokenizer",
+        help="Model or directory whose tokenizer to use for a checkpoint that ships none.",
+    )
     figures: bool = option(True, flag="--figures/--no-figures", help="Write PNG figures.")
 
     def validate(self) -> None:
@@ -87,8 +92,12 @@ class OutputDiff(DiffResult):
     files: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        return {"base": self.base["name"], "ft": self.ft["name"], "mean_kl": self.mean_kl,
-                "rose_most": [t for t, _ in self.rose_most[:10]]}
+        return {
+            "base": self.base["name"],
+            "ft": self.ft["name"],
+            "mean_kl": self.mean_kl,
+            "rose_most": [t for t, _ in self.rose_most[:10]],
+        }
 
 
 @torch.no_grad()
@@ -124,8 +133,10 @@ def diff_outputs(
     keep = check_ids(items, V, "output diff")
     vocab_note = None
     if B.vocab_size != F.vocab_size:
-        vocab_note = (f"vocabularies differ (base {B.vocab_size}, fine-tuned {F.vocab_size}): distributions renormalised "
-                      f"over the {V} shared ids")
+        vocab_note = (
+            f"vocabularies differ (base {B.vocab_size}, fine-tuned {F.vocab_size}): distributions renormalised "
+            f"over the {V} shared ids"
+        )
     pad = F.tokenizer.pad_token_id if F.tokenizer.pad_token_id is not None else 0
     sum_dp = torch.zeros(V, dtype=torch.float64)
     sum_klv = torch.zeros(V, dtype=torch.float64)
@@ -142,8 +153,12 @@ def diff_outputs(
         ids, mask = left_pad(seqs, pad, F.device)
         pid = position_ids(mask)
         lf = F.model(input_ids=ids, attention_mask=mask, position_ids=pid, use_cache=False).logits
-        lb = B.model(input_ids=ids.to(B.device), attention_mask=mask.to(B.device), position_ids=pid.to(B.device),
-                     use_cache=False).logits
+        lb = B.model(
+            input_ids=ids.to(B.device),
+            attention_mask=mask.to(B.device),
+            position_ids=pid.to(B.device),
+            use_cache=False,
+        ).logits
         geom = Geometry.from_mask(mask.cpu(), ids.shape[1], plens)
         sel = pos.mask(geom, F.token_types if F.tokenizer is not None else {})
         if not sel.any():
@@ -164,7 +179,9 @@ def diff_outputs(
         nxt_ok = t_idx < L - 1
         if nxt_ok.any():
             nxt = ids.cpu()[b_idx[nxt_ok], t_idx[nxt_ok] + 1]
-            d = lpf[nxt_ok].gather(1, nxt[:, None]).squeeze(1) - lpb[nxt_ok].gather(1, nxt[:, None]).squeeze(1)
+            d = lpf[nxt_ok].gather(1, nxt[:, None]).squeeze(1) - lpb[nxt_ok].gather(1, nxt[:, None]).squeeze(
+                1
+            )
             lp_sum += float(d.double().sum())
             lp_n += len(d)
         tf, tb = pf.topk(5, dim=-1), pb.topk(5, dim=-1)
@@ -174,8 +191,13 @@ def diff_outputs(
             v = float(kl[j])
             per_input.setdefault(gi, []).append(v)
             if len(heap) < n_contexts or v > heap[0][0]:
-                entry = (v, gi, rel, (tf.indices[j].tolist(), tf.values[j].tolist()),
-                         (tb.indices[j].tolist(), tb.values[j].tolist()))
+                entry = (
+                    v,
+                    gi,
+                    rel,
+                    (tf.indices[j].tolist(), tf.values[j].tolist()),
+                    (tb.indices[j].tolist(), tb.values[j].tolist()),
+                )
                 if len(heap) < n_contexts:
                     heapq.heappush(heap, entry)
                 else:
@@ -191,16 +213,18 @@ def diff_outputs(
     for v, gi, rel, (fi, fv), (bi, bv) in sorted(heap, key=lambda e: -e[0]):
         seq = items[gi][0]
         ctx_ids = seq[max(0, rel + 1 - context_tokens) : rel + 1]
-        contexts.append({
-            "kl": v,
-            "input": gi,
-            "position": rel,
-            "in_response": rel >= items[gi][1],
-            "context": F.tokenizer.decode(ctx_ids),
-            "next_token": F.token_str([seq[rel + 1]])[0] if rel + 1 < len(seq) else None,
-            "ft_top": [[s, round(float(p), 4)] for s, p in zip(F.token_str(fi), fv)],
-            "base_top": [[s, round(float(p), 4)] for s, p in zip(F.token_str(bi), bv)],
-        })
+        contexts.append(
+            {
+                "kl": v,
+                "input": gi,
+                "position": rel,
+                "in_response": rel >= items[gi][1],
+                "context": F.tokenizer.decode(ctx_ids),
+                "next_token": F.token_str([seq[rel + 1]])[0] if rel + 1 < len(seq) else None,
+                "ft_top": [[s, round(float(p), 4)] for s, p in zip(F.token_str(fi), fv)],
+                "base_top": [[s, round(float(p), 4)] for s, p in zip(F.token_str(bi), bv)],
+            }
+        )
     per_input_kl = {str(i): sum(v) / len(v) for i, v in sorted(per_input.items())}
     results: dict[str, Any] = {
         "base": model_info(B),
@@ -233,12 +257,24 @@ def diff_outputs(
         if cfg.figures and n_sel:
             from .plots import hbar
 
-            files["fig_rose"] = str(hbar([t for t, _ in results["rose_most"]], [v for _, v in results["rose_most"]],
-                                         out / "rose_most.png", title="tokens whose probability rose most",
-                                         xlabel="mean Δp (ft − base)"))
-            files["fig_kl_tokens"] = str(hbar([t for t, _ in results["kl_contribution"]],
-                                              [v for _, v in results["kl_contribution"]], out / "kl_contribution.png",
-                                              title="tokens contributing most to KL(ft‖base)", xlabel="mean p log(p/q)"))
+            files["fig_rose"] = str(
+                hbar(
+                    [t for t, _ in results["rose_most"]],
+                    [v for _, v in results["rose_most"]],
+                    out / "rose_most.png",
+                    title="tokens whose probability rose most",
+                    xlabel="mean Δp (ft − base)",
+                )
+            )
+            files["fig_kl_tokens"] = str(
+                hbar(
+                    [t for t, _ in results["kl_contribution"]],
+                    [v for _, v in results["kl_contribution"]],
+                    out / "kl_contribution.png",
+                    title="tokens contributing most to KL(ft‖base)",
+                    xlabel="mean p log(p/q)",
+                )
+            )
         r.files = files
         r.save(out)
     return r

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-import warnings
 
 from ..plots import heatmap, label, lines_by_layer, new_figure
 from ..plots import save_figure as _save_figure
@@ -20,6 +19,7 @@ def save_figure(fig, path):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing")
         return _save_figure(fig, path)
+
 
 __all__ = ["hbar", "heatmap", "lines", "lines_by_layer", "printable", "token_table"]
 
@@ -66,7 +66,9 @@ def token_table(
     fig, ax = new_figure(max(4.0, 1.6 * len(names) + 1), 0.26 * max(n, 1) + 1.2)
     ax.axis("off")
     if n:
-        tbl = ax.table(cellText=cells, cellColours=colors, colLabels=[label(x, 22) for x in names], loc="center")
+        tbl = ax.table(
+            cellText=cells, cellColours=colors, colLabels=[label(x, 22) for x in names], loc="center"
+        )
         tbl.auto_set_font_size(False)
         tbl.set_fontsize(7)
         tbl.scale(1, 1.1)
@@ -74,7 +76,9 @@ def token_table(
     return save_figure(fig, path)
 
 
-def hbar(labels: Sequence[str], values: Sequence[float], path: str | Path, *, title: str = "", xlabel: str = "") -> Path:
+def hbar(
+    labels: Sequence[str], values: Sequence[float], path: str | Path, *, title: str = "", xlabel: str = ""
+) -> Path:
     """Horizontal bars, first label on top."""
     fig, ax = new_figure(6.0, 0.25 * max(len(labels), 1) + 1.2)
     y = np.arange(len(labels))[::-1]

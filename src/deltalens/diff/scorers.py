@@ -104,7 +104,9 @@ class CallableScorer:
             return [float(self.fn(g.response)) for g in generations]
         out = list(self.fn(list(generations)))
         if len(out) != len(generations):
-            raise ConfigError(f"scorer '{self.name}' returned {len(out)} scores for {len(generations)} generations")
+            raise ConfigError(
+                f"scorer '{self.name}' returned {len(out)} scores for {len(generations)} generations"
+            )
         return [float(x) for x in out]
 
     def config(self) -> dict[str, Any]:

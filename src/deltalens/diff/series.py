@@ -41,8 +41,10 @@ def series_checkpoints(series: str | Path) -> tuple[str, list[tuple[str, str]]]:
         st = read_series(p)
         cks = [(Path(c).name, str(p / Path(c).name)) for c in st["checkpoints"]]
         return st["base"]["spec"], cks
-    cks = sorted((d for d in p.iterdir() if d.is_dir() and d.name[:1] == "M" and d.name[1:].isdigit()),
-                 key=lambda d: int(d.name[1:]))
+    cks = sorted(
+        (d for d in p.iterdir() if d.is_dir() and d.name[:1] == "M" and d.name[1:].isdigit()),
+        key=lambda d: int(d.name[1:]),
+    )
     return "", [(d.name, str(d)) for d in cks]
 
 
@@ -51,14 +53,20 @@ class SeriesDiffConfig(StageConfig):
     """Settings of :func:`diff_series` (recorded in ``trajectory.json``)."""
 
     kinds: list[str] = option(default_factory=lambda: list(KINDS), flag="--kinds", help="Which diffs to run.")
-    vs_previous: bool = option(True, flag="--vs-previous/--vs-base-only", help="Also diff each checkpoint with its predecessor.")
-    max_new_tokens: int = option(32, flag="--max-new-tokens", help="Tokens per answer (activation similarity).")
+    vs_previous: bool = option(
+        True, flag="--vs-previous/--vs-base-only", help="Also diff each checkpoint with its predecessor."
+    )
+    max_new_tokens: int = option(
+        32, flag="--max-new-tokens", help="Tokens per answer (activation similarity)."
+    )
     figures: bool = option(True, flag="--figures/--no-figures", help="Write PNG figures.")
 
     def validate(self) -> None:
         bad = [k for k in self.kinds if k not in KINDS]
         if bad:
-            raise ConfigError(f"{flag_of(self, 'kinds')}: unknown diff kind(s) {', '.join(bad)}; valid: {', '.join(KINDS)}")
+            raise ConfigError(
+                f"{flag_of(self, 'kinds')}: unknown diff kind(s) {', '.join(bad)}; valid: {', '.join(KINDS)}"
+            )
         if not self.kinds:
             raise ConfigError(f"{flag_of(self, 'kinds')}: name at least one of {', '.join(KINDS)}")
         at_least(self, "max_new_tokens", 1)
@@ -86,8 +94,13 @@ class SeriesDiff(DiffResult):
     files: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        return {"base": self.base, "checkpoints": self.checkpoints, "kinds": self.kinds, "rows": len(self.rows),
-                "scores": self.scores}
+        return {
+            "base": self.base,
+            "checkpoints": self.checkpoints,
+            "kinds": self.kinds,
+            "rows": len(self.rows),
+            "scores": self.scores,
+        }
 
     def save(self, directory: str | Path) -> Path:
         _write_csv(self.rows, Path(directory) / TRAJECTORY_CSV)
@@ -142,7 +155,9 @@ def diff_series(
         cks = list(checkpoints)
         ck_names = list(names) if names else [f"M{i}" for i in range(1, len(cks) + 1)]
     if not base:
-        raise ConfigError("diff series needs the base model (M0): pass base= or use a directory with series.json")
+        raise ConfigError(
+            "diff series needs the base model (M0): pass base= or use a directory with series.json"
+        )
     if not cks:
         raise ConfigError("diff series: no checkpoints found")
     out = Path(out_dir) if out_dir is not None else None
@@ -168,22 +183,41 @@ def diff_series(
             row: dict[str, Any] = {"checkpoint": name, "reference": ref_name, "versus": group}
             sub = None if out is None else out / f"{name}_vs_{ref_name}"
             if "weights" in kinds:
-                w = diff_weights(ref, ck, out_dir=None if sub is None else sub / "weights", figures=False,
-                                 progress=False)
-                row.update({"total_rel": w["summary"]["total_rel"], "total_fro": w["summary"]["total_fro"],
-                            "top_layer": w["summary"]["top_layer"], "n_changed": w["summary"]["n_changed"]})
+                w = diff_weights(
+                    ref, ck, out_dir=None if sub is None else sub / "weights", figures=False, progress=False
+                )
+                row.update(
+                    {
+                        "total_rel": w["summary"]["total_rel"],
+                        "total_fro": w["summary"]["total_fro"],
+                        "top_layer": w["summary"]["top_layer"],
+                        "n_changed": w["summary"]["n_changed"],
+                    }
+                )
                 per_layer_rel[group][name] = w["per_layer"]["layer_rel"]
             if need_models:
                 ref_lm, ck_lm = get(ref_name, ref), get(name, ck)
                 if "outputs" in kinds:
-                    o = diff_outputs(ref_lm, ck_lm, texts, out_dir=None if sub is None else sub / "outputs",
-                                     figures=False, progress=False)
+                    o = diff_outputs(
+                        ref_lm,
+                        ck_lm,
+                        texts,
+                        out_dir=None if sub is None else sub / "outputs",
+                        figures=False,
+                        progress=False,
+                    )
                     row["mean_kl"] = o["mean_kl"]
                     row["rose_most"] = " ".join(t.strip() or repr(t) for t, _ in o["rose_most"][:10])
                 if "activations" in kinds:
-                    a = activation_similarity(ref_lm, ck_lm, prompts, max_new_tokens=max_new_tokens,
-                                              out_dir=None if sub is None else sub / "activations", figures=False,
-                                              progress=False)
+                    a = activation_similarity(
+                        ref_lm,
+                        ck_lm,
+                        prompts,
+                        max_new_tokens=max_new_tokens,
+                        out_dir=None if sub is None else sub / "activations",
+                        figures=False,
+                        progress=False,
+                    )
                     sim = a["per_layer_similarity"]["mean"]
                     row["mean_similarity"] = sum(sim) / len(sim) if sim else None
                     row["min_similarity"] = min(sim) if sim else None
@@ -248,8 +282,11 @@ def _figures(results: SeriesDiff, out: Path) -> dict[str, str]:
     files = {}
     names = results["checkpoints"]
     xs = list(range(1, len(names) + 1))
-    for metric, title in (("total_rel", "‖Δθ‖/‖θ‖"), ("mean_kl", "mean KL (nats/token)"),
-                          ("mean_similarity", "mean activation cosine")):
+    for metric, title in (
+        ("total_rel", "‖Δθ‖/‖θ‖"),
+        ("mean_kl", "mean KL (nats/token)"),
+        ("mean_similarity", "mean activation cosine"),
+    ):
         series = {}
         for group in ("M0", "previous"):
             vals = []
@@ -259,18 +296,48 @@ def _figures(results: SeriesDiff, out: Path) -> dict[str, str]:
             if any(not math.isnan(v) for v in vals):
                 series[f"vs {'base (M0)' if group == 'M0' else 'previous'}"] = vals
         if series:
-            files[f"fig_{metric}"] = str(lines(series, out / f"trajectory_{metric}.png", x=xs, xticklabels=names,
-                                               xlabel="checkpoint", ylabel=title, title=f"{title} over the series"))
-    for key, title in (("per_layer_rel", "relative weight change vs M0"), ("per_layer_similarity", "activation cosine vs M0")):
+            files[f"fig_{metric}"] = str(
+                lines(
+                    series,
+                    out / f"trajectory_{metric}.png",
+                    x=xs,
+                    xticklabels=names,
+                    xlabel="checkpoint",
+                    ylabel=title,
+                    title=f"{title} over the series",
+                )
+            )
+    for key, title in (
+        ("per_layer_rel", "relative weight change vs M0"),
+        ("per_layer_similarity", "activation cosine vs M0"),
+    ):
         mat = results[key]["M0"]
         if mat:
             rows = [mat[n] for n in names if n in mat]
-            files[f"fig_{key}"] = str(heatmap(rows, out / f"{key}.png", ylabels=[n for n in names if n in mat],
-                                              xlabels=[str(i) for i in range(len(rows[0]))], center=None, cmap="viridis",
-                                              title=title, xlabel="layer", ylabel="checkpoint"))
+            files[f"fig_{key}"] = str(
+                heatmap(
+                    rows,
+                    out / f"{key}.png",
+                    ylabels=[n for n in names if n in mat],
+                    xlabels=[str(i) for i in range(len(rows[0]))],
+                    center=None,
+                    cmap="viridis",
+                    title=title,
+                    xlabel="layer",
+                    ylabel="checkpoint",
+                )
+            )
     if results.get("scores"):
         sc = results["scores"]
-        files["fig_scores"] = str(lines({"mean score": sc}, out / "trajectory_scores.png", x=list(range(len(sc))),
-                                        xticklabels=[f"M{i}" for i in range(len(sc))], xlabel="checkpoint",
-                                        ylabel="scorer", title="scorer's mean over each checkpoint's samples"))
+        files["fig_scores"] = str(
+            lines(
+                {"mean score": sc},
+                out / "trajectory_scores.png",
+                x=list(range(len(sc))),
+                xticklabels=[f"M{i}" for i in range(len(sc))],
+                xlabel="checkpoint",
+                ylabel="scorer",
+                title="scorer's mean over each checkpoint's samples",
+            )
+        )
     return files

@@ -59,8 +59,23 @@ from .files import ModelFiles, check_compatible
 from .lens import cosine, resolve_traits, stream_logit_lens
 
 RESIDUAL_FACING = ("o", "down")
-COMPONENT_ORDER = ("input_norm", "q", "k", "v", "qkv", "q_norm", "k_norm", "o", "post_attn_norm", "pre_mlp_norm",
-                   "gate", "up", "gate_up", "down", "post_mlp_norm")
+COMPONENT_ORDER = (
+    "input_norm",
+    "q",
+    "k",
+    "v",
+    "qkv",
+    "q_norm",
+    "k_norm",
+    "o",
+    "post_attn_norm",
+    "pre_mlp_norm",
+    "gate",
+    "up",
+    "gate_up",
+    "down",
+    "post_mlp_norm",
+)
 
 RESULTS_FILE = "results.json"
 NORMS_FILE = "norms.json"
@@ -264,14 +279,24 @@ def _lens_tokenizer(lens: ModelFiles, other: ModelFiles, tokenizer: Any = None) 
     if other.has_tokenizer:
         lens.use_tokenizer(other)
         return f"{other.name}'s (the lens model ships no tokenizer files)"
-    warnings.warn(f"neither {lens.dir} nor {other.dir} has tokenizer files: the logit lens shows token ids "
-                  "(<id N>); pass a tokenizer (--tokenizer) to read tokens", stacklevel=3)
+    warnings.warn(
+        f"neither {lens.dir} nor {other.dir} has tokenizer files: the logit lens shows token ids "
+        "(<id N>); pass a tokenizer (--tokenizer) to read tokens",
+        stacklevel=3,
+    )
     return "none: token ids"
 
 
 def _model_info(m: ModelFiles) -> dict[str, Any]:
-    return {"name": m.name, "spec": m.spec, "dir": str(m.dir), "weights_hash": m.weights_hash,
-            "model_type": m.model_type, "tied_embeddings": m.tied, "provenance": m.provenance}
+    return {
+        "name": m.name,
+        "spec": m.spec,
+        "dir": str(m.dir),
+        "weights_hash": m.weights_hash,
+        "model_type": m.model_type,
+        "tied_embeddings": m.tied,
+        "provenance": m.provenance,
+    }
 
 
 @dataclass
@@ -283,12 +308,20 @@ class WeightDiffConfig(StageConfig):
     lens_singular: int = option(1, flag="--lens-singular", help="How many of them the logit lens reads.")
     energy: float = option(0.9, flag="--energy", help="Energy fraction of the effective rank.")
     lens: str = option("ft", flag="--lens", help="Whose unembedding reads the directions: ft or base.")
-    tokenizer: str | None = option(None, flag="--tokenizer",
-                                   help="Model or directory whose tokenizer decodes the lens tokens (default: the lens "
-                                        "model's, else the other model's; checkpoints often ship none).")
-    max_block_elems: int = option(4 * 1024 * 1024, flag="--max-block-elems",
-                                  help="Matrices larger than this are streamed in row blocks.")
-    max_svd_dim: int = option(8192, flag="--max-svd-dim", help="Skip spectra of matrices whose smaller side exceeds this.")
+    tokenizer: str | None = option(
+        None,
+        flag="--tokenizer",
+        help="Model or directory whose tokenizer decodes the lens tokens (default: the lens "
+        "model's, else the other model's; checkpoints often ship none).",
+    )
+    max_block_elems: int = option(
+        4 * 1024 * 1024,
+        flag="--max-block-elems",
+        help="Matrices larger than this are streamed in row blocks.",
+    )
+    max_svd_dim: int = option(
+        8192, flag="--max-svd-dim", help="Skip spectra of matrices whose smaller side exceeds this."
+    )
     figures: bool = option(True, flag="--figures/--no-figures", help="Write PNG figures.")
 
     def validate(self) -> None:
@@ -338,25 +371,52 @@ class WeightDiff(DiffResult):
 
     def summary(self) -> dict[str, Any]:
         s = self.overview
-        return {"base": self.base["name"], "ft": self.ft["name"], "tensors_changed": f"{s['n_changed']}/{s['n_tensors']}",
-                "total_rel": s["total_rel"], "top_layer": s["top_layer"],
-                "top_by_rel": [t["name"] for t in s["top_by_rel"][:5]]}
+        return {
+            "base": self.base["name"],
+            "ft": self.ft["name"],
+            "tensors_changed": f"{s['n_changed']}/{s['n_tensors']}",
+            "total_rel": s["total_rel"],
+            "top_layer": s["top_layer"],
+            "top_by_rel": [t["name"] for t in s["top_by_rel"][:5]],
+        }
 
     def save(self, directory: str | Path) -> Path:
         """``results.json`` (everything) and the seed's ``norms.json``, ``logit_lens.json``,
         ``trait_alignment.json`` (with traits), ``directions.safetensors`` (with directions)."""
         out = Path(directory)
-        head = {"kind": self.KIND, "schema": self.SCHEMA, "base": self.base, "ft": self.ft, "config": self.config,
-                "provenance": self.provenance}
-        write_json(out / NORMS_FILE, {**head, "formulas": self.formulas, "summary": self.overview,
-                                      "per_layer": self.per_layer, "tensors": self.tensors, "vocab": self.vocab})
+        head = {
+            "kind": self.KIND,
+            "schema": self.SCHEMA,
+            "base": self.base,
+            "ft": self.ft,
+            "config": self.config,
+            "provenance": self.provenance,
+        }
+        write_json(
+            out / NORMS_FILE,
+            {
+                **head,
+                "formulas": self.formulas,
+                "summary": self.overview,
+                "per_layer": self.per_layer,
+                "tensors": self.tensors,
+                "vocab": self.vocab,
+            },
+        )
         write_json(out / LENS_FILE, {**head, **self.logit_lens})
         if self.trait_alignment.get("traits"):
             write_json(out / TRAITS_FILE, {**head, **self.trait_alignment})
         if self.directions:
-            save_tensors(out / DIRECTIONS_FILE, self.directions, {
-                "kind": "weight_diff_directions", "base": self.base["name"], "ft": self.ft["name"],
-                "layout": "resid_mean [n_layers, d]; <c>.singular_vectors [n_layers, k, d] (output side, sign-free)"})
+            save_tensors(
+                out / DIRECTIONS_FILE,
+                self.directions,
+                {
+                    "kind": "weight_diff_directions",
+                    "base": self.base["name"],
+                    "ft": self.ft["name"],
+                    "layout": "resid_mean [n_layers, d]; <c>.singular_vectors [n_layers, k, d] (output side, sign-free)",
+                },
+            )
         return super().save(out)
 
     @classmethod
@@ -412,9 +472,13 @@ def diff_weights(
         "total_fro": total_fro,
         "total_base_fro": total_base,
         "total_rel": total_fro / total_base if total_base > 0 else 0.0,
-        "top_by_rel": [{"name": t.name, "rel": t.rel, "fro": t.fro, "effective_rank": t.effective_rank}
-                       for t in sorted(changed, key=lambda t: -t.rel)[:10]],
-        "top_layer": int(max(range(n_layers), key=lambda L: per_layer["layer_rel"][L])) if changed and n_layers else None,
+        "top_by_rel": [
+            {"name": t.name, "rel": t.rel, "fro": t.fro, "effective_rank": t.effective_rank}
+            for t in sorted(changed, key=lambda t: -t.rel)[:10]
+        ],
+        "top_layer": int(max(range(n_layers), key=lambda L: per_layer["layer_rel"][L]))
+        if changed and n_layers
+        else None,
     }
     lens_files, other = (F, B) if cfg.lens == "ft" else (B, F)
     tokenizer_note = _lens_tokenizer(lens_files, other, cfg.tokenizer)
@@ -423,8 +487,10 @@ def diff_weights(
         ft=_model_info(F),
         config=cfg.to_dict(),
         formulas={
-            "fro": "‖Δθ‖_F", "rel": "‖Δθ‖_F / ‖θ_base‖_F",
-            "effective_rank": f"min k: Σ_(i≤k) σ_i² ≥ {cfg.energy} Σ σ_i²", "stable_rank": "‖Δ‖_F² / σ_1²",
+            "fro": "‖Δθ‖_F",
+            "rel": "‖Δθ‖_F / ‖θ_base‖_F",
+            "effective_rank": f"min k: Σ_(i≤k) σ_i² ≥ {cfg.energy} Σ σ_i²",
+            "stable_rank": "‖Δ‖_F² / σ_1²",
         },
         overview=overview,
         per_layer=per_layer,
@@ -440,8 +506,12 @@ def diff_weights(
     result.directions = _direction_tensors(dirs)
     if out_dir is not None:
         out = Path(out_dir)
-        result.files = {"results": str(out / RESULTS_FILE), "norms": str(out / NORMS_FILE), "logit_lens": str(out / LENS_FILE),
-                        "directions": str(out / DIRECTIONS_FILE)}
+        result.files = {
+            "results": str(out / RESULTS_FILE),
+            "norms": str(out / NORMS_FILE),
+            "logit_lens": str(out / LENS_FILE),
+            "directions": str(out / DIRECTIONS_FILE),
+        }
         if result.trait_alignment["traits"]:
             result.files["trait_alignment"] = str(out / TRAITS_FILE)
         if cfg.figures:
@@ -450,8 +520,9 @@ def diff_weights(
     return result
 
 
-def _stream_tensors(B: ModelFiles, F: ModelFiles, dirs: _Directions, cfg: WeightDiffConfig,
-                    progress: bool) -> tuple[list[TensorDiff], list[dict[str, Any]], dict[str, Any]]:
+def _stream_tensors(
+    B: ModelFiles, F: ModelFiles, dirs: _Directions, cfg: WeightDiffConfig, progress: bool
+) -> tuple[list[TensorDiff], list[dict[str, Any]], dict[str, Any]]:
     """Diff every shared tensor, one at a time (collecting residual directions in ``dirs``)."""
     bkeys, fkeys = set(B.keys()), set(F.keys())
     pairs: list[tuple[str, str]] = [(k, k) for k in sorted(bkeys & fkeys, key=_order_key(F))]
@@ -472,8 +543,17 @@ def _stream_tensors(B: ModelFiles, F: ModelFiles, dirs: _Directions, cfg: Weight
         if bname != fname:
             comp = "unembed"
         td, extra = _diff_tensor(
-            B, F, bname, fname, layer, comp, dirs=dirs, energy=cfg.energy, n_sv_report=8,
-            max_block_elems=cfg.max_block_elems, max_svd_dim=cfg.max_svd_dim,
+            B,
+            F,
+            bname,
+            fname,
+            layer,
+            comp,
+            dirs=dirs,
+            energy=cfg.energy,
+            n_sv_report=8,
+            max_block_elems=cfg.max_block_elems,
+            max_svd_dim=cfg.max_svd_dim,
         )
         tensors.append(td)
         if extra is not None:
@@ -491,15 +571,24 @@ def _per_layer(tensors: list[TensorDiff], n_layers: int) -> dict[str, Any]:
             if t.layer is not None and 0 <= t.layer < n_layers:
                 table[t.component][t.layer] = getattr(t, metric)
         per_layer[metric] = table
-    layer_fro = [math.sqrt(sum((t.fro or 0.0) ** 2 for t in tensors if t.layer == L)) for L in range(n_layers)]
-    layer_base = [math.sqrt(sum((t.base_fro or 0.0) ** 2 for t in tensors if t.layer == L)) for L in range(n_layers)]
+    layer_fro = [
+        math.sqrt(sum((t.fro or 0.0) ** 2 for t in tensors if t.layer == L)) for L in range(n_layers)
+    ]
+    layer_base = [
+        math.sqrt(sum((t.base_fro or 0.0) ** 2 for t in tensors if t.layer == L)) for L in range(n_layers)
+    ]
     per_layer["layer_fro"] = layer_fro
     per_layer["layer_rel"] = [f / b if b > 0 else 0.0 for f, b in zip(layer_fro, layer_base)]
     return per_layer
 
 
-def _weight_lens(lens_files: ModelFiles, dirs: _Directions, cfg: WeightDiffConfig, top_layer: int | None,
-                 tokenizer_note: str) -> dict[str, Any]:
+def _weight_lens(
+    lens_files: ModelFiles,
+    dirs: _Directions,
+    cfg: WeightDiffConfig,
+    top_layer: int | None,
+    tokenizer_note: str,
+) -> dict[str, Any]:
     """Logit lens of the residual-facing directions (``resid_mean``, ``<c>.u<i>``) per layer."""
     resid_mean = dirs.resid_mean()
     labels: list[tuple[int, str]] = []
@@ -542,7 +631,9 @@ def _weight_lens(lens_files: ModelFiles, dirs: _Directions, cfg: WeightDiffConfi
     return logit_lens
 
 
-def _alignment(dirs: _Directions, trait_vecs: Mapping[str, Mapping[int, torch.Tensor]], n_singular: int) -> dict[str, Any]:
+def _alignment(
+    dirs: _Directions, trait_vecs: Mapping[str, Mapping[int, torch.Tensor]], n_singular: int
+) -> dict[str, Any]:
     """Cosines of the residual directions with trait vectors, per layer."""
     d, n_layers = dirs.d, dirs.n_layers
     resid_mean = dirs.resid_mean()
@@ -561,13 +652,17 @@ def _alignment(dirs: _Directions, trait_vecs: Mapping[str, Mapping[int, torch.Te
             for c in RESIDUAL_FACING:
                 if L in dirs.have[c]:
                     entry[f"{c}_mean"] = cosine(dirs.mean_col[c][L], t)
-                    entry[f"{c}_sv_abs"] = [abs(cosine(dirs.sv[c][L, i], t)) for i in range(n_singular)
-                                            if dirs.sigma[c][L, i] > 0]
+                    entry[f"{c}_sv_abs"] = [
+                        abs(cosine(dirs.sv[c][L, i], t)) for i in range(n_singular) if dirs.sigma[c][L, i] > 0
+                    ]
             svs = [x for c in RESIDUAL_FACING for x in entry.get(f"{c}_sv_abs", [])]
             entry["max_abs_sv"] = max(svs) if svs else 0.0
             rows[str(L)] = entry
         best = max(rows.items(), key=lambda kv: abs(kv[1]["resid_mean"]), default=(None, None))[0]
-        alignment["traits"][tname] = {"layers": rows, "best_layer_resid_mean": None if best is None else int(best)}
+        alignment["traits"][tname] = {
+            "layers": rows,
+            "best_layer_resid_mean": None if best is None else int(best),
+        }
     return alignment
 
 
@@ -594,17 +689,43 @@ def _figures(results: WeightDiff, out: Path) -> dict[str, str]:
 
     main = [c for c in comps if c in ("q", "k", "v", "o", "gate", "up", "down", "qkv", "gate_up")] or comps
     if layers:
-        files["fig_norms"] = str(lines_by_layer({c: clean(pl["fro"][c]) for c in main}, out / "norms_by_layer.png",
-                                                title=f"‖Δθ‖_F per layer: {name}", ylabel="‖Δθ‖_F"))
-        files["fig_rel"] = str(lines_by_layer({c: clean(pl["rel"][c]) for c in main}, out / "relative_by_layer.png",
-                                              title="‖Δθ‖_F / ‖θ_base‖_F", ylabel="relative change"))
-        files["fig_rank"] = str(lines_by_layer({c: clean(pl["effective_rank"][c]) for c in main},
-                                               out / "effective_rank.png", title="effective rank of Δθ (90 % energy)",
-                                               ylabel="rank"))
-        files["fig_heatmap"] = str(heatmap([clean(pl["rel"][c]) for c in comps], out / "relative_heatmap.png",
-                                           xlabels=[str(x) for x in layers], ylabels=comps, center=None, cmap="viridis",
-                                           title="relative change by layer and component", xlabel="layer",
-                                           colorbar_label="‖Δθ‖/‖θ‖"))
+        files["fig_norms"] = str(
+            lines_by_layer(
+                {c: clean(pl["fro"][c]) for c in main},
+                out / "norms_by_layer.png",
+                title=f"‖Δθ‖_F per layer: {name}",
+                ylabel="‖Δθ‖_F",
+            )
+        )
+        files["fig_rel"] = str(
+            lines_by_layer(
+                {c: clean(pl["rel"][c]) for c in main},
+                out / "relative_by_layer.png",
+                title="‖Δθ‖_F / ‖θ_base‖_F",
+                ylabel="relative change",
+            )
+        )
+        files["fig_rank"] = str(
+            lines_by_layer(
+                {c: clean(pl["effective_rank"][c]) for c in main},
+                out / "effective_rank.png",
+                title="effective rank of Δθ (90 % energy)",
+                ylabel="rank",
+            )
+        )
+        files["fig_heatmap"] = str(
+            heatmap(
+                [clean(pl["rel"][c]) for c in comps],
+                out / "relative_heatmap.png",
+                xlabels=[str(x) for x in layers],
+                ylabels=comps,
+                center=None,
+                cmap="viridis",
+                title="relative change by layer and component",
+                xlabel="layer",
+                colorbar_label="‖Δθ‖/‖θ‖",
+            )
+        )
     lensd = results["logit_lens"]
     top = lensd.get("top_layer_lists")
     if top:
@@ -612,14 +733,29 @@ def _figures(results: WeightDiff, out: Path) -> dict[str, str]:
         for key, v in top.items():
             cols[f"{key} +"] = v["pos"]
             cols[f"{key} −"] = v["neg"]
-        files["fig_lens"] = str(token_table(cols, out / "logit_lens.png",
-                                            title=f"weight logit lens, layer {lensd['top_layer']} (largest relative change)"))
+        files["fig_lens"] = str(
+            token_table(
+                cols,
+                out / "logit_lens.png",
+                title=f"weight logit lens, layer {lensd['top_layer']} (largest relative change)",
+            )
+        )
     traits = results["trait_alignment"]["traits"]
     if traits:
         series = {}
         for tname, t in traits.items():
-            series[f"{tname}: cos(resid_mean)"] = [t["layers"].get(str(L), {}).get("resid_mean", float("nan")) for L in layers]
-            series[f"{tname}: max |cos| sv"] = [t["layers"].get(str(L), {}).get("max_abs_sv", float("nan")) for L in layers]
-        files["fig_traits"] = str(lines_by_layer(series, out / "trait_alignment.png",
-                                                 title="alignment of Δθ directions with trait vectors", ylabel="cosine"))
+            series[f"{tname}: cos(resid_mean)"] = [
+                t["layers"].get(str(L), {}).get("resid_mean", float("nan")) for L in layers
+            ]
+            series[f"{tname}: max |cos| sv"] = [
+                t["layers"].get(str(L), {}).get("max_abs_sv", float("nan")) for L in layers
+            ]
+        files["fig_traits"] = str(
+            lines_by_layer(
+                series,
+                out / "trait_alignment.png",
+                title="alignment of Δθ directions with trait vectors",
+                ylabel="cosine",
+            )
+        )
     return files

@@ -16,8 +16,8 @@ from . import describe as _describe  # noqa: F401  (registers `deltalens info` d
 from .dashboard import FeatureDashboards, build_dashboards, logit_effects, top_logit_tokens, write_dashboards
 from .evolution import Evolution, EvolutionConfig, feature_evolution, firing_rates_from_sparsity
 from .firing import FiringConfig, FiringStats, firing_stats, firing_stats_many
-from .latents import LatentBatch, iter_latents
 from .inputs import NamedSAE, read_sae, read_saes
+from .latents import LatentBatch, iter_latents
 from .pipeline import (
     AnalysisConfig,
     DashboardConfig,

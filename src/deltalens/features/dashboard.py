@@ -118,8 +118,16 @@ def build_dashboards(
     inputs = [{"prompt_ids": ids[:pl], "response_ids": ids[pl:]} for ids, pl in encoded]
     if stats is None:
         cfg = FiringConfig(activation_threshold=activation_threshold, top_k=n_examples)
-        stats = firing_stats(lm, sae, inputs, config=cfg, site=s_site, batch_size=batch_size, progress=progress,
-                             dataset_name=dataset_name)
+        stats = firing_stats(
+            lm,
+            sae,
+            inputs,
+            config=cfg,
+            site=s_site,
+            batch_size=batch_size,
+            progress=progress,
+            dataset_name=dataset_name,
+        )
     if features is None:
         features = torch.nonzero(~stats.dead).flatten().tolist()
     features = [int(f) for f in features]
@@ -137,16 +145,31 @@ def build_dashboards(
         for act, s, p in stats.top(f)[:n_examples]:
             ids = encoded[s][0]
             a, b = max(0, p - left), min(len(ids), p + right + 1)
-            ex = {"token_ids": ids[a:b], "values": None, "maxValue": act, "maxValueTokenIndex": p - a,
-                  "seq_id": s, "position": p, "is_response": p >= encoded[s][1]}
+            ex = {
+                "token_ids": ids[a:b],
+                "values": None,
+                "maxValue": act,
+                "maxValueTokenIndex": p - a,
+                "seq_id": s,
+                "position": p,
+                "is_response": p >= encoded[s][1],
+            }
             exs.append(ex)
             wanted.setdefault(s, []).append((f, ex, a, b))
         examples[f] = exs
     seqs = sorted(wanted)
     if seqs:
         subset = [inputs[s] for s in seqs]
-        for lb in iter_latents(lm, [sae], subset, "all", sites=[s_site], batch_size=batch_size, progress=progress,
-                               desc="dashboard examples"):
+        for lb in iter_latents(
+            lm,
+            [sae],
+            subset,
+            "all",
+            sites=[s_site],
+            batch_size=batch_size,
+            progress=progress,
+            desc="dashboard examples",
+        ):
             lat = lb.latents[0].cpu()
             sid = lb.batch.seq_ids
             uniq, counts = torch.unique_consecutive(sid, return_counts=True)
@@ -198,15 +221,17 @@ def _dashboard_records(
             centres, heights = _trim_hist(edges, counts)
             acts = []
             for ex in examples[f]:
-                acts.append({
-                    "tokens": [tok(i) for i in ex["token_ids"]],
-                    "values": ex["values"],
-                    "maxValue": round(ex["maxValue"], 5),
-                    "maxValueTokenIndex": ex["maxValueTokenIndex"],
-                    "seq_id": ex["seq_id"],
-                    "position": ex["position"],
-                    "is_response": ex["is_response"],
-                })
+                acts.append(
+                    {
+                        "tokens": [tok(i) for i in ex["token_ids"]],
+                        "values": ex["values"],
+                        "maxValue": round(ex["maxValue"], 5),
+                        "maxValueTokenIndex": ex["maxValueTokenIndex"],
+                        "seq_id": ex["seq_id"],
+                        "position": ex["position"],
+                        "is_response": ex["is_response"],
+                    }
+                )
             rec: dict[str, Any] = {
                 "modelId": lm.name,
                 "layer": str(s_site),
@@ -265,8 +290,13 @@ class FeatureDashboards(StageResult):
             "schema": self.SCHEMA,
             "provenance": self.provenance,
             "features": [
-                {"index": r["index"], "maxActApprox": r["maxActApprox"], "frac_nonzero": r["frac_nonzero"],
-                 "pos_str": r["pos_str"][:5], "file": f"features/{int(r['index'])}.json"}
+                {
+                    "index": r["index"],
+                    "maxActApprox": r["maxActApprox"],
+                    "frac_nonzero": r["frac_nonzero"],
+                    "pos_str": r["pos_str"][:5],
+                    "file": f"features/{int(r['index'])}.json",
+                }
                 for r in self.records
             ],
         }
@@ -318,12 +348,18 @@ class FeatureDashboards(StageResult):
         return cls(records, dict(data.get("provenance") or {}))
 
     def summary(self) -> dict[str, Any]:
-        return {"latents": len(self.records), "first": [r["index"] for r in self.records[:20]],
-                "provenance": self.provenance}
+        return {
+            "latents": len(self.records),
+            "first": [r["index"] for r in self.records[:20]],
+            "provenance": self.provenance,
+        }
 
 
 def write_dashboards(
-    records: Sequence[dict[str, Any]], out_dir: str | Path, extra: dict[str, Any] | None = None, lm: Any = None
+    records: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    extra: dict[str, Any] | None = None,
+    lm: Any = None,
 ) -> Path:
     """Write ``<out_dir>/features/<index>.json`` per latent and ``<out_dir>/index.json``
     (:meth:`FeatureDashboards.save` with the provenance of ``lm`` and ``extra``)."""

@@ -25,8 +25,13 @@ def _firing_stats(path: Path) -> dict[str, Any] | None:
     from .firing import FiringStats
 
     st = FiringStats.load(path)
-    return {"kind": "SAE firing statistics", "path": str(path), **st.summary(), "config": meta.get("config"),
-            "provenance": meta.get("meta")}
+    return {
+        "kind": "SAE firing statistics",
+        "path": str(path),
+        **st.summary(),
+        "config": meta.get("config"),
+        "provenance": meta.get("meta"),
+    }
 
 
 @register_describer
@@ -72,16 +77,23 @@ def _feature_csv(path: Path) -> dict[str, Any] | None:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         cols = reader.fieldnames or []
-        kinds = {tuple(UNIVERSAL_COLUMNS): "universal features CSV",
-                 tuple(UNIVERSAL_COLUMNS_ANNOTATED): "universal features CSV (with annotation columns)",
-                 tuple(SPECIFIC_COLUMNS): "specific features CSV"}
+        kinds = {
+            tuple(UNIVERSAL_COLUMNS): "universal features CSV",
+            tuple(UNIVERSAL_COLUMNS_ANNOTATED): "universal features CSV (with annotation columns)",
+            tuple(SPECIFIC_COLUMNS): "specific features CSV",
+        }
         kind = kinds.get(tuple(cols))
         if kind is None:
             return None
         rows = list(reader)
-    out: dict[str, Any] = {"kind": kind, "path": str(path), "rows": len(rows),
-                           "sources": sorted({r["source"] for r in rows}), "tokens": sorted({r["token"] for r in rows}),
-                           "features": len({(r["source"], r["token"], r["feature_id"]) for r in rows})}
+    out: dict[str, Any] = {
+        "kind": kind,
+        "path": str(path),
+        "rows": len(rows),
+        "sources": sorted({r["source"] for r in rows}),
+        "tokens": sorted({r["token"] for r in rows}),
+        "features": len({(r["source"], r["token"], r["feature_id"]) for r in rows}),
+    }
     records = path.parent / f"{path.stem}_activeprompts.jsonl"
     if records.is_file():
         out["active_prompts"] = str(records)

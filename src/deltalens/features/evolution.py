@@ -40,7 +40,7 @@ import torch
 from ..errors import ConfigError, DataFormatError, ShapeError
 from ..io import load_tensors, provenance, save_tensors, write_json
 from ..sae import SAE, read_sparsity
-from ..stage import StageConfig, StageResult, in_range, at_least, option, register_result
+from ..stage import StageConfig, StageResult, at_least, in_range, option, register_result
 from .weights import cosine_rows
 
 STATUSES = ("dead", "born_then_died", "born", "died", "revived", "changed_back", "changed", "stable")
@@ -56,8 +56,11 @@ _EVENTS = ("born_at", "died_at", "first_change", "n_changes", "changed_back_at")
 class EvolutionConfig(StageConfig):
     """Thresholds of :func:`feature_evolution` (see the module docstring)."""
 
-    change_threshold: float = option(0.9, flag="--change-threshold",
-                                     help="Decoder cosine with the previous iteration below this = changed.")
+    change_threshold: float = option(
+        0.9,
+        flag="--change-threshold",
+        help="Decoder cosine with the previous iteration below this = changed.",
+    )
     alive_threshold: float = option(0.0, flag="--alive-threshold", help="Firing rate above this = alive.")
 
     def validate(self) -> None:
@@ -138,7 +141,9 @@ class Evolution(StageResult):
             "first_change": iters(self.first_change),
             "n_changes": self.n_changes.numpy(),
             "changed_back_at": iters(self.changed_back_at),
-            "min_cos_prev": torch.nan_to_num(self.cos_prev[1:], nan=1.0).min(0).values.numpy() if T > 1 else np.ones(self.d_sae),
+            "min_cos_prev": torch.nan_to_num(self.cos_prev[1:], nan=1.0).min(0).values.numpy()
+            if T > 1
+            else np.ones(self.d_sae),
             "cos_last_vs_first": self.cos_first[-1].numpy(),
             "dec_norm_first": self.dec_norm[0].numpy(),
             "dec_norm_last": self.dec_norm[-1].numpy(),
@@ -180,7 +185,9 @@ class Evolution(StageResult):
         self.save_all(out_dir, figures, max_latents_in_figures)
         return Path(out_dir) / self.FILENAME
 
-    def save_all(self, out_dir: str | Path, figures: bool = True, max_latents_in_figures: int = 12) -> dict[str, Path]:
+    def save_all(
+        self, out_dir: str | Path, figures: bool = True, max_latents_in_figures: int = 12
+    ) -> dict[str, Path]:
         """:meth:`save`, returning every file written by name (``latents``, ``trajectories``,
         ``summary``, ``*_png``)."""
         from ..io import atomic_path
@@ -196,18 +203,26 @@ class Evolution(StageResult):
         if self.firing_rate is not None:
             tensors["firing_rate"] = self.firing_rate
         paths["trajectories"] = save_tensors(
-            out / TRAJECTORIES_FILE, tensors,
-            metadata={"kind": "deltalens.feature_evolution", "iterations": self.names, "config": self.config.to_dict()},
+            out / TRAJECTORIES_FILE,
+            tensors,
+            metadata={
+                "kind": "deltalens.feature_evolution",
+                "iterations": self.names,
+                "config": self.config.to_dict(),
+            },
         )
-        paths["summary"] = write_json(out / self.FILENAME, {
-            "kind": self.KIND,
-            "schema": self.SCHEMA,
-            "iterations": self.names,
-            "config": self.config.to_dict(),
-            "status_counts": self.counts(),
-            "per_iteration": self.summary_table(),
-            "meta": self.meta,
-        })
+        paths["summary"] = write_json(
+            out / self.FILENAME,
+            {
+                "kind": self.KIND,
+                "schema": self.SCHEMA,
+                "iterations": self.names,
+                "config": self.config.to_dict(),
+                "status_counts": self.counts(),
+                "per_iteration": self.summary_table(),
+                "meta": self.meta,
+            },
+        )
         if figures:
             paths.update(self.figures(out, max_latents_in_figures))
         return paths
@@ -223,13 +238,23 @@ class Evolution(StageResult):
         if missing:
             raise DataFormatError(f"not a valid {cls.KIND}: {traj} (missing {', '.join(missing)})")
         status = [STATUSES[int(i)] for i in t["status_code"].tolist()]
-        return cls(list(d["iterations"]), EvolutionConfig.from_dict(d["config"], where=str(summary)),
-                   *(t[k] for k in _TENSORS), t.get("firing_rate"), *(t[k] for k in _EVENTS), status,
-                   dict(d.get("meta") or {}))
+        return cls(
+            list(d["iterations"]),
+            EvolutionConfig.from_dict(d["config"], where=str(summary)),
+            *(t[k] for k in _TENSORS),
+            t.get("firing_rate"),
+            *(t[k] for k in _EVENTS),
+            status,
+            dict(d.get("meta") or {}),
+        )
 
     def summary(self) -> dict[str, Any]:
-        return {"iterations": self.names, "d_sae": self.d_sae, "status_counts": self.counts(),
-                "config": self.config.to_dict()}
+        return {
+            "iterations": self.names,
+            "d_sae": self.d_sae,
+            "status_counts": self.counts(),
+            "config": self.config.to_dict(),
+        }
 
     def figures(self, out: Path, max_latents: int = 12) -> dict[str, Path]:
         """The evolution figures (see :func:`deltalens.plots.evolution_figures`)."""
@@ -352,7 +377,9 @@ def feature_evolution(
         rates = firing_rates if isinstance(firing_rates, torch.Tensor) else _stack(list(firing_rates))
         rates = rates.float().cpu()
         if tuple(rates.shape) != (T, d):
-            raise ShapeError(f"firing rates have shape {tuple(rates.shape)}, expected [{T}, {d}] (iterations × latents)")
+            raise ShapeError(
+                f"firing rates have shape {tuple(rates.shape)}, expected [{T}, {d}] (iterations × latents)"
+            )
 
     changed = cos_prev < cfg.change_threshold
     changed[0] = False
@@ -366,8 +393,19 @@ def feature_evolution(
 
     born_at, died_at, status = _classify(rates, cfg, back, n_changes)
     return Evolution(
-        names=names, config=cfg, cos_prev=cos_prev, cos_first=cos_first, dec_norm=dec_norm, enc_norm=enc_norm,
-        threshold=thr, firing_rate=rates, born_at=born_at, died_at=died_at, first_change=first_change.long(),
-        n_changes=n_changes.long(), changed_back_at=back, status=status,
+        names=names,
+        config=cfg,
+        cos_prev=cos_prev,
+        cos_first=cos_first,
+        dec_norm=dec_norm,
+        enc_norm=enc_norm,
+        threshold=thr,
+        firing_rate=rates,
+        born_at=born_at,
+        died_at=died_at,
+        first_change=first_change.long(),
+        n_changes=n_changes.long(),
+        changed_back_at=back,
+        status=status,
         meta=provenance(None, sae_sites=[s.site for s in saes]),
     )

@@ -56,9 +56,13 @@ _SUMS = ("act_sum", "act_sq_sum", "pos_sum", "rel_pos_sum")
 class FiringConfig(StageConfig):
     """Options of :func:`firing_stats` (see the module docstring for the definitions)."""
 
-    activation_threshold: float = option(0.0, flag="--activation-threshold", help="Fires means activation > this.")
+    activation_threshold: float = option(
+        0.0, flag="--activation-threshold", help="Fires means activation > this."
+    )
     n_bins: int = option(256, flag="--bins", help="Bins of the log10 activation histogram.")
-    log10_range: tuple[float, float] = option((-4.0, 4.0), flag="--log10-range", help="Histogram range in log10 units.")
+    log10_range: tuple[float, float] = option(
+        (-4.0, 4.0), flag="--log10-range", help="Histogram range in log10 units."
+    )
     top_k: int = option(20, flag="--top-k", help="Top examples kept per latent.")
     max_position: int = option(256, flag="--max-position", help="Bins of the firing-position histogram.")
 
@@ -103,7 +107,10 @@ class FiringStats(StageResult):
     @classmethod
     def empty(cls, d_sae: int, config: FiringConfig | None = None, device: Any = "cpu") -> FiringStats:
         cfg = config or FiringConfig()
-        z = lambda *shape, dt=torch.int64: torch.zeros(*shape, dtype=dt, device=device)
+
+        def z(*shape, dt=torch.int64):
+            return torch.zeros(*shape, dtype=dt, device=device)
+
         t = {name: z(d_sae) for name in _COUNTERS}
         t.update({name: z(d_sae, dt=torch.float64) for name in _SUMS})
         t["act_max"] = z(d_sae, dt=torch.float32)
@@ -167,7 +174,9 @@ class FiringStats(StageResult):
         t["hist"] += torch.bincount(lat * nb + b, minlength=d * nb).view(d, nb).to(torch.int32)
         pos = positions[row]
         P = cfg.max_position
-        t["pos_hist"] += torch.bincount(lat * P + pos.clamp(max=P - 1), minlength=d * P).view(d, P).to(torch.int32)
+        t["pos_hist"] += (
+            torch.bincount(lat * P + pos.clamp(max=P - 1), minlength=d * P).view(d, P).to(torch.int32)
+        )
         pos64 = pos.double()
         t["pos_sum"] += torch.bincount(lat, weights=pos64, minlength=d)
         rel = pos64 / (seq_lens[row].double() - 1).clamp(min=1)
@@ -199,12 +208,16 @@ class FiringStats(StageResult):
         # sequence ids of ``other`` are shifted so examples stay distinguishable
         shift = self.n_sequences
         cand_v = torch.cat([self.top_values.cpu(), other.top_values.cpu()])
-        cand_s = torch.cat([self.top_seq.cpu(), torch.where(other.top_seq >= 0, other.top_seq + shift, -1).cpu()])
+        cand_s = torch.cat(
+            [self.top_seq.cpu(), torch.where(other.top_seq >= 0, other.top_seq + shift, -1).cpu()]
+        )
         cand_p = torch.cat([self.top_pos.cpu(), other.top_pos.cpu()])
         k = self.config.top_k
         if k:
             best_v, best = cand_v.topk(k, dim=0)
-            out.tensors.update(top_values=best_v, top_seq=cand_s.gather(0, best), top_pos=cand_p.gather(0, best))
+            out.tensors.update(
+                top_values=best_v, top_seq=cand_s.gather(0, best), top_pos=cand_p.gather(0, best)
+            )
         for a in ("n_tokens", "n_response_tokens", "n_sequences", "n_response_sequences"):
             setattr(out, a, getattr(self, a) + getattr(other, a))
         out.meta = dict(self.meta)
@@ -294,11 +307,15 @@ class FiringStats(StageResult):
                 raise ConfigError(f"quantile {q} is not in [0, 1]")
             target = (q * cnt).clamp(min=1e-12)
             j = torch.searchsorted(cum, target[:, None]).squeeze(1).clamp(max=self.config.n_bins - 1)
-            prev = torch.where(j > 0, cum.gather(1, (j - 1).clamp(min=0)[:, None]).squeeze(1), torch.zeros_like(cnt))
+            prev = torch.where(
+                j > 0, cum.gather(1, (j - 1).clamp(min=0)[:, None]).squeeze(1), torch.zeros_like(cnt)
+            )
             inbin = hist.gather(1, j[:, None]).squeeze(1).clamp(min=1e-12)
             frac = ((target - prev) / inbin).clamp(0, 1)
             val = 10 ** (lo + (j.double() + frac) * w)
-            val = torch.minimum(torch.maximum(val, self.min_activation.double().cpu()), self.act_max.double().cpu())
+            val = torch.minimum(
+                torch.maximum(val, self.min_activation.double().cpu()), self.act_max.double().cpu()
+            )
             out.append(torch.where(cnt > 0, val, torch.zeros_like(val)))
         return torch.stack(out).float()
 
@@ -460,8 +477,17 @@ def firing_stats_many(
     cfg = config or FiringConfig()
     saes = list(saes)
     stats = [FiringStats.empty(s.d_sae, cfg, device=s.device) for s in saes]
-    for lb in iter_latents(lm, saes, data, positions, sites=sites, batch_size=batch_size, max_length=max_length,
-                           progress=progress, desc="firing stats"):
+    for lb in iter_latents(
+        lm,
+        saes,
+        data,
+        positions,
+        sites=sites,
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=progress,
+        desc="firing stats",
+    ):
         b = lb.batch
         for st, f in zip(stats, lb.latents):
             st.update(f, b.seq_ids, b.positions, b.is_response, b.seq_lens, n_sequences=len(b.batch_ids))
@@ -497,6 +523,14 @@ def firing_stats(
     counted (default every real token).
     """
     return firing_stats_many(
-        lm, [sae], data, positions=positions, config=config, sites=None if site is None else [site],
-        batch_size=batch_size, max_length=max_length, progress=progress, dataset_name=dataset_name,
+        lm,
+        [sae],
+        data,
+        positions=positions,
+        config=config,
+        sites=None if site is None else [site],
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=progress,
+        dataset_name=dataset_name,
     )[0]

@@ -74,7 +74,9 @@ def read_sae(value: str, device: Any = "cpu") -> NamedSAE:
 def read_saes(values: Sequence[str] | None, device: Any = "cpu") -> list[NamedSAE]:
     """Read every ``--sae`` value; none given is an error."""
     if not values:
-        raise ConfigError("no SAE given: pass --sae DIR (an SAE directory: SAELens, sparsify or dictionary_learning), repeatable")
+        raise ConfigError(
+            "no SAE given: pass --sae DIR (an SAE directory: SAELens, sparsify or dictionary_learning), repeatable"
+        )
     return [read_sae(v, device) for v in values]
 
 
@@ -96,7 +98,9 @@ class ModelCache:
         """``model`` if given, else the model the SAE names (``cfg.model_name``)."""
         spec = model or s.sae.cfg.model_name
         if not spec:
-            raise ConfigError(f"{s.path}: the SAE does not name its model (cfg model_name / lm_name); pass --model")
+            raise ConfigError(
+                f"{s.path}: the SAE does not name its model (cfg model_name / lm_name); pass --model"
+            )
         return self.get(spec)
 
 
@@ -107,7 +111,9 @@ def _not_utf8(path: Path) -> DataFormatError:
         try:
             f.read_bytes().decode("utf-8")
         except UnicodeDecodeError as exc:
-            return DataFormatError(f"{f}: not valid UTF-8 at byte {exc.start} ({exc.reason}); save the file as UTF-8")
+            return DataFormatError(
+                f"{f}: not valid UTF-8 at byte {exc.start} ({exc.reason}); save the file as UTF-8"
+            )
         except OSError:
             continue
     return DataFormatError(f"{path}: not valid UTF-8; save the file as UTF-8")

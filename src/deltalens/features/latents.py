@@ -27,7 +27,9 @@ def sae_site(sae: SAE, site: Any = None) -> Site:
     if site is not None:
         return Site.parse(site)
     if sae.site is None:
-        raise SiteError(f"{sae!r} does not record its site (cfg.site); pass the site explicitly, e.g. 'resid.15'")
+        raise SiteError(
+            f"{sae!r} does not record its site (cfg.site); pass the site explicitly, e.g. 'resid.15'"
+        )
     return Site.parse(sae.site)
 
 
@@ -85,7 +87,14 @@ def iter_latents(
         check_sae_fits(lm, sae, site)
     unique = list(dict.fromkeys(site_list))
     for b in iter_capture(
-        lm, data, unique, positions, batch_size=batch_size, max_length=max_length, progress=progress, desc=desc
+        lm,
+        data,
+        unique,
+        positions,
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=progress,
+        desc=desc,
     ):
         lat = []
         for sae, site in zip(saes, site_list):

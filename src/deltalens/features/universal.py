@@ -57,11 +57,27 @@ from ..stage import StageResult, register_result
 from .latents import check_sae_fits, iter_latents, sae_site
 
 UNIVERSAL_COLUMNS = [
-    "feature_id", "activation_mean", "activation_max", "activation_min", "num_prompts", "source", "token", "link",
+    "feature_id",
+    "activation_mean",
+    "activation_max",
+    "activation_min",
+    "num_prompts",
+    "source",
+    "token",
+    "link",
 ]
 UNIVERSAL_COLUMNS_ANNOTATED = [
-    "feature_id", "activation_mean", "activation_max", "activation_min", "num_prompts",
-    "chat_desc", "pt_desc", "type", "source", "token", "link",
+    "feature_id",
+    "activation_mean",
+    "activation_max",
+    "activation_min",
+    "num_prompts",
+    "chat_desc",
+    "pt_desc",
+    "type",
+    "source",
+    "token",
+    "link",
 ]
 SPECIFIC_COLUMNS = ["prompt_idx", "prompt", "label", "feature_id", "activation", "source", "token", "link"]
 RECORD_KEYS = ("model", "layer", "feature_id", "prompt", "label", "activation", "token_type")
@@ -82,7 +98,9 @@ def parse_source_name(name: str) -> tuple[str, int, int]:
     """``"llama_trainer1_layer15"`` → ``("llama", 1, 15)``; the model part may contain ``_``."""
     m = SOURCE_RE.match(name.strip())
     if not m:
-        raise ConfigError(f"source name '{name}' does not have the form {{model}}_trainer{{n}}_layer{{L}}, e.g. llama_trainer1_layer15")
+        raise ConfigError(
+            f"source name '{name}' does not have the form {{model}}_trainer{{n}}_layer{{L}}, e.g. llama_trainer1_layer15"
+        )
     return m.group("model"), int(m.group("trainer")), int(m.group("layer"))
 
 
@@ -123,8 +141,15 @@ class FeatureSource:
             template = NEURONPEDIA_LINK if np_id else ""
         if not template:
             return ""
-        fields = {"model": self.model, "trainer": self.trainer, "layer": self.layer, "feature_id": int(feature_id),
-                  "source": self.name, "token": token, "neuronpedia_id": np_id}
+        fields = {
+            "model": self.model,
+            "trainer": self.trainer,
+            "layer": self.layer,
+            "feature_id": int(feature_id),
+            "source": self.name,
+            "token": token,
+            "neuronpedia_id": np_id,
+        }
         return template.format(**fields)
 
 
@@ -138,7 +163,9 @@ def check_link_template(template: str | None) -> None:
         raise ConfigError(f"link template '{template}' is not a valid format string ({exc})") from None
     bad = [n for n in names if n.split(".")[0].split("[")[0] not in LINK_FIELDS]
     if bad:
-        raise ConfigError(f"link template '{template}' uses unknown field(s) {', '.join(bad)}; valid: {', '.join(LINK_FIELDS)}")
+        raise ConfigError(
+            f"link template '{template}' uses unknown field(s) {', '.join(bad)}; valid: {', '.join(LINK_FIELDS)}"
+        )
 
 
 def make_sources(
@@ -168,7 +195,9 @@ def make_sources(
         if name:
             model, trainer, layer = parse_source_name(name)
             if layer != site.layer:
-                raise ConfigError(f"source '{name}' says layer {layer} but its SAE reads {site} (layer {site.layer})")
+                raise ConfigError(
+                    f"source '{name}' says layer {layer} but its SAE reads {site} (layer {site.layer})"
+                )
         else:
             model, layer = alias, site.layer
             meta_trainer = sae.cfg.metadata.get("trainer")
@@ -209,7 +238,9 @@ def read_features_csv(path: str | Path) -> list[FeatureRef]:
         reader = csv.DictReader(fh)
         cols = reader.fieldnames
         if not cols:
-            raise DataFormatError(f"{path}: the features CSV is empty (expected a header with feature_id,source)")
+            raise DataFormatError(
+                f"{path}: the features CSV is empty (expected a header with feature_id,source)"
+            )
         missing = [c for c in ("feature_id", "source") if c not in cols]
         if missing:
             raise DataFormatError(
@@ -290,10 +321,15 @@ class TokenScan:
     active: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     @classmethod
-    def new(cls, source: FeatureSource, token: str, n_prompts: int, thr: float, kept_ids: list[int], record: bool) -> TokenScan:
+    def new(
+        cls, source: FeatureSource, token: str, n_prompts: int, thr: float, kept_ids: list[int], record: bool
+    ) -> TokenScan:
         d = source.d_sae
         return cls(
-            source, token, n_prompts, thr,
+            source,
+            token,
+            n_prompts,
+            thr,
             count=torch.zeros(d, dtype=torch.int64),
             act_sum=torch.zeros(d, dtype=torch.float64),
             act_max=torch.full((d,), -math.inf),
@@ -397,12 +433,22 @@ def scan_prompts(
         types = analysed_token_types(lm, token_types)
         offsets = lm.token_types
         local = {
-            (s.name, t): TokenScan.new(s, t, len(prompts), activation_threshold, keep.get((s.name, t), []), record_active)
+            (s.name, t): TokenScan.new(
+                s, t, len(prompts), activation_threshold, keep.get((s.name, t), []), record_active
+            )
             for s in group
             for t in types
         }
-        for lb in iter_latents(lm, [s.sae for s in group], data, "|".join(types), batch_size=batch_size,
-                               max_length=max_length, progress=progress, desc=f"{default_alias(lm.name)} prompts"):
+        for lb in iter_latents(
+            lm,
+            [s.sae for s in group],
+            data,
+            "|".join(types),
+            batch_size=batch_size,
+            max_length=max_length,
+            progress=progress,
+            desc=f"{default_alias(lm.name)} prompts",
+        ):
             b = lb.batch
             for t in types:
                 m = b.token_type_mask(t, offsets)
@@ -449,11 +495,15 @@ def _table_paths(path: str | Path, default_stem: str) -> tuple[Path, Path]:
     if p.suffix == ".json":
         return p.with_suffix(".csv"), p
     if p.suffix:
-        raise ConfigError(f"{p}: a feature table is written as .csv (its header as .json beside it), not '{p.suffix}'")
+        raise ConfigError(
+            f"{p}: a feature table is written as .csv (its header as .json beside it), not '{p.suffix}'"
+        )
     return p / f"{default_stem}.csv", p / f"{default_stem}.json"
 
 
-def _read_header(cls: type[StageResult], path: str | Path, default_stem: str) -> tuple[dict[str, Any], Path, Path]:
+def _read_header(
+    cls: type[StageResult], path: str | Path, default_stem: str
+) -> tuple[dict[str, Any], Path, Path]:
     csv_path, header = _table_paths(path, default_stem)
     data = cls.read_header(header)
     csv_path = cls.companion(header, csv_path.name)
@@ -463,8 +513,11 @@ def _read_header(cls: type[StageResult], path: str | Path, default_stem: str) ->
 def _read_table(path: Path, columns: Sequence[str], kind: str) -> Any:
     import pandas as pd
 
-    frame = pd.read_csv(path, keep_default_na=False, dtype={"source": str, "token": str, "link": str,
-                                                              "prompt": str, "label": str})
+    frame = pd.read_csv(
+        path,
+        keep_default_na=False,
+        dtype={"source": str, "token": str, "link": str, "prompt": str, "label": str},
+    )
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataFormatError(f"not a valid {kind}: {path} (missing column(s) {', '.join(missing)})")
@@ -517,12 +570,22 @@ class UniversalFeatures(StageResult):
             frame = frame[UNIVERSAL_COLUMNS_ANNOTATED]
         _write_csv(csv_path, frame)
         jsonl = _write_records(csv_path, self.records) if self.recorded else None
-        write_json(header, {
-            "kind": self.KIND, "schema": self.SCHEMA, "table": csv_path.name, "records": jsonl.name if jsonl else None,
-            "rows": len(self.table), "n_prompts": self.n_prompts, "threshold": self.threshold,
-            "activation_threshold": self.activation_threshold, "recorded": self.recorded,
-            "annotation_columns": self.annotation_columns, "meta": self.meta,
-        })
+        write_json(
+            header,
+            {
+                "kind": self.KIND,
+                "schema": self.SCHEMA,
+                "table": csv_path.name,
+                "records": jsonl.name if jsonl else None,
+                "rows": len(self.table),
+                "n_prompts": self.n_prompts,
+                "threshold": self.threshold,
+                "activation_threshold": self.activation_threshold,
+                "recorded": self.recorded,
+                "annotation_columns": self.annotation_columns,
+                "meta": self.meta,
+            },
+        )
         return header
 
     def write(self, path: str | Path, annotation_columns: bool | None = None) -> tuple[Path, Path | None]:
@@ -541,14 +604,28 @@ class UniversalFeatures(StageResult):
         if d.get("annotation_columns"):  # keep what was annotated by hand
             table = _read_table(csv_path, UNIVERSAL_COLUMNS_ANNOTATED, cls.KIND)
         recs = _read_records(_records_path(csv_path)) if d.get("recorded") else []
-        return cls(table, recs, int(d["n_prompts"]), float(d["threshold"]), float(d["activation_threshold"]),
-                   bool(d.get("recorded")), bool(d.get("annotation_columns")), dict(d.get("meta") or {}))
+        return cls(
+            table,
+            recs,
+            int(d["n_prompts"]),
+            float(d["threshold"]),
+            float(d["activation_threshold"]),
+            bool(d.get("recorded")),
+            bool(d.get("annotation_columns")),
+            dict(d.get("meta") or {}),
+        )
 
     def summary(self) -> dict[str, Any]:
         t = self.table
-        return {"rows": len(t), "prompts": self.n_prompts, "threshold": self.threshold,
-                "activation_threshold": self.activation_threshold, "sources": sorted(set(t["source"])),
-                "tokens": sorted(set(t["token"])), "active_prompt_records": len(self.records) if self.recorded else None}
+        return {
+            "rows": len(t),
+            "prompts": self.n_prompts,
+            "threshold": self.threshold,
+            "activation_threshold": self.activation_threshold,
+            "sources": sorted(set(t["source"])),
+            "tokens": sorted(set(t["token"])),
+            "active_prompt_records": len(self.records) if self.recorded else None,
+        }
 
 
 @register_result
@@ -572,11 +649,20 @@ class SpecificFeatures(StageResult):
         csv_path, header = _table_paths(path, SPECIFIC_STEM)
         _write_csv(csv_path, self.table)
         jsonl = _write_records(csv_path, self.records) if self.recorded else None
-        write_json(header, {
-            "kind": self.KIND, "schema": self.SCHEMA, "table": csv_path.name, "records": jsonl.name if jsonl else None,
-            "rows": len(self.table), "n_prompts": self.n_prompts, "activation_threshold": self.activation_threshold,
-            "recorded": self.recorded, "meta": self.meta,
-        })
+        write_json(
+            header,
+            {
+                "kind": self.KIND,
+                "schema": self.SCHEMA,
+                "table": csv_path.name,
+                "records": jsonl.name if jsonl else None,
+                "rows": len(self.table),
+                "n_prompts": self.n_prompts,
+                "activation_threshold": self.activation_threshold,
+                "recorded": self.recorded,
+                "meta": self.meta,
+            },
+        )
         return header
 
     def write(self, path: str | Path) -> tuple[Path, Path | None]:
@@ -590,14 +676,24 @@ class SpecificFeatures(StageResult):
         d, csv_path, _ = _read_header(cls, path, SPECIFIC_STEM)
         table = _read_table(csv_path, SPECIFIC_COLUMNS, cls.KIND)
         recs = _read_records(_records_path(csv_path)) if d.get("recorded") else []
-        return cls(table, recs, int(d["n_prompts"]), float(d["activation_threshold"]), bool(d.get("recorded")),
-                   dict(d.get("meta") or {}))
+        return cls(
+            table,
+            recs,
+            int(d["n_prompts"]),
+            float(d["activation_threshold"]),
+            bool(d.get("recorded")),
+            dict(d.get("meta") or {}),
+        )
 
     def summary(self) -> dict[str, Any]:
         t = self.table
-        return {"rows": len(t), "prompts": self.n_prompts, "activation_threshold": self.activation_threshold,
-                "features": int(t.groupby(["source", "token", "feature_id"]).ngroups) if len(t) else 0,
-                "active_prompt_records": len(self.records) if self.recorded else None}
+        return {
+            "rows": len(t),
+            "prompts": self.n_prompts,
+            "activation_threshold": self.activation_threshold,
+            "features": int(t.groupby(["source", "token", "feature_id"]).ngroups) if len(t) else 0,
+            "active_prompt_records": len(self.records) if self.recorded else None,
+        }
 
 
 UniversalResult = UniversalFeatures  # earlier names
@@ -620,16 +716,18 @@ def universal_from_scans(
         mean = sc.activation_mean
         order = sorted(ids.tolist(), key=lambda i: (-float(mean[i]), i))
         for i in order:
-            rows.append({
-                "feature_id": i,
-                "activation_mean": float(mean[i]),
-                "activation_max": float(sc.act_max[i]),
-                "activation_min": float(sc.act_min[i]),
-                "num_prompts": int(sc.count[i]),
-                "source": sc.source.name,
-                "token": sc.token,
-                "link": sc.source.link(i, sc.token),
-            })
+            rows.append(
+                {
+                    "feature_id": i,
+                    "activation_mean": float(mean[i]),
+                    "activation_max": float(sc.act_max[i]),
+                    "activation_min": float(sc.act_min[i]),
+                    "num_prompts": int(sc.count[i]),
+                    "source": sc.source.name,
+                    "token": sc.token,
+                    "link": sc.source.link(i, sc.token),
+                }
+            )
         if record_prompts and order:
             p, f, v = sc.active_pairs()
             chosen = torch.zeros(sc.source.d_sae, dtype=torch.bool)
@@ -659,10 +757,18 @@ def specific_from_scans(
             col = sc.kept[:, j]
             for pi, p in enumerate(prompts):
                 a = float(col[pi])
-                rows.append({
-                    "prompt_idx": pi, "prompt": p.text, "label": p.label or "", "feature_id": fid,
-                    "activation": a, "source": sc.source.name, "token": sc.token, "link": link,
-                })
+                rows.append(
+                    {
+                        "prompt_idx": pi,
+                        "prompt": p.text,
+                        "label": p.label or "",
+                        "feature_id": fid,
+                        "activation": a,
+                        "source": sc.source.name,
+                        "token": sc.token,
+                        "link": link,
+                    }
+                )
                 if record_prompts and a > sc.activation_threshold:
                     records.append(_record(sc.source, fid, p, a, sc.token))
     table = pd.DataFrame(rows, columns=SPECIFIC_COLUMNS)
@@ -707,12 +813,21 @@ def analyse(
     if activation_threshold < 0:
         raise ConfigError(f"activation threshold must be >= 0, got {activation_threshold}")
     if not universal and features is None:
-        raise ConfigError("nothing to do: ask for the universal analysis or give features for the specific one")
+        raise ConfigError(
+            "nothing to do: ask for the universal analysis or give features for the specific one"
+        )
     types_by_source = {s.name: analysed_token_types(s.lm, token_types) for s in sources}
     keep = resolve_features(features, sources, types_by_source) if features is not None else {}
     scans = scan_prompts(
-        sources, prompts, activation_threshold=activation_threshold, token_types=token_types, keep=keep,
-        record_active=universal and record_prompts, batch_size=batch_size, max_length=max_length, progress=progress,
+        sources,
+        prompts,
+        activation_threshold=activation_threshold,
+        token_types=token_types,
+        keep=keep,
+        record_active=universal and record_prompts,
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=progress,
     )
     uni = universal_from_scans(scans, prompts, threshold, record_prompts) if universal else None
     spec = specific_from_scans(scans, prompts, record_prompts) if features is not None else None
@@ -729,7 +844,10 @@ def universal_features(
 
 
 def specific_features(
-    sources: Sequence[FeatureSource], prompts: Sequence[PromptRecord], features: Sequence[FeatureRef] | Iterable[FeatureRef], **kw: Any
+    sources: Sequence[FeatureSource],
+    prompts: Sequence[PromptRecord],
+    features: Sequence[FeatureRef] | Iterable[FeatureRef],
+    **kw: Any,
 ) -> SpecificFeatures:
     """Activations of the listed features on every prompt (see :func:`analyse`)."""
     res = analyse(sources, prompts, universal=False, features=list(features), **kw)

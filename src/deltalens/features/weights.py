@@ -30,8 +30,18 @@ from ..io import write_json
 from ..sae import SAE
 from ..stage import StageResult, register_result
 
-TENSOR_COLUMNS = ("dec_norm", "enc_norm", "b_enc", "threshold", "dec_cos_ref", "enc_cos_ref",
-                  "dec_max_cos", "dec_partner", "enc_max_cos", "enc_partner")
+TENSOR_COLUMNS = (
+    "dec_norm",
+    "enc_norm",
+    "b_enc",
+    "threshold",
+    "dec_cos_ref",
+    "enc_cos_ref",
+    "dec_max_cos",
+    "dec_partner",
+    "enc_max_cos",
+    "enc_partner",
+)
 
 
 def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -128,7 +138,6 @@ class WeightMetrics(StageResult):
             "threshold": stats(self.threshold),
         }
 
-
     @classmethod
     def paths(cls, path: str | Path) -> tuple[Path, Path]:
         """``(parquet, header json)`` for a ``.parquet`` / ``.json`` path or a directory."""
@@ -136,7 +145,9 @@ class WeightMetrics(StageResult):
         if p.suffix in (".parquet", ".json"):
             return p.with_suffix(".parquet"), p.with_suffix(".json")
         if p.suffix:
-            raise ConfigError(f"{p}: weight metrics are written as .parquet (header .json beside it), not '{p.suffix}'")
+            raise ConfigError(
+                f"{p}: weight metrics are written as .parquet (header .json beside it), not '{p.suffix}'"
+            )
         return (p / cls.FILENAME).with_suffix(".parquet"), p / cls.FILENAME
 
     @classmethod
@@ -150,8 +161,16 @@ class WeightMetrics(StageResult):
         table, header = self.paths(path)
         with atomic_path(table, ".parquet") as tmp:
             self.to_frame().to_parquet(tmp, index=False)
-        return write_json(header, {"kind": self.KIND, "schema": self.SCHEMA, "table": table.name,
-                                   "summary": self.summary(), "meta": self.meta})
+        return write_json(
+            header,
+            {
+                "kind": self.KIND,
+                "schema": self.SCHEMA,
+                "table": table.name,
+                "summary": self.summary(),
+                "meta": self.meta,
+            },
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> WeightMetrics:
@@ -193,7 +212,11 @@ def weight_metrics(
     """
     W_dec = sae.W_dec.detach().float().cpu()
     W_enc_rows = sae.W_enc.detach().float().cpu().T  # [d_sae, d_in]
-    thr = sae.threshold.detach().float().cpu() if sae.threshold is not None else torch.full((sae.d_sae,), float("nan"))
+    thr = (
+        sae.threshold.detach().float().cpu()
+        if sae.threshold is not None
+        else torch.full((sae.d_sae,), float("nan"))
+    )
     m = WeightMetrics(
         dec_norm=W_dec.norm(dim=-1),
         enc_norm=W_enc_rows.norm(dim=-1),

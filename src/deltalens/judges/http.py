@@ -112,7 +112,9 @@ class OpenAIJudge(Judge):
         self.requests = 0  # HTTP requests made (including retries), for tests and logs
 
     def __repr__(self) -> str:  # never shows the key
-        return f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+        return (
+            f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+        )
 
     def _key(self) -> str | None:
         if self.api_key_env is None:
@@ -184,7 +186,9 @@ class OpenAIJudge(Judge):
                 return Score(v, "ok", text.strip()[:200])
         return score_from_text(text)
 
-    def score_batch(self, kind: str, items: Sequence[tuple[str, str]], trait: TraitInfo | None) -> list[Score]:
+    def score_batch(
+        self, kind: str, items: Sequence[tuple[str, str]], trait: TraitInfo | None
+    ) -> list[Score]:
         self._key()  # fail before any request
         prompts = [render_prompt(kind, q, r, trait) for q, r in items]
         if not prompts:

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 class LocalJudge(Judge):
     """Score with a local model's probabilities over candidate scores (see module docstring)."""
 
-    def __init__(self, lm: LoadedModel, candidates: Sequence[int] = tuple(range(0, 101, 10)), batch_size: int = 8):
+    def __init__(
+        self, lm: LoadedModel, candidates: Sequence[int] = tuple(range(0, 101, 10)), batch_size: int = 8
+    ):
         self.lm = lm
         self.candidates = [int(c) for c in candidates]
         if not self.candidates or any(not 0 <= c <= 100 for c in self.candidates):
@@ -37,7 +39,9 @@ class LocalJudge(Judge):
         self.id = f"local:{lm.name}:{lm.weights_hash}:{','.join(map(str, self.candidates))}"
 
     @torch.no_grad()
-    def score_batch(self, kind: str, items: Sequence[tuple[str, str]], trait: TraitInfo | None) -> list[Score]:
+    def score_batch(
+        self, kind: str, items: Sequence[tuple[str, str]], trait: TraitInfo | None
+    ) -> list[Score]:
         from transformers import DynamicCache
 
         from ..generate import left_pad, position_ids
@@ -57,15 +61,33 @@ class LocalJudge(Judge):
             ids, mask = left_pad(seqs[s : s + self.batch_size], pad, lm.device)
             B = ids.shape[0]
             cache = DynamicCache()
-            res = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), past_key_values=cache, use_cache=True)
+            res = lm.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids(mask),
+                past_key_values=cache,
+                use_cache=True,
+            )
             first = torch.log_softmax(res.logits[:, -1].double(), -1)  # [B, V]
             lp = first[:, cand_mat[:, 0].to(first.device)]  # [B, K]
             if m > 1:
                 cache.batch_select_indices(torch.arange(B, device=ids.device).repeat_interleave(K))
                 inp = cand_mat.to(ids.device).repeat(B, 1)
-                mask2 = torch.cat([mask.repeat_interleave(K, 0), torch.ones(B * K, m, dtype=mask.dtype, device=mask.device)], 1)
+                mask2 = torch.cat(
+                    [
+                        mask.repeat_interleave(K, 0),
+                        torch.ones(B * K, m, dtype=mask.dtype, device=mask.device),
+                    ],
+                    1,
+                )
                 pos = position_ids(mask2)[:, -m:]
-                res2 = lm.model(input_ids=inp, attention_mask=mask2, position_ids=pos, past_key_values=cache, use_cache=True)
+                res2 = lm.model(
+                    input_ids=inp,
+                    attention_mask=mask2,
+                    position_ids=pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
                 logp = torch.log_softmax(res2.logits.double(), -1)  # [B*K, m, V]
                 nxt = inp[:, 1:]  # tokens predicted by positions 0..m-2
                 tok_lp = logp[:, :-1].gather(-1, nxt[..., None])[..., 0]  # [B*K, m-1]

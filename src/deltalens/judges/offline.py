@@ -72,7 +72,9 @@ class TraitClassifier:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, positive: Sequence[str], negative: Sequence[str], *, seed: int = 0, **meta: Any) -> TraitClassifier:
+    def fit(
+        cls, positive: Sequence[str], negative: Sequence[str], *, seed: int = 0, **meta: Any
+    ) -> TraitClassifier:
         """Train on positive / negative response texts (≥ 5 of each)."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.metrics import log_loss, roc_auc_score
@@ -80,7 +82,7 @@ class TraitClassifier:
 
         if len(positive) < 5 or len(negative) < 5:
             raise DataFormatError(
-                f"the trait classifier needs at least 5 positive and 5 negative responses (got {len(positive)} and {len(negative)})"
+                f"the trait classifier needs at least 5 positive and 5 negative responses (got {len(positive)} and {len(negative)})"  # noqa: E501
             )
         x = embed(list(positive) + list(negative)).double().numpy()
         y = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
@@ -150,7 +152,9 @@ class TraitClassifier:
 class CoherenceScorer:
     """Likelihood-under-a-reference-model coherence with a repetition penalty (module docstring)."""
 
-    def __init__(self, ref: LoadedModel, tau: float = 2.0, width: float = 0.35, ngram: int = 4, batch_size: int = 8):
+    def __init__(
+        self, ref: LoadedModel, tau: float = 2.0, width: float = 0.35, ngram: int = 4, batch_size: int = 8
+    ):
         self.ref = ref
         self.tau = float(tau)
         self.width = float(width)
@@ -193,7 +197,11 @@ class CoherenceScorer:
             ids, mask = left_pad(seqs, pad, lm.device)
             R = max(len(enc[i][1]) for i in batch)
             logits = lm.model(
-                input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False, logits_to_keep=R + 1
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids(mask),
+                use_cache=False,
+                logits_to_keep=R + 1,
             ).logits  # [B, R+1, V]: predictions for the last R tokens are at columns 0..R-1
             logp = torch.log_softmax(logits[:, :-1].float(), -1)
             tgt = ids[:, -R:]
@@ -227,12 +235,16 @@ class OfflineJudge(Judge):
     def prompt(self, kind: str, question: str, trait: TraitInfo | None) -> str:
         return f"{kind}\x00{trait.name if trait else ''}\x00{question}"
 
-    def score_batch(self, kind: str, items: Sequence[tuple[str, str]], trait: TraitInfo | None) -> list[Score]:
+    def score_batch(
+        self, kind: str, items: Sequence[tuple[str, str]], trait: TraitInfo | None
+    ) -> list[Score]:
         if kind == "coherence":
             return self.coherence.score(items)
         if kind == "trait":
             if self.classifier is None:
-                raise DataFormatError("this offline judge has no trait classifier (train one with TraitClassifier.fit)")
+                raise DataFormatError(
+                    "this offline judge has no trait classifier (train one with TraitClassifier.fit)"
+                )
             p = self.classifier.predict_proba([r for _, r in items])
             return [Score(100.0 * float(v), "ok") for v in p]
         raise ValueError(f"unknown score kind '{kind}'")

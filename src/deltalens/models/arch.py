@@ -204,7 +204,12 @@ def spec_for(model: nn.Module) -> ArchSpec:
             return spec
     llama = ARCH_TABLE[0]
     layers = _get(model, "model.layers")
-    if isinstance(layers, nn.ModuleList) and len(layers) and hasattr(layers[0], "self_attn") and hasattr(layers[0], "mlp"):
+    if (
+        isinstance(layers, nn.ModuleList)
+        and len(layers)
+        and hasattr(layers[0], "self_attn")
+        and hasattr(layers[0], "mlp")
+    ):
         warnings.warn(
             f"model_type '{model_type}' is not in deltalens's architecture table; treating it as Llama-like "
             "(model.layers[i].self_attn / .mlp). Check captured activations against output_hidden_states.",
@@ -229,7 +234,9 @@ class Arch:
                 self.backbone_path = path
                 break
         if backbone is None:
-            raise SiteError(f"could not find the backbone of {type(model).__name__} (tried {self.spec.backbone})")
+            raise SiteError(
+                f"could not find the backbone of {type(model).__name__} (tried {self.spec.backbone})"
+            )
         self.backbone: nn.Module = backbone
         layers = _get(backbone, self.spec.layers)
         assert isinstance(layers, nn.ModuleList)

@@ -127,7 +127,11 @@ def _chat_token_types(tokenizer: Any) -> dict[str, int]:
     out["asst"] = asst - n
     for i in range(asst + 1, n):
         piece = pieces[i]
-        if "endheader" not in out and "newline" not in out and ("end_header" in piece or "header" in piece.lower()):
+        if (
+            "endheader" not in out
+            and "newline" not in out
+            and ("end_header" in piece or "header" in piece.lower())
+        ):
             out["endheader"] = i - n
         elif "newline" not in out and piece and set(piece) <= {"\n", "\r"}:
             out["newline"] = i - n
@@ -200,7 +204,9 @@ class LoadedModel:
         generation prompt. Without a chat template: ``system + "\\n\\n" + user``."""
         if not self.has_chat_template:
             return f"{system}\n\n{user}" if system else user
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        msgs = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user}
+        ]
         try:
             return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         except Exception:
@@ -274,7 +280,9 @@ def _memo_file_hash(path: Path) -> str:
 
 def _gguf_cache_dir(gguf: Path, name: str) -> Path:
     st = gguf.stat()
-    fp = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|{CACHE_FORMAT}".encode()).hexdigest()[:12]
+    fp = hashlib.sha256(
+        f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|{CACHE_FORMAT}".encode()
+    ).hexdigest()[:12]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return cache_root() / "models" / f"{safe}-{fp}"
 
@@ -289,7 +297,9 @@ def _convert_gguf(gguf: Path, target: Path, name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -376,7 +386,13 @@ def _load_dir(
     return model, tok
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "tiktoken.model",
+)
 
 
 def has_tokenizer_files(path: str | os.PathLike) -> bool:
@@ -439,7 +455,9 @@ def local_dir(spec: str | os.PathLike | LoadedModel) -> Path:
     p = Path(spec_s).expanduser()
     if p.is_dir():
         if not (p / "config.json").exists():
-            raise ModelSpecError(f"{p} is a directory but has no config.json; not a Hugging Face model directory")
+            raise ModelSpecError(
+                f"{p} is a directory but has no config.json; not a Hugging Face model directory"
+            )
         return p.resolve()
     if "/" in spec_s and not spec_s.startswith((".", "/", "~")):
         try:
@@ -489,16 +507,26 @@ def load(
         target = _gguf_cache_dir(gguf, name)
         if not (target / "model.safetensors").exists():
             _convert_gguf(gguf, target, name)
-        model, tok = _load_dir(str(target), dtype=dt, device=dev, trust_remote_code=False, local_files_only=True)
+        model, tok = _load_dir(
+            str(target), dtype=dt, device=dev, trust_remote_code=False, local_files_only=True
+        )
         meta = json.loads((target / "deltalens.json").read_text())
         return LoadedModel(model, tok, spec=spec_s, name=name, source_dir=target, meta=meta)
 
     p = Path(spec_s).expanduser()
     if p.is_dir():
         if not (p / "config.json").exists():
-            raise ModelSpecError(f"{p} is a directory but has no config.json; not a Hugging Face model directory")
-        model, tok = _load_dir(str(p), dtype=dt, device=dev, trust_remote_code=trust_remote_code, local_files_only=True,
-                               tokenizer=tokenizer)
+            raise ModelSpecError(
+                f"{p} is a directory but has no config.json; not a Hugging Face model directory"
+            )
+        model, tok = _load_dir(
+            str(p),
+            dtype=dt,
+            device=dev,
+            trust_remote_code=trust_remote_code,
+            local_files_only=True,
+            tokenizer=tokenizer,
+        )
         return LoadedModel(model, tok, spec=spec_s, name=p.name, source_dir=p.resolve())
     if spec_s.startswith((".", "/", "~")) or os.sep in spec_s and spec_s.count("/") > 1:
         raise ModelSpecError(f"no such model directory or file: {spec_s}")

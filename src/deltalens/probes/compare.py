@@ -74,7 +74,9 @@ def load_entries(probe_dirs: Sequence[str | Path], method: str, metrics: Sequenc
             raise DataFormatError(f"not a valid {fit.KIND}: {d} (no importance.csv)")
         sub = imp[imp["method"] == method]
         if sub.empty:
-            raise ConfigError(f"--method: {d} has no '{method}' probe (has {', '.join(sorted(set(imp['method'])))})")
+            raise ConfigError(
+                f"--method: {d} has no '{method}' probe (has {', '.join(sorted(set(imp['method'])))})"
+            )
         pts = Path(d) / POINTS_CSV
         props = None
         if pts.is_file():
@@ -82,7 +84,7 @@ def load_entries(probe_dirs: Sequence[str | Path], method: str, metrics: Sequenc
 
             p = pd.read_csv(pts)
             props = p[p["threshold"] == p["threshold"].min()]
-        for m in (metrics or list(dict.fromkeys(sub["metric"].astype(str)))):
+        for m in metrics or list(dict.fromkeys(sub["metric"].astype(str))):
             rows = sub[sub["metric"].astype(str) == m].sort_values("latent")
             if rows.empty:
                 continue
@@ -95,8 +97,10 @@ def pair_row(a: Entry, b: Entry, ks: Sequence[int], rank_top: int) -> dict[str, 
     from scipy.stats import spearmanr
 
     if len(a.importance) != len(b.importance):
-        raise ShapeError(f"{a.label} has {len(a.importance)} latents but {b.label} has {len(b.importance)}; "
-                         "latents must be index-aligned to compare")
+        raise ShapeError(
+            f"{a.label} has {len(a.importance)} latents but {b.label} has {len(b.importance)}; "
+            "latents must be index-aligned to compare"
+        )
     row: dict[str, Any] = {"a": a.label, "b": b.label, "axis": axis_of(a, b)}
     for k in ks:
         ta, tb = set(a.top(k)), set(b.top(k))
@@ -127,9 +131,18 @@ def property_separation(a: Entry, b: Entry, k: int) -> list[dict[str, Any]]:
     for col in [c for c in a.properties.columns if c not in skip and c in b.properties.columns]:
         va, vb = pa[col].to_numpy(float), pb[col].to_numpy(float)
         pv = float(mannwhitneyu(va, vb).pvalue) if len(va) >= 2 and len(vb) >= 2 else None
-        out.append({"a": a.label, "b": b.label, "property": col, "mean_a_only": float(va.mean()) if len(va) else None,
-                    "mean_b_only": float(vb.mean()) if len(vb) else None, "n_a_only": len(va), "n_b_only": len(vb),
-                    "mannwhitney_p": pv})
+        out.append(
+            {
+                "a": a.label,
+                "b": b.label,
+                "property": col,
+                "mean_a_only": float(va.mean()) if len(va) else None,
+                "mean_b_only": float(vb.mean()) if len(vb) else None,
+                "n_a_only": len(va),
+                "n_b_only": len(vb),
+                "mannwhitney_p": pv,
+            }
+        )
     return out
 
 
@@ -147,19 +160,33 @@ def series_changes(entries: Sequence[Entry], k: int) -> list[dict[str, Any]]:
         d_imp = b.importance[lat] - a.importance[lat]
         pa = a.properties.set_index("latent").loc[lat]
         pb = b.properties.set_index("latent").loc[lat]
-        for col in [c for c in pa.columns if c not in ("metric", "threshold", "importance") and c in pb.columns]:
+        for col in [
+            c for c in pa.columns if c not in ("metric", "threshold", "importance") and c in pb.columns
+        ]:
             dv = pb[col].to_numpy(float) - pa[col].to_numpy(float)
             ok = np.isfinite(dv)
             rho = None
             if ok.sum() >= 3 and np.ptp(dv[ok]) > 0 and np.ptp(d_imp[ok]) > 0:
                 rho = float(spearmanr(d_imp[ok], dv[ok]).statistic)
-            out.append({"from": a.label, "to": b.label, "property": col, "spearman_dimportance_dproperty": rho,
-                        "n_latents": int(ok.sum())})
+            out.append(
+                {
+                    "from": a.label,
+                    "to": b.label,
+                    "property": col,
+                    "spearman_dimportance_dproperty": rho,
+                    "n_latents": int(ok.sum()),
+                }
+            )
     return out
 
 
-def run_compare(probe_dirs: Sequence[str | Path], config: Any = None, *, metrics: Sequence[str] = (),
-                out: str | Path | None = None) -> Any:
+def run_compare(
+    probe_dirs: Sequence[str | Path],
+    config: Any = None,
+    *,
+    metrics: Sequence[str] = (),
+    out: str | Path | None = None,
+) -> Any:
     """Compare every pair of entries of ``probe_dirs`` (see the module docstring); entries in
     the given order also form the series. Saves ``compare.json`` + ``compare.csv`` to ``out``."""
     from .stages import CompareConfig, CompareResult
@@ -167,10 +194,12 @@ def run_compare(probe_dirs: Sequence[str | Path], config: Any = None, *, metrics
     cfg = config or CompareConfig()
     entries = load_entries(probe_dirs, cfg.method, metrics)
     if len(entries) < 2:
-        raise ConfigError(f"need at least two probes to compare; {', '.join(map(str, probe_dirs))} give {len(entries)}")
+        raise ConfigError(
+            f"need at least two probes to compare; {', '.join(map(str, probe_dirs))} give {len(entries)}"
+        )
     rows, props = [], []
     for i, a in enumerate(entries):
-        for b in entries[i + 1:]:
+        for b in entries[i + 1 :]:
             rows.append(pair_row(a, b, cfg.ks, cfg.rank_top))
             if rows[-1]["axis"] == "inter-metric":
                 props += property_separation(a, b, max(cfg.ks))

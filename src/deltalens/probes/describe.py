@@ -12,7 +12,15 @@ from ..info import register_describer
 
 _CSV_KINDS = {
     ("latent", "metric", "method", "importance", "rank"): "probe importance CSV",
-    ("latent", "metric", "direction", "round", "importance", "auroc_before", "auroc_after"): "probe annotation CSV",
+    (
+        "latent",
+        "metric",
+        "direction",
+        "round",
+        "importance",
+        "auroc_before",
+        "auroc_after",
+    ): "probe annotation CSV",
     ("metric", "threshold", "property", "spearman"): "probe correlations CSV",
 }
 
@@ -39,4 +47,9 @@ def _probe_csv(path: Path) -> dict[str, Any] | None:
         if kind is None:
             return None
         rows = list(reader)
-    return {"kind": kind, "path": str(path), "rows": len(rows), "metrics": sorted({r.get("metric", "") for r in rows})}
+    return {
+        "kind": kind,
+        "path": str(path),
+        "rows": len(rows),
+        "metrics": sorted({r.get("metric", "") for r in rows}),
+    }

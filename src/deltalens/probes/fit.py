@@ -76,7 +76,13 @@ def class_stats(X: Any, y: np.ndarray) -> dict[str, np.ndarray]:
     diff = out["mean_high"] - out["mean_low"]
     with np.errstate(divide="ignore", invalid="ignore"):
         dn = np.where(pooled > 0, diff / np.where(pooled > 0, pooled, 1.0), 0.0)
-    return {"mean_high": out["mean_high"], "mean_low": out["mean_low"], "diff": diff, "diff_norm": dn, "pooled_std": pooled}
+    return {
+        "mean_high": out["mean_high"],
+        "mean_low": out["mean_low"],
+        "diff": diff,
+        "diff_norm": dn,
+        "pooled_std": pooled,
+    }
 
 
 def rank_by_diff(X: Any, y: np.ndarray, k: int | None = None) -> np.ndarray:
@@ -180,12 +186,24 @@ class Probe:
         return np.asarray(X @ self.coef).ravel() + self.intercept
 
     def summary(self) -> dict[str, Any]:
-        return {"method": self.method, "k": self.k, "C": self.C, "cv_auroc": self.cv_auroc, "cv_auroc_se": self.cv_auroc_se,
-                "cv_accuracy": self.cv_accuracy, "cv_accuracy_se": self.cv_accuracy_se, "n_high": self.n_high,
-                "n_low": self.n_low, "d": self.d, "n_nonzero": int((self.importance > 0).sum())}
+        return {
+            "method": self.method,
+            "k": self.k,
+            "C": self.C,
+            "cv_auroc": self.cv_auroc,
+            "cv_auroc_se": self.cv_auroc_se,
+            "cv_accuracy": self.cv_accuracy,
+            "cv_accuracy_se": self.cv_accuracy_se,
+            "n_high": self.n_high,
+            "n_low": self.n_low,
+            "d": self.d,
+            "n_nonzero": int((self.importance > 0).sum()),
+        }
 
 
-def _fit_logistic(X: Any, y: np.ndarray, cols: np.ndarray | None, penalty: str, C: float, seed: int) -> tuple[Any, Any]:
+def _fit_logistic(
+    X: Any, y: np.ndarray, cols: np.ndarray | None, penalty: str, C: float, seed: int
+) -> tuple[Any, Any]:
     import scipy.sparse as sp
 
     Xs = X if cols is None else _take(X, cols)
@@ -208,7 +226,9 @@ def _unscaled(est: Any, d: int, cols: np.ndarray | None) -> tuple[np.ndarray, fl
     return coef, b, imp
 
 
-def _cv_ksparse(X: Any, y: np.ndarray, folds: list, ks: Sequence[int], C: float, seed: int) -> dict[int, tuple[list, list]]:
+def _cv_ksparse(
+    X: Any, y: np.ndarray, folds: list, ks: Sequence[int], C: float, seed: int
+) -> dict[int, tuple[list, list]]:
     res: dict[int, tuple[list, list]] = {k: ([], []) for k in ks}
     for tr, te in folds:
         order = rank_by_diff(X[tr], y[tr], max(ks))
@@ -222,21 +242,40 @@ def _cv_ksparse(X: Any, y: np.ndarray, folds: list, ks: Sequence[int], C: float,
     return res
 
 
-def _fit_ksparse(X: Any, y: np.ndarray, k: int | None, folds: list, C: float, seed: int, ks: Sequence[int]) -> dict[str, Any]:
+def _fit_ksparse(
+    X: Any, y: np.ndarray, k: int | None, folds: list, C: float, seed: int, ks: Sequence[int]
+) -> dict[str, Any]:
     d = X.shape[1]
     grid = [k] if k is not None else sorted({min(int(x), d) for x in ks})
     cv = _cv_ksparse(X, y, folds, grid, C, seed)
-    path = [{"k": kk, "cv_auroc": _mean_se(cv[kk][0])[0], "cv_auroc_se": _mean_se(cv[kk][0])[1],
-             "cv_accuracy": _mean_se(cv[kk][1])[0]} for kk in grid]
+    path = [
+        {
+            "k": kk,
+            "cv_auroc": _mean_se(cv[kk][0])[0],
+            "cv_auroc_se": _mean_se(cv[kk][0])[1],
+            "cv_accuracy": _mean_se(cv[kk][1])[0],
+        }
+        for kk in grid
+    ]
     best = max(grid, key=lambda kk: (round(_mean_se(cv[kk][0])[0], 12), -kk))
     cols = rank_by_diff(X, y, best)
     est, _ = _fit_logistic(X, y, cols, "l2", C, seed)
     coef, b, imp = _unscaled(est, d, cols)
-    return {"k": best, "coef": coef, "intercept": b, "importance": imp, "fold_auroc": cv[best][0],
-            "fold_accuracy": cv[best][1], "path": path, "C": C}
+    return {
+        "k": best,
+        "coef": coef,
+        "intercept": b,
+        "importance": imp,
+        "fold_auroc": cv[best][0],
+        "fold_accuracy": cv[best][1],
+        "path": path,
+        "C": C,
+    }
 
 
-def _fit_l1(X: Any, y: np.ndarray, k: int | None, folds: list, Cs: Sequence[float], seed: int) -> dict[str, Any]:
+def _fit_l1(
+    X: Any, y: np.ndarray, k: int | None, folds: list, Cs: Sequence[float], seed: int
+) -> dict[str, Any]:
     d = X.shape[1]
     path, fits = [], {}
     for C in Cs:
@@ -249,16 +288,31 @@ def _fit_l1(X: Any, y: np.ndarray, k: int | None, folds: list, Cs: Sequence[floa
         est, _ = _fit_logistic(X, y, None, "l1", C, seed)
         coef, b, imp = _unscaled(est, d, None)
         fits[C] = (coef, b, imp, aucs, accs)
-        path.append({"C": float(C), "n_nonzero": int((imp > 0).sum()), "cv_auroc": _mean_se(aucs)[0],
-                     "cv_auroc_se": _mean_se(aucs)[1], "cv_accuracy": _mean_se(accs)[0]})
+        path.append(
+            {
+                "C": float(C),
+                "n_nonzero": int((imp > 0).sum()),
+                "cv_auroc": _mean_se(aucs)[0],
+                "cv_auroc_se": _mean_se(aucs)[1],
+                "cv_accuracy": _mean_se(accs)[0],
+            }
+        )
     if k is not None:
         ok = [p["C"] for p in path if p["n_nonzero"] <= k]
         best = max(ok) if ok else min(Cs)
     else:
         best = max(Cs, key=lambda C: (round(_mean_se(fits[C][3])[0], 12), -C))
     coef, b, imp, aucs, accs = fits[best]
-    return {"k": k, "coef": coef, "intercept": b, "importance": imp, "fold_auroc": aucs, "fold_accuracy": accs,
-            "path": path, "C": float(best)}
+    return {
+        "k": k,
+        "coef": coef,
+        "intercept": b,
+        "importance": imp,
+        "fold_auroc": aucs,
+        "fold_accuracy": accs,
+        "path": path,
+        "C": float(best),
+    }
 
 
 def _diff_scores(X: Any, y: np.ndarray, k: int | None) -> tuple[np.ndarray, float]:
@@ -285,8 +339,17 @@ def _fit_diff_mean(X: Any, y: np.ndarray, k: int | None, folds: list) -> dict[st
     imp = np.abs(class_stats(X, y)["diff_norm"])
     if k is not None:
         imp = np.where(w != 0, imp, 0.0)
-    return {"k": k, "coef": w, "intercept": -thr, "importance": imp, "fold_auroc": aucs, "fold_accuracy": accs,
-            "path": [], "C": None, "threshold": thr}
+    return {
+        "k": k,
+        "coef": w,
+        "intercept": -thr,
+        "importance": imp,
+        "fold_auroc": aucs,
+        "fold_accuracy": accs,
+        "path": [],
+        "C": None,
+        "threshold": thr,
+    }
 
 
 def check_labels(y: Any, n: int, folds: int) -> np.ndarray:
@@ -302,12 +365,24 @@ def check_labels(y: Any, n: int, folds: int) -> np.ndarray:
     if folds < 2:
         raise ConfigError(f"--folds must be ≥ 2, got {folds}")
     if min(n1, n0) < folds:
-        raise ConfigError(f"--folds {folds} needs at least {folds} sequences per class; got {n1} high and {n0} low")
+        raise ConfigError(
+            f"--folds {folds} needs at least {folds} sequences per class; got {n1} high and {n0} low"
+        )
     return yy
 
 
-def fit_probe(features: Any, labels: Any, method: str = "l1", k: int | None = None, folds: int = 5, *, seed: int = 0,
-              C: float = 1.0, Cs: Sequence[float] = DEFAULT_CS, ks: Sequence[int] = DEFAULT_KS) -> Probe:
+def fit_probe(
+    features: Any,
+    labels: Any,
+    method: str = "l1",
+    k: int | None = None,
+    folds: int = 5,
+    *,
+    seed: int = 0,
+    C: float = 1.0,
+    Cs: Sequence[float] = DEFAULT_CS,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> Probe:
     """Fit a probe of ``method`` (``"l1"``, ``"ksparse"``, ``"diff_mean"``; see the module
     docstring) on ``features`` ``[n, d]`` and 0/1 ``labels``, with ``folds``-fold stratified
     cross-validation. ``C`` is the inverse L2 strength of the k-sparse logistic regression,
@@ -326,13 +401,36 @@ def fit_probe(features: Any, labels: Any, method: str = "l1", k: int | None = No
     else:
         r = _fit_diff_mean(X, y, k, fl)
     st = class_stats(X, y)
-    return Probe(method, r["k"], folds, seed, X.shape[1], int(y.sum()), int(len(y) - y.sum()), r["importance"], r["coef"],
-                 r["intercept"], st, list(r["fold_auroc"]), list(r["fold_accuracy"]), r["path"], r["C"],
-                 r.get("threshold", 0.0))
+    return Probe(
+        method,
+        r["k"],
+        folds,
+        seed,
+        X.shape[1],
+        int(y.sum()),
+        int(len(y) - y.sum()),
+        r["importance"],
+        r["coef"],
+        r["intercept"],
+        st,
+        list(r["fold_auroc"]),
+        list(r["fold_accuracy"]),
+        r["path"],
+        r["C"],
+        r.get("threshold", 0.0),
+    )
 
 
-def random_latents_control(features: Any, labels: Any, k: int, folds: int = 5, *, seed: int = 0, C: float = 1.0,
-                           pool: np.ndarray | None = None) -> Probe:
+def random_latents_control(
+    features: Any,
+    labels: Any,
+    k: int,
+    folds: int = 5,
+    *,
+    seed: int = 0,
+    C: float = 1.0,
+    pool: np.ndarray | None = None,
+) -> Probe:
     """Control: logistic regression on ``k`` random columns (from ``pool``: e.g. the latents
     that fire at least once) instead of the best ones — what a probe of that size gets by chance."""
     X = as_features(features)
@@ -349,5 +447,20 @@ def random_latents_control(features: Any, labels: Any, k: int, folds: int = 5, *
         accs.append(acc)
     est, _ = _fit_logistic(X, y, cols, "l2", C, seed)
     coef, b, imp = _unscaled(est, X.shape[1], cols)
-    return Probe("random_latents", len(cols), folds, seed, X.shape[1], int(y.sum()), int(len(y) - y.sum()), imp, coef, b,
-                 class_stats(X, y), aucs, accs, [{"columns": cols.tolist()}], C)
+    return Probe(
+        "random_latents",
+        len(cols),
+        folds,
+        seed,
+        X.shape[1],
+        int(y.sum()),
+        int(len(y) - y.sum()),
+        imp,
+        coef,
+        b,
+        class_stats(X, y),
+        aucs,
+        accs,
+        [{"columns": cols.tolist()}],
+        C,
+    )

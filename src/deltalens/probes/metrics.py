@@ -48,7 +48,9 @@ def read_table_file(path: str | Path) -> Any:
     except DataFormatError:
         raise
     except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types for a broken file
-        raise DataFormatError(f"{p}: cannot read as {suf.lstrip('.')} ({type(exc).__name__}: {exc})") from None
+        raise DataFormatError(
+            f"{p}: cannot read as {suf.lstrip('.')} ({type(exc).__name__}: {exc})"
+        ) from None
     raise DataFormatError(f"{p}: unknown metrics format '{suf}' (use .parquet, .csv or .jsonl)")
 
 
@@ -67,14 +69,23 @@ class MetricsJoin:
     constant: list[str] = field(default_factory=list)
 
     def report(self) -> dict[str, Any]:
-        return {"source": self.source, "key": self.key, "metrics": list(self.values),
-                "unmatched_keys": len(self.unmatched_keys), "unmatched_examples": self.unmatched_keys[:5],
-                "sequences_without_metrics": len(self.missing_sequences), "missing_examples": self.missing_sequences[:5],
-                "empty_sequences": len(self.empty_sequences), "nan": self.nan_counts, "constant": self.constant}
+        return {
+            "source": self.source,
+            "key": self.key,
+            "metrics": list(self.values),
+            "unmatched_keys": len(self.unmatched_keys),
+            "unmatched_examples": self.unmatched_keys[:5],
+            "sequences_without_metrics": len(self.missing_sequences),
+            "missing_examples": self.missing_sequences[:5],
+            "empty_sequences": len(self.empty_sequences),
+            "nan": self.nan_counts,
+            "constant": self.constant,
+        }
 
 
-def join_metrics(table: Any, metrics: Any, key: str = "id", columns: Sequence[str] | None = None,
-                 source: str | None = None) -> MetricsJoin:
+def join_metrics(
+    table: Any, metrics: Any, key: str = "id", columns: Sequence[str] | None = None, source: str | None = None
+) -> MetricsJoin:
     """Align ``metrics`` (a path or a DataFrame) with ``table``'s sequences by ``key``.
 
     ``key`` is the name of the key column; its values are compared with the table's sequence
@@ -85,18 +96,30 @@ def join_metrics(table: Any, metrics: Any, key: str = "id", columns: Sequence[st
     src = source or (str(metrics) if isinstance(metrics, (str, Path)) else "<metrics table>")
     df = read_table_file(metrics) if isinstance(metrics, (str, Path)) else pd.DataFrame(metrics)
     if key not in df.columns:
-        raise DataFormatError(f"{src}: key column '{key}' not found (columns: {', '.join(map(str, df.columns))})")
+        raise DataFormatError(
+            f"{src}: key column '{key}' not found (columns: {', '.join(map(str, df.columns))})"
+        )
     by_text = key in ("text", "response", "sequence")
     if columns:
         missing = [c for c in columns if c not in df.columns]
         if missing:
-            raise DataFormatError(f"{src}: metric column '{missing[0]}' not found (columns: {', '.join(map(str, df.columns))})")
+            raise DataFormatError(
+                f"{src}: metric column '{missing[0]}' not found (columns: {', '.join(map(str, df.columns))})"
+            )
         cols = list(columns)
     else:
-        cols = [c for c in df.columns if c != key and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+        cols = [
+            c
+            for c in df.columns
+            if c != key and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+        ]
         if not cols:
             other = [c for c in df.columns if c != key]
-            eg = f" (non-numeric: {', '.join(map(str, other))}; e.g. {df[other[0]].iloc[0]!r})" if other and len(df) else ""
+            eg = (
+                f" (non-numeric: {', '.join(map(str, other))}; e.g. {df[other[0]].iloc[0]!r})"
+                if other and len(df)
+                else ""
+            )
             raise DataFormatError(f"{src}: no numeric metric column besides the key '{key}'{eg}")
     for c in cols:
         if not pd.api.types.is_numeric_dtype(df[c]):
@@ -105,14 +128,18 @@ def join_metrics(table: Any, metrics: Any, key: str = "id", columns: Sequence[st
     keys = df[key].astype(str).tolist()
     dup = pd.Series(keys).duplicated()
     if dup.any():
-        raise DataFormatError(f"{src}: key {keys[int(np.argmax(dup.to_numpy()))]!r} occurs more than once in column '{key}'")
+        raise DataFormatError(
+            f"{src}: key {keys[int(np.argmax(dup.to_numpy()))]!r} occurs more than once in column '{key}'"
+        )
     targets = table.texts if by_text else table.seq_ids
     index = {k: i for i, k in enumerate(targets)}
     rows = np.array([index.get(k, -1) for k in keys])
     unmatched = [k for k, r in zip(keys, rows) if r < 0]
     if len(unmatched) == len(keys):
-        raise DataFormatError(f"{src}: no key in column '{key}' matches a sequence "
-                              f"(e.g. {keys[0]!r:.60} vs sequence {('text ' if by_text else 'id ')}{targets[0] if targets else None!r:.60})")
+        raise DataFormatError(
+            f"{src}: no key in column '{key}' matches a sequence "
+            f"(e.g. {keys[0]!r:.60} vs sequence {('text ' if by_text else 'id ')}{targets[0] if targets else None!r:.60})"
+        )
     values = {}
     hit = rows >= 0
     for c in cols:
@@ -126,7 +153,9 @@ def join_metrics(table: Any, metrics: Any, key: str = "id", columns: Sequence[st
         values[c][np.asarray(table.n_tokens) == 0] = np.nan
     nan = {c: int(np.isnan(v[matched]).sum()) for c, v in values.items()}
     const = [c for c, v in values.items() if np.nanstd(v) == 0 or np.isnan(v).all()]
-    return MetricsJoin(values, key, src, unmatched, [table.seq_ids[i] for i in np.flatnonzero(~matched)], empty, nan, const)
+    return MetricsJoin(
+        values, key, src, unmatched, [table.seq_ids[i] for i in np.flatnonzero(~matched)], empty, nan, const
+    )
 
 
 def _is_number(v: Any) -> bool:
@@ -153,8 +182,16 @@ class Labels:
         return {"high": int(self.y.sum()), "low": int((1 - self.y).sum())}
 
 
-def make_labels(values: np.ndarray, metric: str = "metric", *, high: float = 0.8, low: float = 0.2,
-                mode: str = "quantile", source: str = "", min_per_class: int = 2) -> Labels:
+def make_labels(
+    values: np.ndarray,
+    metric: str = "metric",
+    *,
+    high: float = 0.8,
+    low: float = 0.2,
+    mode: str = "quantile",
+    source: str = "",
+    min_per_class: int = 2,
+) -> Labels:
     """High (1) / low (0) labels of ``values`` (NaNs dropped); see the module docstring."""
     v = np.asarray(values, dtype=np.float64)
     ok = np.flatnonzero(~np.isnan(v))
@@ -163,10 +200,14 @@ def make_labels(values: np.ndarray, metric: str = "metric", *, high: float = 0.8
         raise DataFormatError(f"{at}metric '{metric}' has no value for any sequence")
     vv = v[ok]
     if np.all(vv == vv[0]):
-        raise DataFormatError(f"{at}metric '{metric}' is constant ({vv[0]:g} for all {len(vv)} sequences); nothing to predict")
+        raise DataFormatError(
+            f"{at}metric '{metric}' is constant ({vv[0]:g} for all {len(vv)} sequences); nothing to predict"
+        )
     if mode == "quantile":
         if not 0 <= low <= high <= 1:
-            raise ConfigError(f"--low/--high quantiles must satisfy 0 ≤ low ≤ high ≤ 1, got {low:g}, {high:g}")
+            raise ConfigError(
+                f"--low/--high quantiles must satisfy 0 ≤ low ≤ high ≤ 1, got {low:g}, {high:g}"
+            )
         lo_cut, hi_cut = float(np.quantile(vv, low)), float(np.quantile(vv, high))
     elif mode == "threshold":
         if low > high:
@@ -191,5 +232,6 @@ def make_labels(values: np.ndarray, metric: str = "metric", *, high: float = 0.8
         cls = "high" if n_hi < n_lo else "low"
         raise DataFormatError(
             f"{at}metric '{metric}' gives a single class after labelling ({n_hi} high ≥ {hi_cut:g}, {n_lo} low ≤ {lo_cut:g}); "
-            f"need ≥ {min_per_class} '{cls}' sequences — change --high/--low")
+            f"need ≥ {min_per_class} '{cls}' sequences — change --high/--low"
+        )
     return Labels(ok[keep], y, vv[keep], lo_cut, hi_cut, metric)

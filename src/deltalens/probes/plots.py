@@ -9,8 +9,15 @@ from typing import Any
 import numpy as np
 
 
-def connected_scatter(points: Any, path: str | Path, *, x: str = "prevalence", y: str = "importance",
-                      title: str = "", max_paths: int = 20) -> Path | None:
+def connected_scatter(
+    points: Any,
+    path: str | Path,
+    *,
+    x: str = "prevalence",
+    y: str = "importance",
+    title: str = "",
+    max_paths: int = 20,
+) -> Path | None:
     """The seed's connected scatterplot: each important latent is a path across thresholds
     (``x`` vs ``y`` at every threshold, arrows from the lowest to the highest threshold)."""
     from ..report.figures import new_figure, save_figure
@@ -27,7 +34,9 @@ def connected_scatter(points: Any, path: str | Path, *, x: str = "prevalence", y
     ths = sorted(points["threshold"].unique())
     ax.set_xlabel(f"{x} (per threshold)")
     ax.set_ylabel(y)
-    ax.set_title(f"{title}: important latents across thresholds {', '.join(f'{t:g}' for t in ths)}", fontsize=9)
+    ax.set_title(
+        f"{title}: important latents across thresholds {', '.join(f'{t:g}' for t in ths)}", fontsize=9
+    )
     if len(points["latent"].unique()) <= 12:
         ax.legend(fontsize=7, ncol=2, title="latent", title_fontsize=7)
     return save_figure(fig, path)
@@ -40,9 +49,12 @@ def auroc_bars(probes: Sequence[dict[str, Any]], path: str | Path) -> Path | Non
     if not probes:
         return None
     names = [f"{p['metric']}\n{p['method']}" for p in probes]
-    series = [("SAE latents", "cv_auroc", "cv_auroc_se"), ("dense baseline", "dense_auroc", "dense_auroc_se"),
-              ("shuffled labels", "shuffled_auroc", "shuffled_auroc_se"),
-              ("random latents", "random_latents_auroc", "random_latents_auroc_se")]
+    series = [
+        ("SAE latents", "cv_auroc", "cv_auroc_se"),
+        ("dense baseline", "dense_auroc", "dense_auroc_se"),
+        ("shuffled labels", "shuffled_auroc", "shuffled_auroc_se"),
+        ("random latents", "random_latents_auroc", "random_latents_auroc_se"),
+    ]
     fig, ax = new_figure(max(5.0, 1.6 * len(probes) + 2), 3.8)
     w = 0.2
     xs = np.arange(len(probes))
@@ -50,7 +62,14 @@ def auroc_bars(probes: Sequence[dict[str, Any]], path: str | Path) -> Path | Non
         vals = [p.get(key) for p in probes]
         if all(v is None for v in vals):
             continue
-        ax.bar(xs + (j - 1.5) * w, [v or 0 for v in vals], w, yerr=[p.get(se) or 0 for p in probes], label=lab, capsize=2)
+        ax.bar(
+            xs + (j - 1.5) * w,
+            [v or 0 for v in vals],
+            w,
+            yerr=[p.get(se) or 0 for p in probes],
+            label=lab,
+            capsize=2,
+        )
     ax.axhline(0.5, color="k", lw=0.6, ls="--")
     ax.set_xticks(xs, names, fontsize=8)
     ax.set_ylim(0.3, 1.02)

@@ -54,7 +54,9 @@ class _TableResult(StageResult):
 
         from ..stage import _jsonable
 
-        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if not f.metadata.get("runtime")}
+        return {
+            f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if not f.metadata.get("runtime")
+        }
 
 
 def _write_csv(df: Any, path: Path) -> None:
@@ -80,22 +82,54 @@ def _read_csv(path: Path, kind: str) -> Any:
 class ProbeFitConfig(StageConfig):
     """How probes are fitted (recorded in ``probe.json``)."""
 
-    metrics: list[str] = option(default_factory=list, flag="--metric", help="Metric column(s) to probe (comma-separated; default every numeric column).")
-    key: str = option("id", flag="--key", help="Key column of the metrics file: the sequence id ('id') or the text itself ('text').")
-    high: float = option(0.8, flag="--high", help="High class: metric ≥ this quantile (or threshold with --label-mode threshold).")
-    low: float = option(0.2, flag="--low", help="Low class: metric ≤ this quantile (or threshold); the middle is dropped.")
+    metrics: list[str] = option(
+        default_factory=list,
+        flag="--metric",
+        help="Metric column(s) to probe (comma-separated; default every numeric column).",
+    )
+    key: str = option(
+        "id",
+        flag="--key",
+        help="Key column of the metrics file: the sequence id ('id') or the text itself ('text').",
+    )
+    high: float = option(
+        0.8,
+        flag="--high",
+        help="High class: metric ≥ this quantile (or threshold with --label-mode threshold).",
+    )
+    low: float = option(
+        0.2, flag="--low", help="Low class: metric ≤ this quantile (or threshold); the middle is dropped."
+    )
     label_mode: str = option("quantile", flag="--label-mode", help="quantile or threshold.")
-    methods: list[str] = option(default_factory=lambda: list(METHODS), flag="--method", help="Probe types: l1, ksparse, diff_mean (comma-separated).")
-    k: int | None = option(None, flag="--k", help="Latents per probe (ksparse/diff_mean; l1: at most k non-zero); default: sweep --ks.")
-    ks: list[int] = option(default_factory=lambda: list(DEFAULT_KS), flag="--ks", help="k sweep of the k-sparse probe.")
+    methods: list[str] = option(
+        default_factory=lambda: list(METHODS),
+        flag="--method",
+        help="Probe types: l1, ksparse, diff_mean (comma-separated).",
+    )
+    k: int | None = option(
+        None,
+        flag="--k",
+        help="Latents per probe (ksparse/diff_mean; l1: at most k non-zero); default: sweep --ks.",
+    )
+    ks: list[int] = option(
+        default_factory=lambda: list(DEFAULT_KS), flag="--ks", help="k sweep of the k-sparse probe."
+    )
     C: float = option(1.0, flag="--C", help="Inverse L2 strength of the k-sparse logistic regression.")
     folds: int = option(5, flag="--folds", help="Stratified cross-validation folds.")
     pooling: str = option("max", flag="--pooling", help="Per-sequence pooling of latents: max, mean or frac.")
-    positions: str = option("response", flag="--positions", help="Positions pooled per sequence (response, all, …).")
-    activation_threshold: float = option(0.0, flag="--activation-threshold", help="A latent fires where its activation > this (frac pooling).")
+    positions: str = option(
+        "response", flag="--positions", help="Positions pooled per sequence (response, all, …)."
+    )
+    activation_threshold: float = option(
+        0.0, flag="--activation-threshold", help="A latent fires where its activation > this (frac pooling)."
+    )
     batch_size: int = option(16, flag="--batch-size", help="Sequences per forward pass.")
     max_length: int | None = option(None, flag="--max-length", help="Truncate sequences to this many tokens.")
-    dense_baseline: bool = option(True, flag="--dense-baseline", help="Also fit every probe on the residual activations at the SAE's site.")
+    dense_baseline: bool = option(
+        True,
+        flag="--dense-baseline",
+        help="Also fit every probe on the residual activations at the SAE's site.",
+    )
     controls: bool = option(True, flag="--controls", help="Shuffled-label and random-latent controls.")
     top: int = option(20, flag="--top", help="Top latents listed per probe.")
     seed: int = option(0, flag="--seed", help="Seed of the folds and controls.")
@@ -179,13 +213,22 @@ class ProbeFitResult(_TableResult):
         for p in self.probes:
             if (metric is None or p["metric"] == metric) and (method is None or p["method"] == method):
                 return p
-        raise ConfigError(f"{self.name}: no probe for metric {metric!r} and method {method!r} "
-                          f"(have {', '.join(sorted({p['metric'] + '/' + p['method'] for p in self.probes}))})")
+        raise ConfigError(
+            f"{self.name}: no probe for metric {metric!r} and method {method!r} "
+            f"(have {', '.join(sorted({p['metric'] + '/' + p['method'] for p in self.probes}))})"
+        )
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "sae": self.sae, "site": self.site, "sequences": self.n_sequences,
-                "probes": [{k: p.get(k) for k in ("metric", "method", "k", "cv_auroc", "dense_auroc", "shuffled_auroc")}
-                           for p in self.probes]}
+        return {
+            "name": self.name,
+            "sae": self.sae,
+            "site": self.site,
+            "sequences": self.n_sequences,
+            "probes": [
+                {k: p.get(k) for k in ("metric", "method", "k", "cv_auroc", "dense_auroc", "shuffled_auroc")}
+                for p in self.probes
+            ],
+        }
 
 
 def _sequences(data: Any) -> Sequences:
@@ -205,8 +248,18 @@ class _Ids:
 
 
 def _labels_for(join: Any, cfg: ProbeFitConfig) -> dict[str, Labels]:
-    return {m: make_labels(join.values[m], m, high=cfg.high, low=cfg.low, mode=cfg.label_mode, source=join.source,
-                           min_per_class=cfg.folds) for m in join.values}
+    return {
+        m: make_labels(
+            join.values[m],
+            m,
+            high=cfg.high,
+            low=cfg.low,
+            mode=cfg.label_mode,
+            source=join.source,
+            min_per_class=cfg.folds,
+        )
+        for m in join.values
+    }
 
 
 def _metric_columns(metrics: Any, cfg: ProbeFitConfig) -> list[str] | None:
@@ -223,25 +276,46 @@ def check_inputs(sequences: Any, metrics: Any, cfg: ProbeFitConfig) -> tuple[Seq
     return seqs, df
 
 
-def _probe_entry(metric: str, method: str, X: Any, y: np.ndarray, dense: np.ndarray | None, cfg: ProbeFitConfig,
-                 alive: np.ndarray) -> tuple[dict[str, Any], Any]:
+def _probe_entry(
+    metric: str,
+    method: str,
+    X: Any,
+    y: np.ndarray,
+    dense: np.ndarray | None,
+    cfg: ProbeFitConfig,
+    alive: np.ndarray,
+) -> tuple[dict[str, Any], Any]:
     """One probe with its dense baseline and controls, as a JSON-able dict (+ the Probe)."""
     kw = dict(k=cfg.k, folds=cfg.folds, seed=cfg.seed, C=cfg.C, ks=cfg.ks)
     p = fit_probe(X, y, method, **kw)
-    e: dict[str, Any] = {"metric": metric, "method": method, **p.summary(), "fold_auroc": p.fold_auroc,
-                         "fold_accuracy": p.fold_accuracy, "path": p.path, "top_latents": p.top_latents(cfg.top),
-                         "top_directions": [int(p.direction[i]) for i in p.top_latents(cfg.top)]}
+    e: dict[str, Any] = {
+        "metric": metric,
+        "method": method,
+        **p.summary(),
+        "fold_auroc": p.fold_auroc,
+        "fold_accuracy": p.fold_accuracy,
+        "path": p.path,
+        "top_latents": p.top_latents(cfg.top),
+        "top_directions": [int(p.direction[i]) for i in p.top_latents(cfg.top)],
+    }
     if dense is not None:
         b = fit_probe(dense, y, method, **kw)
-        e.update(dense_auroc=b.cv_auroc, dense_auroc_se=b.cv_auroc_se, dense_accuracy=b.cv_accuracy, dense_k=b.k)
+        e.update(
+            dense_auroc=b.cv_auroc, dense_auroc_se=b.cv_auroc_se, dense_accuracy=b.cv_accuracy, dense_k=b.k
+        )
         e["sae_minus_dense"] = p.cv_auroc - b.cv_auroc
     if cfg.controls:
         rng = np.random.default_rng(cfg.seed + 1)
         sh = fit_probe(X, rng.permutation(y), method, **kw)
         n_ctrl = p.k or (int((p.importance > 0).sum()) if method == "l1" else cfg.top)
         r = random_latents_control(X, y, int(max(n_ctrl, 1)), cfg.folds, seed=cfg.seed, C=cfg.C, pool=alive)
-        e.update(shuffled_auroc=sh.cv_auroc, shuffled_auroc_se=sh.cv_auroc_se, random_latents_auroc=r.cv_auroc,
-                 random_latents_auroc_se=r.cv_auroc_se, random_latents_k=r.k)
+        e.update(
+            shuffled_auroc=sh.cv_auroc,
+            shuffled_auroc_se=sh.cv_auroc_se,
+            random_latents_auroc=r.cv_auroc,
+            random_latents_auroc_se=r.cv_auroc_se,
+            random_latents_k=r.k,
+        )
     return e, p
 
 
@@ -252,14 +326,31 @@ def _importance_rows(metric: str, method: str, p: Any) -> Any:
     rank = np.empty(p.d, dtype=np.int64)
     rank[order] = np.arange(1, p.d + 1)
     st = p.stats
-    return pd.DataFrame({"latent": np.arange(p.d), "metric": metric, "method": method, "importance": p.importance,
-                         "rank": rank, "direction": np.where(p.direction > 0, "high", np.where(p.direction < 0, "low", "none")),
-                         "mean_high": st["mean_high"], "mean_low": st["mean_low"], "diff": st["diff"],
-                         "diff_norm": st["diff_norm"], "coef": p.coef})
+    return pd.DataFrame(
+        {
+            "latent": np.arange(p.d),
+            "metric": metric,
+            "method": method,
+            "importance": p.importance,
+            "rank": rank,
+            "direction": np.where(p.direction > 0, "high", np.where(p.direction < 0, "low", "none")),
+            "mean_high": st["mean_high"],
+            "mean_low": st["mean_low"],
+            "diff": st["diff"],
+            "diff_norm": st["diff_norm"],
+            "coef": p.coef,
+        }
+    )
 
 
-def fit_table(table: LatentTable, metrics: Any, config: ProbeFitConfig | None = None, *, name: str = "probe",
-              source: str | None = None) -> ProbeFitResult:
+def fit_table(
+    table: LatentTable,
+    metrics: Any,
+    config: ProbeFitConfig | None = None,
+    *,
+    name: str = "probe",
+    source: str | None = None,
+) -> ProbeFitResult:
     """Probes on an existing latent table joined with ``metrics`` (a path or a DataFrame)."""
     import pandas as pd
 
@@ -276,18 +367,45 @@ def fit_table(table: LatentTable, metrics: Any, config: ProbeFitConfig | None = 
             e, p = _probe_entry(metric, method, Xm, lb.y, dense, cfg, alive)
             probes.append(e)
             imp.append(_importance_rows(metric, method, p))
-        lab.append(pd.DataFrame({"seq_id": [table.seq_ids[i] for i in lb.index], "metric": metric,
-                                 "value": lb.values, "label": lb.y}))
+        lab.append(
+            pd.DataFrame(
+                {
+                    "seq_id": [table.seq_ids[i] for i in lb.index],
+                    "metric": metric,
+                    "value": lb.values,
+                    "label": lb.y,
+                }
+            )
+        )
     return ProbeFitResult(
-        name=name, sae=table.meta.get("sae"), site=table.meta.get("site"), d_sae=table.d_sae, n_sequences=table.n,
-        join=join.report(), labels={m: {**lb.counts, "low_cut": lb.low_cut, "high_cut": lb.high_cut} for m, lb in labels.items()},
-        probes=probes, config=cfg.to_dict(), provenance=dict(table.meta),
-        importance=pd.concat(imp, ignore_index=True), label_rows=pd.concat(lab, ignore_index=True), table=table)
+        name=name,
+        sae=table.meta.get("sae"),
+        site=table.meta.get("site"),
+        d_sae=table.d_sae,
+        n_sequences=table.n,
+        join=join.report(),
+        labels={m: {**lb.counts, "low_cut": lb.low_cut, "high_cut": lb.high_cut} for m, lb in labels.items()},
+        probes=probes,
+        config=cfg.to_dict(),
+        provenance=dict(table.meta),
+        importance=pd.concat(imp, ignore_index=True),
+        label_rows=pd.concat(lab, ignore_index=True),
+        table=table,
+    )
 
 
-def run_probe_fit(lm: Any, sae: Any, sequences: Any, metrics: Any, config: ProbeFitConfig | None = None, *,
-                  out: str | Path | None = None, name: str | None = None, table: Any = None,
-                  progress: bool = False) -> ProbeFitResult:
+def run_probe_fit(
+    lm: Any,
+    sae: Any,
+    sequences: Any,
+    metrics: Any,
+    config: ProbeFitConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    name: str | None = None,
+    table: Any = None,
+    progress: bool = False,
+) -> ProbeFitResult:
     """Build the latent table of ``sequences`` with ``sae`` on ``lm`` (a LoadedModel or a spec;
     the SAE or its directory), join ``metrics``, fit every probe (+ dense baseline and
     controls); with ``out``, save everything there. With ``table`` (a :class:`LatentTable` or
@@ -306,9 +424,17 @@ def run_probe_fit(lm: Any, sae: Any, sequences: Any, metrics: Any, config: Probe
             raise ConfigError("give sequences and an SAE (or an existing latent table)")
         seqs, df = check_inputs(sequences, metrics, cfg)
         lm, sae = _load_model_and_sae(lm, sae)
-        tab = build_latent_table(lm, sae, seqs, positions=cfg.positions, activation_threshold=cfg.activation_threshold,
-                                 batch_size=cfg.batch_size, max_length=cfg.max_length, dense=cfg.dense_baseline,
-                                 progress=progress)
+        tab = build_latent_table(
+            lm,
+            sae,
+            seqs,
+            positions=cfg.positions,
+            activation_threshold=cfg.activation_threshold,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            dense=cfg.dense_baseline,
+            progress=progress,
+        )
         res = fit_table(tab, df, cfg, name=label, source=src)
     if out is not None:
         res.save(out)
@@ -342,7 +468,9 @@ class AnnotateConfig(StageConfig):
     per_round: int = option(1, flag="--per-round", help="Top latents recorded and zeroed per round.")
     rounds: int = option(10, flag="--rounds", help="Round budget.")
     stop_auroc: float = option(0.55, flag="--stop-auroc", help="Stop when the held-out AUROC is ≤ this.")
-    metrics: list[str] = option(default_factory=list, flag="--metric", help="Metrics to annotate (default: all of the fit).")
+    metrics: list[str] = option(
+        default_factory=list, flag="--metric", help="Metrics to annotate (default: all of the fit)."
+    )
     folds: int = option(5, flag="--folds", help="Cross-validation folds.")
     seed: int = option(0, flag="--seed", help="Seed of the folds.")
 
@@ -375,10 +503,16 @@ class AnnotationResult(_TableResult):
         return path
 
     def summary(self) -> dict[str, Any]:
-        return {"latents": len(self.rows), "rounds": {m: len(r) for m, r in self.rounds.items()}, "config": self.config}
+        return {
+            "latents": len(self.rows),
+            "rounds": {m: len(r) for m, r in self.rounds.items()},
+            "config": self.config,
+        }
 
 
-def _probe_inputs(probe_dir: str | Path, metrics: Sequence[str] = ()) -> tuple[ProbeFitResult, LatentTable, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def _probe_inputs(
+    probe_dir: str | Path, metrics: Sequence[str] = ()
+) -> tuple[ProbeFitResult, LatentTable, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """The fit result, its table and ``{metric: (row index, y)}`` from a ``probes fit`` output."""
     d = Path(probe_dir)
     fit = ProbeFitResult.load(d)
@@ -388,15 +522,19 @@ def _probe_inputs(probe_dir: str | Path, metrics: Sequence[str] = ()) -> tuple[P
         raise DataFormatError(f"not a valid {fit.KIND}: {d} (no {LABELS_CSV})")
     pos = {s: i for i, s in enumerate(table.seq_ids)}
     out = {}
-    for m in (metrics or list(dict.fromkeys(lab["metric"].astype(str)))):
+    for m in metrics or list(dict.fromkeys(lab["metric"].astype(str))):
         sub = lab[lab["metric"].astype(str) == m]
         if sub.empty:
-            raise ConfigError(f"--metric: {d} has no labels for metric '{m}' (has {', '.join(sorted(set(lab['metric'].astype(str))))})")
+            raise ConfigError(
+                f"--metric: {d} has no labels for metric '{m}' (has {', '.join(sorted(set(lab['metric'].astype(str))))})"
+            )
         out[m] = (np.array([pos[str(s)] for s in sub["seq_id"]]), sub["label"].to_numpy(np.int64))
     return fit, table, out
 
 
-def annotate(X: Any, y: np.ndarray, config: AnnotateConfig | None = None, metric: str = "metric") -> list[dict[str, Any]]:
+def annotate(
+    X: Any, y: np.ndarray, config: AnnotateConfig | None = None, metric: str = "metric"
+) -> list[dict[str, Any]]:
     """Annotation rounds on features ``X`` and labels ``y`` (see :class:`AnnotateConfig`)."""
     import scipy.sparse as sp
 
@@ -415,9 +553,17 @@ def annotate(X: Any, y: np.ndarray, config: AnnotateConfig | None = None, metric
         zeroed.update(top)
         nxt = fit(Xc)
         for i in top:
-            rows.append({"latent": int(i), "metric": metric, "direction": "high" if p.direction[i] > 0 else "low",
-                         "round": r, "importance": float(p.importance[i]), "auroc_before": before,
-                         "auroc_after": nxt.cv_auroc})
+            rows.append(
+                {
+                    "latent": int(i),
+                    "metric": metric,
+                    "direction": "high" if p.direction[i] > 0 else "low",
+                    "round": r,
+                    "importance": float(p.importance[i]),
+                    "auroc_before": before,
+                    "auroc_after": nxt.cv_auroc,
+                }
+            )
         p = nxt
     return rows
 
@@ -428,7 +574,7 @@ def _zero_columns(X: Any, cols: Sequence[int]) -> Any:
     if sp.issparse(X):
         X = X.tocsc(copy=True)
         for c in cols:
-            X.data[X.indptr[c]:X.indptr[c + 1]] = 0.0
+            X.data[X.indptr[c] : X.indptr[c + 1]] = 0.0
         X = X.tocsr()
         X.eliminate_zeros()
         return X
@@ -437,7 +583,9 @@ def _zero_columns(X: Any, cols: Sequence[int]) -> Any:
     return X
 
 
-def run_annotate(probe_dir: str | Path, config: AnnotateConfig | None = None, *, out: str | Path | None = None) -> AnnotationResult:
+def run_annotate(
+    probe_dir: str | Path, config: AnnotateConfig | None = None, *, out: str | Path | None = None
+) -> AnnotationResult:
     """Iterative annotation on the table and labels of a ``probes fit`` output; saves
     ``annotate.json`` + ``annotation.csv`` in ``out`` (default: ``probe_dir``)."""
     cfg = config or AnnotateConfig()
@@ -449,7 +597,10 @@ def run_annotate(probe_dir: str | Path, config: AnnotateConfig | None = None, *,
         rows += r
         per: dict[int, dict[str, Any]] = {}
         for x in r:
-            per.setdefault(x["round"], {"round": x["round"], "auroc_before": x["auroc_before"], "auroc_after": x["auroc_after"]})
+            per.setdefault(
+                x["round"],
+                {"round": x["round"], "auroc_before": x["auroc_before"], "auroc_after": x["auroc_after"]},
+            )
         rounds[m] = list(per.values())
     res = AnnotationResult(rows, rounds, {**cfg.to_dict(), "probe": str(probe_dir)})
     res.save(out or probe_dir)
@@ -463,10 +614,16 @@ def run_annotate(probe_dir: str | Path, config: AnnotateConfig | None = None, *,
 class CorrelateConfig(StageConfig):
     """Importance vs latent properties at several activity thresholds."""
 
-    thresholds: list[float] = option(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0], flag="--thresholds", help="Activity thresholds τ (pooled values ≤ τ count as not firing).")
+    thresholds: list[float] = option(
+        default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0],
+        flag="--thresholds",
+        help="Activity thresholds τ (pooled values ≤ τ count as not firing).",
+    )
     method: str = option("diff_mean", flag="--method", help="Probe type whose importance is correlated.")
     top: int = option(20, flag="--top", help="Important latents drawn as paths in the connected scatterplot.")
-    metrics: list[str] = option(default_factory=list, flag="--metric", help="Metrics (default: all of the fit).")
+    metrics: list[str] = option(
+        default_factory=list, flag="--metric", help="Metrics (default: all of the fit)."
+    )
     folds: int = option(5, flag="--folds", help="Cross-validation folds.")
     seed: int = option(0, flag="--seed", help="Seed of the folds.")
 
@@ -519,8 +676,10 @@ def latent_properties(table: LatentTable, sae: Any = None, base_sae: Any = None)
     props = {"firing_rate": table.firing_rate()}
     if sae is not None:
         if int(sae.d_sae) != table.d_sae:
-            raise ShapeError(f"the SAE has d_sae={sae.d_sae} but the latent table has {table.d_sae} latents; "
-                             "give the SAE the table was built with")
+            raise ShapeError(
+                f"the SAE has d_sae={sae.d_sae} but the latent table has {table.d_sae} latents; "
+                "give the SAE the table was built with"
+            )
         from ..features.weights import weight_metrics
 
         wm = weight_metrics(sae, base_sae, pairwise=False)
@@ -548,8 +707,13 @@ def _threshold(X: Any, tau: float) -> Any:
     return Z
 
 
-def correlate(X: Any, y: np.ndarray, props: dict[str, np.ndarray], config: CorrelateConfig | None = None,
-              metric: str = "metric") -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int]]:
+def correlate(
+    X: Any,
+    y: np.ndarray,
+    props: dict[str, np.ndarray],
+    config: CorrelateConfig | None = None,
+    metric: str = "metric",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int]]:
     """Importance at each threshold vs properties: (correlation rows, scatter points, important latents)."""
     import scipy.sparse as sp
 
@@ -567,16 +731,38 @@ def correlate(X: Any, y: np.ndarray, props: dict[str, np.ndarray], config: Corre
         allp = {"prevalence": prev, **props}
         for name, v in allp.items():
             rho, pv = _spearman(p.importance[alive], v[alive])
-            rows.append({"metric": metric, "threshold": float(tau), "property": name, "spearman": rho, "p_value": pv,
-                         "n_latents": int(alive.sum()), "cv_auroc": p.cv_auroc})
+            rows.append(
+                {
+                    "metric": metric,
+                    "threshold": float(tau),
+                    "property": name,
+                    "spearman": rho,
+                    "p_value": pv,
+                    "n_latents": int(alive.sum()),
+                    "cv_auroc": p.cv_auroc,
+                }
+            )
         for i in important:
-            points.append({"metric": metric, "latent": int(i), "threshold": float(tau), "importance": float(p.importance[i]),
-                           **{name: float(v[i]) for name, v in allp.items()}})
+            points.append(
+                {
+                    "metric": metric,
+                    "latent": int(i),
+                    "threshold": float(tau),
+                    "importance": float(p.importance[i]),
+                    **{name: float(v[i]) for name, v in allp.items()},
+                }
+            )
     return rows, points, important
 
 
-def run_correlate(probe_dir: str | Path, config: CorrelateConfig | None = None, *, sae: Any = None, base_sae: Any = None,
-                  out: str | Path | None = None) -> CorrelationResult:
+def run_correlate(
+    probe_dir: str | Path,
+    config: CorrelateConfig | None = None,
+    *,
+    sae: Any = None,
+    base_sae: Any = None,
+    out: str | Path | None = None,
+) -> CorrelationResult:
     """Correlate importance with latent properties on a ``probes fit`` output (saves into
     ``out``, default ``probe_dir``, with one connected scatterplot per metric)."""
     import pandas as pd
@@ -614,9 +800,13 @@ def run_correlate(probe_dir: str | Path, config: CorrelateConfig | None = None, 
 class CompareConfig(StageConfig):
     """Comparisons of importance between probes (iterations, stages, metrics)."""
 
-    ks: list[int] = option(default_factory=lambda: [5, 10, 20, 50], flag="--k", help="Top-k sizes of the Jaccard overlap.")
+    ks: list[int] = option(
+        default_factory=lambda: [5, 10, 20, 50], flag="--k", help="Top-k sizes of the Jaccard overlap."
+    )
     method: str = option("ksparse", flag="--method", help="Probe type whose importance is compared.")
-    rank_top: int = option(100, flag="--rank-top", help="Rank correlation over the union of each side's top this many.")
+    rank_top: int = option(
+        100, flag="--rank-top", help="Rank correlation over the union of each side's top this many."
+    )
 
     def validate(self) -> None:
         one_of(self, "method", METHODS)
@@ -647,11 +837,31 @@ class CompareResult(_TableResult):
         return path
 
     def summary(self) -> dict[str, Any]:
-        return {"pairs": len(self.rows), "axes": sorted({r["axis"] for r in self.rows}), "config": self.config}
+        return {
+            "pairs": len(self.rows),
+            "axes": sorted({r["axis"] for r in self.rows}),
+            "config": self.config,
+        }
 
 
 from .compare import run_compare  # noqa: E402  (defined there; re-exported with its config)
 
-__all__ = ["AnnotateConfig", "AnnotationResult", "CompareConfig", "CompareResult", "CorrelateConfig", "CorrelationResult",
-           "ProbeFitConfig", "ProbeFitResult", "annotate", "check_inputs", "correlate", "fit_table", "latent_properties",
-           "run_annotate", "run_compare", "run_correlate", "run_probe_fit"]
+__all__ = [
+    "AnnotateConfig",
+    "AnnotationResult",
+    "CompareConfig",
+    "CompareResult",
+    "CorrelateConfig",
+    "CorrelationResult",
+    "ProbeFitConfig",
+    "ProbeFitResult",
+    "annotate",
+    "check_inputs",
+    "correlate",
+    "fit_table",
+    "latent_properties",
+    "run_annotate",
+    "run_compare",
+    "run_correlate",
+    "run_probe_fit",
+]

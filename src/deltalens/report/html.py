@@ -41,7 +41,9 @@ def fmt(x: Any) -> str:
     return str(x)
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], caption: str | None = None, max_rows: int = 200) -> str:
+def table(
+    columns: Sequence[str], rows: Iterable[Sequence[Any]], caption: str | None = None, max_rows: int = 200
+) -> str:
     """A sortable HTML table; every cell escaped."""
     rows = list(rows)
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
@@ -52,7 +54,11 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], caption: str | 
             num = isinstance(v, (int, float)) and not isinstance(v, bool)
             cells.append(f"<td{' class=num' if num else ''}>{esc(fmt(v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    more = f"<p class=note>{len(rows) - max_rows} more rows in the JSON files.</p>" if len(rows) > max_rows else ""
+    more = (
+        f"<p class=note>{len(rows) - max_rows} more rows in the JSON files.</p>"
+        if len(rows) > max_rows
+        else ""
+    )
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
     return f"<table class=sortable>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
 
@@ -63,7 +69,7 @@ def figure(path: str | Path, caption: str = "") -> str:
     if not p.is_file():
         return f"<p class=note>missing figure {esc(p.name)}</p>"
     data = base64.b64encode(p.read_bytes()).decode()
-    return f"<figure><img alt='{esc(caption or p.stem)}' src='data:image/png;base64,{data}'><figcaption>{esc(caption or p.stem)}</figcaption></figure>"
+    return f"<figure><img alt='{esc(caption or p.stem)}' src='data:image/png;base64,{data}'><figcaption>{esc(caption or p.stem)}</figcaption></figure>"  # noqa: E501
 
 
 def figures(paths: Iterable[Path], captions: dict[str, str] | None = None) -> str:
@@ -105,7 +111,9 @@ class Section:
 _SECTIONS: list[Section] = []
 
 
-def section(order: int, title: str) -> Callable[[Callable[[Experiment], str | None]], Callable[[Experiment], str | None]]:
+def section(
+    order: int, title: str
+) -> Callable[[Callable[[Experiment], str | None]], Callable[[Experiment], str | None]]:
     """Register a report section (decorator). Lower ``order`` renders first."""
 
     def deco(fn: Callable[[Experiment], str | None]) -> Callable[[Experiment], str | None]:
@@ -175,7 +183,7 @@ def render_report(exp: Experiment) -> str:
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width,initial-scale=1'>"
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>{esc(title)}</h1><p>{esc(exp.root.resolve())} · generated {esc(now_iso())} · deltalens {esc(__version__)}</p></header>"
+        f"<header><h1>{esc(title)}</h1><p>{esc(exp.root.resolve())} · generated {esc(now_iso())} · deltalens {esc(__version__)}</p></header>"  # noqa: E501
         f"<nav>{''.join(nav)}</nav><main>{''.join(parts)}</main><script>{JS}</script></body></html>"
     )
 

@@ -47,7 +47,9 @@ def _area(exp: Experiment, name: str) -> str | None:
         block = [f"<h3>{esc(rel)}</h3>"]
         block += [_csv_table(c) for c in csvs]
         if pngs:
-            block.append("<div class=figs>" + "".join(figure(p, p.stem.replace("_", " ")) for p in pngs) + "</div>")
+            block.append(
+                "<div class=figs>" + "".join(figure(p, p.stem.replace("_", " ")) for p in pngs) + "</div>"
+            )
         out.append("".join(block))
     return "".join(out) or None
 

@@ -9,7 +9,17 @@ from .html import esc, json_file, jsonl_file, section, table
 @section(0, "Overview")
 def overview(exp: Experiment) -> str | None:
     cfg = exp.load_config()
-    rows = [(k, v if not isinstance(v, (dict, list)) else ", ".join(f"{a}: {b}" for a, b in v.items()) if isinstance(v, dict) else ", ".join(map(str, v))) for k, v in cfg.items()]
+    rows = [
+        (
+            k,
+            v
+            if not isinstance(v, (dict, list))
+            else ", ".join(f"{a}: {b}" for a, b in v.items())
+            if isinstance(v, dict)
+            else ", ".join(map(str, v)),
+        )
+        for k, v in cfg.items()
+    ]
     counts = []
     report = exp.report_dir()
     for sub in sorted(p for p in exp.root.iterdir() if p.is_dir() and p != report):
@@ -29,8 +39,18 @@ def generations(exp: Experiment) -> str | None:
     out = []
     for f in files:
         recs = jsonl_file(f)
-        rows = [(r.get("index"), r.get("question", ""), r.get("response", ""), len(r.get("response_ids", []))) for r in recs]
-        out.append(table(["#", "question", "response", "tokens"], rows, caption=f"{f.name} ({len(recs)} responses)", max_rows=50))
+        rows = [
+            (r.get("index"), r.get("question", ""), r.get("response", ""), len(r.get("response_ids", [])))
+            for r in recs
+        ]
+        out.append(
+            table(
+                ["#", "question", "response", "tokens"],
+                rows,
+                caption=f"{f.name} ({len(recs)} responses)",
+                max_rows=50,
+            )
+        )
     return "".join(out)
 
 
@@ -43,7 +63,17 @@ def stores(exp: Experiment) -> str | None:
     rows = []
     for m in manifests:
         s = json_file(m) or {}
-        rows.append((str(m.parent.relative_to(exp.root)), ", ".join(s.get("sites", [])), s.get("positions"),
-                     s.get("reduce") or "per token", s.get("n_rows"), s.get("n_sequences"), s.get("complete")))
+        rows.append(
+            (
+                str(m.parent.relative_to(exp.root)),
+                ", ".join(s.get("sites", [])),
+                s.get("positions"),
+                s.get("reduce") or "per token",
+                s.get("n_rows"),
+                s.get("n_sequences"),
+                s.get("complete"),
+            )
+        )
     return table(["store", "sites", "positions", "rows are", "rows", "sequences", "complete"], rows) + (
-        f"<p class=note>Read with <code>{esc('deltalens.ActivationStore.open(path)')}</code>.</p>")
+        f"<p class=note>Read with <code>{esc('deltalens.ActivationStore.open(path)')}</code>.</p>"
+    )

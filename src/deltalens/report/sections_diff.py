@@ -33,31 +33,54 @@ def _organisms(exp: Experiment) -> str:
         if not isinstance(p, dict):
             continue
         tr = p.get("training", {})
-        rows.append((str(prov_path.parent.relative_to(root)), p.get("behaviour", ""), p.get("base", {}).get("spec", ""),
-                     f"{tr.get('method', '')} {'LoRA' if tr.get('lora') else 'full'}", tr.get("steps"),
-                     tr.get("loss_first"), tr.get("loss_last")))
+        rows.append(
+            (
+                str(prov_path.parent.relative_to(root)),
+                p.get("behaviour", ""),
+                p.get("base", {}).get("spec", ""),
+                f"{tr.get('method', '')} {'LoRA' if tr.get('lora') else 'full'}",
+                tr.get("steps"),
+                tr.get("loss_first"),
+                tr.get("loss_last"),
+            )
+        )
     if not rows:
         return ""
-    return "<h3>Fine-tuned variants</h3>" + table(["variant", "behaviour", "base", "recipe", "steps", "loss first",
-                                                     "loss last"], rows)
+    return "<h3>Fine-tuned variants</h3>" + table(
+        ["variant", "behaviour", "base", "recipe", "steps", "loss first", "loss last"], rows
+    )
 
 
 def _weights(d: Path, r: Any) -> str:
     s = r["summary"]
-    out = [f"<p>{s['n_changed']} of {s['n_tensors']} tensors changed; ‖Δθ‖/‖θ‖ = {s['total_rel']:.3e}; largest relative "
-           f"change at layer {esc(s['top_layer'])}.</p>"]
-    out.append(table(["tensor", "‖Δθ‖/‖θ‖", "‖Δθ‖_F", "effective rank"],
-                     [(t["name"], t["rel"], t["fro"], t["effective_rank"]) for t in s["top_by_rel"]],
-                     caption="largest relative changes"))
+    out = [
+        f"<p>{s['n_changed']} of {s['n_tensors']} tensors changed; ‖Δθ‖/‖θ‖ = {s['total_rel']:.3e}; largest relative "
+        f"change at layer {esc(s['top_layer'])}.</p>"
+    ]
+    out.append(
+        table(
+            ["tensor", "‖Δθ‖/‖θ‖", "‖Δθ‖_F", "effective rank"],
+            [(t["name"], t["rel"], t["fro"], t["effective_rank"]) for t in s["top_by_rel"]],
+            caption="largest relative changes",
+        )
+    )
     ll = r["logit_lens"].get("top_layer_lists") or {}
     if ll:
-        out.append(table(["direction", "top tokens (+)", "top tokens (−)"],
-                         [(k, _toks(v["pos"]), _toks(v["neg"], 10)) for k, v in ll.items()],
-                         caption=f"weight logit lens at layer {r['logit_lens']['top_layer']}"))
+        out.append(
+            table(
+                ["direction", "top tokens (+)", "top tokens (−)"],
+                [(k, _toks(v["pos"]), _toks(v["neg"], 10)) for k, v in ll.items()],
+                caption=f"weight logit lens at layer {r['logit_lens']['top_layer']}",
+            )
+        )
     for name, t in r.get("trait_alignment", {}).get("traits", {}).items():
-        out.append(table(["layer", "cos(resid_mean)", "max |cos| singular vectors"],
-                         [(L, e["resid_mean"], e["max_abs_sv"]) for L, e in t["layers"].items()],
-                         caption=f"alignment with trait vectors '{name}'"))
+        out.append(
+            table(
+                ["layer", "cos(resid_mean)", "max |cos| singular vectors"],
+                [(L, e["resid_mean"], e["max_abs_sv"]) for L, e in t["layers"].items()],
+                caption=f"alignment with trait vectors '{name}'",
+            )
+        )
     out.append(figures(d.glob("*.png")))
     return "".join(out)
 
@@ -67,31 +90,61 @@ def _activations(d: Path, r: Any, lens: Any) -> str:
     if r:
         sim = r["per_layer_similarity"]["mean"]
         step = max(1, len(sim) // 10)
-        out.append(table(["layer", "mean cos", "std", "norm change"],
-                         [(L, sim[k], r["per_layer_similarity"]["std"][k], r["norm_change"]["mean"][k])
-                          for k, L in enumerate(r["layers"]) if k % step == 0 or k == len(sim) - 1],
-                         caption=f"replay similarity ({r['n_prompts']} prompts, identical token ids)"))
+        out.append(
+            table(
+                ["layer", "mean cos", "std", "norm change"],
+                [
+                    (L, sim[k], r["per_layer_similarity"]["std"][k], r["norm_change"]["mean"][k])
+                    for k, L in enumerate(r["layers"])
+                    if k % step == 0 or k == len(sim) - 1
+                ],
+                caption=f"replay similarity ({r['n_prompts']} prompts, identical token ids)",
+            )
+        )
         if r.get("correlations"):
-            out.append(table(["trait", "Pearson r", "p", "layers"],
-                             [(k, c["pearson_r"], c["p_value"], c["n_layers"]) for k, c in r["correlations"].items()],
-                             caption="similarity vs steering transfer"))
+            out.append(
+                table(
+                    ["trait", "Pearson r", "p", "layers"],
+                    [(k, c["pearson_r"], c["p_value"], c["n_layers"]) for k, c in r["correlations"].items()],
+                    caption="similarity vs steering transfer",
+                )
+            )
     if lens:
         rows = [(f"{lens['summary']['layer']} (middle)", _toks(lens["summary"]["pos"]))]
         if "summary_max" in lens:
             rows.append((f"{lens['summary_max']['layer']} (largest ‖δ‖)", _toks(lens["summary_max"]["pos"])))
-        out.append(table(["layer", "top tokens of +δ"], rows, caption="activation-difference lens on unrelated text"))
+        out.append(
+            table(["layer", "top tokens of +δ"], rows, caption="activation-difference lens on unrelated text")
+        )
     out.append(figures(d.glob("*.png")))
     return "".join(out)
 
 
 def _outputs(d: Path, r: Any) -> str:
-    out = [f"<p>mean KL(ft‖base) = {r['mean_kl']:.4f} nats/token over {r['n_positions']} positions "
-           f"({esc(r['positions'])}).</p>"]
-    out.append(table(["list", "tokens"], [("rose most", _toks(r["rose_most"])), ("KL contribution", _toks(r["kl_contribution"])),
-                                          ("fell most", _toks(r["fell_most"], 12))]))
-    out.append(table(["KL", "context", "next", "ft top", "base top"],
-                     [(c["kl"], c["context"], c["next_token"], _toks(c["ft_top"], 3), _toks(c["base_top"], 3))
-                      for c in r["top_contexts"][:10]], caption="highest-KL contexts"))
+    out = [
+        f"<p>mean KL(ft‖base) = {r['mean_kl']:.4f} nats/token over {r['n_positions']} positions "
+        f"({esc(r['positions'])}).</p>"
+    ]
+    out.append(
+        table(
+            ["list", "tokens"],
+            [
+                ("rose most", _toks(r["rose_most"])),
+                ("KL contribution", _toks(r["kl_contribution"])),
+                ("fell most", _toks(r["fell_most"], 12)),
+            ],
+        )
+    )
+    out.append(
+        table(
+            ["KL", "context", "next", "ft top", "base top"],
+            [
+                (c["kl"], c["context"], c["next_token"], _toks(c["ft_top"], 3), _toks(c["base_top"], 3))
+                for c in r["top_contexts"][:10]
+            ],
+            caption="highest-KL contexts",
+        )
+    )
     out.append(figures(d.glob("*.png")))
     return "".join(out)
 
@@ -100,8 +153,13 @@ def _series(d: Path, r: Any) -> str:
     cols = ["checkpoint", "reference", "total_rel", "mean_kl", "mean_similarity", "rose_most"]
     out = [table(cols, [[x.get(c) for c in cols] for x in r["rows"]], caption="trajectory")]
     if r.get("scores"):
-        out.append(table(["checkpoint", "mean score"], [(f"M{i}", s) for i, s in enumerate(r["scores"])],
-                         caption="scorer over the series"))
+        out.append(
+            table(
+                ["checkpoint", "mean score"],
+                [(f"M{i}", s) for i, s in enumerate(r["scores"])],
+                caption="scorer over the series",
+            )
+        )
     out.append(figures(d.glob("*.png")))
     return "".join(out)
 

@@ -36,7 +36,9 @@ def _universal(d: Path) -> str:
         rec = f.parent / f"{f.stem}_activeprompts.jsonl"
         if rec.is_file():
             n = sum(1 for line in rec.open(encoding="utf-8") if line.strip())
-            out.append(f"<p class=note>{n} active (feature, prompt) records in <code>{esc(rec.name)}</code>.</p>")
+            out.append(
+                f"<p class=note>{n} active (feature, prompt) records in <code>{esc(rec.name)}</code>.</p>"
+            )
     return "".join(out)
 
 
@@ -47,10 +49,18 @@ def _specific(d: Path) -> str:
         agg: dict[tuple[str, str, str], list[float]] = {}
         for r in rows:
             agg.setdefault((r["source"], r["token"], r["feature_id"]), []).append(float(r["activation"] or 0))
-        body = [(s, t, int(fid), sum(1 for v in vals if v > 0), len(vals), sum(vals) / len(vals), max(vals))
-                for (s, t, fid), vals in agg.items()]
-        out.append(table(["source", "token", "feature", "prompts > 0", "prompts", "mean", "max"], body,
-                         caption=f"{f.name}: {len(rows)} rows", max_rows=60))
+        body = [
+            (s, t, int(fid), sum(1 for v in vals if v > 0), len(vals), sum(vals) / len(vals), max(vals))
+            for (s, t, fid), vals in agg.items()
+        ]
+        out.append(
+            table(
+                ["source", "token", "feature", "prompts > 0", "prompts", "mean", "max"],
+                body,
+                caption=f"{f.name}: {len(rows)} rows",
+                max_rows=60,
+            )
+        )
     return "".join(out)
 
 
@@ -63,12 +73,24 @@ def _firing(d: Path) -> str:
             s = FiringStats.load(f).summary()
         except Exception:  # noqa: BLE001 - one unreadable file must not hide the rest
             continue
-        rows.append((str(f.relative_to(d)), s["d_sae"], s["n_tokens"], s["alive"], s["dead"], s.get("prompt_only", "–"),
-                     s["mean_l0"]))
+        rows.append(
+            (
+                str(f.relative_to(d)),
+                s["d_sae"],
+                s["n_tokens"],
+                s["alive"],
+                s["dead"],
+                s.get("prompt_only", "–"),
+                s["mean_l0"],
+            )
+        )
     if not rows:
         return ""
-    return table(["statistics", "latents", "tokens", "alive", "dead", "prompt-only", "mean L0"], rows,
-                 caption="firing statistics")
+    return table(
+        ["statistics", "latents", "tokens", "alive", "dead", "prompt-only", "mean L0"],
+        rows,
+        caption="firing statistics",
+    )
 
 
 def _highlight(tokens: list[str], values: list[float] | None, vmax: float) -> str:
@@ -77,7 +99,9 @@ def _highlight(tokens: list[str], values: list[float] | None, vmax: float) -> st
         v = values[i] if values else 0.0
         a = 0.0 if vmax <= 0 else max(0.0, min(1.0, v / vmax))
         shown = t.replace("\n", "⏎")
-        spans.append(f"<span title='{esc(fmt(v))}' style='background:rgba(255,140,0,{a:.2f})'>{esc(shown)}</span>")
+        spans.append(
+            f"<span title='{esc(fmt(v))}' style='background:rgba(255,140,0,{a:.2f})'>{esc(shown)}</span>"
+        )
     return "<code>" + "".join(spans) + "</code>"
 
 
@@ -93,15 +117,22 @@ def _dashboards(d: Path, max_latents: int = 12, max_examples: int = 3) -> str:
             rec = json_file(index.parent / entry["file"]) or {}
             acts = rec.get("activations", [])[:max_examples]
             vmax = float(rec.get("maxActApprox") or 0)
-            ex = "".join(f"<div>{_highlight(a.get('tokens', []), a.get('values'), vmax)} "
-                         f"<span class=note>max {esc(fmt(a.get('maxValue')))}</span></div>" for a in acts)
+            ex = "".join(
+                f"<div>{_highlight(a.get('tokens', []), a.get('values'), vmax)} "
+                f"<span class=note>max {esc(fmt(a.get('maxValue')))}</span></div>"
+                for a in acts
+            )
             promotes = ", ".join(repr(t) for t in rec.get("pos_str", [])[:6])
             suppresses = ", ".join(repr(t) for t in rec.get("neg_str", [])[:4])
             cards.append(
                 f"<h3>latent {esc(rec.get('index'))} · fires on {esc(fmt(100 * float(rec.get('frac_nonzero') or 0)))}% of tokens"
-                f" · max {esc(fmt(rec.get('maxActApprox')))}</h3><p class=note>promotes {esc(promotes)}; suppresses {esc(suppresses)}</p>{ex}"
+                f" · max {esc(fmt(rec.get('maxActApprox')))}</h3><p class=note>promotes {esc(promotes)}; suppresses {esc(suppresses)}</p>{ex}"  # noqa: E501
             )
-        more = f"<p class=note>{len(feats) - max_latents} more latents in {esc(index.parent)}.</p>" if len(feats) > max_latents else ""
+        more = (
+            f"<p class=note>{len(feats) - max_latents} more latents in {esc(index.parent)}.</p>"
+            if len(feats) > max_latents
+            else ""
+        )
         out.append(f"<h3>dashboards: {esc(index.parent.relative_to(d))}</h3>{''.join(cards)}{more}")
     return "".join(out)
 
@@ -114,10 +145,19 @@ def _evolution(d: Path) -> str:
         if not per:
             continue
         cols = list(per[0].keys())
-        out.append(table(cols, [[r.get(c) for c in cols] for r in per],
-                         caption=f"evolution {summary.parent.name}: " + " → ".join(data.get("iterations", []))))
+        out.append(
+            table(
+                cols,
+                [[r.get(c) for c in cols] for r in per],
+                caption=f"evolution {summary.parent.name}: " + " → ".join(data.get("iterations", [])),
+            )
+        )
         counts = data.get("status_counts", {})
-        out.append(table(["status", "latents"], [(k, v) for k, v in counts.items() if v], caption="latents by status"))
+        out.append(
+            table(
+                ["status", "latents"], [(k, v) for k, v in counts.items() if v], caption="latents by status"
+            )
+        )
         out.append(figures(summary.parent.glob("evolution_*.png")))
     return "".join(out)
 
@@ -131,9 +171,13 @@ def features_section(exp: Experiment) -> str | None:
     if not root.is_dir():
         return None
     parts = []
-    for title, sub, fn in (("Universal features", "universal", _universal), ("Specific features", "specific", _specific),
-                           ("Firing statistics", "firing", _firing), ("Dashboards", "dashboards", _dashboards),
-                           ("Evolution across iterations", "evolution", _evolution)):
+    for title, sub, fn in (
+        ("Universal features", "universal", _universal),
+        ("Specific features", "specific", _specific),
+        ("Firing statistics", "firing", _firing),
+        ("Dashboards", "dashboards", _dashboards),
+        ("Evolution across iterations", "evolution", _evolution),
+    ):
         d = exp.features_dir(sub)
         if d.is_dir():
             body = fn(d)

@@ -52,7 +52,9 @@ class SAEConfig:
     def __post_init__(self) -> None:
         self.architecture = ARCH_ALIASES.get(self.architecture, self.architecture)
         if self.architecture not in ARCHITECTURES:
-            raise ShapeError(f"unknown SAE architecture '{self.architecture}'; valid: {', '.join(ARCHITECTURES)}")
+            raise ShapeError(
+                f"unknown SAE architecture '{self.architecture}'; valid: {', '.join(ARCHITECTURES)}"
+            )
         if self.architecture == "topk" and not self.k:
             raise ShapeError("a topk SAE needs k")
         if self.d_in <= 0 or self.d_sae <= 0:

@@ -129,15 +129,28 @@ class Crosscoder(nn.Module):
         return n[:, ft] / (n[:, base] + n[:, ft]).clamp(min=1e-12)
 
     @torch.no_grad()
-    def classify(self, base: int = 0, ft: int = 1, bands: tuple[float, float, float, float] = (0.1, 0.4, 0.6, 0.9),
-                 alive: torch.Tensor | None = None) -> dict[str, Any]:
+    def classify(
+        self,
+        base: int = 0,
+        ft: int = 1,
+        bands: tuple[float, float, float, float] = (0.1, 0.4, 0.6, 0.9),
+        alive: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
         """Latent classes (module docstring): ``labels`` per latent, ``counts``, ``relative_norm``
         and the decoder cosine between the two models (``cosine``)."""
         lo, sh_lo, sh_hi, hi = bands
         r = self.relative_norms(base, ft)
         labels = []
         for v in r.tolist():
-            labels.append("base-only" if v < lo else "ft-only" if v > hi else "shared" if sh_lo <= v <= sh_hi else "other")
+            labels.append(
+                "base-only"
+                if v < lo
+                else "ft-only"
+                if v > hi
+                else "shared"
+                if sh_lo <= v <= sh_hi
+                else "other"
+            )
         if alive is not None:
             labels = [lab if bool(a) else "dead" for lab, a in zip(labels, alive.tolist())]
         cos = F.cosine_similarity(self.W_dec[:, base], self.W_dec[:, ft], dim=-1)
@@ -150,8 +163,16 @@ class Crosscoder(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         save_tensors(path / WEIGHTS, {k: v.detach().float() for k, v in self.state_dict().items()})
         c = self.cfg
-        cfg = {"architecture": "crosscoder", "d_in": c.d_in, "d_sae": c.d_sae, "n_models": c.n_models, "k": c.k,
-               "site": c.site, "model_names": c.model_names, "metadata": c.metadata}
+        cfg = {
+            "architecture": "crosscoder",
+            "d_in": c.d_in,
+            "d_sae": c.d_sae,
+            "n_models": c.n_models,
+            "k": c.k,
+            "site": c.site,
+            "model_names": c.model_names,
+            "metadata": c.metadata,
+        }
         atomic_write(path / "cfg.json", json.dumps(cfg, indent=2) + "\n")
         return path
 
@@ -164,8 +185,17 @@ class Crosscoder(nn.Module):
             raise DataFormatError(f"{path / 'cfg.json'}: cannot read the crosscoder config ({exc})") from None
         if cfg.get("architecture") != "crosscoder":
             raise DataFormatError(f"{path}: not a crosscoder (architecture {cfg.get('architecture')!r})")
-        cc = cls(CrosscoderConfig(int(cfg["d_in"]), int(cfg["d_sae"]), int(cfg["n_models"]), int(cfg["k"]), cfg.get("site"),
-                                  list(cfg.get("model_names") or []), dict(cfg.get("metadata") or {})))
+        cc = cls(
+            CrosscoderConfig(
+                int(cfg["d_in"]),
+                int(cfg["d_sae"]),
+                int(cfg["n_models"]),
+                int(cfg["k"]),
+                cfg.get("site"),
+                list(cfg.get("model_names") or []),
+                dict(cfg.get("metadata") or {}),
+            )
+        )
         cc.load_state_dict(load_tensors(path / WEIGHTS))
         return cc
 
@@ -190,7 +220,9 @@ class CrosscoderResult(StageResult):
     path: Path | None = field(default=None, compare=False, metadata={"runtime": True})
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if not f.metadata.get("runtime")}
+        return {
+            f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if not f.metadata.get("runtime")
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CrosscoderResult:
@@ -200,8 +232,13 @@ class CrosscoderResult(StageResult):
         for k in ("relative_norm", "cosine"):
             if k in classes:
                 classes[k] = torch.as_tensor(classes[k], dtype=torch.float32)
-        return cls(config=SAETrainConfig.from_dict(dict(data.get("config") or {})), history=list(data.get("history") or []),
-                   tokens=int(data["tokens"]), seconds=float(data["seconds"]), classes=classes)
+        return cls(
+            config=SAETrainConfig.from_dict(dict(data.get("config") or {})),
+            history=list(data.get("history") or []),
+            tokens=int(data["tokens"]),
+            seconds=float(data["seconds"]),
+            classes=classes,
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> CrosscoderResult:
@@ -217,8 +254,13 @@ class CrosscoderResult(StageResult):
         return res
 
     def summary(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "seconds": self.seconds, "classes": self.classes.get("counts"),
-                "k": self.config.k, "final": self.history[-1] if self.history else None}
+        return {
+            "tokens": self.tokens,
+            "seconds": self.seconds,
+            "classes": self.classes.get("counts"),
+            "k": self.config.k,
+            "final": self.history[-1] if self.history else None,
+        }
 
 
 def train_crosscoder(
@@ -260,11 +302,17 @@ def train_crosscoder(
         names = model_names or [n or f"model{i}" for i, n in enumerate(source.model_names)]
         site = site or source.site
     else:
-        raise ShapeError("a crosscoder trains on paired activations: StoreSource([store_a, store_b, ...]) or [n, M, d]")
+        raise ShapeError(
+            "a crosscoder trains on paired activations: StoreSource([store_a, store_b, ...]) or [n, M, d]"
+        )
     S = cfg.resolved_d_sae(d)
     cc = Crosscoder(CrosscoderConfig(d, S, M, cfg.k, site, names))
     first = next(batches).float()
-    scales = (math.sqrt(d) / first.norm(dim=-1).mean(0)).clamp(max=1e6) if cfg.normalize == "expected_norm" else torch.ones(M)
+    scales = (
+        (math.sqrt(d) / first.norm(dim=-1).mean(0)).clamp(max=1e6)
+        if cfg.normalize == "expected_norm"
+        else torch.ones(M)
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.no_grad():
         w = torch.randn(S, d, generator=gen)
@@ -295,7 +343,9 @@ def train_crosscoder(
         x_hat = cc.decode(f)
         mse = (x_hat - x).pow(2).sum(-1).sum(-1).mean()
         if not torch.isfinite(mse):
-            raise TrainingDiverged(f"crosscoder training stopped: loss is {float(mse)} at step {step + 1}; lower the learning rate")
+            raise TrainingDiverged(
+                f"crosscoder training stopped: loss is {float(mse)} at step {step + 1}; lower the learning rate"
+            )
         opt.zero_grad(set_to_none=True)
         mse.backward()
         if cfg.grad_clip:
@@ -306,9 +356,18 @@ def train_crosscoder(
         if (step + 1) % max(1, cfg.log_every) == 0 or step + 1 == total:
             with torch.no_grad():
                 var = (x - x.mean(0)).pow(2).sum(-1).sum(-1).mean()
-            history.append({"step": step + 1, "tokens": tokens, "mse": float(mse.detach()),
-                            "fvu": float(mse.detach() / var), "l0": float(mask.sum(1).float().mean())})
-            bar.set_postfix({"L0": f"{history[-1]['l0']:.1f}", "fvu": f"{history[-1]['fvu']:.3f}"}, refresh=False)
+            history.append(
+                {
+                    "step": step + 1,
+                    "tokens": tokens,
+                    "mse": float(mse.detach()),
+                    "fvu": float(mse.detach() / var),
+                    "l0": float(mask.sum(1).float().mean()),
+                }
+            )
+            bar.set_postfix(
+                {"L0": f"{history[-1]['l0']:.1f}", "fvu": f"{history[-1]['fvu']:.3f}"}, refresh=False
+            )
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - t0
@@ -329,7 +388,9 @@ def train_crosscoder(
         # per-latent factor differs, so store θ per latent in score units of the raw model
         cc.threshold.mul_(new_norm_sum / old_norm_sum.clamp(min=1e-12))
     cc.cfg.metadata.update({"norm_scales": scales.tolist(), "tokens": tokens, "k": cfg.k})
-    res = CrosscoderResult(cfg, history, tokens, seconds, classes, crosscoder=cc, path=None if out is None else Path(out))
+    res = CrosscoderResult(
+        cfg, history, tokens, seconds, classes, crosscoder=cc, path=None if out is None else Path(out)
+    )
     if out is not None:
         cc.save(out)
         res.save(out)
@@ -355,5 +416,7 @@ def train_crosscoder_on_stores(
     if len(stores) < 2:
         raise ConfigError("a crosscoder needs at least two --store (one per model, same inputs)")
     src = StoreSource(stores, site, split="train")
-    dest = Path(out) if out is not None else Experiment.named(str(experiment or "default")).crosscoder_dir(name)
+    dest = (
+        Path(out) if out is not None else Experiment.named(str(experiment or "default")).crosscoder_dir(name)
+    )
     return train_crosscoder(src, config, out=dest, progress=progress)

@@ -61,7 +61,9 @@ DENSITY = "density.safetensors"
 
 def _check_sae(sae: SAE, d_in: int, site: SiteLike | None, what: str) -> None:
     if sae.d_in != d_in:
-        raise ShapeError(f"SAE d_in={sae.d_in} (trained at {sae.site}) does not match {what} with width {d_in}")
+        raise ShapeError(
+            f"SAE d_in={sae.d_in} (trained at {sae.site}) does not match {what} with width {d_in}"
+        )
     if site is not None and sae.site is not None and Site.parse(site) != Site.parse(sae.site):
         raise SiteError(f"SAE was trained at {sae.site} but {what} is at {Site.parse(site)}")
 
@@ -103,7 +105,11 @@ class ReconstructionAccumulator:
         density = (self.fired / n).numpy()
         dead = int((self.fired == 0).sum())
         live = density[density > 0]
-        hist, edges = np.histogram(np.log10(live), bins=HIST_BINS) if len(live) else (np.zeros(len(HIST_BINS) - 1), HIST_BINS)
+        hist, edges = (
+            np.histogram(np.log10(live), bins=HIST_BINS)
+            if len(live)
+            else (np.zeros(len(HIST_BINS) - 1), HIST_BINS)
+        )
         return {
             "tokens": self.n,
             "mse": self.sse / (n * self.d_in),
@@ -117,7 +123,11 @@ class ReconstructionAccumulator:
             "dead_window_tokens": self.n,
             "shrinkage": self.shrink / n,
             "cosine": self.cos / n,
-            "density_histogram": {"log10_edges": edges.tolist(), "counts": np.asarray(hist).astype(int).tolist(), "dead": dead},
+            "density_histogram": {
+                "log10_edges": edges.tolist(),
+                "counts": np.asarray(hist).astype(int).tolist(),
+                "dead": dead,
+            },
             "density": density,
         }
 
@@ -143,7 +153,11 @@ def reconstruction_metrics(
         batches: Iterable[torch.Tensor] = (data[i : i + batch_size] for i in range(0, len(data), batch_size))
         d_in, dsite = data.shape[-1], site
     else:
-        src = data if isinstance(data, ActivationSource) else StoreSource(data, site or sae.site, split=split, **source_kw)
+        src = (
+            data
+            if isinstance(data, ActivationSource)
+            else StoreSource(data, site or sae.site, split=split, **source_kw)
+        )
         d_in, dsite = src.d_in, src.site
         if isinstance(src, StoreSource):
             batches = _one_pass(src, batch_size)
@@ -155,7 +169,9 @@ def reconstruction_metrics(
             batches = src.batches(batch_size)
     _check_sae(sae, d_in, dsite, "the evaluation activations")
     acc = ReconstructionAccumulator(sae.d_in, sae.d_sae)
-    bar = tqdm(total=n_tokens, desc="eval SAE", unit="tok", unit_scale=True, disable=not progress, leave=False)
+    bar = tqdm(
+        total=n_tokens, desc="eval SAE", unit="tok", unit_scale=True, disable=not progress, leave=False
+    )
     for b in batches:
         if n_tokens is not None and acc.n >= n_tokens:
             break
@@ -182,7 +198,9 @@ def _one_pass(src: Any, batch_size: int) -> Iterable[torch.Tensor]:
 
 
 @torch.no_grad()
-def mean_activation(lm: Any, windows: Sequence[Any], site: SiteLike, positions: str = "all[1:]", batch_size: int = 8) -> torch.Tensor:
+def mean_activation(
+    lm: Any, windows: Sequence[Any], site: SiteLike, positions: str = "all[1:]", batch_size: int = 8
+) -> torch.Tensor:
     """Mean activation at ``site`` over the ``positions`` of ``windows`` (for mean ablation)."""
     from ..capture import capture
 
@@ -217,7 +235,10 @@ def ce_metrics(
         raise ShapeError(f"SAE d_in={sae.d_in} does not match {lm.name}'s d_model={lm.d_model}")
     if sae.site is not None and Site.parse(sae.site) != site_s:
         raise SiteError(f"SAE was trained at {sae.site} but is evaluated at {site_s}")
-    seqs = [list(w["prompt_ids"]) + list(w.get("response_ids", [])) if isinstance(w, dict) else list(w) for w in windows]
+    seqs = [
+        list(w["prompt_ids"]) + list(w.get("response_ids", [])) if isinstance(w, dict) else list(w)
+        for w in windows
+    ]
     if not seqs:
         raise ShapeError("no windows to evaluate the loss on")
     if mean is None:
@@ -246,9 +267,9 @@ def ce_metrics(
         def logp(ivs: list[Any] | None) -> torch.Tensor:
             if ivs:
                 with hooks.intervene(lm, ivs):
-                    out = lm.model(**kw)
+                    out = lm.model(**kw)  # noqa: B023
             else:
-                out = lm.model(**kw)
+                out = lm.model(**kw)  # noqa: B023
             return F.log_softmax(out.logits[:, :-1].double(), -1)
 
         lp_clean = logp(None)
@@ -301,10 +322,14 @@ class SAEEvalConfig(StageConfig):
 
     split: str = option("val", flag="--split", help="Store split to evaluate on ('all' for every row).")
     n_tokens: int | None = option(None, flag="--tokens", help="Cap on tokens for reconstruction metrics.")
-    n_windows: int = option(64, flag="--windows", help="Token windows for the CE metrics (the end of the corpus).")
+    n_windows: int = option(
+        64, flag="--windows", help="Token windows for the CE metrics (the end of the corpus)."
+    )
     context_len: int = option(128, flag="--context-len", help="Tokens per window (CE metrics).")
     text_key: str = option("text", flag="--text-key", help="Text field of JSONL/Parquet/HF data.")
-    positions: str = option("all[1:]", flag="--positions", help="Tokens the SAE / ablations replace in the CE metrics.")
+    positions: str = option(
+        "all[1:]", flag="--positions", help="Tokens the SAE / ablations replace in the CE metrics."
+    )
     batch_size: int = option(4096, flag="--batch-size", help="Tokens per batch (reconstruction metrics).")
     ce_batch_size: int = option(8, flag="--ce-batch-size", help="Windows per forward pass (CE metrics).")
     device: str = option("cpu", flag="--device", help="Device.")
@@ -345,14 +370,18 @@ class SAEEval(StageResult):
     density: torch.Tensor | None = field(default=None, repr=False, compare=False, metadata={"runtime": True})
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if not f.metadata.get("runtime")}
+        return {
+            f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if not f.metadata.get("runtime")
+        }
 
     def save(self, directory: str | Path) -> Path:
         from ..io import save_tensors
 
         path = super().save(directory)
         if self.density is not None:
-            save_tensors(path.parent / DENSITY, {"density": torch.as_tensor(self.density, dtype=torch.float64)})
+            save_tensors(
+                path.parent / DENSITY, {"density": torch.as_tensor(self.density, dtype=torch.float64)}
+            )
         return path
 
     @classmethod
@@ -363,7 +392,12 @@ class SAEEval(StageResult):
         path = cls.path_in(directory)
         if path.is_file():
             data = read_json(path)
-            if isinstance(data, dict) and "kind" not in data and "sae" in data and {"d_in", "d_sae"} <= set(data):
+            if (
+                isinstance(data, dict)
+                and "kind" not in data
+                and "sae" in data
+                and {"d_in", "d_sae"} <= set(data)
+            ):
                 data = {"kind": cls.KIND, **data}
                 res = cls.from_dict(data)
             else:
@@ -380,8 +414,11 @@ class SAEEval(StageResult):
 
     def summary(self) -> dict[str, Any]:
         r, loss = self.reconstruction or {}, self.loss or {}
-        return {"sae": self.sae, "site": self.site,
-                **{k: v for k, v in {**r, **loss}.items() if isinstance(v, (int, float, str))}}
+        return {
+            "sae": self.sae,
+            "site": self.site,
+            **{k: v for k, v in {**r, **loss}.items() if isinstance(v, (int, float, str))},
+        }
 
 
 def evaluate_sae(
@@ -418,13 +455,28 @@ def evaluate_sae(
         from ..data.corpus import read_texts, token_windows
 
         windows = list(token_windows(lm.tokenizer, read_texts(data, text_key=cfg.text_key), cfg.context_len))
-        windows = windows[-cfg.n_windows:]  # the end of the corpus (training usually reads it from the start)
-    res = SAEEval(sae=repr(sae), site=sae.site, d_in=sae.d_in, d_sae=sae.d_sae, architecture=sae.cfg.architecture,
-                  config=cfg.to_dict())
+        windows = windows[
+            -cfg.n_windows :
+        ]  # the end of the corpus (training usually reads it from the start)
+    res = SAEEval(
+        sae=repr(sae),
+        site=sae.site,
+        d_in=sae.d_in,
+        d_sae=sae.d_sae,
+        architecture=sae.cfg.architecture,
+        config=cfg.to_dict(),
+    )
     rec = None
     if activations is not None:
-        rec = reconstruction_metrics(sae, activations, n_tokens=cfg.n_tokens, batch_size=cfg.batch_size,
-                                     split=cfg.store_split, progress=progress, **source_kw)
+        rec = reconstruction_metrics(
+            sae,
+            activations,
+            n_tokens=cfg.n_tokens,
+            batch_size=cfg.batch_size,
+            split=cfg.store_split,
+            progress=progress,
+            **source_kw,
+        )
     elif lm is not None and windows is not None:
         from .sources import ModelSource
 
@@ -435,7 +487,9 @@ def evaluate_sae(
         res.density = torch.as_tensor(np.asarray(rec.pop("density")), dtype=torch.float64)
         res.reconstruction = rec
     if lm is not None and windows is not None:
-        res.loss = ce_metrics(lm, sae, windows, positions=cfg.positions, batch_size=cfg.ce_batch_size, progress=progress)
+        res.loss = ce_metrics(
+            lm, sae, windows, positions=cfg.positions, batch_size=cfg.ce_batch_size, progress=progress
+        )
     if out is not None:
         write_eval(res, out)
     return res
@@ -453,7 +507,11 @@ def summary_rows(res: SAEEval | dict[str, Any]) -> list[tuple[str, str, str]]:
             ("MSE", f"{r['mse']:.4g}", "per element"),
             ("L0", f"{r['l0']:.1f}", "active latents per token"),
             ("L1", f"{r['l1']:.4g}", "Σ|f| per token"),
-            ("dead latents", f"{r['dead']} ({100 * r['dead_fraction']:.1f} %)", f"no firing in {r['dead_window_tokens']} tokens"),
+            (
+                "dead latents",
+                f"{r['dead']} ({100 * r['dead_fraction']:.1f} %)",
+                f"no firing in {r['dead_window_tokens']} tokens",
+            ),
             ("shrinkage", f"{r['shrinkage']:.3f}", "E ‖x̂‖/‖x‖"),
             ("cosine", f"{r['cosine']:.3f}", "E cos(x, x̂)"),
         ]
@@ -462,10 +520,22 @@ def summary_rows(res: SAEEval | dict[str, Any]) -> list[tuple[str, str, str]]:
         rows += [
             ("CE clean", f"{loss['ce_clean']:.4f}", f"{loss['tokens']} predicted tokens"),
             ("CE with SAE", f"{loss['ce_sae']:.4f}", f"ΔCE {loss['delta_ce']:+.4f}"),
-            ("CE zero / mean abl.", f"{loss['ce_zero']:.3f} / {loss['ce_mean']:.3f}", f"at {loss['positions']}"),
+            (
+                "CE zero / mean abl.",
+                f"{loss['ce_zero']:.3f} / {loss['ce_mean']:.3f}",
+                f"at {loss['positions']}",
+            ),
             ("KL(clean ‖ SAE)", f"{loss['kl']:.4f}", "nats per token"),
-            ("CE recovered (zero)", f"{loss['ce_recovered_zero']:.4f}", "(CE_zero − CE_sae)/(CE_zero − CE_clean)"),
-            ("CE recovered (mean)", f"{loss['ce_recovered_mean']:.4f}", "(CE_mean − CE_sae)/(CE_mean − CE_clean)"),
+            (
+                "CE recovered (zero)",
+                f"{loss['ce_recovered_zero']:.4f}",
+                "(CE_zero − CE_sae)/(CE_zero − CE_clean)",
+            ),
+            (
+                "CE recovered (mean)",
+                f"{loss['ce_recovered_mean']:.4f}",
+                "(CE_mean − CE_sae)/(CE_mean − CE_clean)",
+            ),
         ]
     return rows
 
@@ -489,10 +559,17 @@ def write_eval(res: SAEEval | dict[str, Any], out: str | Path) -> Path:
 def _from_metrics(d: dict[str, Any]) -> SAEEval:
     rec = dict(d["reconstruction"]) if d.get("reconstruction") else None
     dens = rec.pop("density", None) if rec else None
-    return SAEEval(sae=str(d.get("sae", "")), site=d.get("site"), d_in=int(d.get("d_in", 0)), d_sae=int(d.get("d_sae", 0)),
-                   architecture=str(d.get("architecture", "")), reconstruction=rec, loss=d.get("loss"),
-                   config=dict(d.get("config") or {}),
-                   density=None if dens is None else torch.as_tensor(np.asarray(dens), dtype=torch.float64))
+    return SAEEval(
+        sae=str(d.get("sae", "")),
+        site=d.get("site"),
+        d_in=int(d.get("d_in", 0)),
+        d_sae=int(d.get("d_sae", 0)),
+        architecture=str(d.get("architecture", "")),
+        reconstruction=rec,
+        loss=d.get("loss"),
+        config=dict(d.get("config") or {}),
+        density=None if dens is None else torch.as_tensor(np.asarray(dens), dtype=torch.float64),
+    )
 
 
 def _figures(res: SAEEval, out: Path) -> None:
@@ -512,7 +589,9 @@ def _figures(res: SAEEval, out: Path) -> None:
             ax.hist(np.log10(live), bins=HIST_BINS, color="#4c72b0")
         ax.set_xlabel("log10 firing density")
         ax.set_ylabel("latents")
-        ax.set_title(f"feature density ({r['dead']} dead of {len(dens)}, window {r['dead_window_tokens']} tokens)")
+        ax.set_title(
+            f"feature density ({r['dead']} dead of {len(dens)}, window {r['dead_window_tokens']} tokens)"
+        )
         save_figure(fig, out / "density_histogram.png")
         plt.close(fig)
     loss = res.loss

@@ -100,7 +100,10 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
         raise _invalid(path / CFG, f"expected a JSON object, got {type(cfg).__name__}")
     arch = ARCH_ALIASES.get(str(cfg.get("architecture", "standard")), str(cfg.get("architecture")))
     if arch not in ARCHITECTURES:
-        raise _invalid(path, f"SAE architecture '{cfg.get('architecture')}' is not supported ({', '.join(ARCHITECTURES)})")
+        raise _invalid(
+            path,
+            f"SAE architecture '{cfg.get('architecture')}' is not supported ({', '.join(ARCHITECTURES)})",
+        )
     meta = dict(cfg.get("metadata") or {})
     dtype = str(cfg.get("dtype", "float32")).replace("torch.", "")
     try:
@@ -166,16 +169,26 @@ def read_sparsify(path: str | Path, device: str | torch.device = "cpu", site: st
     except (OSError, json.JSONDecodeError) as exc:
         raise DataFormatError(f"{path / 'cfg.json'}: cannot read the sparsify config ({exc})") from None
     if cfg.get("transcode") or cfg.get("skip_connection"):
-        raise DataFormatError(f"{path}: sparsify transcoders / skip connections are not SAEs deltalens can load")
+        raise DataFormatError(
+            f"{path}: sparsify transcoders / skip connections are not SAEs deltalens can load"
+        )
     w = load_tensors(path / "sae.safetensors")
     if "encoder.weight" not in w or "W_dec" not in w:
-        raise DataFormatError(f"{path / 'sae.safetensors'}: expected encoder.weight and W_dec (found {', '.join(w)})")
+        raise DataFormatError(
+            f"{path / 'sae.safetensors'}: expected encoder.weight and W_dec (found {', '.join(w)})"
+        )
     n, d = w["encoder.weight"].shape
     k = int(cfg.get("k") or 0)
     if not k:
         raise DataFormatError(f"{path / 'cfg.json'}: no k")
-    c = SAEConfig(d_in=int(d), d_sae=int(n), architecture="topk", k=k, site=site or _site_guess(path.name),
-                  metadata={"converted_from": "sparsify", "source_path": str(path)})
+    c = SAEConfig(
+        d_in=int(d),
+        d_sae=int(n),
+        architecture="topk",
+        k=k,
+        site=site or _site_guess(path.name),
+        metadata={"converted_from": "sparsify", "source_path": str(path)},
+    )
     weights = {
         "W_enc": w["encoder.weight"].float().t().contiguous(),
         "b_enc": w["encoder.bias"].float(),
@@ -185,7 +198,9 @@ def read_sparsify(path: str | Path, device: str | torch.device = "cpu", site: st
     return SAE.from_weights(c, weights).to(device)
 
 
-def read_dictionary_learning(path: str | Path, device: str | torch.device = "cpu", site: str | None = None) -> SAE:
+def read_dictionary_learning(
+    path: str | Path, device: str | torch.device = "cpu", site: str | None = None
+) -> SAE:
     """Read a ``dictionary_learning`` checkpoint directory (``ae.pt`` + ``config.json``).
 
     Supported ``dict_class``: ``AutoEncoder`` (ReLU; ``bias`` is the decoder bias subtracted
@@ -194,24 +209,35 @@ def read_dictionary_learning(path: str | Path, device: str | torch.device = "cpu
     ``torch.load(weights_only=True)`` (no code runs)."""
     path = Path(path)
     ae = path / "ae.pt" if path.is_dir() else path
-    conf = (ae.parent / "config.json")
+    conf = ae.parent / "config.json"
     cfg = json.loads(conf.read_text()) if conf.is_file() else {}
     trainer = cfg.get("trainer", cfg)
     try:
         sd = torch.load(ae, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DataFormatError(f"{ae}: cannot read the dictionary_learning checkpoint ({type(exc).__name__}: {exc})") from None
+        raise DataFormatError(
+            f"{ae}: cannot read the dictionary_learning checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
     sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     cls = str(trainer.get("dict_class", ""))
-    site = site or _site_guess(str(trainer.get("submodule_name") or "")) or (
-        f"resid.{int(trainer['layer'])}" if trainer.get("layer") is not None else None
+    site = (
+        site
+        or _site_guess(str(trainer.get("submodule_name") or ""))
+        or (f"resid.{int(trainer['layer'])}" if trainer.get("layer") is not None else None)
     )
     meta = {"converted_from": f"dictionary_learning:{cls or 'unknown'}", "source_path": str(ae)}
     model_name = trainer.get("lm_name")
     if "W_enc" in sd and "threshold" in sd and sd["threshold"].dim() == 1:  # JumpReluAutoEncoder
         d, n = sd["W_enc"].shape
-        c = SAEConfig(int(d), int(n), "jumprelu", apply_b_dec_to_input=bool(trainer.get("apply_b_dec_to_input", False)),
-                      site=site, model_name=model_name, metadata=meta)
+        c = SAEConfig(
+            int(d),
+            int(n),
+            "jumprelu",
+            apply_b_dec_to_input=bool(trainer.get("apply_b_dec_to_input", False)),
+            site=site,
+            model_name=model_name,
+            metadata=meta,
+        )
         weights = {k: sd[k].float() for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
         return SAE.from_weights(c, weights).to(device)
     if "encoder.weight" not in sd or "decoder.weight" not in sd:
@@ -228,9 +254,17 @@ def read_dictionary_learning(path: str | Path, device: str | torch.device = "cpu
     }
     k = int(sd["k"]) if "k" in sd else trainer.get("k")
     th = sd.get("threshold")
-    if "BatchTopK" in cls or (th is not None and th.dim() == 0 and float(th) >= 0 and k and "TopK" not in cls.replace("BatchTopK", "")):
+    if "BatchTopK" in cls or (
+        th is not None
+        and th.dim() == 0
+        and float(th) >= 0
+        and k
+        and "TopK" not in cls.replace("BatchTopK", "")
+    ):
         if th is None or float(th) < 0:
-            raise DataFormatError(f"{ae}: BatchTopK SAE without a learned threshold (train it longer or use TopK)")
+            raise DataFormatError(
+                f"{ae}: BatchTopK SAE without a learned threshold (train it longer or use TopK)"
+            )
         weights["threshold"] = torch.full((int(n),), float(th))
         c = SAEConfig(int(d), int(n), "jumprelu", site=site, model_name=model_name, metadata=meta)
     elif k:
@@ -249,8 +283,11 @@ def detect_format(path: str | Path) -> str:
         return "sparsify"
     if (path.is_dir() and (path / "ae.pt").is_file()) or path.suffix == ".pt":
         return "dictionary_learning"
-    raise _invalid(path, "not an SAE directory; SAELens: cfg.json + sae_weights.safetensors, sparsify: cfg.json + "
-                         "sae.safetensors, dictionary_learning: ae.pt + config.json")
+    raise _invalid(
+        path,
+        "not an SAE directory; SAELens: cfg.json + sae_weights.safetensors, sparsify: cfg.json + "
+        "sae.safetensors, dictionary_learning: ae.pt + config.json",
+    )
 
 
 def load_any(path: str | Path, device: str | torch.device = "cpu", site: str | None = None) -> SAE:
@@ -281,13 +318,33 @@ def describe(path: str | Path) -> dict[str, Any] | None:
             sae = load_any(path)
         except Exception:
             return None
-        out = {"kind": f"SAE ({fmt} format)", "path": str(path), "architecture": sae.cfg.architecture, "d_in": sae.d_in,
-               "d_sae": sae.d_sae, "k": sae.cfg.k, "site": sae.site, "model": sae.cfg.model_name}
+        out = {
+            "kind": f"SAE ({fmt} format)",
+            "path": str(path),
+            "architecture": sae.cfg.architecture,
+            "d_in": sae.d_in,
+            "d_sae": sae.d_sae,
+            "k": sae.cfg.k,
+            "site": sae.site,
+            "model": sae.cfg.model_name,
+        }
     tj = path / "training.json"
     if tj.is_file():
         t = json.loads(tj.read_text())
-        out["training"] = {k: t.get(k) for k in ("tokens", "steps", "seconds", "tokens_per_second", "dead_fraction",
-                                                 "dead_window_tokens", "final", "classes") if k in t}
+        out["training"] = {
+            k: t.get(k)
+            for k in (
+                "tokens",
+                "steps",
+                "seconds",
+                "tokens_per_second",
+                "dead_fraction",
+                "dead_window_tokens",
+                "final",
+                "classes",
+            )
+            if k in t
+        }
     ej = path / "eval" / "eval.json"
     if ej.is_file():
         e = json.loads(ej.read_text())

@@ -89,8 +89,11 @@ def parents_of(names: Sequence[str]) -> dict[str, str | None]:
             out[n] = None
             continue
         br, it = _branch_of(m, d), max(m, d)
-        before = [(max(mm, dd), o) for o, (mm, dd) in runs.items()
-                  if o != n and _branch_of(mm, dd) == br and max(mm, dd) < it and (mm, dd) != (0, 0)]
+        before = [
+            (max(mm, dd), o)
+            for o, (mm, dd) in runs.items()
+            if o != n and _branch_of(mm, dd) == br and max(mm, dd) < it and (mm, dd) != (0, 0)
+        ]
         out[n] = max(before)[1] if before and br != "other" else ("M0D0" if "M0D0" in runs else None)
     return out
 
@@ -127,14 +130,36 @@ class SAEIterateConfig(StageConfig):
     of the later runs, which runs, and how a series' data is read."""
 
     train: SAETrainConfig = field(default_factory=SAETrainConfig)
-    finetune_tokens: int | None = option(None, flag="--finetune-tokens", help="Tokens per fine-tuning run (default: a quarter of --tokens).")
-    branch: str | None = option(None, flag="--branch", help="MD (M<i>D<i>), M0D (M0D<i>) or both (default: both with --series, MD with --store).")
-    names: list[str] = option(default_factory=list, flag="--names", help="Runs to train, comma-separated, e.g. M0D0,M4D4,M0D4,M4D0 (default: the --branch runs).")
-    site: str | None = option(None, flag="--site", help="Site (default: the store's, or the middle residual stream).")
-    context_len: int = option(128, flag="--context-len", help="Tokens per sequence of a series' D<i> (longer ones are cut).")
-    text_key: str | None = option(None, flag="--text-key", help="Key of the generated text in D<i>.jsonl (default: text, else response).")
-    max_sequences: int | None = option(None, flag="--max-sequences", help="Sequences read per D<i> (default: all).")
-    high_norm: float = option(10.0, flag="--high-norm", help="Drop rows with norm > this × median norm (0: keep all).")
+    finetune_tokens: int | None = option(
+        None, flag="--finetune-tokens", help="Tokens per fine-tuning run (default: a quarter of --tokens)."
+    )
+    branch: str | None = option(
+        None,
+        flag="--branch",
+        help="MD (M<i>D<i>), M0D (M0D<i>) or both (default: both with --series, MD with --store).",
+    )
+    names: list[str] = option(
+        default_factory=list,
+        flag="--names",
+        help="Runs to train, comma-separated, e.g. M0D0,M4D4,M0D4,M4D0 (default: the --branch runs).",
+    )
+    site: str | None = option(
+        None, flag="--site", help="Site (default: the store's, or the middle residual stream)."
+    )
+    context_len: int = option(
+        128, flag="--context-len", help="Tokens per sequence of a series' D<i> (longer ones are cut)."
+    )
+    text_key: str | None = option(
+        None,
+        flag="--text-key",
+        help="Key of the generated text in D<i>.jsonl (default: text, else response).",
+    )
+    max_sequences: int | None = option(
+        None, flag="--max-sequences", help="Sequences read per D<i> (default: all)."
+    )
+    high_norm: float = option(
+        10.0, flag="--high-norm", help="Drop rows with norm > this × median norm (0: keep all)."
+    )
 
     def validate(self) -> None:
         if self.branch is not None:
@@ -157,7 +182,9 @@ class SAEIterateConfig(StageConfig):
         """The config of every run fine-tuned from a parent: ``train`` with ``finetune_tokens``
         (default a quarter of its tokens) and no learning-rate warm-up."""
         t = self.train
-        return t.replace(total_tokens=self.finetune_tokens or max(t.batch_size, t.total_tokens // 4), lr_warmup=0.0)
+        return t.replace(
+            total_tokens=self.finetune_tokens or max(t.batch_size, t.total_tokens // 4), lr_warmup=0.0
+        )
 
 
 @register_result
@@ -173,10 +200,14 @@ class SAEIterateResult(StageResult):
     config: dict[str, Any]
     runs: list[dict[str, Any]]
     series: str | None = None
-    results: list[SAETrainResult] = field(default_factory=list, repr=False, compare=False, metadata={"runtime": True})
+    results: list[SAETrainResult] = field(
+        default_factory=list, repr=False, compare=False, metadata={"runtime": True}
+    )
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if not f.metadata.get("runtime")}
+        return {
+            f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if not f.metadata.get("runtime")
+        }
 
     @property
     def names(self) -> list[str]:
@@ -192,12 +223,22 @@ class SAEIterateResult(StageResult):
 
 def _run_summary(name: str, res: SAETrainResult, parent: str | None, **where: Any) -> dict[str, Any]:
     last = res.history[-1] if res.history else {}
-    return {"name": name, "parent": parent, "path": None if res.path is None else str(res.path), **where,
-            "tokens": res.tokens, "l0": last.get("l0"), "fvu": last.get("fvu"), "dead_fraction": res.dead_fraction,
-            "alignment_with_parent": res.extra.get("alignment_with_parent")}
+    return {
+        "name": name,
+        "parent": parent,
+        "path": None if res.path is None else str(res.path),
+        **where,
+        "tokens": res.tokens,
+        "l0": last.get("l0"),
+        "fvu": last.get("fvu"),
+        "dead_fraction": res.dead_fraction,
+        "alignment_with_parent": res.extra.get("alignment_with_parent"),
+    }
 
 
-def _finished(out: Path | None, cfg: SAETrainConfig, parent: str | None, resume: bool, overwrite: bool) -> SAETrainResult | None:
+def _finished(
+    out: Path | None, cfg: SAETrainConfig, parent: str | None, resume: bool, overwrite: bool
+) -> SAETrainResult | None:
     """The finished run in ``out`` when it was made with ``cfg`` from ``parent`` (else None; another
     config is refused unless ``overwrite``)."""
     if out is None or not resume or overwrite or not (out / TRAINING_JSON).is_file():
@@ -270,12 +311,21 @@ def train_iterative(
             data = srcs[name]
             src = as_source(data() if callable(data) else data, cfg.site)
             meta = {"deltalens_run": name, "deltalens_parent": parent_name, "training_data": src.description}
-            tr = Trainer(tcfg, src.d_in, site=cfg.site or src.site, model_name=src.model_name, out=dest,
-                         init_from=start, metadata=meta)
+            tr = Trainer(
+                tcfg,
+                src.d_in,
+                site=cfg.site or src.site,
+                model_name=src.model_name,
+                out=dest,
+                init_from=start,
+                metadata=meta,
+            )
             res = train_saes(src, {name: tr}, progress=progress, resume=resume, overwrite=overwrite)[name]
         if parent_name is not None:
             al = latent_alignment(trained[parent_name].sae, res.sae)  # type: ignore[arg-type]
-            res.extra["alignment_with_parent"] = {k: v for k, v in al.items() if not isinstance(v, torch.Tensor)}
+            res.extra["alignment_with_parent"] = {
+                k: v for k, v in al.items() if not isinstance(v, torch.Tensor)
+            }
         trained[name] = res
         runs.append(_run_summary(name, res, parent_name, **dict((where or {}).get(name, {}))))
     result = SAEIterateResult(config=cfg.to_dict(), runs=runs, results=[trained[n] for n in names])
@@ -306,12 +356,15 @@ def discover_series(series_dir: str | Path) -> tuple[dict[int, str], dict[int, P
         if spec:
             models[0] = str(spec)
     if not data:
-        raise DataFormatError(f"{root}: not a series directory (no D<i>.jsonl; expected M<i>/ and D<i>.jsonl)")
+        raise DataFormatError(
+            f"{root}: not a series directory (no D<i>.jsonl; expected M<i>/ and D<i>.jsonl)"
+        )
     return dict(sorted(models.items())), dict(sorted(data.items()))
 
 
-def series_windows(lm: Any, path: Path, context_len: int = 128, text_key: str | None = None,
-                   max_sequences: int | None = None) -> list[dict[str, list[int]]]:
+def series_windows(
+    lm: Any, path: Path, context_len: int = 128, text_key: str | None = None, max_sequences: int | None = None
+) -> list[dict[str, list[int]]]:
     """Token sequences of ``D<i>.jsonl`` for ``lm`` (module docstring), each cut to ``context_len``."""
     from ..data.jsonl import iter_jsonl
 
@@ -320,7 +373,9 @@ def series_windows(lm: Any, path: Path, context_len: int = 128, text_key: str | 
         key = text_key or ("text" if "text" in rec else "response")
         text = rec.get(key)
         if not isinstance(text, str):
-            raise DataFormatError(f"{path}:{n}: no generated text under '{key}' (keys: {', '.join(rec) or 'none'})")
+            raise DataFormatError(
+                f"{path}:{n}: no generated text under '{key}' (keys: {', '.join(rec) or 'none'})"
+            )
         prompt = rec.get("question") or rec.get("prompt") if key != "text" else None
         if isinstance(prompt, str) and prompt:
             p_ids = lm.encode(lm.format_chat(prompt), formatted=True)
@@ -329,7 +384,7 @@ def series_windows(lm: Any, path: Path, context_len: int = 128, text_key: str | 
             p_ids, r_ids = lm.encode(text), []
         ids = (p_ids + r_ids)[:context_len]
         if len(ids) >= 2:
-            out.append({"prompt_ids": ids[: len(p_ids)], "response_ids": ids[len(p_ids):]})
+            out.append({"prompt_ids": ids[: len(p_ids)], "response_ids": ids[len(p_ids) :]})
         if max_sequences and len(out) >= max_sequences:
             break
     if not out:
@@ -349,7 +404,9 @@ def resolve_series(series: str | Path, experiment: str | Path | None = None) -> 
     cand = Experiment.named(str(experiment or "default")).series_dir(str(series))
     if cand.is_dir():
         return cand
-    raise DataFormatError(f"{series}: not a series directory (neither a directory nor a series in {cand.parent})")
+    raise DataFormatError(
+        f"{series}: not a series directory (neither a directory nor a series in {cand.parent})"
+    )
 
 
 def default_sae_dir(series_dir: Path) -> Path:
@@ -392,21 +449,27 @@ def train_series(
         while n in models and n in data:
             n += 1
         if n == 0:
-            raise DataFormatError(f"{root}: no iteration with both a model and data (M0/ or series.json base, and D0.jsonl)")
+            raise DataFormatError(
+                f"{root}: no iteration with both a model and data (M0/ or series.json base, and D0.jsonl)"
+            )
         names = branch_names(cfg.branch or "both", n)
     for nm in names:
         m, d = parse_run(nm)
         if m not in models:
-            raise DataFormatError(f"{root}: run {nm} needs model M{m} (no M{m}/ directory; have {', '.join(f'M{i}' for i in models) or 'none'})")
+            raise DataFormatError(
+                f"{root}: run {nm} needs model M{m} (no M{m}/ directory; have {', '.join(f'M{i}' for i in models) or 'none'})"
+            )
         if d not in data:
-            raise DataFormatError(f"{root}: run {nm} needs data D{d}.jsonl (have {', '.join(f'D{i}' for i in data)})")
+            raise DataFormatError(
+                f"{root}: run {nm} needs data D{d}.jsonl (have {', '.join(f'D{i}' for i in data)})"
+            )
     order = training_order(names)
     need = {nm: parse_run(nm)[0] for nm in order}
     loaded: dict[int, Any] = {}
 
     def source(nm: str) -> Any:
         m, d = parse_run(nm)
-        for k in [k for k in loaded if k != m and k not in {need[o] for o in order[order.index(nm):]}]:
+        for k in [k for k in loaded if k != m and k not in {need[o] for o in order[order.index(nm) :]}]:
             del loaded[k]  # models no later run needs
         lm = loaded.get(m) or loaded.setdefault(m, load(models[m], device=cfg.train.device))
         site = Site.parse(cfg.site) if cfg.site else Site(lm.n_layers // 2, "resid")
@@ -417,8 +480,18 @@ def train_series(
 
     dest = Path(out) if out is not None else default_sae_dir(root)
     where = {nm: {"model": models[parse_run(nm)[0]], "data": str(data[parse_run(nm)[1]])} for nm in order}
-    res = train_iterative({nm: (lambda nm=nm: source(nm)) for nm in order}, order, dest, cfg, parents=parents_of(order),
-                          init_from=init_from, progress=progress, resume=resume, overwrite=overwrite, where=where)
+    res = train_iterative(
+        {nm: (lambda nm=nm: source(nm)) for nm in order},
+        order,
+        dest,
+        cfg,
+        parents=parents_of(order),
+        init_from=init_from,
+        progress=progress,
+        resume=resume,
+        overwrite=overwrite,
+        where=where,
+    )
     res.series = str(root)
     res.save(dest)
     return res
@@ -444,8 +517,15 @@ def run_iterate(
     if (series is None) == (not stores):
         raise ConfigError("give a series (--series) or one activation store per run (--store), not both")
     if series is not None:
-        return train_series(series, config, experiment=experiment, out=out, init_from=init_from, progress=progress,
-                            overwrite=overwrite)
+        return train_series(
+            series,
+            config,
+            experiment=experiment,
+            out=out,
+            init_from=init_from,
+            progress=progress,
+            overwrite=overwrite,
+        )
     names = list(config.names) or branch_names(config.branch or "MD", len(stores))
     if config.branch == "both" and not config.names:
         raise ConfigError("--branch both needs --series (with stores, give one store per run and --names)")
@@ -454,6 +534,18 @@ def run_iterate(
     for s in stores:
         if not Path(s).is_dir():
             raise DataFormatError(f"{s}: not an activation store (no such directory)")
-    root = Path(out) if out is not None else Experiment.named(str(experiment or "default")).sae_series_dir("series")
-    return train_iterative([str(s) for s in stores], names, root, config, init_from=init_from, progress=progress,
-                           overwrite=overwrite, where={n: {"data": str(s)} for n, s in zip(names, stores)})
+    root = (
+        Path(out)
+        if out is not None
+        else Experiment.named(str(experiment or "default")).sae_series_dir("series")
+    )
+    return train_iterative(
+        [str(s) for s in stores],
+        names,
+        root,
+        config,
+        init_from=init_from,
+        progress=progress,
+        overwrite=overwrite,
+        where={n: {"data": str(s)} for n, s in zip(names, stores)},
+    )

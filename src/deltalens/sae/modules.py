@@ -52,8 +52,14 @@ from .base import SAE, SAEConfig
 from .kernels import Pattern, sparse_decode, sparse_encode
 
 TRAIN_ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
-_ALIASES = {"standard": "standard", "relu": "standard", "topk": "topk", "batchtopk": "batchtopk", "batch_topk": "batchtopk",
-            "jumprelu": "jumprelu"}
+_ALIASES = {
+    "standard": "standard",
+    "relu": "standard",
+    "topk": "topk",
+    "batchtopk": "batchtopk",
+    "batch_topk": "batchtopk",
+    "jumprelu": "jumprelu",
+}
 
 
 def canonical_architecture(name: str) -> str:
@@ -83,7 +89,9 @@ class TrainingSAE(nn.Module):
     architecture = "base"
     unit_norm_decoder = True
 
-    def __init__(self, d_in: int, d_sae: int, *, k: int | None = None, dtype: torch.dtype = torch.float32, **opts: Any):
+    def __init__(
+        self, d_in: int, d_sae: int, *, k: int | None = None, dtype: torch.dtype = torch.float32, **opts: Any
+    ):
         super().__init__()
         self.d_in = int(d_in)
         self.d_sae = int(d_sae)
@@ -96,10 +104,14 @@ class TrainingSAE(nn.Module):
 
     # ---- initialisation ----------------------------------------------------------------------
     @torch.no_grad()
-    def initialize(self, generator: torch.Generator | None = None, decoder_init_norm: float | None = None) -> None:
+    def initialize(
+        self, generator: torch.Generator | None = None, decoder_init_norm: float | None = None
+    ) -> None:
         w = torch.randn(self.d_sae, self.d_in, generator=generator, dtype=torch.float32)
         w = w / w.norm(dim=1, keepdim=True)
-        norm = decoder_init_norm if decoder_init_norm is not None else (1.0 if self.unit_norm_decoder else 0.1)
+        norm = (
+            decoder_init_norm if decoder_init_norm is not None else (1.0 if self.unit_norm_decoder else 0.1)
+        )
         self.W_dec.copy_(w * norm)
         self.W_enc.copy_(self.W_dec)
         self.b_enc.zero_()
@@ -142,7 +154,9 @@ class TrainingSAE(nn.Module):
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x - self.b_dec, self.W_enc, self.b_enc)
 
-    def step_loss(self, x: torch.Tensor, *, dead: torch.Tensor | None = None, sparsity_scale: float = 1.0) -> StepOutput:
+    def step_loss(
+        self, x: torch.Tensor, *, dead: torch.Tensor | None = None, sparsity_scale: float = 1.0
+    ) -> StepOutput:
         raise NotImplementedError
 
     @staticmethod
@@ -169,7 +183,9 @@ class TrainingSAE(nn.Module):
         meta = dict(cfg_kw.pop("metadata", {}) or {})
         meta.setdefault("deltalens_training_architecture", self.architecture)
         meta["deltalens_norm_scale"] = float(scale)
-        cfg = SAEConfig(self.d_in, self.d_sae, arch, k=self.k if arch == "topk" else None, metadata=meta, **cfg_kw)
+        cfg = SAEConfig(
+            self.d_in, self.d_sae, arch, k=self.k if arch == "topk" else None, metadata=meta, **cfg_kw
+        )
         weights = {
             "W_enc": (self.W_enc.detach().float() * scale).t().contiguous(),
             "b_enc": self.b_enc.detach().float().clone(),
@@ -228,7 +244,14 @@ class TopKSAE(TrainingSAE):
         pattern, order = Pattern.from_topk(idx, self.d_sae)
         return pattern, vals.gather(1, order).reshape(-1)
 
-    def _aux(self, x: torch.Tensor, x_hat: torch.Tensor, xin: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor | None) -> torch.Tensor | None:
+    def _aux(
+        self,
+        x: torch.Tensor,
+        x_hat: torch.Tensor,
+        xin: torch.Tensor,
+        pre: torch.Tensor,
+        dead: torch.Tensor | None,
+    ) -> torch.Tensor | None:
         if dead is None:
             return None
         dead_idx = dead.nonzero().flatten()
@@ -403,7 +426,9 @@ MODULES: dict[str, type[TrainingSAE]] = {
 }
 
 
-def make_training_sae(architecture: str, d_in: int, d_sae: int, k: int | None = None, **opts: Any) -> TrainingSAE:
+def make_training_sae(
+    architecture: str, d_in: int, d_sae: int, k: int | None = None, **opts: Any
+) -> TrainingSAE:
     arch = canonical_architecture(architecture)
     if arch in ("topk", "batchtopk") and not k:
         raise ConfigError(f"a {arch} SAE needs k (active latents per token)")

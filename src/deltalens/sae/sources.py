@@ -68,8 +68,13 @@ def _high_norm_limit(x: torch.Tensor, factor: float | None) -> float | None:
 class TensorSource(ActivationSource):
     """Rows of an in-memory tensor ``[n, d]`` (rows above the norm limit are dropped once)."""
 
-    def __init__(self, x: torch.Tensor, site: SiteLike | None = None, model_name: str | None = None,
-                 high_norm_factor: float | None = None):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        site: SiteLike | None = None,
+        model_name: str | None = None,
+        high_norm_factor: float | None = None,
+    ):
         if x.dim() != 2:
             raise ShapeError(f"activations must be [rows, d], got {tuple(x.shape)}")
         lim = _high_norm_limit(x, high_norm_factor)
@@ -118,13 +123,18 @@ class StoreSource(ActivationSource):
         buffer_shards: int = 4,
     ):
         many = isinstance(store, (list, tuple))
-        stores = [s if isinstance(s, ActivationStore) else ActivationStore.open(s) for s in (store if many else [store])]
+        stores = [
+            s if isinstance(s, ActivationStore) else ActivationStore.open(s)
+            for s in (store if many else [store])
+        ]
         self.stores = stores
         self.many = many
         st = stores[0]
         if site is None:
             if len(st.sites) != 1:
-                raise StoreMismatchError(f"{st.path} holds sites {', '.join(map(str, st.sites))}; say which one to train on")
+                raise StoreMismatchError(
+                    f"{st.path} holds sites {', '.join(map(str, st.sites))}; say which one to train on"
+                )
             site = st.sites[0]
         self._site = Site.parse(site)
         for s in stores:
@@ -142,7 +152,9 @@ class StoreSource(ActivationSource):
         self.model_name = (st.manifest.get("model") or {}).get("name")
         self.model_names = [(s.manifest.get("model") or {}).get("name") for s in stores]
         self.split = split
-        self.exclude = np.array(sorted(set(int(t) for t in exclude_token_ids)) if exclude_token_ids else [], dtype=np.int64)
+        self.exclude = np.array(
+            sorted(set(int(t) for t in exclude_token_ids)) if exclude_token_ids else [], dtype=np.int64
+        )
         self.high_norm_factor = high_norm_factor
         self.buffer_shards = max(1, int(buffer_shards))
         self._limits: list[float | None] | None = None
@@ -224,7 +236,10 @@ class StoreSource(ActivationSource):
                     shards = [self._shard(i) for i in torch.randperm(n, generator=g).tolist()]
                 else:
                     shards = [self._slice(i, w, n_windows, g) for i in range(n)]
-                cols = [torch.cat([sh[m] for sh in shards] + ([carry[m]] if carry else []), 0) for m in range(len(self.stores))]
+                cols = [
+                    torch.cat([sh[m] for sh in shards] + ([carry[m]] if carry else []), 0)
+                    for m in range(len(self.stores))
+                ]
                 perm = torch.randperm(len(cols[0]), generator=g)
                 full = (len(perm) // batch_size) * batch_size
                 for k in range(0, full, batch_size):
@@ -279,7 +294,9 @@ class ModelSource(ActivationSource):
         self._limits: dict[Site, float | None] | None = None
         self.tokens_read = 0
         self.sequences_read = 0
-        self.description = f"{lm.name} on the fly over {len(self.windows)} windows ({', '.join(map(str, self.sites))})"
+        self.description = (
+            f"{lm.name} on the fly over {len(self.windows)} windows ({', '.join(map(str, self.sites))})"
+        )
 
     def _ids(self, w: Any) -> list[int]:
         if isinstance(w, dict):
@@ -351,7 +368,11 @@ class ModelSource(ActivationSource):
             perm = torch.randperm(size, generator=g)
             cat = {s: v[perm] for s, v in cat.items()}
             # draw half the buffer, keep the other half mixed with the next refill
-            n_out = max(batch_size, (size // 2) // batch_size * batch_size) if self.repeat or pos < n else size // batch_size * batch_size
+            n_out = (
+                max(batch_size, (size // 2) // batch_size * batch_size)
+                if self.repeat or pos < n
+                else size // batch_size * batch_size
+            )
             for k in range(0, n_out, batch_size):
                 yield {s: v[k : k + batch_size].to(device) for s, v in cat.items()}
             buf = {s: [v[n_out:]] for s, v in cat.items()}
@@ -378,7 +399,11 @@ def as_source(data: Any, site: SiteLike | None = None, **kw: Any) -> ActivationS
         return data
     if isinstance(data, torch.Tensor):
         return TensorSource(data, site, high_norm_factor=kw.get("high_norm_factor"))
-    if isinstance(data, (ActivationStore, str)) or hasattr(data, "__fspath__") or isinstance(data, (list, tuple)):
+    if (
+        isinstance(data, (ActivationStore, str))
+        or hasattr(data, "__fspath__")
+        or isinstance(data, (list, tuple))
+    ):
         return StoreSource(data, site, **kw)
     raise ShapeError(f"cannot train on {type(data).__name__}: give a tensor, an ActivationStore or a source")
 
@@ -417,8 +442,12 @@ def training_source(
         try:
             special = list(load(spec or model).tokenizer.all_special_ids)
         except (DeltalensError, OSError, ValueError) as exc:
-            logging.getLogger(__name__).warning("could not load %s for its special tokens; none excluded (%s)", spec or model, exc)
-        return StoreSource(st, site_list[0], exclude_token_ids=special, high_norm_factor=high_norm_factor or None), site_list
+            logging.getLogger(__name__).warning(
+                "could not load %s for its special tokens; none excluded (%s)", spec or model, exc
+            )
+        return StoreSource(
+            st, site_list[0], exclude_token_ids=special, high_norm_factor=high_norm_factor or None
+        ), site_list
     from ..data.corpus import read_texts, token_windows
 
     lm = model if hasattr(model, "model") else load(model, device=device)

@@ -48,7 +48,17 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, DataFormatError, DeltalensError, ShapeError
 from ..hooks import Site
 from ..io import load_tensors, read_json, save_tensors, write_json
-from ..stage import StageConfig, StageResult, _jsonable, at_least, flag_of, in_range, one_of, option, register_result
+from ..stage import (
+    StageConfig,
+    StageResult,
+    _jsonable,
+    at_least,
+    flag_of,
+    in_range,
+    one_of,
+    option,
+    register_result,
+)
 from .base import SAE
 from .io import CFG as SAE_CFG
 from .io import save_sae
@@ -68,43 +78,80 @@ class SAETrainConfig(StageConfig):
     """Everything that defines a training run (saved in ``training.json`` and with every
     checkpoint; a resume under another config is refused naming the differing fields)."""
 
-    architecture: str = option("topk", flag="--arch", help="standard (ReLU + L1; alias relu), topk, batchtopk or jumprelu.")
+    architecture: str = option(
+        "topk", flag="--arch", help="standard (ReLU + L1; alias relu), topk, batchtopk or jumprelu."
+    )
     expansion: int = option(8, flag="--expansion", help="d_sae = expansion × d_in.")
     d_sae: int | None = option(None, flag="--d-sae", help="Number of latents (overrides --expansion).")
     k: int = option(32, flag="--k", help="Active latents per token (topk/batchtopk).")
     total_tokens: int = option(1_000_000, flag="--tokens", help="Training tokens.")
     batch_size: int = option(1024, flag="--batch-size", help="Tokens per training step.")
-    lr: float | None = option(None, flag="--lr", help="Learning rate (default: 2e-4·sqrt(2^14/d_sae) for topk/batchtopk, 4e-4 otherwise).")
-    lr_warmup: float = option(0.02, flag="--lr-warmup", help="Fraction of the steps with a linear learning-rate warm-up.")
-    lr_decay: float = option(0.2, flag="--lr-decay", help="Fraction of the steps, at the end, decaying linearly to 0.")
+    lr: float | None = option(
+        None,
+        flag="--lr",
+        help="Learning rate (default: 2e-4·sqrt(2^14/d_sae) for topk/batchtopk, 4e-4 otherwise).",
+    )
+    lr_warmup: float = option(
+        0.02, flag="--lr-warmup", help="Fraction of the steps with a linear learning-rate warm-up."
+    )
+    lr_decay: float = option(
+        0.2, flag="--lr-decay", help="Fraction of the steps, at the end, decaying linearly to 0."
+    )
     adam_betas: tuple[float, float] = option((0.9, 0.999), flag="--adam-betas", help="Adam betas.")
     grad_clip: float | None = option(1.0, flag="--grad-clip", help="Gradient-norm clipping (None: off).")
     # sparsity
     l1_coefficient: float = option(5.0, flag="--l1", help="L1 coefficient (standard).")
     target_l0: float | None = option(None, flag="--target-l0", help="Target L0 (jumprelu).")
     l0_coefficient: float = option(1.0, flag="--l0-coefficient", help="L0 coefficient (jumprelu).")
-    jumprelu_bandwidth: float = option(0.05, flag="--jumprelu-bandwidth", help="Straight-through kernel width (jumprelu).")
-    jumprelu_init_threshold: float = option(0.1, flag="--jumprelu-init-threshold", help="Initial threshold (jumprelu).")
-    sparsity_warmup: float = option(0.05, flag="--sparsity-warmup", help="Fraction of the steps with a sparsity warm-up.")
+    jumprelu_bandwidth: float = option(
+        0.05, flag="--jumprelu-bandwidth", help="Straight-through kernel width (jumprelu)."
+    )
+    jumprelu_init_threshold: float = option(
+        0.1, flag="--jumprelu-init-threshold", help="Initial threshold (jumprelu)."
+    )
+    sparsity_warmup: float = option(
+        0.05, flag="--sparsity-warmup", help="Fraction of the steps with a sparsity warm-up."
+    )
     aux_k: int | None = option(None, flag="--aux-k", help="AuxK latents (None: d_in // 2).")
     aux_coefficient: float = option(1 / 32, flag="--aux-coefficient", help="AuxK loss coefficient.")
-    threshold_momentum: float = option(0.01, flag="--threshold-momentum", help="Threshold running-mean momentum (batchtopk).")
-    threshold_lr_scale: float = option(10.0, flag="--threshold-lr-scale", help="Learning-rate multiplier of log θ (jumprelu).")
-    dead_window_tokens: int | None = option(None, flag="--dead-window", help="Tokens without firing after which a latent counts as dead (default: min(1M, tokens/4)).")
+    threshold_momentum: float = option(
+        0.01, flag="--threshold-momentum", help="Threshold running-mean momentum (batchtopk)."
+    )
+    threshold_lr_scale: float = option(
+        10.0, flag="--threshold-lr-scale", help="Learning-rate multiplier of log θ (jumprelu)."
+    )
+    dead_window_tokens: int | None = option(
+        None,
+        flag="--dead-window",
+        help="Tokens without firing after which a latent counts as dead (default: min(1M, tokens/4)).",
+    )
     # data
-    normalize: str = option("expected_norm", flag="--normalize", help="expected_norm (scale to E‖x‖ = √d_in) or none.")
-    norm_sample_tokens: int = option(32768, flag="--norm-sample-tokens", help="Rows for the norm scale and b_dec initialisation.")
+    normalize: str = option(
+        "expected_norm", flag="--normalize", help="expected_norm (scale to E‖x‖ = √d_in) or none."
+    )
+    norm_sample_tokens: int = option(
+        32768, flag="--norm-sample-tokens", help="Rows for the norm scale and b_dec initialisation."
+    )
     b_dec_init: str = option("median", flag="--b-dec-init", help="median, mean or zeros.")
-    decoder_init_norm: float | None = option(None, flag="--decoder-init-norm", help="Initial decoder row norm.")
+    decoder_init_norm: float | None = option(
+        None, flag="--decoder-init-norm", help="Initial decoder row norm."
+    )
     # bookkeeping
     seed: int = option(0, flag="--seed", help="Random seed.")
     device: str = option("cpu", flag="--device", help="Training device.")
-    checkpoint_every_tokens: int | None = option(None, flag="--checkpoint-every", help="Checkpoint every N tokens.")
+    checkpoint_every_tokens: int | None = option(
+        None, flag="--checkpoint-every", help="Checkpoint every N tokens."
+    )
     keep_checkpoints: int = option(2, flag="--keep-checkpoints", help="Checkpoints kept on disk.")
     log_every: int = option(10, flag="--log-every", help="Steps between history records.")
 
     #: fields that do not change the trained SAE (a resume may change them)
-    RESUME_EXEMPT: ClassVar[tuple[str, ...]] = ("device", "checkpoint_every_tokens", "keep_checkpoints", "log_every")
+    RESUME_EXEMPT: ClassVar[tuple[str, ...]] = (
+        "device",
+        "checkpoint_every_tokens",
+        "keep_checkpoints",
+        "log_every",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.architecture, str):
@@ -117,8 +164,19 @@ class SAETrainConfig(StageConfig):
         super().__post_init__()
 
     def validate(self) -> None:
-        for name in ("expansion", "d_sae", "k", "total_tokens", "batch_size", "aux_k", "dead_window_tokens",
-                     "norm_sample_tokens", "checkpoint_every_tokens", "keep_checkpoints", "log_every"):
+        for name in (
+            "expansion",
+            "d_sae",
+            "k",
+            "total_tokens",
+            "batch_size",
+            "aux_k",
+            "dead_window_tokens",
+            "norm_sample_tokens",
+            "checkpoint_every_tokens",
+            "keep_checkpoints",
+            "log_every",
+        ):
             at_least(self, name, 1)
         for name in ("lr", "grad_clip", "target_l0", "jumprelu_bandwidth", "threshold_lr_scale"):
             positive(self, name)
@@ -158,7 +216,11 @@ class SAETrainConfig(StageConfig):
         if recorded is None:
             return
         try:
-            rec = type(self).from_dict({k: v for k, v in recorded.items() if k in {f.name for f in fields(self)}}).to_dict()
+            rec = (
+                type(self)
+                .from_dict({k: v for k, v in recorded.items() if k in {f.name for f in fields(self)}})
+                .to_dict()
+            )
         except DeltalensError:
             rec = dict(recorded)
         self.check_resume(rec, what, exclude=self.RESUME_EXEMPT)
@@ -277,11 +339,18 @@ class Trainer:
         self.metadata = dict(metadata or {})
         self.device = torch.device(config.device)
         opts = dict(
-            l1_coefficient=config.l1_coefficient, target_l0=config.target_l0, l0_coefficient=config.l0_coefficient,
-            jumprelu_bandwidth=config.jumprelu_bandwidth, jumprelu_init_threshold=config.jumprelu_init_threshold,
-            aux_k=config.aux_k, aux_coefficient=config.aux_coefficient, threshold_momentum=config.threshold_momentum,
+            l1_coefficient=config.l1_coefficient,
+            target_l0=config.target_l0,
+            l0_coefficient=config.l0_coefficient,
+            jumprelu_bandwidth=config.jumprelu_bandwidth,
+            jumprelu_init_threshold=config.jumprelu_init_threshold,
+            aux_k=config.aux_k,
+            aux_coefficient=config.aux_coefficient,
+            threshold_momentum=config.threshold_momentum,
         )
-        self.module: TrainingSAE = make_training_sae(config.architecture, d_in, self.d_sae, k=config.k, **opts).to(self.device)
+        self.module: TrainingSAE = make_training_sae(
+            config.architecture, d_in, self.d_sae, k=config.k, **opts
+        ).to(self.device)
         self.parent: SAE | None = None
         if init_from is not None:
             self.parent = init_from if isinstance(init_from, SAE) else SAE.load(init_from)
@@ -298,7 +367,12 @@ class Trainer:
         self.initialized = False
         self.last_checkpoint: Path | None = None
         self.lr = config.resolved_lr(self.d_sae)
-        groups = [{"params": [p for n, p in self.module.named_parameters() if n != "log_threshold"], "lr_scale": 1.0}]
+        groups = [
+            {
+                "params": [p for n, p in self.module.named_parameters() if n != "log_threshold"],
+                "lr_scale": 1.0,
+            }
+        ]
         if hasattr(self.module, "log_threshold"):
             groups.append({"params": [self.module.log_threshold], "lr_scale": config.threshold_lr_scale})
         self.opt = _adam(groups, self.lr, config.adam_betas)
@@ -316,7 +390,9 @@ class Trainer:
             raise ShapeError("no finite activation rows to initialise the SAE from")
         if self.parent is not None:
             if self.parent.d_in != self.d_in:
-                raise ShapeError(f"parent SAE has d_in={self.parent.d_in} but the activations have width {self.d_in}")
+                raise ShapeError(
+                    f"parent SAE has d_in={self.parent.d_in} but the activations have width {self.d_in}"
+                )
             self.scale = float(self.parent.cfg.metadata.get("deltalens_norm_scale", 1.0))
             if self.cfg.normalize == "none":
                 self.scale = 1.0
@@ -359,7 +435,9 @@ class Trainer:
         if cfg.grad_clip:
             gn = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
         else:
-            gn = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in self.module.parameters() if p.grad is not None))
+            gn = torch.sqrt(
+                sum((p.grad.float() ** 2).sum() for p in self.module.parameters() if p.grad is not None)
+            )
         if not torch.isfinite(gn):
             self._diverged(f"the gradient norm is {float(gn)}")
         self.opt.step()
@@ -378,8 +456,15 @@ class Trainer:
             self.fire_counts.zero_()
             self.fire_tokens = 0
         rec = {
-            "step": self.step_n, "tokens": self.tokens, "loss": float(out.loss.detach()), "mse": out.mse, "fvu": out.fvu,
-            "l0": out.l0, "aux": out.aux, "sparsity": out.sparsity, "lr": lr,
+            "step": self.step_n,
+            "tokens": self.tokens,
+            "loss": float(out.loss.detach()),
+            "mse": out.mse,
+            "fvu": out.fvu,
+            "l0": out.l0,
+            "aux": out.aux,
+            "sparsity": out.sparsity,
+            "lr": lr,
             "dead": int(self.dead_mask().sum()),
         }
         self._last = rec
@@ -393,7 +478,9 @@ class Trainer:
 
     def _diverged(self, what: str) -> None:
         last = self.last_checkpoint
-        where = f"the last good checkpoint is kept at {last}" if last else "no checkpoint had been written yet"
+        where = (
+            f"the last good checkpoint is kept at {last}" if last else "no checkpoint had been written yet"
+        )
         raise TrainingDiverged(
             f"training {self.site or 'SAE'} stopped: {what} at step {self.step_n + 1} "
             f"(after {self.tokens} tokens); {where}. Lower the learning rate (now {self.lr:g}) or check the "
@@ -407,7 +494,9 @@ class Trainer:
     # ---- checkpoints ---------------------------------------------------------------------------
     def _state(self) -> dict[str, torch.Tensor]:
         t: dict[str, torch.Tensor] = {f"module.{k}": v for k, v in self.module.state_dict().items()}
-        for i, (p, st) in enumerate(zip(self.module.parameters(), [self.opt.state.get(p, {}) for p in self.module.parameters()])):
+        for i, (_p, st) in enumerate(
+            zip(self.module.parameters(), [self.opt.state.get(p, {}) for p in self.module.parameters()])
+        ):
             for k, v in st.items():
                 if isinstance(v, torch.Tensor):
                     t[f"opt.{i}.{k}"] = v
@@ -424,10 +513,20 @@ class Trainer:
         save_tensors(path / "state.safetensors", self._state())
         write_json(
             path / "trainer.json",
-            {"step": self.step_n, "tokens": self.tokens, "scale": self.scale, "seconds": self.seconds,
-             "fire_tokens": self.fire_tokens, "prev_tokens": self.prev_tokens, "history": self.history,
-             "config": self.cfg.to_dict(), "config_hash": self.cfg.hash(exclude=SAETrainConfig.RESUME_EXEMPT),
-             "site": self.site, "model_name": self.model_name, "d_in": self.d_in},
+            {
+                "step": self.step_n,
+                "tokens": self.tokens,
+                "scale": self.scale,
+                "seconds": self.seconds,
+                "fire_tokens": self.fire_tokens,
+                "prev_tokens": self.prev_tokens,
+                "history": self.history,
+                "config": self.cfg.to_dict(),
+                "config_hash": self.cfg.hash(exclude=SAETrainConfig.RESUME_EXEMPT),
+                "site": self.site,
+                "model_name": self.model_name,
+                "d_in": self.d_in,
+            },
         )
         self.last_checkpoint = path
         ckpts = sorted((self.out / CHECKPOINTS).glob("step_*"))
@@ -491,8 +590,11 @@ class Trainer:
             self.module.calibrate_threshold(self._calib)
         meta = dict(self.metadata)
         meta["deltalens_training"] = {
-            "architecture": self.cfg.architecture, "k": self.cfg.k, "tokens": self.tokens,
-            "batch_size": self.cfg.batch_size, "lr": self.lr,
+            "architecture": self.cfg.architecture,
+            "k": self.cfg.k,
+            "tokens": self.tokens,
+            "batch_size": self.cfg.batch_size,
+            "lr": self.lr,
         }
         return self.module.to_inference(self.scale, site=self.site, model_name=self.model_name, metadata=meta)
 
@@ -514,12 +616,24 @@ class Trainer:
     def result(self) -> SAETrainResult:
         """The typed result of the run so far (the inference SAE with normalisation folded in)."""
         return SAETrainResult(
-            config=self.cfg, d_in=self.d_in, d_sae=self.d_sae, site=self.site, model_name=self.model_name,
-            tokens=self.tokens, steps=self.step_n, seconds=self.seconds, norm_scale=self.scale,
-            dead_fraction=float(self.dead_mask().float().mean()), dead_window_tokens=self.cfg.dead_window(),
-            final=dict(self._last), history=list(self.history),
+            config=self.cfg,
+            d_in=self.d_in,
+            d_sae=self.d_sae,
+            site=self.site,
+            model_name=self.model_name,
+            tokens=self.tokens,
+            steps=self.step_n,
+            seconds=self.seconds,
+            norm_scale=self.scale,
+            dead_fraction=float(self.dead_mask().float().mean()),
+            dead_window_tokens=self.cfg.dead_window(),
+            final=dict(self._last),
+            history=list(self.history),
             parent=None if self.parent is None else str(self.parent.cfg.metadata.get("deltalens_path", "")),
-            metadata=dict(self.metadata), sae=self.inference_sae(), path=self.out, sparsity=self.log10_density(),
+            metadata=dict(self.metadata),
+            sae=self.inference_sae(),
+            path=self.out,
+            sparsity=self.log10_density(),
         )
 
     def save(self) -> SAETrainResult:
@@ -535,7 +649,12 @@ class Trainer:
 
 
 def _postfix(rec: Mapping[str, float]) -> dict[str, str]:
-    return {"L0": f"{rec['l0']:.1f}", "mse": f"{rec['mse']:.3g}", "fvu": f"{rec['fvu']:.3f}", "dead": str(rec["dead"])}
+    return {
+        "L0": f"{rec['l0']:.1f}",
+        "mse": f"{rec['mse']:.3g}",
+        "fvu": f"{rec['fvu']:.3f}",
+        "dead": str(rec["dead"]),
+    }
 
 
 def train_saes(
@@ -597,8 +716,14 @@ def train_saes(
         for t in need_init:
             t.initialize(_pick(samples, t.site))
     steps = max(t.cfg.total_steps for t in trainers.values())
-    bar = tqdm(total=steps, initial=min(t.step_n for t in trainers.values()), desc="train SAE", unit="step",
-               disable=not progress, leave=False)
+    bar = tqdm(
+        total=steps,
+        initial=min(t.step_n for t in trainers.values()),
+        desc="train SAE",
+        unit="step",
+        disable=not progress,
+        leave=False,
+    )
     t_last = time.perf_counter()
     stream: Iterator[Any] = src.batches(batch_size, seed=seed, device=first.device)
     for batch in stream:
@@ -655,8 +780,15 @@ def train_sae(
     config = config or SAETrainConfig()
     src = as_source(data, site, **source_kw)
     site_s = str(Site.parse(site)) if site is not None else src.site
-    trainer = Trainer(config, src.d_in, site=site_s, model_name=model_name or src.model_name, out=out,
-                      init_from=init_from, metadata=metadata)
+    trainer = Trainer(
+        config,
+        src.d_in,
+        site=site_s,
+        model_name=model_name or src.model_name,
+        out=out,
+        init_from=init_from,
+        metadata=metadata,
+    )
     return train_saes(src, {"sae": trainer}, progress=progress, resume=resume, overwrite=overwrite)["sae"]
 
 
@@ -698,11 +830,17 @@ def train_grid(
     from ..experiment import Experiment
 
     ks = [int(k) for k in ks] or [config.k]
-    site_list = [Site.parse(s) for s in sites] or ([Site.parse(source.site)] if getattr(source, "site", None) else [])
+    site_list = [Site.parse(s) for s in sites] or (
+        [Site.parse(source.site)] if getattr(source, "site", None) else []
+    )
     if not site_list:
         raise ConfigError("name the site(s) to train at (--site)")
     many = len(site_list) * len(ks) > 1
-    src = source if isinstance(source, ActivationSource) else as_source(source, site_list[0] if len(site_list) == 1 else None)
+    src = (
+        source
+        if isinstance(source, ActivationSource)
+        else as_source(source, site_list[0] if len(site_list) == 1 else None)
+    )
     meta = {"training_data": src.description, **dict(metadata or {})}
     trainers: dict[str, Trainer] = {}
     for s in site_list:
@@ -712,8 +850,15 @@ def train_grid(
                 dest = Path(out) / nm if many else Path(out)
             else:
                 dest = Experiment.named(str(experiment or "default")).sae_dir(nm)
-            trainers[nm] = Trainer(config.replace(k=k), src.d_in, site=str(s), model_name=src.model_name, out=dest,
-                                   init_from=init_from, metadata=meta)
+            trainers[nm] = Trainer(
+                config.replace(k=k),
+                src.d_in,
+                site=str(s),
+                model_name=src.model_name,
+                out=dest,
+                init_from=init_from,
+                metadata=meta,
+            )
     results = train_saes(src, trainers, progress=progress, resume=resume, overwrite=overwrite)
     for nm, r in results.items():
         r.extra.setdefault("name", nm)

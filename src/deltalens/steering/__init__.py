@@ -26,7 +26,14 @@ from .evaluate import EvalSettings, Monitor, evaluate_candidates
 from .extraction import ExtractConfig, ExtractionResult, extract, load_vector_set
 from .monitor import project
 from .results import ResultsLog, SteeringRecord
-from .runs import CombinationResult, CombineConfig, SteeringRun, SteerRunConfig, run_combinations, run_steering
+from .runs import (
+    CombinationResult,
+    CombineConfig,
+    SteeringRun,
+    SteerRunConfig,
+    run_combinations,
+    run_steering,
+)
 from .search import adaptive_search, checkpoint_summary, grid_search, per_layer_table
 from .sweep import SweepStats, generate_sweep
 from .terms import Candidate, Term

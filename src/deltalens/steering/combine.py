@@ -59,7 +59,9 @@ def summed_vector(a: TraitVector, b: TraitVector, layer: int) -> TraitVector:
     return TraitVector(u, meta)
 
 
-def combination_candidates(a: Source, b: Source, multipliers: Sequence[float] = MULTIPLIERS) -> list[Candidate]:
+def combination_candidates(
+    a: Source, b: Source, multipliers: Sequence[float] = MULTIPLIERS
+) -> list[Candidate]:
     """Candidates of strategies 1, 2 and 4 (3 reuses 1 or 2; see :func:`comparison_table`)."""
     cands = []
     for strat, src in (("sum@A", a), ("sum@B", b)):
@@ -69,12 +71,21 @@ def combination_candidates(a: Source, b: Source, multipliers: Sequence[float] = 
         v = summed_vector(a.vectors[L], b.vectors[L], L)
         for m in multipliers:
             c = round(m * src.best_coef, 6)
-            cands.append(Candidate((Term(v, c),), "combination", f"{strat} L{L} c{c:g}", {"strategy": strat, "multiplier": m}))
+            cands.append(
+                Candidate(
+                    (Term(v, c),), "combination", f"{strat} L{L} c{c:g}", {"strategy": strat, "multiplier": m}
+                )
+            )
     for m in multipliers:
         ta = Term(a.vectors[a.best_layer], round(m * a.best_coef / 2, 6))
         tb = Term(b.vectors[b.best_layer], round(m * b.best_coef / 2, 6))
         cands.append(
-            Candidate((ta, tb), "combination", f"ensemble L{a.best_layer}+L{b.best_layer} x{m:g}", {"strategy": "ensemble", "multiplier": m})
+            Candidate(
+                (ta, tb),
+                "combination",
+                f"ensemble L{a.best_layer}+L{b.best_layer} x{m:g}",
+                {"strategy": "ensemble", "multiplier": m},
+            )
         )
     return cands
 
@@ -107,14 +118,32 @@ def comparison_table(
     plan = [
         ("strategy 1", "sum@A", f"sum at {a.name}'s layer", str(a.best_layer)),
         ("strategy 2", "sum@B", f"sum at {b.name}'s layer", str(b.best_layer)),
-        ("strategy 3", "sum@A" if winner is a else "sum@B", f"sum at the best layer of either ({winner.name})", str(winner.best_layer)),
-        ("strategy 4", "ensemble", "ensemble, half coefficients at both layers", f"{a.best_layer}+{b.best_layer}"),
+        (
+            "strategy 3",
+            "sum@A" if winner is a else "sum@B",
+            f"sum at the best layer of either ({winner.name})",
+            str(winner.best_layer),
+        ),
+        (
+            "strategy 4",
+            "ensemble",
+            "ensemble, half coefficients at both layers",
+            f"{a.best_layer}+{b.best_layer}",
+        ),
     ]
     for name, key, note, layers in plan:
         best = _best_ok(by_strat.get(key, []), min_coh)
         if best is None:
-            rows.append({"config": name, "layers": layers, "coef": None, "delta": None, "coherence": None,
-                         "notes": f"{note}; no multiplier reached coherence ≥ {min_coh:g}"})
+            rows.append(
+                {
+                    "config": name,
+                    "layers": layers,
+                    "coef": None,
+                    "delta": None,
+                    "coherence": None,
+                    "notes": f"{note}; no multiplier reached coherence ≥ {min_coh:g}",
+                }
+            )
             continue
         coefs = "+".join(f"{c:g}" for c in best.coefs)
         rows.append(

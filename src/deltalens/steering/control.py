@@ -54,7 +54,9 @@ def export_control_vector(
 ) -> ControlVectorFile:
     """Export ``layers`` (default: all) of a vector set as a llama.cpp control vector."""
     if component != "resid":
-        raise ConfigError("--component: llama.cpp control vectors act on the residual stream; export resid vectors")
+        raise ConfigError(
+            "--component: llama.cpp control vectors act on the residual stream; export resid vectors"
+        )
     if coef_mode not in COEF_MODES:
         raise ConfigError(f"--coef-mode must be one of {', '.join(COEF_MODES)}, got {coef_mode!r}")
     tid = trait_id(trait)
@@ -111,7 +113,9 @@ def import_control_vector(
     d_model = _target_width(exp, model_variant, model)
     notes = []
     if d_model is None:
-        notes.append(f"no model recorded for variant '{model_variant}': width {widths[0]} not checked (steer checks it)")
+        notes.append(
+            f"no model recorded for variant '{model_variant}': width {widths[0]} not checked (steer checks it)"
+        )
     elif widths[0] != d_model:
         raise ShapeError(
             f"{path}: control vector width {widths[0]} does not match d_model {d_model} of the model of "
@@ -119,12 +123,23 @@ def import_control_vector(
         )
     vs = VectorSet()
     for L, v in sorted(dirs.items()):
-        meta = {"trait": tid, "variant": variant, "positions": position, "component": "resid", "layer": L, "method": method,
-                "norm": float(torch.as_tensor(v).norm()), "model_hint": hint, "source": str(path),
-                "provenance": provenance(None, source=str(path))}
+        meta = {
+            "trait": tid,
+            "variant": variant,
+            "positions": position,
+            "component": "resid",
+            "layer": L,
+            "method": method,
+            "norm": float(torch.as_tensor(v).norm()),
+            "model_hint": hint,
+            "source": str(path),
+            "provenance": provenance(None, source=str(path)),
+        }
         vs[L] = TraitVector(v, meta)
     d = exp.vectors_dir(tid, variant, position, "resid", method)
     if d_model is None:
         warnings.warn(notes[0], stacklevel=2)
     vs.save(d)
-    return ControlVectorFile(Path(path), tid, sorted(dirs), hint, d, d_model if d_model is not None else widths[0], notes)
+    return ControlVectorFile(
+        Path(path), tid, sorted(dirs), hint, d, d_model if d_model is not None else widths[0], notes
+    )

@@ -29,7 +29,15 @@ from .results import ResultsLog, SteeringRecord
 from .sweep import SweepStats, generate_sweep
 from .terms import COEF_MODES, Candidate, Term, check_widths, needed_norms
 
-__all__ = ["COEF_MODES", "Candidate", "EvalSettings", "Monitor", "Term", "candidate_key", "evaluate_candidates"]
+__all__ = [
+    "COEF_MODES",
+    "Candidate",
+    "EvalSettings",
+    "Monitor",
+    "Term",
+    "candidate_key",
+    "evaluate_candidates",
+]
 
 if TYPE_CHECKING:
     from ..models.loading import LoadedModel
@@ -78,11 +86,17 @@ class Monitor:
     reduce: str = "mean"
 
     def __call__(self, lm: LoadedModel, items: Sequence[Any]) -> list[float]:
-        return project(lm, items, self.vector, self.site, positions=self.positions, reduce=self.reduce).tolist()
+        return project(
+            lm, items, self.vector, self.site, positions=self.positions, reduce=self.reduce
+        ).tolist()
 
 
 def _scored_responses(
-    gens: list[dict[str, Any]], t_scores: Sequence[J.Score], c_scores: Sequence[J.Score], proj: Sequence[float] | None, k0: int
+    gens: list[dict[str, Any]],
+    t_scores: Sequence[J.Score],
+    c_scores: Sequence[J.Score],
+    proj: Sequence[float] | None,
+    k0: int,
 ) -> list[dict[str, Any]]:
     """Response entries of a record: text, token ids, scores (statuses when not ok), projection."""
     resp = []
@@ -110,8 +124,15 @@ def _scored_responses(
 
 
 def make_record(
-    lm: LoadedModel, key: str, cand: Candidate, settings: EvalSettings, judge_id: str, trait: str,
-    resp: list[dict[str, Any]], norms: dict[int, float], monitored: bool,
+    lm: LoadedModel,
+    key: str,
+    cand: Candidate,
+    settings: EvalSettings,
+    judge_id: str,
+    trait: str,
+    resp: list[dict[str, Any]],
+    norms: dict[int, float],
+    monitored: bool,
 ) -> SteeringRecord:
     """The :class:`SteeringRecord` of one candidate's scored responses."""
     statuses = Counter(x.get("trait_status", "ok") for x in resp) + Counter(
@@ -136,7 +157,9 @@ def make_record(
         trait_mean=_mean([x["trait"] for x in resp]),
         coherence_mean=_mean([x["coherence"] for x in resp]),
         n=len(resp),
-        n_errors=sum(1 for x in resp if x.get("trait_status") == "error" or x.get("coherence_status") == "error"),
+        n_errors=sum(
+            1 for x in resp if x.get("trait_status") == "error" or x.get("coherence_status") == "error"
+        ),
         status_counts=dict(statuses),
         projection_mean=_mean([x.get("projection") for x in resp]) if monitored else None,
         responses=resp,
@@ -194,13 +217,25 @@ def evaluate_candidates(
         c_scores = J.score(judge, "coherence", items, trait, cache)
         proj: list[float] | None = None
         if monitor is not None:
-            pairs = [{"prompt_ids": g["prompt_ids"], "response_ids": g["response_ids"]} for gl in gens for g in gl]
+            pairs = [
+                {"prompt_ids": g["prompt_ids"], "response_ids": g["response_ids"]} for gl in gens for g in gl
+            ]
             proj = monitor(lm, pairs)
         k = 0
         for i, gl in zip(idxs, gens):
             resp = _scored_responses(gl, t_scores, c_scores, proj, k)
             k += len(gl)
-            rec = make_record(lm, keys[i], candidates[i], settings, judge.id, trait_id or trait.name, resp, norms, proj is not None)
+            rec = make_record(
+                lm,
+                keys[i],
+                candidates[i],
+                settings,
+                judge.id,
+                trait_id or trait.name,
+                resp,
+                norms,
+                proj is not None,
+            )
             log.append(rec)
             out[i] = log.latest(keys[i]) or rec
             if on_record is not None:
@@ -212,8 +247,16 @@ def evaluate_candidates(
         idxs = to_generate[s : s + per_chunk]
         t0 = time.time()
         gens = generate_sweep(
-            lm, settings.questions, [candidates[i] for i in idxs], norms=norms, max_new_tokens=settings.max_new_tokens,
-            positions=settings.positions, max_rows=settings.max_rows, chat=settings.chat, progress=progress, stats=stats,
+            lm,
+            settings.questions,
+            [candidates[i] for i in idxs],
+            norms=norms,
+            max_new_tokens=settings.max_new_tokens,
+            positions=settings.positions,
+            max_rows=settings.max_rows,
+            chat=settings.chat,
+            progress=progress,
+            stats=stats,
         )
         finish(idxs, [[g.to_dict() for g in gl] for gl in gens])
         if stats is not None:

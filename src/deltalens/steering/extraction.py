@@ -59,22 +59,41 @@ if TYPE_CHECKING:
 class ExtractConfig(StageConfig):
     """Settings of one extraction (``deltalens extract``)."""
 
-    variant: str = option("instruct", flag="--model-variant", help="Model variant name (its spec in the experiment config).")
-    position: str = option("response[:]", flag="--position",
-                           help="Token positions to average: response[:], response[:5], prompt[-1], …")
-    methods: list[str] = option(default_factory=lambda: ["mean_diff", "probe"], flag="--methods",
-                                help="Comma-separated: mean_diff, probe, pca.")
-    layers: list[int] = option(default_factory=list, flag="--layers", help="Layers to fit: all (default), 9-19, 6,12,…")
+    variant: str = option(
+        "instruct", flag="--model-variant", help="Model variant name (its spec in the experiment config)."
+    )
+    position: str = option(
+        "response[:]",
+        flag="--position",
+        help="Token positions to average: response[:], response[:5], prompt[-1], …",
+    )
+    methods: list[str] = option(
+        default_factory=lambda: ["mean_diff", "probe"],
+        flag="--methods",
+        help="Comma-separated: mean_diff, probe, pca.",
+    )
+    layers: list[int] = option(
+        default_factory=list, flag="--layers", help="Layers to fit: all (default), 9-19, 6,12,…"
+    )
     component: str = option("resid", flag="--component", help="resid, resid_pre, attn_out or mlp_out.")
     rollouts: int = option(1, flag="--rollouts", help="Responses per scenario (>1 samples at temperature 1).")
-    max_new_tokens: int | None = option(None, flag="--max-new-tokens",
-                                        help="Response length (default 32, or N for response[:N]).")
-    val_fraction: float = option(0.2, flag="--val-fraction", help="Fraction of scenarios held out for accuracy/separation.")
-    filter: bool = option(False, flag="--filter/--no-filter", help="Keep pos with trait ≥ 50, neg with trait < 50, coherence ≥ 50.")
+    max_new_tokens: int | None = option(
+        None, flag="--max-new-tokens", help="Response length (default 32, or N for response[:N])."
+    )
+    val_fraction: float = option(
+        0.2, flag="--val-fraction", help="Fraction of scenarios held out for accuracy/separation."
+    )
+    filter: bool = option(
+        False,
+        flag="--filter/--no-filter",
+        help="Keep pos with trait ≥ 50, neg with trait < 50, coherence ≥ 50.",
+    )
     judge: str = option("offline", flag="--judge", help=JUDGE_HELP)
     min_trait: float = option(50.0, help="Filter: positives need trait ≥ this, negatives < this.")
     min_coherence: float = option(50.0, help="Filter: both need coherence ≥ this.")
-    regenerate: bool = option(False, flag="--regenerate", help="Replace existing responses for this trait and variant.")
+    regenerate: bool = option(
+        False, flag="--regenerate", help="Replace existing responses for this trait and variant."
+    )
     batch_size: int = option(16, flag="--batch-size", help="Sequences per forward pass.")
     seed: int = option(0, flag="--seed", help="Seed of sampling and the probe.")
 
@@ -103,7 +122,9 @@ class ExtractionResult(StageResult):
     FILENAME = "extraction.json"
 
     meta: dict[str, Any]
-    metrics: dict[str, list[dict[str, Any]]]  # per method: one row per layer (norm, accuracy, AUROC, separation)
+    metrics: dict[
+        str, list[dict[str, Any]]
+    ]  # per method: one row per layer (norm, accuracy, AUROC, separation)
     n_pos: int
     n_neg: int
     reused_responses: bool = False
@@ -113,8 +134,15 @@ class ExtractionResult(StageResult):
     paths: dict[str, Path] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"meta": self.meta, "metrics": self.metrics, "n_pos": self.n_pos, "n_neg": self.n_neg,
-                "reused_responses": self.reused_responses, "filtered": self.filtered, "config": self.config}
+        return {
+            "meta": self.meta,
+            "metrics": self.metrics,
+            "n_pos": self.n_pos,
+            "n_neg": self.n_neg,
+            "reused_responses": self.reused_responses,
+            "filtered": self.filtered,
+            "config": self.config,
+        }
 
     def save(self, directory: str | Path) -> Path:
         """``extraction.json`` (methods of an earlier extraction of the same responses are kept)
@@ -125,7 +153,9 @@ class ExtractionResult(StageResult):
         if path.is_file():
             try:
                 old = type(self).load(d, vectors=False)
-                if old.meta.get("weights_hash") == self.meta.get("weights_hash") and old.meta.get("n_pos") == self.meta.get("n_pos"):
+                if old.meta.get("weights_hash") == self.meta.get("weights_hash") and old.meta.get(
+                    "n_pos"
+                ) == self.meta.get("n_pos"):
                     metrics = {**{m: rows for m, rows in old.metrics.items() if (d / m).is_dir()}, **metrics}
             except DataFormatError:
                 pass
@@ -136,8 +166,11 @@ class ExtractionResult(StageResult):
 
     def summary(self) -> dict[str, Any]:
         keys = ("trait", "variant", "positions", "component", "model", "n_pos", "n_neg", "n_val")
-        return {**{k: self.meta.get(k) for k in keys}, "methods": sorted(self.metrics),
-                "layers": sorted({r["layer"] for rows in self.metrics.values() for r in rows})}
+        return {
+            **{k: self.meta.get(k) for k in keys},
+            "methods": sorted(self.metrics),
+            "layers": sorted({r["layer"] for rows in self.metrics.values() for r in rows}),
+        }
 
     @classmethod
     def load(cls, directory: str | Path, *, vectors: bool = True) -> ExtractionResult:  # type: ignore[override]
@@ -155,14 +188,23 @@ def default_max_new_tokens(positions: str | Positions) -> int:
     pos = Positions.parse(positions)
     n = 32
     for t in pos.terms:
-        if t.region == "response" and t.select is not None and t.select.is_slice and t.select.stop and t.select.stop > 0:
+        if (
+            t.region == "response"
+            and t.select is not None
+            and t.select.is_slice
+            and t.select.stop
+            and t.select.stop > 0
+        ):
             n = max(n, int(t.select.stop))
     return n
 
 
 def _trait_hash(trait: TraitSet) -> str:
     return config_hash(
-        {"pos": [(s.system, s.question) for s in trait.positive], "neg": [(s.system, s.question) for s in trait.negative]}
+        {
+            "pos": [(s.system, s.question) for s in trait.positive],
+            "neg": [(s.system, s.question) for s in trait.negative],
+        }
     )
 
 
@@ -213,7 +255,9 @@ def trait_responses(
     files = _response_files(d)
     if meta_path.exists() and files is not None and not regenerate:
         have = read_json(meta_path)
-        diffs = [k for k in ("weights_hash", "trait_data", "rollouts", "seed", "chat") if have.get(k) != want[k]]
+        diffs = [
+            k for k in ("weights_hash", "trait_data", "rollouts", "seed", "chat") if have.get(k) != want[k]
+        ]
         if int(have.get("max_new_tokens", 0)) < max_new_tokens:
             diffs.append(f"max_new_tokens ({have.get('max_new_tokens')} < {max_new_tokens})")
         if diffs:
@@ -242,11 +286,21 @@ def trait_responses(
         legacy = d / LEGACY_RESPONSES_FILES[pol]
         if legacy.exists():  # replaced by the JSONL file
             legacy.unlink()
-    write_json(meta_path, {**want, "n_pos": len(out["pos"]), "n_neg": len(out["neg"]), "provenance": provenance(lm, trait=trait.id)})
+    write_json(
+        meta_path,
+        {
+            **want,
+            "n_pos": len(out["pos"]),
+            "n_neg": len(out["neg"]),
+            "provenance": provenance(lm, trait=trait.id),
+        },
+    )
     return out["pos"], out["neg"], False
 
 
-def existing_responses(lm: LoadedModel, exp: Experiment, trait: TraitSet, variant: str) -> tuple[list[Generation], list[Generation]] | None:
+def existing_responses(
+    lm: LoadedModel, exp: Experiment, trait: TraitSet, variant: str
+) -> tuple[list[Generation], list[Generation]] | None:
     """Responses already in the experiment for this trait, variant and model (any generation settings)."""
     d = exp.responses_dir(trait.id, variant)
     files = _response_files(d)
@@ -285,32 +339,64 @@ def filter_responses(
             keep_pos.append(g)
         elif k >= len(pos) and t < min_trait:
             keep_neg.append(g)
-    return keep_pos, keep_neg, {"pos_before": len(pos), "neg_before": len(neg), "pos_kept": len(keep_pos), "neg_kept": len(keep_neg)}
+    return (
+        keep_pos,
+        keep_neg,
+        {
+            "pos_before": len(pos),
+            "neg_before": len(neg),
+            "pos_kept": len(keep_pos),
+            "neg_kept": len(keep_neg),
+        },
+    )
 
 
 def _trait_activations(
-    lm: LoadedModel, exp: Experiment, trait: TraitSet, cfg: ExtractConfig, pos: list[Generation], neg: list[Generation],
+    lm: LoadedModel,
+    exp: Experiment,
+    trait: TraitSet,
+    cfg: ExtractConfig,
+    pos: list[Generation],
+    neg: list[Generation],
     progress: bool,
 ) -> tuple[ActivationStore, torch.Tensor, torch.Tensor, int]:
     """Mean activations of every response at every layer (an ActivationStore, recaptured when
     the responses changed) → ``(store, is_pos, val, dropped)`` per stored row."""
     pos_spec = Positions.parse(cfg.position)
     data = pos + neg
-    data_key = config_hash([[g.index, g.rollout, g.response_ids] for g in pos] + [["neg"]] + [[g.index, g.rollout, g.response_ids] for g in neg])
+    data_key = config_hash(
+        [[g.index, g.rollout, g.response_ids] for g in pos]
+        + [["neg"]]
+        + [[g.index, g.rollout, g.response_ids] for g in neg]
+    )
     store_dir = exp.extraction_store_dir(trait.id, cfg.variant, pos_spec, cfg.component)
     dataset = f"{trait.id}#{data_key}"
     sites = [(L, cfg.component) for L in range(lm.n_layers)]
     existing = ActivationStore(store_dir)
-    if existing.exists and (existing.manifest.get("dataset") != dataset or existing.manifest.get("model", {}).get("weights_hash") != lm.weights_hash):
+    if existing.exists and (
+        existing.manifest.get("dataset") != dataset
+        or existing.manifest.get("model", {}).get("weights_hash") != lm.weights_hash
+    ):
         shutil.rmtree(store_dir)  # derived from other responses: recapture
-    store = capture(lm, data, sites, pos_spec, reduce="mean", batch_size=cfg.batch_size, store=store_dir, dataset_name=dataset,
-                    progress=progress)
+    store = capture(
+        lm,
+        data,
+        sites,
+        pos_spec,
+        reduce="mean",
+        batch_size=cfg.batch_size,
+        store=store_dir,
+        dataset_name=dataset,
+        progress=progress,
+    )
     assert isinstance(store, ActivationStore)
     seq = torch.from_numpy(np.array(store.index(["seq_id"])["seq_id"].to_numpy(), dtype=np.int64))
     is_pos = seq < len(pos)
     scen = torch.tensor([g.index for g in data])[seq]
     val = torch.tensor([split_of(int(s), cfg.val_fraction) == "val" for s in scen.tolist()], dtype=torch.bool)
-    if cfg.val_fraction > 0 and (int((val & is_pos).sum()) == 0 or int((val & ~is_pos).sum()) == 0 or int((~val & is_pos).sum()) < 1):
+    if cfg.val_fraction > 0 and (
+        int((val & is_pos).sum()) == 0 or int((val & ~is_pos).sum()) == 0 or int((~val & is_pos).sum()) < 1
+    ):
         val = torch.zeros_like(val)  # too little data for a split: metrics on train only
     return store, is_pos, val, len(data) - len(seq)
 
@@ -331,11 +417,21 @@ def extract(
     by ``config.judge``, built with :func:`deltalens.steering.pipeline.make_judge`)."""
     cfg = config or ExtractConfig()
     pos_spec = Positions.parse(cfg.position)
-    layer_list = sorted({int(x) % lm.n_layers for x in cfg.layers}) if cfg.layers else list(range(lm.n_layers))
+    layer_list = (
+        sorted({int(x) % lm.n_layers for x in cfg.layers}) if cfg.layers else list(range(lm.n_layers))
+    )
     mnt = cfg.max_new_tokens or default_max_new_tokens(pos_spec)
     pos, neg, reused = trait_responses(
-        lm, exp, trait, cfg.variant, rollouts=cfg.rollouts, max_new_tokens=mnt, seed=cfg.seed, batch_size=max(cfg.batch_size, 32),
-        regenerate=cfg.regenerate, progress=progress,
+        lm,
+        exp,
+        trait,
+        cfg.variant,
+        rollouts=cfg.rollouts,
+        max_new_tokens=mnt,
+        seed=cfg.seed,
+        batch_size=max(cfg.batch_size, 32),
+        regenerate=cfg.regenerate,
+        progress=progress,
     )
     filtered: dict[str, int] = {}
     if cfg.filter or judge is not None:
@@ -375,13 +471,21 @@ def extract(
         for m in cfg.methods:
             d = fit_direction(ptr, ntr, m, seed=cfg.seed)
             scores = evaluate_direction(d, ptr, ntr, pva if len(pva) else None, nva if len(nva) else None)
-            meta = {**base_meta, "layer": L, "method": m, "norm": float(d.vector.norm()), **scores,
-                    "provenance": provenance(lm, trait=trait.id, method=m, layer=L, positions=pos_spec.text)}
+            meta = {
+                **base_meta,
+                "layer": L,
+                "method": m,
+                "norm": float(d.vector.norm()),
+                **scores,
+                "provenance": provenance(lm, trait=trait.id, method=m, layer=L, positions=pos_spec.text),
+            }
             tv = TraitVector(d.vector, meta)
             tv.save(exp.vector_path(trait.id, cfg.variant, pos_spec, cfg.component, m, L))
             vectors[m][L] = tv
             metrics[m].append({"layer": L, "norm": meta["norm"], **scores})
-    res = ExtractionResult(base_meta, metrics, base_meta["n_pos"], base_meta["n_neg"], reused, filtered, cfg.to_dict(), vectors)
+    res = ExtractionResult(
+        base_meta, metrics, base_meta["n_pos"], base_meta["n_neg"], reused, filtered, cfg.to_dict(), vectors
+    )
     out = exp.extraction_dir(trait.id, cfg.variant, pos_spec, cfg.component)
     res.save(out)
     res.paths = {m: exp.vectors_dir(trait.id, cfg.variant, pos_spec, cfg.component, m) for m in cfg.methods}
@@ -389,8 +493,15 @@ def extract(
 
 
 def _filtered(
-    lm: LoadedModel, exp: Experiment, trait: TraitSet, cfg: ExtractConfig, pos: list[Generation], neg: list[Generation],
-    judge: Judge | None, cache: JudgeCache | None, progress: bool,
+    lm: LoadedModel,
+    exp: Experiment,
+    trait: TraitSet,
+    cfg: ExtractConfig,
+    pos: list[Generation],
+    neg: list[Generation],
+    judge: Judge | None,
+    cache: JudgeCache | None,
+    progress: bool,
 ) -> tuple[list[Generation], list[Generation], dict[str, int]]:
     """:func:`filter_responses` with the config's judge and thresholds (cache: the experiment's)."""
     from ..judges import JudgeCache as _Cache
@@ -402,7 +513,9 @@ def _filtered(
     own = cache is None
     cache = cache or _Cache(exp.judge_cache_path())
     try:
-        return filter_responses(pos, neg, judge, trait, cache=cache, min_trait=cfg.min_trait, min_coherence=cfg.min_coherence)
+        return filter_responses(
+            pos, neg, judge, trait, cache=cache, min_trait=cfg.min_trait, min_coherence=cfg.min_coherence
+        )
     finally:
         if own:
             cache.close()
@@ -412,12 +525,19 @@ def vector_set_in(directory: Path, layers: Sequence[int] | None = None) -> Vecto
     """The vector set in a method directory (:class:`DataFormatError` if it holds none)."""
     vs = VectorSet.load(directory, layers)
     if not vs:
-        raise DataFormatError(f"no vectors in {directory}" + (f" for layers {list(layers)}" if layers else ""))
+        raise DataFormatError(
+            f"no vectors in {directory}" + (f" for layers {list(layers)}" if layers else "")
+        )
     return vs
 
 
 def load_vector_set(
-    exp: Experiment, trait: str, variant: str, positions: str | Positions, method: str, component: str = "resid",
+    exp: Experiment,
+    trait: str,
+    variant: str,
+    positions: str | Positions,
+    method: str,
+    component: str = "resid",
     layers: Sequence[int] | None = None,
 ) -> VectorSet:
     """The extracted vectors of one (trait, variant, position, component, method), by layer."""
@@ -425,7 +545,8 @@ def load_vector_set(
     out = VectorSet.load(d, layers)
     if not out:
         raise DataFormatError(
-            f"no vectors in {d}" + (f" for layers {list(layers)}" if layers else "")
-            + f"; run: deltalens extract --trait {trait} --model-variant {variant} --position '{Positions.parse(positions).text}' --methods {method}"
+            f"no vectors in {d}"
+            + (f" for layers {list(layers)}" if layers else "")
+            + f"; run: deltalens extract --trait {trait} --model-variant {variant} --position '{Positions.parse(positions).text}' --methods {method}"  # noqa: E501
         )
     return out

@@ -78,7 +78,13 @@ def instruction_counterpart(trait: TraitSet) -> TraitSet | None:
 
 
 def offline_judge(
-    lm: LoadedModel, exp: Experiment, trait: TraitSet, variant: str, *, max_new_tokens: int = 48, progress: bool = True
+    lm: LoadedModel,
+    exp: Experiment,
+    trait: TraitSet,
+    variant: str,
+    *,
+    max_new_tokens: int = 48,
+    progress: bool = True,
 ) -> OfflineJudge:
     """The offline judge for ``trait`` on model ``lm`` (classifier trained or loaded; see module docstring)."""
     inst = instruction_counterpart(trait)
@@ -90,10 +96,19 @@ def offline_judge(
     pos, neg = found
     data_sha = config_hash([[g.response for g in pos], [g.response for g in neg]])
     clf = TraitClassifier.load(path) if path.exists() else None
-    if clf is None or clf.meta.get("responses_sha") != data_sha or clf.meta.get("weights_hash") != lm.weights_hash:
+    if (
+        clf is None
+        or clf.meta.get("responses_sha") != data_sha
+        or clf.meta.get("weights_hash") != lm.weights_hash
+    ):
         clf = TraitClassifier.fit(
-            [g.response for g in pos], [g.response for g in neg], trait=src.id, weights_hash=lm.weights_hash,
-            model=lm.name, responses_sha=data_sha, confounded_by_content=src.format == "natural",
+            [g.response for g in pos],
+            [g.response for g in neg],
+            trait=src.id,
+            weights_hash=lm.weights_hash,
+            model=lm.name,
+            responses_sha=data_sha,
+            confounded_by_content=src.format == "natural",
         )
         clf.save(path)
     auroc = clf.meta.get("cv_auroc")
@@ -109,7 +124,9 @@ def offline_judge(
     return OfflineJudge(clf, CoherenceScorer(lm))
 
 
-def make_judge(spec: str, lm: LoadedModel, exp: Experiment, trait: TraitSet, variant: str, *, progress: bool = True) -> Judge:
+def make_judge(
+    spec: str, lm: LoadedModel, exp: Experiment, trait: TraitSet, variant: str, *, progress: bool = True
+) -> Judge:
     """A judge by name: ``offline``, ``openai`` / ``openai:<model>``, ``local:<model spec>``."""
     s = (spec or "offline").strip()
     if s == "offline":
@@ -153,7 +170,9 @@ def trait_id(ref: str) -> str:
     parts = str(ref).strip().strip("/").split("/")
     if len(parts) == 2 and parts[0].replace("pv_", "") in FORMATS and parts[1]:
         return f"{parts[0].replace('pv_', '')}/{parts[1]}"
-    raise ConfigError(f"--trait '{ref}': give a trait id <format>/<name> (format: {', '.join(FORMATS)}) or a trait directory")
+    raise ConfigError(
+        f"--trait '{ref}': give a trait id <format>/<name> (format: {', '.join(FORMATS)}) or a trait directory"
+    )
 
 
 def resolve_trait(exp: Experiment, ref: str) -> TraitSet:
@@ -183,7 +202,7 @@ def model_width(spec: str) -> int:
 
     cfg = AutoConfig.from_pretrained(str(local_dir(spec)))
     cfg = getattr(cfg, "text_config", None) or cfg
-    return int(getattr(cfg, "hidden_size"))
+    return int(cfg.hidden_size)
 
 
 from .runs import (  # noqa: E402  (re-exported: the stages of this package)
@@ -197,7 +216,20 @@ from .runs import (  # noqa: E402  (re-exported: the stages of this package)
 )
 
 __all__ = [
-    "DEFAULT_MODEL", "CombinationResult", "CombineConfig", "SteerRunConfig", "SteeringRun", "best_source", "default_layers",
-    "make_judge", "model_spec_for", "model_width", "offline_judge", "resolve_trait", "run_combinations", "run_steering",
-    "split_trait_ref", "trait_id",
+    "DEFAULT_MODEL",
+    "CombinationResult",
+    "CombineConfig",
+    "SteerRunConfig",
+    "SteeringRun",
+    "best_source",
+    "default_layers",
+    "make_judge",
+    "model_spec_for",
+    "model_width",
+    "offline_judge",
+    "resolve_trait",
+    "run_combinations",
+    "run_steering",
+    "split_trait_ref",
+    "trait_id",
 ]

@@ -1,7 +1,8 @@
 """``results.jsonl``: the append-only log of steering evaluations.
 
-One JSON record per evaluated configuration (:class:`SteeringRecord`). The file is never rewritten: a re-run appends, and readers take the
-latest record per configuration key. A line cut short by a killed run is skipped when
+One JSON record per evaluated configuration (:class:`SteeringRecord`). The file is never
+rewritten: a re-run appends, and readers take the latest record per configuration key. A line
+cut short by a killed run is skipped when
 reading (and the next append starts on a fresh line), so a kill loses at most the
 records in flight.
 """
@@ -125,7 +126,7 @@ class ResultsLog:
         self._by_key: dict[str, list[SteeringRecord]] = {}
         if self.path.exists():
             with open(self.path, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
+                for _n, line in enumerate(fh, 1):
                     if not line.strip():
                         continue
                     try:

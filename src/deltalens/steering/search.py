@@ -102,7 +102,16 @@ def adaptive_search(
     """Adaptive per-layer coefficient search for one or more vector sets (``{method: {layer: vector}}``),
     all layers and sets stepped together in one batch per round (see the module docstring)."""
     base = evaluate_candidates(
-        lm, [Candidate.baseline()], settings, judge, trait, log, cache=cache, monitor=monitor, trait_id=trait_id, progress=progress
+        lm,
+        [Candidate.baseline()],
+        settings,
+        judge,
+        trait,
+        log,
+        cache=cache,
+        monitor=monitor,
+        trait_id=trait_id,
+        progress=progress,
     )[0]
     states: dict[str, dict[int, LayerState]] = {}
     for name, vs in vector_sets.items():
@@ -114,10 +123,28 @@ def adaptive_search(
         if not active:
             break
         cands = [
-            Candidate.single(vector_sets[name][st.layer], st.coef, coef_mode, search="adaptive", round=step, vector_set=name)
+            Candidate.single(
+                vector_sets[name][st.layer],
+                st.coef,
+                coef_mode,
+                search="adaptive",
+                round=step,
+                vector_set=name,
+            )
             for name, st in active
         ]
-        recs = evaluate_candidates(lm, cands, settings, judge, trait, log, cache=cache, monitor=monitor, trait_id=trait_id, progress=progress)
+        recs = evaluate_candidates(
+            lm,
+            cands,
+            settings,
+            judge,
+            trait,
+            log,
+            cache=cache,
+            monitor=monitor,
+            trait_id=trait_id,
+            progress=progress,
+        )
         rows = []
         for (name, st), rec in zip(active, recs):
             coh = rec.coherence_mean
@@ -148,7 +175,16 @@ def grid_search(
 ) -> SearchResult:
     """Evaluate every (layer, coefficient) of a grid for each vector set, in one batch."""
     base = evaluate_candidates(
-        lm, [Candidate.baseline()], settings, judge, trait, log, cache=cache, monitor=monitor, trait_id=trait_id, progress=progress
+        lm,
+        [Candidate.baseline()],
+        settings,
+        judge,
+        trait,
+        log,
+        cache=cache,
+        monitor=monitor,
+        trait_id=trait_id,
+        progress=progress,
     )[0]
     cands = []
     for name, vs in vector_sets.items():
@@ -156,7 +192,18 @@ def grid_search(
         for L in ls:
             for c in coefficients:
                 cands.append(Candidate.single(vs[L], float(c), coef_mode, search="grid", vector_set=name))
-    recs = evaluate_candidates(lm, cands, settings, judge, trait, log, cache=cache, monitor=monitor, trait_id=trait_id, progress=progress)
+    recs = evaluate_candidates(
+        lm,
+        cands,
+        settings,
+        judge,
+        trait,
+        log,
+        cache=cache,
+        monitor=monitor,
+        trait_id=trait_id,
+        progress=progress,
+    )
     return SearchResult(base, recs)
 
 
@@ -164,11 +211,17 @@ def grid_search(
 
 
 def _best(rows: list[dict[str, Any]], min_coh: float) -> dict[str, Any] | None:
-    ok = [r for r in rows if r.get("coherence") is not None and r["coherence"] >= min_coh and r.get("delta") is not None]
+    ok = [
+        r
+        for r in rows
+        if r.get("coherence") is not None and r["coherence"] >= min_coh and r.get("delta") is not None
+    ]
     return max(ok, key=lambda r: r["delta"]) if ok else None
 
 
-def checkpoint_summary(records: Sequence[SteeringRecord], baseline: SteeringRecord) -> dict[str, dict[str, Any]]:
+def checkpoint_summary(
+    records: Sequence[SteeringRecord], baseline: SteeringRecord
+) -> dict[str, dict[str, Any]]:
     """Per method: best layer, max Δ at coherence ≥ 80 / ≥ 70, coefficient where coherence
     first drops below 80 (see the module docstring). Records of kind ``single`` only."""
     by_method: dict[str, list[dict[str, Any]]] = {}
@@ -197,9 +250,23 @@ def checkpoint_summary(records: Sequence[SteeringRecord], baseline: SteeringReco
             "best_layer": best_layer,
             "best_layer_meets_coh70": b70 is not None,
             "max_delta_coh80": None if b80 is None else b80["delta"],
-            "at_coh80": None if b80 is None else {"layer": b80["layer"], "coef": b80["coef"], "coherence": b80["coherence"], "trait": b80["trait"]},
+            "at_coh80": None
+            if b80 is None
+            else {
+                "layer": b80["layer"],
+                "coef": b80["coef"],
+                "coherence": b80["coherence"],
+                "trait": b80["trait"],
+            },
             "max_delta_coh70": None if b70 is None else b70["delta"],
-            "at_coh70": None if b70 is None else {"layer": b70["layer"], "coef": b70["coef"], "coherence": b70["coherence"], "trait": b70["trait"]},
+            "at_coh70": None
+            if b70 is None
+            else {
+                "layer": b70["layer"],
+                "coef": b70["coef"],
+                "coherence": b70["coherence"],
+                "trait": b70["trait"],
+            },
             "coef_coh_below_80": drop,
             "n_configs": len(rows),
             "baseline_trait": baseline.trait_mean,
@@ -208,7 +275,9 @@ def checkpoint_summary(records: Sequence[SteeringRecord], baseline: SteeringReco
     return out
 
 
-def per_layer_table(records: Sequence[SteeringRecord], baseline: SteeringRecord, min_coh: float = 70.0) -> list[dict[str, Any]]:
+def per_layer_table(
+    records: Sequence[SteeringRecord], baseline: SteeringRecord, min_coh: float = 70.0
+) -> list[dict[str, Any]]:
     """Per (method, layer): the best Δ with coherence ≥ ``min_coh`` and its coefficient."""
     groups: dict[tuple[str, int], list[SteeringRecord]] = {}
     for r in records:

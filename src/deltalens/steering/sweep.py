@@ -35,8 +35,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import hooks
-from ..generate import Generation, _eos_ids, as_prompts, format_prompts, left_pad
 from ..errors import ConfigError, PositionSpecError
+from ..generate import Generation, _eos_ids, as_prompts, format_prompts, left_pad
 from ..models.loading import LoadedModel
 from ..positions import Positions
 from .terms import Candidate, interventions, needed_norms
@@ -106,7 +106,9 @@ def generate_sweep(
     if share_prefill is None:
         share_prefill = prompt_free
     elif share_prefill and not prompt_free:
-        raise PositionSpecError(f"positions '{pos.text}' select prompt tokens, so the prefill cannot be shared")
+        raise PositionSpecError(
+            f"positions '{pos.text}' select prompt tokens, so the prefill cannot be shared"
+        )
     if not plist or not configs:
         return [[] for _ in configs]
     if max_new_tokens < 1:
@@ -125,7 +127,13 @@ def generate_sweep(
     st.rows, st.shared_prefill = len(configs) * P, bool(share_prefill)
     t0 = time.time()
     results: list[list[Generation | None]] = [[None] * P for _ in configs]
-    bar = tqdm(total=len(chunks) * max_new_tokens, desc=f"steer {len(configs)}x{P}", unit="tok", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(chunks) * max_new_tokens,
+        desc=f"steer {len(configs)}x{P}",
+        unit="tok",
+        disable=not progress,
+        leave=False,
+    )
     prompt_ids = [formatted[p][1] for p in range(P)]
     plen_all = torch.tensor([len(s) for s in prompt_ids])
 
@@ -141,8 +149,14 @@ def generate_sweep(
             if share_prefill:
                 ids, mask = left_pad(prompt_ids, pad, dev)
                 with hooks.batch_info(lm, row_ids=gid[:P], prompt_lens=plen_all):
-                    out = lm.model(input_ids=ids, attention_mask=mask, position_ids=_pos_ids(mask),
-                                   past_key_values=cache, use_cache=True, **keep_kw)
+                    out = lm.model(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        position_ids=_pos_ids(mask),
+                        past_key_values=cache,
+                        use_cache=True,
+                        **keep_kw,
+                    )
                 expand = torch.arange(P, device=dev).repeat(C)
                 cache.batch_select_indices(expand)
                 mask = mask[expand]
@@ -150,8 +164,14 @@ def generate_sweep(
             else:
                 ids, mask = left_pad([prompt_ids[p] for _ in range(C) for p in range(P)], pad, dev)
                 with hooks.batch_info(lm, row_ids=gid, prompt_lens=plens):
-                    out = lm.model(input_ids=ids, attention_mask=mask, position_ids=_pos_ids(mask),
-                                   past_key_values=cache, use_cache=True, **keep_kw)
+                    out = lm.model(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        position_ids=_pos_ids(mask),
+                        past_key_values=cache,
+                        use_cache=True,
+                        **keep_kw,
+                    )
                 nxt = out.logits[:, -1].float().argmax(-1)
             st.forwards += 1
             del out
@@ -182,8 +202,13 @@ def generate_sweep(
                     active, mask, nxt = active[idx], mask[idx.to(dev)], nxt[idx.to(dev)]
                 mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype, device=dev)], 1)
                 with hooks.batch_info(lm, row_ids=gid[active], prompt_lens=plens[active]):
-                    out = lm.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=_pos_ids(mask)[:, -1:],
-                                   past_key_values=cache, use_cache=True)
+                    out = lm.model(
+                        input_ids=nxt[:, None],
+                        attention_mask=mask,
+                        position_ids=_pos_ids(mask)[:, -1:],
+                        past_key_values=cache,
+                        use_cache=True,
+                    )
                 st.forwards += 1
                 nxt = out.logits[:, -1].float().argmax(-1)
                 del out

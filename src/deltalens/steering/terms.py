@@ -148,7 +148,11 @@ def interventions(
     (per-row vectors ``[R, d]`` and coefficients ``[R]``). ``row0=None``: every candidate's
     terms apply to every row (use with one candidate)."""
     if row0 is None:
-        return [Add(t.site, t.added_vector(norms), float(t.coef), positions=positions) for c in candidates for t in c.terms]
+        return [
+            Add(t.site, t.added_vector(norms), float(t.coef), positions=positions)
+            for c in candidates
+            for t in c.terms
+        ]
     by_site: dict[Site, tuple[list[int], list[torch.Tensor], list[float]]] = {}
     for c, cand in enumerate(candidates):
         for t in cand.terms:
