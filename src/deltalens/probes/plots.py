@@ -1,4 +1,4 @@
-"""Figures of the probe stages (matplotlib Agg through :mod:`deltalens.report.figures`)."""
+"""Figures of the probe stages (matplotlib Agg through :mod:`deltalens.plots`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def connected_scatter(
 ) -> Path | None:
     """The seed's connected scatterplot: each important latent is a path across thresholds
     (``x`` vs ``y`` at every threshold, arrows from the lowest to the highest threshold)."""
-    from ..report.figures import new_figure, save_figure
+    from ..plots import new_figure, save_figure
 
     if points is None or len(points) == 0:
         return None
@@ -44,7 +44,7 @@ def connected_scatter(
 
 def auroc_bars(probes: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
     """CV AUROC ± SE per probe: SAE latents, dense baseline, shuffled labels, random latents."""
-    from ..report.figures import new_figure, save_figure
+    from ..plots import new_figure, save_figure
 
     if not probes:
         return None
