@@ -156,18 +156,19 @@ def test_evaluate_resumes_without_recomputing(extracted, tmp_path):
     from deltalens.vectors import reference_norms
 
     assert r.terms[0]["added_norm"] == pytest.approx(0.2 * reference_norms(lm, [1])[1], rel=1e-3)
-    # a kill leaves a half-written line; a new process skips it and appends on a fresh line
+    # a kill leaves a half-written line; the next process moves it to r.jsonl.torn once
     with open(tmp_path / "r.jsonl", "a") as fh:
         fh.write('{"key": "half')
-    with pytest.warns(UserWarning, match="skipped 1 unreadable line"):
-        log2 = ResultsLog(tmp_path / "r.jsonl")
+    log2 = ResultsLog(tmp_path / "r.jsonl")
+    assert log2.skipped_lines == 1 and (tmp_path / "r.jsonl.torn").read_text() == '{"key": "half\n'
+    assert ResultsLog(tmp_path / "r.jsonl").skipped_lines == 0  # a later run reads a clean file
     recs2 = evaluate_candidates(
         lm, cands + [Candidate.single(vs[3], 0.1)], settings, judge, info, log2, cache=cache, progress=False
     )
     assert log2.appended == 1  # only the new candidate
     assert [x.trait_mean for x in recs2[:4]] == [x.trait_mean for x in recs]
     lines = (tmp_path / "r.jsonl").read_text().splitlines()
-    assert lines[-2] == '{"key": "half' and json.loads(lines[-1])["layer"] == 3
+    assert '{"key": "half' not in lines and len(lines) == 4 and json.loads(lines[-1])["layer"] == 3
 
 
 def test_adaptive_search_and_checkpoint(extracted, tmp_path):

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..io import append_jsonl
+
+log = logging.getLogger("deltalens.steering")
 
 
 @dataclass
@@ -125,23 +127,47 @@ class ResultsLog:
         self.appended = 0  # records appended by this process
         self._by_key: dict[str, list[SteeringRecord]] = {}
         if self.path.exists():
+            torn: list[str] = []
             with open(self.path, encoding="utf-8") as fh:
-                for _n, line in enumerate(fh, 1):
+                for line in fh:
                     if not line.strip():
                         continue
                     try:
                         rec = json.loads(line)
                     except json.JSONDecodeError:
-                        self.skipped_lines += 1
+                        torn.append(line.rstrip("\n"))
                         continue
                     if isinstance(rec, dict) and isinstance(rec.get("key"), str):
                         self._add(SteeringRecord.from_dict(rec))
-            if self.skipped_lines:
-                warnings.warn(
-                    f"{self.path}: skipped {self.skipped_lines} unreadable line(s) (a run killed mid-write); "
-                    "those configurations are recomputed",
-                    stacklevel=2,
-                )
+            if torn:
+                self._quarantine(torn)
+
+    @property
+    def torn_path(self) -> Path:
+        """Where lines cut short by a killed run are moved (``results.jsonl.torn``)."""
+        return self.path.with_name(self.path.name + ".torn")
+
+    def _quarantine(self, torn: list[str]) -> None:
+        """Move unreadable lines (a run killed mid-write) to :attr:`torn_path`, once: the log is
+        rewritten without them (atomically; the one exception to append-only), so later runs read
+        a clean file and say nothing. Their configurations are recomputed."""
+        from ..io import atomic_write
+
+        self.skipped_lines = len(torn)
+        with open(self.torn_path, "a", encoding="utf-8") as fh:
+            fh.write("".join(t + "\n" for t in torn))
+        keep = [
+            ln
+            for ln in self.path.read_text(encoding="utf-8").splitlines()
+            if ln.strip() and ln not in set(torn)
+        ]
+        atomic_write(self.path, "".join(ln + "\n" for ln in keep))
+        log.warning(
+            "%s: moved %d unreadable line(s) left by a killed run to %s; those configurations are recomputed",
+            self.path,
+            len(torn),
+            self.torn_path.name,
+        )
 
     def _add(self, rec: SteeringRecord) -> None:
         self.records.append(rec)
