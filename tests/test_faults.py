@@ -180,3 +180,51 @@ def test_a_second_writer_is_refused_and_the_first_store_is_intact(setup):
     st = ActivationStore(out)
     st.lock()  # free again
     st.close()
+
+
+def _sae_train(store: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "deltalens", "sae", "train", "--store", str(store), "--sites", "resid.1",
+        "--arch", "topk", "--k", "4", "--expansion", "2", "--tokens", "40000", "--batch-size", "64",
+        "--checkpoint-every", "640", "--out", str(out),
+    ]  # fmt: skip
+
+
+def _checkpoints(out: Path) -> int:
+    d = out / "checkpoints"
+    return len([p for p in d.iterdir() if p.name.startswith("step_")]) if d.is_dir() else 0
+
+
+def test_sae_train_killed_at_seeded_points_resumes_to_the_same_weights(setup):
+    """kill -9 of ``sae train`` after a checkpoint (twice, seeded delays), then the same command
+    finishes the run: the SAE equals an uninterrupted run's bit for bit (the resumed stream is
+    replayed with the same seed and the consumed batches are skipped)."""
+    from safetensors.torch import load_file
+
+    root, model, data = setup
+    store = root / "sae_store"
+    if not (store / "store.json").exists():
+        cap = _cmd(model, data, store)[:-4]  # default shards
+        assert subprocess.run(cap, env=_env(), capture_output=True, text=True).returncode == 0
+    ref, out = root / "sae_ref", root / "sae_killed"
+    r = subprocess.run(_sae_train(store, ref), env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(2):
+        p = _start(_sae_train(store, out))
+        n0 = _checkpoints(out)
+        running = _wait_for(lambda: _checkpoints(out) > n0, p)  # noqa: B023
+        time.sleep(rng.uniform(0.0, 0.3))
+        if running and p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.communicate()
+        assert not (out / "sae_weights.safetensors").exists() or p.returncode == 0
+    assert kills >= 1, "the kills landed after the run had finished"
+    r = subprocess.run(_sae_train(store, out), env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    a, b = load_file(str(ref / "sae_weights.safetensors")), load_file(str(out / "sae_weights.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -24,8 +24,10 @@ What the loop does, in order:
 4. **Dead latents**: a latent is dead when it has not fired in the last
    ``dead_window_tokens`` training tokens (TopK/BatchTopK feed these to AuxK).
 5. **Checkpoints** every ``checkpoint_every_tokens`` under ``<out>/checkpoints/``; a run
-   given the same ``out`` resumes from the newest one (the data stream is reshuffled with a
-   new seed on resume). A non-finite loss or gradient stops the run with
+   given the same ``out`` resumes from the newest one: the data stream is replayed with the
+   same seed and the batches the checkpoint had consumed are skipped, so a killed and resumed
+   run ends with the same weights as an uninterrupted one (skipping re-reads that data once).
+   A non-finite loss or gradient stops the run with
    :class:`TrainingDiverged`, naming the step and the last good checkpoint, which is kept.
 6. **Save**: ``<out>/`` becomes a SAELens directory (``cfg.json``,
    ``sae_weights.safetensors``, ``sparsity.safetensors`` with log10 firing densities over
@@ -34,6 +36,7 @@ What the loop does, in order:
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import time
@@ -694,7 +697,8 @@ def train_saes(
             t.discard_checkpoints()
         elif (ck := t.latest_checkpoint()) is not None:
             t.resume(ck)
-            seed += t.step_n
+    # batches consumed before the checkpoint (trainers of one stream step in lockstep)
+    consumed = min(t.step_n for t in trainers.values())
     src = source if isinstance(source, ActivationSource) else as_source(source)
     need_init = [t for t in trainers.values() if not t.initialized]
     if need_init:
@@ -725,7 +729,9 @@ def train_saes(
         leave=False,
     )
     t_last = time.perf_counter()
-    stream: Iterator[Any] = src.batches(batch_size, seed=seed, device=first.device)
+    stream: Iterator[Any] = itertools.islice(
+        src.batches(batch_size, seed=seed, device=first.device), consumed, None
+    )
     for batch in stream:
         active = [(name, t) for name, t in trainers.items() if not t.done]
         if not active:
