@@ -27,7 +27,7 @@ from .capture import CaptureConfig, Captured, capture  # noqa: E402
 from .errors import DeltalensError  # noqa: E402
 from .experiment import Experiment  # noqa: E402
 from .generate import Generation, Prompt, generate  # noqa: E402
-from .hooks import Ablate, Add, Read, Replace, Site, Splice, batch_info, intervene  # noqa: E402
+from .hooks import Ablate, Add, EditLatents, Read, Replace, Site, Splice, batch_info, intervene  # noqa: E402
 from .models.loading import LoadedModel, load  # noqa: E402
 from .positions import Positions  # noqa: E402
 from .store import ActivationStore  # noqa: E402
@@ -48,6 +48,7 @@ __all__ = [
     "Replace",
     "Site",
     "Splice",
+    "EditLatents",
     "__version__",
     "batch_info",
     "capture",

@@ -17,7 +17,7 @@
       judges/<trait-name>/<variant>/trait_classifier.safetensors
       diff/{weights,activations,outputs,series}/<name>/   model diffs (JSON + PNG)
       saes/<name>/                                    SAELens-compatible directories
-      features/  probes/  circuits/  inverse/
+      features/  probes/  causal/<name>/  circuits/  inverse/
       report/index.html
 
 Position directory names follow the seeds: ``response[:5]`` → ``response__5``,
@@ -273,6 +273,10 @@ class Experiment:
 
     def circuits_dir(self, *parts: str) -> Path:
         return self._dir("circuits", *(_safe(p, "circuits part") for p in parts))
+
+    def causal_dir(self, *parts: str) -> Path:
+        """``causal/<name>/``: a causal grid's results.jsonl, summary.csv, causal.json, figures."""
+        return self._dir("causal", *(_safe(p, "causal part") for p in parts))
 
     def inverse_dir(self, *parts: str) -> Path:
         return self._dir("inverse", *(_safe(p, "inverse part") for p in parts))

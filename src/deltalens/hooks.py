@@ -596,18 +596,7 @@ class Splice(Intervention):
 
     def bind(self, lm: LoadedModel) -> None:
         super().bind(lm)
-        d_in = int(getattr(self.sae, "d_in", -1))
-        if d_in != lm.d_model:
-            raise ShapeError(
-                f"SAE d_in={d_in} does not match {lm.name}'s d_model={lm.d_model} at {self.site}"
-            )
-        sae_site = getattr(self.sae, "site", None)
-        if self.check_site and sae_site is not None:
-            s = Site.parse(sae_site)
-            if s != self.site:
-                raise SiteError(
-                    f"SAE was trained at {s} but is spliced at {self.site}; pass check_site=False to force it"
-                )
+        _check_sae_fits(self.sae, lm, self.site, self.check_site)
 
     def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
         m = step.select(self)
@@ -640,6 +629,113 @@ class Splice(Intervention):
             err = self.edit_error(err)
         out = x_hat + err if self.keep_error else x_hat
         return torch.where(m[..., None], out.to(x.dtype), x)
+
+
+def _check_sae_fits(sae: Any, lm: LoadedModel, site: Site, check_site: bool) -> None:
+    """Refuse an SAE whose input width is not the model's d_model or that names another site."""
+    d_in = int(getattr(sae, "d_in", -1))
+    if d_in != lm.d_model:
+        raise ShapeError(f"SAE d_in={d_in} does not match {lm.name}'s d_model={lm.d_model} at {site}")
+    sae_site = getattr(sae, "site", None)
+    if check_site and sae_site is not None:
+        s = Site.parse(sae_site)
+        if s != site:
+            raise SiteError(
+                f"SAE was trained at {s} but is spliced at {site}; pass check_site=False to force it"
+            )
+
+
+class EditLatents(Intervention):
+    """Set SAE latents to new values and keep the SAE's error term (latent ablation):
+
+    ``x ← x − Σ_j m_rj · (f_j(x) − a_rj) · d_j``
+
+    with ``f = sae.encode(x)``, ``d_j`` the decoder row of latent ``j``, ``m_r`` the latents
+    edited in row ``r`` and ``a_r`` their new values (0: zero-ablation; a mean activation:
+    mean-ablation). This is ``decode(edit(f)) + ε`` with ``ε = x − decode(f)`` for a linear
+    decoder, computed as a difference so that a row with no edited latent keeps ``x``
+    **exactly** (bit for bit: an empty edit changes nothing).
+
+    ``latents`` is one list of latent ids for every row, or one list per row with ``rows``
+    (several configurations in one batch); ``values`` is a float, ``[d_sae]`` or ``[R, d_sae]``.
+    """
+
+    def __init__(
+        self,
+        site: SiteLike,
+        sae: SAELike,
+        latents: Sequence[int] | Sequence[Sequence[int]],
+        values: float | torch.Tensor = 0.0,
+        positions: str | Positions = "all",
+        rows: RowsLike = None,
+        check_site: bool = True,
+    ):
+        super().__init__(site, positions, rows)
+        self.sae = sae
+        self.check_site = check_site
+        d_sae = int(getattr(sae, "d_sae", 0) or sae.W_dec.shape[0])
+        per_row = self.rows is not None
+        groups = [[int(j) for j in g] for g in latents] if per_row else [[int(j) for j in latents]]  # type: ignore[union-attr]
+        if per_row and len(groups) != len(self.rows):
+            raise ShapeError(
+                f"EditLatents at {self.site}: {len(groups)} latent lists for {len(self.rows)} rows"
+            )
+        mask = torch.zeros(len(groups), d_sae, dtype=torch.bool)
+        for i, g in enumerate(groups):
+            for j in g:
+                if not 0 <= int(j) < d_sae:
+                    raise ShapeError(
+                        f"latent id {int(j)} is out of range: the SAE has d_sae={d_sae} (valid: 0..{d_sae - 1})"
+                    )
+                mask[i, int(j)] = True
+        self.mask = mask
+        v = torch.as_tensor(values, dtype=torch.float32)
+        if (
+            v.dim() == 1
+            and len(v) != d_sae
+            or v.dim() == 2
+            and tuple(v.shape) != (len(groups), d_sae)
+            or v.dim() > 2
+        ):
+            raise ShapeError(
+                f"EditLatents at {self.site}: values of shape {tuple(v.shape)} for d_sae={d_sae}"
+            )
+        self.values = v
+        self._table = self._row_table(len(groups), "latent lists") if self.rows is not None else None
+
+    def bind(self, lm: LoadedModel) -> None:
+        super().bind(lm)
+        _check_sae_fits(self.sae, lm, self.site, self.check_site)
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        if self._table is None:
+            m_rows = self.mask.expand(x.shape[0], -1)
+            vals = self.values if self.values.dim() < 2 else self.values.expand(x.shape[0], -1)
+            idx = torch.zeros(x.shape[0], dtype=torch.long)
+        else:
+            idx = self._lookup(self._table, step.row_ids).cpu()
+            j = idx.clamp(min=0)
+            m_rows = self.mask[j] & (idx >= 0)[:, None]
+            vals = self.values[j] if self.values.dim() == 2 else self.values
+        live = m_rows.any(1)  # rows with at least one edited latent
+        sel = step.select(self) & live.to(x.device)[:, None]
+        if not bool(sel.any()):
+            return x
+        dt = getattr(self.sae, "dtype", x.dtype)
+        xs = x[live.to(x.device)].to(dt)
+        f = self.sae.encode(xs)
+        m = m_rows[live].to(f.device, f.dtype)[:, None, :]
+        a = vals.to(f.device, f.dtype)
+        if a.dim() == 2:
+            a = a[live.to(a.device)][:, None, :]
+        delta = (
+            ((f - a) * m) @ self.sae.W_dec.to(f.dtype)
+            if hasattr(self.sae, "W_dec")
+            else (self.sae.decode(f) - self.sae.decode(f - (f - a) * m))
+        )
+        out = x.clone()
+        out[live.to(x.device)] = (xs - delta).to(x.dtype)
+        return torch.where(sel[..., None], out, x)
 
 
 # ---- the session -----------------------------------------------------------------------------

@@ -146,6 +146,60 @@ def append_jsonl(path: PathLike, record: Mapping[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+def read_log(path: PathLike, what: str = "records") -> tuple[list[dict[str, Any]], int]:
+    """The records of an append-only JSONL results log, and the number of torn lines.
+
+    A line a killed run cut short is not JSON: such lines are moved, once, to
+    ``<name>.torn`` and the log is rewritten without them (atomically — the one exception to
+    append-only), so later runs read a clean file and say nothing; their items are recomputed.
+    """
+    import logging
+
+    path = Path(path)
+    if not path.exists():
+        return [], 0
+    records: list[dict[str, Any]] = []
+    torn: list[str] = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                torn.append(line.rstrip("\n"))
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+    if torn:
+        torn_path = path.with_name(path.name + ".torn")
+        with open(torn_path, "a", encoding="utf-8") as fh:
+            fh.write("".join(t + "\n" for t in torn))
+        bad = set(torn)
+        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and ln not in bad]
+        atomic_write(path, "".join(ln + "\n" for ln in keep))
+        logging.getLogger("deltalens").warning(
+            "%s: moved %d unreadable line(s) left by a killed run to %s; those %s are recomputed",
+            path,
+            len(torn),
+            torn_path.name,
+            what,
+        )
+    return records, len(torn)
+
+
+def append_log(path: PathLike, record: Mapping[str, Any]) -> None:
+    """Append one record to a results log, first ending a line a kill cut short."""
+    path = Path(path)
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as fh:
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                with open(path, "a", encoding="utf-8") as out:
+                    out.write("\n")
+    append_jsonl(path, record)
+
+
 def save_tensors(
     path: PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
 ) -> Path:

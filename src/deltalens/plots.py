@@ -222,3 +222,53 @@ def evolution_figures(ev: Any, out: str | Path, max_latents: int = 12) -> dict[s
             ylabel=name,
         )
     return paths
+
+
+# ---- causal effects ---------------------------------------------------------------------------
+
+
+def effects_with_null(
+    series: dict[str, list[dict[str, Any]]],
+    path: str | Path,
+    *,
+    x: str,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "effect (Δ mean metric)",
+) -> Path:
+    """Effects with their 95 % CI per series over ``x`` (an iteration or a coefficient), with each
+    series' null band (``null_low`` … ``null_high``) shaded and the zero line.
+
+    ``series[name]`` is a list of rows with keys ``x``, ``effect``, ``ci_low``, ``ci_high``,
+    ``null_low``, ``null_high``."""
+    fig, ax = new_figure(6.0, 4.0)
+    for k, (name, rows) in enumerate(sorted(series.items())):
+        rows = sorted((r for r in rows if r.get("effect") is not None), key=lambda r: float(r[x]))
+        if not rows:
+            continue
+        xs = [float(r[x]) + 0.04 * (k - len(series) / 2) for r in rows]
+        eff = [float(r["effect"]) for r in rows]
+        lo = [float(r["effect"]) - float(r["ci_low"]) for r in rows]
+        hi = [float(r["ci_high"]) - float(r["effect"]) for r in rows]
+        line = ax.errorbar(xs, eff, yerr=[lo, hi], marker="o", ms=4, capsize=3, label=label(name, 40))
+        band = [
+            (xx, r["null_low"], r["null_high"]) for xx, r in zip(xs, rows) if r.get("null_low") is not None
+        ]
+        if band:
+            ax.fill_between(
+                [b[0] for b in band],
+                [b[1] for b in band],
+                [b[2] for b in band],
+                color=line[0].get_color(),
+                alpha=0.15,
+                step="mid" if len(band) == 1 else None,
+            )
+            if len(band) == 1:
+                ax.vlines(band[0][0], band[0][1], band[0][2], color=line[0].get_color(), alpha=0.3, lw=8)
+    ax.axhline(0, color="grey", lw=1, ls="--")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)

@@ -49,6 +49,7 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("sae", "Sparse autoencoders"),
     ("features", "Feature analysis"),
     ("probes", "Probes"),
+    ("causal", "Causal experiments"),
     ("circuits", "Circuits"),
     ("report", "Report and demo"),
     ("demo", "Report and demo"),

@@ -41,10 +41,11 @@ def output_dir(out: Path | None, default: Path) -> Path:
     return Path(out) if out is not None else Path(default)
 
 
-def config_option(config_cls: type, name: str, *flags: str, **kw: Any) -> Any:
+def config_option(config_cls: type, name: str, *flags: str, override: bool = False, **kw: Any) -> Any:
     """A ``typer.Option`` for field ``name`` of a stage config: default, flag and help come from the
     field (:func:`deltalens.stage.option`), so they are defined once. Extra ``flags`` (aliases)
-    and keyword arguments are passed on."""
+    and keyword arguments are passed on. ``override=True``: the option defaults to ``None`` (it
+    overrides a config file only when given) and its help names the config's default."""
     f = next((f for f in dataclasses.fields(config_cls) if f.name == name), None)
     if f is None:
         raise AttributeError(f"{config_cls.__name__} has no field {name!r}")
@@ -61,6 +62,10 @@ def config_option(config_cls: type, name: str, *flags: str, **kw: Any) -> Any:
     kw.setdefault("help", f.metadata.get("help") or None)
     if isinstance(default, (list, tuple)):  # list fields are comma-separated strings on the CLI
         default = ",".join(map(str, default)) if default else None
+    if override:
+        if default not in (None, ..., {}, []):
+            kw["help"] = f"{kw['help'] or ''} [default: {default}]".strip()
+        default = None
     return typer.Option(default, *names, **kw)
 
 

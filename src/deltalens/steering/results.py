@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import append_jsonl
+from ..io import append_log, read_log
 
 log = logging.getLogger("deltalens.steering")
 
@@ -126,48 +126,15 @@ class ResultsLog:
         self.skipped_lines = 0
         self.appended = 0  # records appended by this process
         self._by_key: dict[str, list[SteeringRecord]] = {}
-        if self.path.exists():
-            torn: list[str] = []
-            with open(self.path, encoding="utf-8") as fh:
-                for line in fh:
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        torn.append(line.rstrip("\n"))
-                        continue
-                    if isinstance(rec, dict) and isinstance(rec.get("key"), str):
-                        self._add(SteeringRecord.from_dict(rec))
-            if torn:
-                self._quarantine(torn)
+        recs, self.skipped_lines = read_log(self.path, "configurations")
+        for rec in recs:
+            if isinstance(rec.get("key"), str):
+                self._add(SteeringRecord.from_dict(rec))
 
     @property
     def torn_path(self) -> Path:
         """Where lines cut short by a killed run are moved (``results.jsonl.torn``)."""
         return self.path.with_name(self.path.name + ".torn")
-
-    def _quarantine(self, torn: list[str]) -> None:
-        """Move unreadable lines (a run killed mid-write) to :attr:`torn_path`, once: the log is
-        rewritten without them (atomically; the one exception to append-only), so later runs read
-        a clean file and say nothing. Their configurations are recomputed."""
-        from ..io import atomic_write
-
-        self.skipped_lines = len(torn)
-        with open(self.torn_path, "a", encoding="utf-8") as fh:
-            fh.write("".join(t + "\n" for t in torn))
-        keep = [
-            ln
-            for ln in self.path.read_text(encoding="utf-8").splitlines()
-            if ln.strip() and ln not in set(torn)
-        ]
-        atomic_write(self.path, "".join(ln + "\n" for ln in keep))
-        log.warning(
-            "%s: moved %d unreadable line(s) left by a killed run to %s; those configurations are recomputed",
-            self.path,
-            len(torn),
-            self.torn_path.name,
-        )
 
     def _add(self, rec: SteeringRecord) -> None:
         self.records.append(rec)
@@ -208,13 +175,7 @@ class ResultsLog:
 
     def append(self, record: SteeringRecord) -> None:
         """Append one record (a line; the file is never rewritten)."""
-        if self.path.exists() and self.path.stat().st_size:
-            with open(self.path, "rb") as fh:
-                fh.seek(-1, 2)
-                if fh.read(1) != b"\n":  # a line cut short by a kill: start a fresh line
-                    with open(self.path, "a", encoding="utf-8") as out:
-                        out.write("\n")
         d = record.to_dict()
-        append_jsonl(self.path, d)
+        append_log(self.path, d)
         self.appended += 1
         self._add(SteeringRecord.from_dict(json.loads(json.dumps(d, default=str))))
