@@ -1019,3 +1019,89 @@ CASES += [
         _probe_fit_dir,
     ),
 ]
+
+
+# == causal ==
+
+
+def _causal_inputs(tmp: Path, d_in: int = 64) -> dict[str, str]:
+    """An SAE M1D1 at resid.1 (16 latents) and a prompt file; the tiny model is the base and M1."""
+    from deltalens.sae import SAE, SAEConfig
+    from deltalens.sae.io import save_sae
+
+    d = tmp / "inputs"
+    d.mkdir(parents=True, exist_ok=True)
+    save_sae(SAE(SAEConfig(d_in, 16, site="resid.1")), d / "M1D1")
+    (d / "p.txt").write_text("Tell me a story\nWhy is the sky blue?\n")
+    (d / "grid.yaml").write_text("prompts: p.txt\nprompt: oops\n")
+    return {
+        "model": _tiny_dir(),
+        "sae": str(d / "M1D1"),
+        "prompts": str(d / "p.txt"),
+        "grid": str(d / "grid.yaml"),
+    }
+
+
+_CAUSAL = [
+    "causal",
+    "run",
+    "--prompts",
+    "{prompts}",
+    "--model",
+    "0={model}",
+    "--model",
+    "1={model}",
+    "--sae",
+    "M1D1={sae}",
+    "--metric",
+    "fox=keywords:fox",
+    "--group",
+    "g=1,2",
+    "--branches",
+    "MD",
+    "--out",
+    "{tmp}/out",
+]
+
+CASES += [
+    Case(
+        "causal-latent-out-of-range",
+        [*_CAUSAL, "--group", "big=3,16"],
+        "group 'big': latent id 16 is out of range for SAE M1D1 (d_sae=16)",
+        _causal_inputs,
+    ),
+    Case(
+        "causal-sae-width",
+        _CAUSAL,
+        "d_in=32 does not fit",
+        lambda tmp: _causal_inputs(tmp, d_in=32),
+    ),
+    Case(
+        "causal-no-sae-for-branch",
+        [*_CAUSAL[:-4], "--branches", "M0D", *_CAUSAL[-2:]],
+        "iteration 1, branch M0D: no SAE M0D1",
+        _causal_inputs,
+    ),
+    Case(
+        "causal-no-model",
+        _CAUSAL[:6] + _CAUSAL[8:],
+        "iteration 1: ablation needs model M1",
+        _causal_inputs,
+    ),
+    Case(
+        "causal-unknown-scorer", [*_CAUSAL, "--metric", "x=bogus"], "unknown scorer 'bogus'", _causal_inputs
+    ),
+    Case(
+        "causal-bad-type",
+        [*_CAUSAL, "--types", "ablation,patching"],
+        "--types must be one of",
+        _causal_inputs,
+    ),
+    Case(
+        "causal-grid-unknown-key",
+        ["causal", "run", "--grid", "{grid}", "--out", "{tmp}/out"],
+        "{grid}: unknown CausalConfig key(s) prompt",
+        _causal_inputs,
+    ),
+    Case("causal-summary-not-a-run", ["causal", "summary", "{tmp}"], "(no grid.json)"),
+]

@@ -267,3 +267,55 @@ def test_bad_input_before_any_generation(planted, tmp_path):
         run_causal(_cfg(wide), out, **kw)
     with pytest.raises(ConfigError, match="--types must be one of"):
         _cfg(path, types=["patching"])
+
+
+def test_cli_run_summary_and_info(planted, tmp_path, capsys):
+    """`deltalens causal run` from a grid file with models saved to disk, then `summary` and `info`."""
+    from tiny import save_tiny
+
+    from deltalens.cli import main
+
+    base, ft, path, _t = planted
+    save_tiny(base, tmp_path / "M0")
+    save_tiny(ft, tmp_path / "M1")
+    (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
+    (tmp_path / "grid.yaml").write_text(
+        "name: cli\nprompts: p.txt\nmodels: {0: M0, 1: M1}\n"
+        f"saes: {{M1D1: {path}}}\ngroups: [{{name: planted, latents: [0]}}]\n"
+        "metrics: {dog: 'keywords:dog'}\nbranches: [MD]\nn: 2\nmax_new_tokens: 6\npositions: all\nnull_groups: 3\n"
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "causal",
+                "run",
+                "--grid",
+                str(tmp_path / "grid.yaml"),
+                "--coefficients",
+                "1,2",
+                "-e",
+                str(tmp_path / "exp"),
+            ]
+        )
+    assert exc.value.code in (0, None)
+    out = capsys.readouterr().out
+    run = tmp_path / "exp" / "causal" / "cli"
+    assert (
+        "causal grid cli" in out
+        and (run / "summary.csv").is_file()
+        and (run / "dose_response_dog.png").is_file()
+    )
+    rows = list(__import__("csv").DictReader(open(run / "summary.csv")))
+    abl = next(r for r in rows if r["type"] == "ablation")
+    assert float(abl["effect"]) < -2 and float(abl["control_mean"]) > 3  # " dog" words per answer drop
+    assert {r["coef"] for r in rows if r["type"] == "steering"} == {"1.0", "2.0"}
+    for argv in (["causal", "summary", str(run)], ["info", str(run)]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "planted" in out and "causal experiments" in out
+    from deltalens.report.html import build_report
+
+    page = build_report(tmp_path / "exp").read_text()
+    assert "Causal experiments" in page and "dose" in page and "null band" in page
