@@ -143,7 +143,7 @@ def dashboards(exp, lm, seqs, sae, latents, n=5):
 
 def main(root: str = "experiments/probes_ocean") -> dict:
     import deltalens
-    from deltalens.diff.organisms import TrainConfig, load_organism_dataset, train_organism
+    from deltalens.diff.organisms import OrganismConfig, load_organism_dataset, train_organism
     from deltalens.experiment import Experiment
     from deltalens.probes import (
         AnnotateConfig,
@@ -160,7 +160,7 @@ def main(root: str = "experiments/probes_ocean") -> dict:
     t = time.time()
     lm = deltalens.load("smollm2-135m-instruct")
     ds = load_organism_dataset("ocean_topic")
-    cfg = TrainConfig(epochs=3.0, batch_size=8, max_length=96, lora_r=16, lora_alpha=32)
+    cfg = OrganismConfig(epochs=3.0, batch_size=8, max_length=96, lora_r=16, lora_alpha=32)
     org = train_organism(lm, ds, exp.organism_dir("ocean_topic"), config=cfg, progress=False)
     timings["organism"] = time.time() - t
     t = time.time()
