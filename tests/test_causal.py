@@ -158,7 +158,7 @@ def test_planted_latent_ablation_and_steering_against_null(planted, tmp_path):
     assert abl["control_mean"] > 0.9 and abl["mean"] < 0.05  # ablating latent 0: t's rate → ~0
     assert steer["control_mean"] < 0.5 and steer["effect"] > 0.4  # steering the base model with it raises it
     for r in (abl, steer):
-        assert r["outside_null"] and abs(r["z"]) > 3 and r["p"] < 0.01
+        assert r["outside_null"] and (r["z"] is None or abs(r["z"]) > 3) and r["p"] < 0.01
         assert r["ci_low"] <= r["effect"] <= r["ci_high"]
     # random latents (the null cells) leave the rate near the control; the control group too
     assert abs(abl["null_mean"]) < 0.15 and abs(rows[("ablation", "other")]["effect"]) < 0.15
@@ -271,9 +271,8 @@ def test_bad_input_before_any_generation(planted, tmp_path):
 
 def test_cli_run_summary_and_info(planted, tmp_path, capsys):
     """`deltalens causal run` from a grid file with models saved to disk, then `summary` and `info`."""
-    from tiny import save_tiny
-
     from deltalens.cli import main
+    from tiny import save_tiny
 
     base, ft, path, _t = planted
     save_tiny(base, tmp_path / "M0")

@@ -11,12 +11,12 @@ random numbers, so their scores pair up: ``d_i = y_i(cell) − y_i(control)``.
   over ``n`` random sign vectors ``s_b ∈ {±1}^N`` (two-sided).
 * **null** — the effects ``e_1 … e_K`` of ``K`` random latent groups of the same size and
   matched firing rate: ``z = (Δ − mean(e)) / sd(e)`` (``sd`` with ``K − 1``), the band
-  ``mean(e) ± 1.96·sd(e)``, and ``p_null = (1 + #{k : |e_k − mean(e)| ≥ |Δ − mean(e)|}) / (1 + K)``.
+  ``mean(e) ± 1.96·sd(e)`` (``z`` is None when every null effect is equal and ``Δ``
+  differs), and ``p_null = (1 + #{k : |e_k − mean(e)| ≥ |Δ − mean(e)|}) / (1 + K)``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,9 +97,7 @@ def null_comparison(effect: float | None, null_effects: Sequence[float]) -> dict
         out["null_low"], out["null_high"] = mu - 1.96 * sd, mu + 1.96 * sd
         if sd > 0:
             out["z"] = (effect - mu) / sd
-        elif effect != mu:
-            out["z"] = math.copysign(math.inf, effect - mu)
-        else:
-            out["z"] = 0.0
+        elif effect == mu:
+            out["z"] = 0.0  # (sd = 0 and effect ≠ mean: z is undefined, left None; the band is a point)
         out["outside_null"] = bool(effect < out["null_low"] or effect > out["null_high"])
     return out
