@@ -39,7 +39,7 @@ def main() -> int:
     from deltalens.sae.base import SAE, SAEConfig
 
     lm = deltalens.load("smollm2-135m-instruct")
-    questions = list(load_trait("pirate").eval_questions)[:20]
+    questions = list(load_trait("instruction/pirate").steering_questions)[:20]
     site = "resid.6"
     g = torch.Generator().manual_seed(0)
     sae = SAE(SAEConfig(lm.d_model, 2304, "topk", k=32, site=site))
