@@ -301,6 +301,11 @@ class Intervention:
         out[ok] = table[ids[ok]]
         return out
 
+    def target(self, lm: LoadedModel) -> tuple[nn.Module, str]:
+        """The module to hook and the hook kind (``"forward"``: edit the output, ``"pre"``: edit
+        the first input); the site's module unless a subclass hooks somewhere finer."""
+        return lm.arch.module_for(self.site.layer, self.site.component)
+
     def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -642,6 +647,128 @@ class Splice(Intervention):
         return torch.where(m[..., None], out.to(x.dtype), x)
 
 
+class EdgeSplice(Intervention):
+    """An SAE at a site as a node of a feature circuit: both *live* and *leaf* copies of
+    its latents and error node (Marks et al. 2024, edges with stop-gradients).
+
+    With ``f = encode(x)`` and ``ε = x − decode(f)`` computed from the incoming ``x`` (so
+    they depend on every upstream node), the site's output is rebuilt from detached leaf
+    copies, ``out = decode(f̃) + ε̃`` with ``f̃ = f``, ``ε̃ = ε`` in value. The forward pass is
+    unchanged, and the output depends on nothing upstream: every path from an upstream
+    node stops at the first ``EdgeSplice`` it meets. So, in one forward with several of
+    them, ``∂f_d/∂f̃_u`` (live downstream w.r.t. leaf upstream) is the *direct* Jacobian
+    from site ``u`` to site ``d`` with every SAE site in between held fixed, and
+    ``∂m/∂f̃_u`` is the direct effect of ``u`` on the metric. Per forward call ``live``
+    holds ``(f, ε)`` and ``leaves`` holds ``(f̃, ε̃)``. Without gradients it only records.
+    """
+
+    def __init__(self, site: SiteLike, sae: SAELike, positions: str | Positions = "all", rows: RowsLike = None):
+        super().__init__(site, positions, rows)
+        self.sae = sae
+        self.live: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.leaves: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def bind(self, lm: LoadedModel) -> None:
+        super().bind(lm)
+        d_in = int(getattr(self.sae, "d_in", -1))
+        if d_in != lm.d_model:
+            raise ShapeError(f"SAE d_in={d_in} does not match {lm.name}'s d_model={lm.d_model} at {self.site}")
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        m = step.select(self)
+        dt = getattr(self.sae, "dtype", x.dtype)
+        xs = x.to(dt)
+        f = self.sae.encode(xs)
+        err = xs - self.sae.decode(f)
+        self.live.append((f, err))
+        if not torch.is_grad_enabled():
+            self.leaves.append((f, err))
+            return x
+        f_leaf = f.detach().requires_grad_(True)
+        e_leaf = err.detach().requires_grad_(True)
+        self.leaves.append((f_leaf, e_leaf))
+        out = self.sae.decode(f_leaf) + e_leaf
+        return torch.where(m[..., None], out.to(x.dtype), x.detach())
+
+
+class BranchInput(Intervention):
+    """What one sub-block reads from the residual stream, at the input of its norm:
+    ``branch="attn"`` or ``"mlp"`` of ``layer``, or ``"logits"`` (the final norm's input).
+
+    ``x ← x + delta`` at the selected positions, where ``delta`` is a ``[B, T, d]`` tensor
+    or a callable ``delta(x) -> [B, T, d]`` evaluated during the forward (edge patching: an
+    upstream node's change reaches this one node only, not the skip path or the other
+    branch). With ``grad=True`` a zero leaf ``z`` is added too; ``∂m/∂z`` is then the
+    gradient of the metric w.r.t. this branch's input alone (``leaves``, one per forward).
+    Only the residual stream's input of the norm is touched, so the other branch of the
+    same layer and the skip connection read the unchanged stream.
+    """
+
+    BRANCHES = ("attn", "mlp", "logits")
+
+    def __init__(
+        self,
+        layer: int,
+        branch: str,
+        delta: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
+        grad: bool = False,
+        positions: str | Positions = "all",
+        rows: RowsLike = None,
+    ):
+        if branch not in self.BRANCHES:
+            raise SiteError(f"unknown branch '{branch}'; valid: {', '.join(self.BRANCHES)}")
+        comp = {"attn": "attn_out", "mlp": "mlp_out", "logits": "resid"}[branch]
+        super().__init__(Site(-1 if branch == "logits" else layer, comp), positions, rows)
+        self.branch = branch
+        self.delta = delta
+        self.grad = grad
+        self.leaves: list[torch.Tensor] = []
+
+    def target(self, lm: LoadedModel) -> tuple[nn.Module, str]:
+        return lm.arch.branch_input(self.site.layer, self.branch), "pre"
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        d = self.delta(x) if callable(self.delta) else self.delta
+        if d is not None:
+            if d.shape[-2:] != x.shape[-2:] or (d.dim() == 3 and d.shape[0] != x.shape[0]):
+                raise ShapeError(
+                    f"BranchInput {self.branch}.{self.site.layer}: delta {tuple(d.shape)} for input {tuple(x.shape)}"
+                )
+            m = step.select(self)[..., None].to(x.dtype)
+            x = x + m * d.to(x.device, x.dtype)
+        if self.grad and torch.is_grad_enabled():
+            z = torch.zeros_like(x, requires_grad=True)
+            self.leaves.append(z)
+            x = x + z
+        return x
+
+    def __repr__(self) -> str:
+        return f"BranchInput({self.branch}.{self.site.layer})"
+
+
+class HeadRead(Read):
+    """Read the per-head attention outputs of a layer before they are mixed: the input
+    ``z [B, T, H·head_dim]`` of the output projection (``out_h = z_h @ W_O[h]``, see
+    :meth:`deltalens.models.arch.Arch.head_projection`). Site: ``attn_out`` of the layer.
+    Refused where heads do not add separately to the residual stream (Gemma's post-norm)."""
+
+    def __init__(self, layer: int, keep_grad: bool = False, rows: RowsLike = None):
+        super().__init__(Site(layer, "attn_out"), "all", rows, keep_grad=keep_grad)
+
+    def bind(self, lm: LoadedModel) -> None:
+        super().bind(lm)
+        if lm.arch.head_projection(self.site.layer) is None:
+            raise SiteError(
+                f"{lm.name}: attention heads of layer {self.site.layer} do not add separately to the residual "
+                "stream (a norm follows the output projection); use per-layer attention nodes"
+            )
+
+    def target(self, lm: LoadedModel) -> tuple[nn.Module, str]:
+        hp = lm.arch.head_projection(self.site.layer)
+        assert hp is not None
+        return hp[0], "pre"
+
+
 # ---- the session -----------------------------------------------------------------------------
 
 
@@ -758,7 +885,7 @@ class HookSession:
             self._handles.append(arch.backbone.register_forward_pre_hook(self._on_backbone, with_kwargs=True))
             groups: dict[tuple[int, str], tuple[nn.Module, list[Intervention]]] = {}
             for iv in self.interventions:
-                module, kind = arch.module_for(iv.site.layer, iv.site.component)
+                module, kind = iv.target(self.lm)
                 groups.setdefault((id(module), kind), (module, []))[1].append(iv)
             for (_, kind), (module, ivs) in groups.items():
                 if kind == "pre":
