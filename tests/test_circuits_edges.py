@@ -219,3 +219,108 @@ def test_feature_edges_bad_input(tiny):
         feature_edges(tiny, task, [make_sae(tiny, "resid.0", 0), make_sae(tiny, "resid.0", 1)])
     with pytest.raises(ConfigError, match="does not exist"):
         feature_edges(tiny, task, [make_sae(tiny, "resid.9", 0)])
+
+
+# ---- component edges: EAP, EAP-IG, exact edge patching ---------------------------------------
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def comp(request):
+    from deltalens.circuits.component_edges import component_edges
+
+    from tiny import tiny_model
+
+    lm = tiny_model(request.param)
+    task = build_task(lm, pairs())
+    return lm, task, component_edges(lm, task, "eap"), component_edges(lm, task, "eap-ig", steps=5)
+
+
+def test_head_outputs_add_up_to_the_attention_output(comp):
+    """Σ_h z_h @ W_O[h] (+ the projection's bias) = attn_out, per layer (GQA llama, GPT-2 Conv1D)."""
+    from deltalens.circuits.component_edges import ComponentGraph
+    from deltalens.hooks import HeadRead
+
+    lm, task, _, _ = comp
+    g = ComponentGraph(lm)
+    reads = [HeadRead(1), Read(Site(1, "attn_out"))]
+    with torch.no_grad(), intervene(lm, reads):
+        task.forward(lm, task.clean_ids, task.mask)
+    H = g.head_w[1].shape[0]
+    assert H == lm.model.config.num_attention_heads
+    total = sum(g.head_out(reads[0].value, 1, h) for h in range(H))
+    bias = lm.arch.head_projection(1)[0].bias
+    if bias is not None:
+        total = total + bias
+    torch.testing.assert_close(total, reads[1].value, atol=1e-5, rtol=1e-5)
+
+
+def test_eap_edges_equal_brute_force_derivatives_of_edge_patching(comp):
+    """EAP(u → v) = d/dε m(base run with in_v += ε Δout_u) at ε = 0, by a full Jacobian."""
+    from deltalens.circuits.component_edges import ComponentGraph
+    from deltalens.hooks import BranchInput
+
+    lm, task, eap, _ = comp
+    g = ComponentGraph(lm)
+    out_src, _ = g.run_outputs(task, "clean")
+    out_base, _ = g.run_outputs(task, "corrupted")
+    up = {u.id: i for i, u in enumerate(g.up)}
+    down = {v.id: v for v in g.down}
+    picks = eap.top_edges(4) + [e for e in eap.edges if e[0].startswith("head.0")][:2]
+    picks += [e for e in eap.edges if e[1].startswith("mlp.")][:2]
+    for a, b, w in picks:
+        v = down[b]
+        d = out_src[up[a]] - out_base[up[a]]
+
+        def m_of(eps, v=v, d=d):
+            with intervene(lm, [BranchInput(v.layer, v.branch, delta=eps * d)]):
+                return task.metric(task.forward(lm, task.corrupted_ids, task.mask))[0].mean()
+
+        with gradient_path(lm):
+            bf = float(torch.autograd.functional.jacobian(m_of, torch.tensor(0.0)))
+        assert w == pytest.approx(bf, abs=1e-4, rel=1e-4), (a, b)
+
+
+def test_node_scores_equal_gradient_at_the_node_output(comp):
+    """Σ_v EAP(u → v) = Σ Δout_u · ∂m/∂out_u: the MLP node of layer 1 from a plain Read gradient."""
+    lm, task, eap, _ = comp
+    reads = {w: Read(Site(1, "mlp_out")) for w in ("clean", "corrupted")}
+    for w, r in reads.items():
+        with torch.no_grad(), intervene(lm, [r]):
+            task.forward(lm, task.ids(w), task.mask)
+    r = Read(Site(1, "mlp_out"), keep_grad=True)
+    with gradient_path(lm), intervene(lm, [r]):
+        m = task.metric(task.forward(lm, task.corrupted_ids, task.mask))[0].mean()
+        (grad,) = torch.autograd.grad(m, [r.value])
+    want = float(((reads["clean"].value - reads["corrupted"].value) * grad).sum())
+    assert eap.node("mlp.1")["score"] == pytest.approx(want, abs=1e-4)
+
+
+def test_eap_ig_tracks_exact_edge_patching(comp):
+    from deltalens.circuits import pearson
+    from deltalens.circuits.component_edges import edge_patching
+
+    lm, task, eap, ig = comp
+    edges = [(a, b) for a, b, _ in eap.edges]
+    exact = edge_patching(lm, task, edges)
+    w_ig = {(a, b): w for a, b, w in ig.edges}
+    r = pearson(torch.tensor([w_ig[e] for e in edges]), exact)
+    assert r >= 0.8, r
+    assert float(exact.abs().max()) > 1e-2  # the task has signal
+
+
+def test_edge_budget_endpoints_are_the_clean_and_corrupted_runs(comp, tmp_path):
+    from deltalens.circuits.budget import BUDGETS, EdgeBudgetCurve, edge_budget_curve
+
+    lm, task, _, ig = comp
+    curve = edge_budget_curve(lm, task, ig)
+    assert curve.f_model == pytest.approx(ig.clean, abs=1e-4)
+    assert curve.f_empty == pytest.approx(ig.corrupted, abs=1e-4)  # every edge patched = corrupted run
+    assert curve.budgets == list(BUDGETS) and curve.kept == sorted(curve.kept)
+    f = curve.faithfulness
+    # CPR / CMD are trapezoids over 0, the budgets, 1
+    xs = [0.0] + [b / 100 for b in BUDGETS] + [1.0]
+    ys = [0.0] + f + [1.0]
+    cpr = sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1))
+    assert curve.cpr == pytest.approx(cpr)
+    back = EdgeBudgetCurve.load(curve.save(tmp_path))
+    assert back.faithfulness == pytest.approx(f) and back.cmd == pytest.approx(curve.cmd)
