@@ -71,8 +71,16 @@ class Circuit(StageResult):
             return []
         path = [logit[0]]
         seen = set(path)
+        types = {n["id"]: n for n in self.nodes}
         while True:
-            cands = [(s, w) for s, w in incoming.get(path[-1], []) if s not in seen]
+            here = path[-1]
+            node = types.get(here, {})
+            if node.get("type") == "head" and not incoming.get(here) and f"attn.{node['layer']}" in incoming:
+                here = f"attn.{node['layer']}"  # a head reads its layer's attention input
+                if here not in seen:
+                    path.append(here)
+                    seen.add(here)
+            cands = [(s, w) for s, w in incoming.get(here, []) if s not in seen]
             if not cands:
                 break
             s, _ = max(cands, key=lambda c: abs(c[1]))
