@@ -112,7 +112,9 @@ def _brute_edge(lm, task, saes_by_site, u, d, p, i, q, j):
     def down_of_up(var):
         kw = {"edit": lambda f: var} if k_u == 0 else {"edit_error": lambda e: var}
         r = Read(d, keep_grad=True)
-        ivs = [Splice(u, sae_u, check_site=False, **kw)] + [Replace(s, freeze[s].value) for s in between] + [r]
+        ivs = (
+            [Splice(u, sae_u, check_site=False, **kw)] + [Replace(s, freeze[s].value) for s in between] + [r]
+        )
         with intervene(lm, ivs):
             task.forward(lm, ids, mask)
         fd = sae_d.encode(r.value)
@@ -152,7 +154,7 @@ def test_feature_edges_equal_brute_force_jacobian_products(tiny, fc):
             for e in c.top_edges(len(c.edges))
             if e[1] != "logits" and (c.node(e[0])["type"], c.node(e[1])["type"]) == kinds
         ][:2]
-        for a, b, w in cands:
+        for a, b, _w in cands:
             na, nb = c.node(a), c.node(b)
             got = _brute_edge(
                 tiny,
@@ -174,8 +176,15 @@ def test_feature_edges_equal_brute_force_jacobian_products(tiny, fc):
     a, b, w = max(long, key=lambda e: abs(e[2]))
     na, nb = c.node(a), c.node(b)
     got = _brute_edge(
-        tiny, task, by_site, Site.parse(na["site"]), Site.parse(nb["site"]),
-        na["position"], na["index"], nb["position"], nb["index"],
+        tiny,
+        task,
+        by_site,
+        Site.parse(na["site"]),
+        Site.parse(nb["site"]),
+        na["position"],
+        na["index"],
+        nb["position"],
+        nb["index"],
     )
     assert w == pytest.approx(got, abs=1e-4, rel=1e-4)
 
@@ -214,7 +223,9 @@ def test_circuit_saves_json_and_parquet_and_info_reads_it(fc, tmp_path):
 def test_feature_edges_bad_input(tiny):
     task = build_task(tiny, pairs())
     with pytest.raises(ConfigError, match="different models"):
-        feature_edges(tiny, task, [make_sae(tiny, "resid.0", 0), make_sae(tiny, "resid.1", 1, model_name="other")])
+        feature_edges(
+            tiny, task, [make_sae(tiny, "resid.0", 0), make_sae(tiny, "resid.1", 1, model_name="other")]
+        )
     with pytest.raises(ConfigError, match="two SAEs at resid.0"):
         feature_edges(tiny, task, [make_sae(tiny, "resid.0", 0), make_sae(tiny, "resid.0", 1)])
     with pytest.raises(ConfigError, match="does not exist"):
@@ -227,7 +238,6 @@ def test_feature_edges_bad_input(tiny):
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def comp(request):
     from deltalens.circuits.component_edges import component_edges
-
     from tiny import tiny_model
 
     lm = tiny_model(request.param)

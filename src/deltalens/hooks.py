@@ -662,7 +662,9 @@ class EdgeSplice(Intervention):
     holds ``(f, ε)`` and ``leaves`` holds ``(f̃, ε̃)``. Without gradients it only records.
     """
 
-    def __init__(self, site: SiteLike, sae: SAELike, positions: str | Positions = "all", rows: RowsLike = None):
+    def __init__(
+        self, site: SiteLike, sae: SAELike, positions: str | Positions = "all", rows: RowsLike = None
+    ):
         super().__init__(site, positions, rows)
         self.sae = sae
         self.live: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -672,7 +674,9 @@ class EdgeSplice(Intervention):
         super().bind(lm)
         d_in = int(getattr(self.sae, "d_in", -1))
         if d_in != lm.d_model:
-            raise ShapeError(f"SAE d_in={d_in} does not match {lm.name}'s d_model={lm.d_model} at {self.site}")
+            raise ShapeError(
+                f"SAE d_in={d_in} does not match {lm.name}'s d_model={lm.d_model} at {self.site}"
+            )
 
     def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
         m = step.select(self)

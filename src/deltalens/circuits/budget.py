@@ -134,7 +134,8 @@ class EdgeBudgetCurve(StageResult):
     def save(self, path: str | Path) -> Path:
         p = Path(path)
         return write_json(
-            p if p.suffix == ".json" else p / self.FILENAME, {"kind": self.KIND, "schema": self.SCHEMA, **self.to_dict()}
+            p if p.suffix == ".json" else p / self.FILENAME,
+            {"kind": self.KIND, "schema": self.SCHEMA, **self.to_dict()},
         )
 
     def summary(self) -> dict[str, Any]:
@@ -161,7 +162,12 @@ def run_with_edges(
     index = {u.id: i for i, u in enumerate(graph.up)}
     groups: list[tuple[Any, list[int]]] = [("embed", [0])]
     for layer in range(lm.n_layers):
-        groups.append((("attn", layer), [i for i, u in enumerate(graph.up) if u.kind in ("head", "attn") and u.layer == layer]))
+        groups.append(
+            (
+                ("attn", layer),
+                [i for i, u in enumerate(graph.up) if u.kind in ("head", "attn") and u.layer == layer],
+            )
+        )
         groups.append((("mlp", layer), [index[f"mlp.{layer}"]]))
     valid = graph.mask()
     per = max(1, batch_tokens // max(1, S * T))
@@ -212,7 +218,9 @@ def edge_budget_curve(
     ``circuit`` (its ``meta["scores"]``, every edge of the model) and CPR / CMD."""
     scores = circuit.meta.get("scores")
     if scores is None or circuit.method not in ("eap", "eap-ig"):
-        raise ConfigError("edge budgets need a component-edge circuit (EAP or EAP-IG) with its full score matrix")
+        raise ConfigError(
+            "edge budgets need a component-edge circuit (EAP or EAP-IG) with its full score matrix"
+        )
     for b in budgets:
         if not 0 < b <= 100:
             raise ConfigError(f"edge budgets are percentages in (0, 100], got {b}")

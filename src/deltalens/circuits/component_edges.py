@@ -86,7 +86,9 @@ class ComponentGraph:
     def __init__(self, lm: LoadedModel, heads: bool = True):
         self.lm = lm
         L = lm.n_layers
-        self.parallel = bool(lm.arch.spec.parallel_residual and getattr(lm.model.config, "use_parallel_residual", True))
+        self.parallel = bool(
+            lm.arch.spec.parallel_residual and getattr(lm.model.config, "use_parallel_residual", True)
+        )
         self.head_w: dict[int, torch.Tensor] = {}
         ups: list[Upstream] = [Upstream("embed")]
         for layer in range(L):
@@ -98,7 +100,9 @@ class ComponentGraph:
                 ups.append(Upstream("attn", layer))
             ups.append(Upstream("mlp", layer))
         self.up = ups
-        self.down = [Downstream(b, layer) for layer in range(L) for b in ("attn", "mlp")] + [Downstream("logits")]
+        self.down = [Downstream(b, layer) for layer in range(L) for b in ("attn", "mlp")] + [
+            Downstream("logits")
+        ]
 
     def valid(self, u: Upstream, v: Downstream) -> bool:
         if v.branch == "logits" or u.kind == "embed":
@@ -327,7 +331,8 @@ def edge_patching(
             d = deltas.setdefault(down[b], torch.zeros(G, S, T, lm.d_model, device=lm.device))
             d[g] += (out_src[up[a]] - out_base[up[a]]).to(lm.device)
         ivs = [
-            BranchInput(graph.down[j].layer, graph.down[j].branch, delta=d.view(G * S, T, -1)) for j, d in deltas.items()
+            BranchInput(graph.down[j].layer, graph.down[j].branch, delta=d.view(G * S, T, -1))
+            for j, d in deltas.items()
         ]
         with torch.no_grad(), intervene(lm, ivs):
             m = task.metric(task.forward(lm, task.ids(base_run).repeat(G, 1), task.mask.repeat(G, 1)))

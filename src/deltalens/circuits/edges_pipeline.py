@@ -33,23 +33,35 @@ class EdgesConfig(TaskConfig):
         "eap-ig", flag="--method", help="feature (SAE latents, needs --sae), eap or eap-ig (heads and MLPs)."
     )
     saes: list[Path] = option(
-        default_factory=list, flag="--sae", help="Comma list of SAE directories, one per site (feature edges)."
+        default_factory=list,
+        flag="--sae",
+        help="Comma list of SAE directories, one per site (feature edges).",
     )
     dashboards: Path | None = option(
-        None, flag="--dashboards", help="Feature dashboards for latent descriptions (default: next to the SAE)."
+        None,
+        flag="--dashboards",
+        help="Feature dashboards for latent descriptions (default: next to the SAE).",
     )
     direction: str = option("denoising", flag="--direction", short="-d", help="denoising or noising.")
     steps: int = option(5, flag="--steps", help="EAP-IG interpolation steps.")
-    node_threshold: float = option(0.0, flag="--node-threshold", help="Keep nodes with |score| ≥ this (feature).")
+    node_threshold: float = option(
+        0.0, flag="--node-threshold", help="Keep nodes with |score| ≥ this (feature)."
+    )
     edge_threshold: float = option(0.0, flag="--edge-threshold", help="Keep edges with |weight| ≥ this.")
     max_nodes: int = option(32, flag="--max-nodes", help="At most this many nodes per SAE site (feature).")
-    top_edges: int = option(500, flag="--top-edges", help="At most this many edges in the circuit (eap, eap-ig).")
+    top_edges: int = option(
+        500, flag="--top-edges", help="At most this many edges in the circuit (eap, eap-ig)."
+    )
     heads: bool = option(True, flag="--heads/--layers-only", help="Attention nodes per head where separable.")
     budgets: list[float] = option(
-        default_factory=lambda: list(BUDGETS), flag="--budgets", help="Edge budgets in % for the faithfulness curve."
+        default_factory=lambda: list(BUDGETS),
+        flag="--budgets",
+        help="Edge budgets in % for the faithfulness curve.",
     )
     budget_curve: bool = option(
-        True, flag="--budget-curve/--no-budget-curve", help="Faithfulness vs edge budget, CPR / CMD (eap, eap-ig)."
+        True,
+        flag="--budget-curve/--no-budget-curve",
+        help="Faithfulness vs edge budget, CPR / CMD (eap, eap-ig).",
     )
 
     def validate(self) -> None:
@@ -97,7 +109,13 @@ def run_edges(config: EdgesConfig, experiment: Any = "default") -> EdgesRun:
         saes = [load_any(p, device=lm.device) for p in cfg.saes]
         pairs = check_saes(lm, saes)
         circuit = feature_edges(
-            lm, task, [s for _, s in pairs], cfg.direction, cfg.node_threshold, cfg.edge_threshold, cfg.max_nodes
+            lm,
+            task,
+            [s for _, s in pairs],
+            cfg.direction,
+            cfg.node_threshold,
+            cfg.edge_threshold,
+            cfg.max_nodes,
         )
         for p, sae in zip(cfg.saes, saes):
             site = str(check_saes(lm, [sae])[0][0])
@@ -110,11 +128,11 @@ def run_edges(config: EdgesConfig, experiment: Any = "default") -> EdgesRun:
     files = {"circuit": circuit.save(out_dir), "edges": out_dir / Circuit.EDGES_FILE}
     files.update(save_figure(circuit, out_dir))
     files["top_edges"] = write_csv(
-        out_dir / "top_edges.csv", [{"source": s, "target": t, "weight": w} for s, t, w in circuit.top_edges(50)]
+        out_dir / "top_edges.csv",
+        [{"source": s, "target": t, "weight": w} for s, t, w in circuit.top_edges(50)],
     )
     run = EdgesRun(circuit, out_dir, files, described=described)
     if cfg.method != "feature" and cfg.budget_curve:
         run.budget = edge_budget_curve(lm, task, circuit, cfg.budgets, cfg.batch_tokens)
         files["budget"] = run.budget.save(out_dir)
     return run
-

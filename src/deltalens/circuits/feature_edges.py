@@ -61,7 +61,9 @@ def site_order(s: Site) -> tuple[int, int]:
     return (-1 if s.component == "embed" else s.layer, _ORDER[s.component])
 
 
-def check_saes(lm: LoadedModel, saes: Sequence[SAELike] | Mapping[Any, SAELike]) -> list[tuple[Site, SAELike]]:
+def check_saes(
+    lm: LoadedModel, saes: Sequence[SAELike] | Mapping[Any, SAELike]
+) -> list[tuple[Site, SAELike]]:
     """``(site, sae)`` pairs in forward order, checked: every SAE fits the model (site in
     range, width), all were trained on one model, no site twice."""
     items = list(saes.items()) if isinstance(saes, Mapping) else [(None, s) for s in saes]
@@ -73,7 +75,9 @@ def check_saes(lm: LoadedModel, saes: Sequence[SAELike] | Mapping[Any, SAELike])
         if getattr(getattr(s, "cfg", None), "model_name", None)
     }
     if len(models) > 1:
-        raise ConfigError(f"the SAEs were trained on different models ({', '.join(sorted(models))}); use SAEs of one model")
+        raise ConfigError(
+            f"the SAEs were trained on different models ({', '.join(sorted(models))}); use SAEs of one model"
+        )
     out: list[tuple[Site, SAELike]] = []
     for site, sae in items:
         s = sae_site(lm, sae, site)
@@ -162,7 +166,11 @@ def feature_edges(
             gf_dir, ge_dir = _z(direct[2 * s_i], leaf[2 * s_i]), _z(direct[2 * s_i + 1], leaf[2 * s_i + 1])
             d_f, d_e = delta[s_i]
             for (c, j), nid in zip(kept[s_i], names[s_i]):
-                w = (d_f[:, c, j] * gf_dir[:, c, j]).sum() if j is not None else (d_e[:, c] * ge_dir[:, c]).sum()
+                w = (
+                    (d_f[:, c, j] * gf_dir[:, c, j]).sum()
+                    if j is not None
+                    else (d_e[:, c] * ge_dir[:, c]).sum()
+                )
                 if abs(float(w)) >= edge_threshold:
                     edges.append((nid, "logits", float(w)))
         for d_i in range(1, len(sites)):
@@ -183,14 +191,18 @@ def feature_edges(
                     for (p, i), up_id in zip(kept[u_i], names[u_i]):
                         if p > q:
                             continue  # causal: a later position cannot feed an earlier one
-                        w = (d_f[:, p, i] * jf[:, p, i]).sum() if i is not None else (d_e[:, p] * je[:, p]).sum()
+                        w = (
+                            (d_f[:, p, i] * jf[:, p, i]).sum()
+                            if i is not None
+                            else (d_e[:, p] * je[:, p]).sum()
+                        )
                         if abs(float(w)) >= edge_threshold and float(w) != 0.0:
                             edges.append((up_id, down_id, float(w)))
 
     labels = dict(zip(task.positions, task.position_labels()))
     m_clean, m_corr = (m_src, m_base) if direction == "denoising" else (m_base, m_src)
     nodes: list[dict[str, Any]] = []
-    for s_i, (s, sae) in enumerate(sites):
+    for s_i, (s, _sae) in enumerate(sites):
         f_base = base[s_i].latents[-1].detach()
         f_clean = src[s_i].latents[-1] if direction == "denoising" else f_base
         real = task.mask.bool()

@@ -121,7 +121,9 @@ def circuit_svg(circuit: Circuit, max_edges: int = 150, cell_w: int = 110, row_h
     labels = _column_labels(circuit, nodes, cols)
     for ci, lab in enumerate(labels):
         x = left + ci * cell_w + cell_w / 2
-        out.append(f"<text x='{x}' y='{H - 30}' text-anchor='middle' fill='#1d2330'>{html.escape(lab)}</text>")
+        out.append(
+            f"<text x='{x}' y='{H - 30}' text-anchor='middle' fill='#1d2330'>{html.escape(lab)}</text>"
+        )
     for s, t, w in sorted(edges, key=lambda e: abs(e[2])):
         if s not in xy or t not in xy:
             continue
@@ -162,7 +164,8 @@ def _title(c: Circuit) -> str:
     what = {"feature_edges": "feature circuit", "eap": "EAP circuit", "eap-ig": "EAP-IG circuit"}.get(
         c.method, c.method
     )
-    return f"{what}: {len(c.nodes)} nodes, {len(c.edges)} edges ({c.metric_name}, clean {c.clean:.3g}, corrupted {c.corrupted:.3g})"
+    run = f"{c.metric_name}, clean {c.clean:.3g}, corrupted {c.corrupted:.3g}"
+    return f"{what}: {len(c.nodes)} nodes, {len(c.edges)} edges ({run})"
 
 
 def _column_labels(c: Circuit, nodes: list[dict[str, Any]], cols: list[int]) -> list[str]:

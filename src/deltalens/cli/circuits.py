@@ -249,9 +249,15 @@ def edges_cmd(
     )
     run = run_edges(cfg, experiment)
     c = run.circuit
-    console.print(f"{c.method}: clean {c.clean:.3f}, corrupted {c.corrupted:.3f} ({c.metric_name}), {c.seconds:.1f} s")
     console.print(
-        table(f"top edges of {len(c.edges)}", ["source", "target", "weight"], [tuple(e) for e in c.top_edges(12)])
+        f"{c.method}: clean {c.clean:.3f}, corrupted {c.corrupted:.3f} ({c.metric_name}), {c.seconds:.1f} s"
+    )
+    console.print(
+        table(
+            f"top edges of {len(c.edges)}",
+            ["source", "target", "weight"],
+            [tuple(e) for e in c.top_edges(12)],
+        )
     )
     console.print("top path: " + " → ".join(c.top_path()), markup=False)
     if run.described:
@@ -275,7 +281,8 @@ def _budgets() -> list[float]:
 
 
 circuit_app = typer.Typer(
-    help="Circuits with edges: feature-circuit and EAP/EAP-IG edges, attribution graphs.", no_args_is_help=True
+    help="Circuits with edges: feature-circuit and EAP/EAP-IG edges, attribution graphs.",
+    no_args_is_help=True,
 )
 
 COMMANDS = {"patch": patch_cmd, "attribute": attribute_cmd}

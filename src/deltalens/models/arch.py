@@ -313,7 +313,11 @@ class Arch:
         if branch not in ("attn", "mlp"):
             raise SiteError(f"unknown branch '{branch}'; valid: attn, mlp, logits")
         params = self.spec.params
-        key = "input_norm" if branch == "attn" else ("pre_mlp_norm" if "pre_mlp_norm" in params else "post_attn_norm")
+        key = (
+            "input_norm"
+            if branch == "attn"
+            else ("pre_mlp_norm" if "pre_mlp_norm" in params else "post_attn_norm")
+        )
         return self._need(self.layer(layer), params[key].rsplit(".", 1)[0], f"{branch} input norm")
 
     def head_projection(self, layer: int) -> tuple[nn.Module, torch.Tensor, int] | None:
@@ -323,7 +327,9 @@ class Arch:
         after the projection, as in Gemma 2/3)."""
         if self.spec.attn_out != self.spec.attn or "o" not in self.spec.params:
             return None
-        mod = self._need(self.layer(layer), self.spec.params["o"].rsplit(".", 1)[0], "attention output projection")
+        mod = self._need(
+            self.layer(layer), self.spec.params["o"].rsplit(".", 1)[0], "attention output projection"
+        )
         cfg = self.model.config
         H = int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_head", 0)) or 0)
         if H <= 0:
