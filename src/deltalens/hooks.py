@@ -216,6 +216,7 @@ class Step:
         self.token_types = token_types
         self._masks: dict[str, torch.Tensor] = {}
         self._rows: dict[int, torch.Tensor] = {}
+        self.args: tuple = ()  # inputs of the module whose forward hook is running
 
     @property
     def start(self) -> int:
@@ -773,6 +774,134 @@ class HeadRead(Read):
         return hp[0], "pre"
 
 
+# ---- linearised replacement models (attribution graphs) ----------------------------------------
+
+
+class Leaf(Intervention):
+    """Make the activation at a site a leaf of the autograd graph: same value, no gradient
+    to anything upstream; ``leaves`` holds it per forward (``∂m/∂leaf`` after a backward)."""
+
+    def __init__(self, site: SiteLike):
+        super().__init__(site)
+        self.leaves: list[torch.Tensor] = []
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return x
+        leaf = x.detach().requires_grad_(True)
+        self.leaves.append(leaf)
+        return leaf
+
+
+class FreezeNorm(Intervention):
+    """Freeze the scale of a normalisation module (RMSNorm or LayerNorm): the output keeps
+    its value, and its gradient is that of the norm with ``1/rms(x)`` (``1/σ(x)``) held
+    constant — ``y ≈ g ⊙ x / r`` with ``r`` fixed (LayerNorm: ``g ⊙ (x − mean x) / σ + b``
+    with ``σ`` fixed), the linearisation of attribution graphs. ``module`` is the norm."""
+
+    def __init__(self, module: nn.Module, layer: int = 0):
+        super().__init__(Site(layer, "resid"))
+        self.module = module
+
+    def bind(self, lm: LoadedModel) -> None:
+        self.d_model = lm.d_model
+
+    def target(self, lm: LoadedModel) -> tuple[nn.Module, str]:
+        return self.module, "forward"
+
+    def apply(self, y: torch.Tensor, step: Step) -> torch.Tensor:
+        x = step.args[0] if step.args else None
+        if x is None or not torch.is_grad_enabled() or not x.requires_grad:
+            return y
+        if isinstance(self.module, nn.LayerNorm):
+            xc = x - x.mean(-1, keepdim=True)
+            b = self.module.bias if self.module.bias is not None else 0.0
+            fac = ((y - b) / torch.where(xc == 0, torch.ones_like(xc), xc)).detach()
+            return y.detach() + (xc - xc.detach()) * fac
+        fac = (y / torch.where(x == 0, torch.ones_like(x), x)).detach()  # = g / rms(x), per element
+        return y.detach() + (x - x.detach()) * fac
+
+
+class DetachOutput(Intervention):
+    """Detach (part of) a module's output: ``x[..., :n]`` keeps its value but passes no
+    gradient (``n=None``: all of it). Used on the query and key projections to freeze
+    attention patterns."""
+
+    def __init__(self, module: nn.Module, n: int | None = None, layer: int = 0):
+        super().__init__(Site(layer, "resid"))
+        self.module = module
+        self.n = n
+
+    def bind(self, lm: LoadedModel) -> None:
+        self.d_model = lm.d_model
+
+    def target(self, lm: LoadedModel) -> tuple[nn.Module, str]:
+        return self.module, "forward"
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        if self.n is None:
+            return x.detach()
+        return torch.cat([x[..., : self.n].detach(), x[..., self.n :]], dim=-1)
+
+
+class MLPRead(Intervention):
+    """Record what a layer's MLP module reads (its input, after the pre-MLP norm) and
+    writes (its output), at the selected positions: ``pairs`` holds ``(x [n, d], y [n, d])``
+    per forward — the training pairs of a transcoder (``mlp_out`` equals the MLP module's
+    output except behind Gemma's post-MLP norm)."""
+
+    def __init__(self, layer: int, positions: str | Positions = "all", rows: RowsLike = None):
+        super().__init__(Site(layer, "mlp_out"), positions, rows)
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def target(self, lm: LoadedModel) -> tuple[nn.Module, str]:
+        return lm.arch.mlp(self.site.layer), "forward"
+
+    def apply(self, y: torch.Tensor, step: Step) -> torch.Tensor:
+        m = step.select(self)
+        self.pairs.append((step.args[0][m].detach(), y[m].detach()))
+        return y
+
+
+class TranscoderSplice(Intervention):
+    """Replace a layer's MLP by a transcoder plus its error node, as in a replacement model.
+
+    The hook sits on the MLP module: its input ``x`` (what the MLP reads, after the pre-MLP
+    norm) gives the transcoder pre-activations ``pre = encode-input(x)`` (live, so they depend
+    on upstream nodes) and activations ``f``; the output becomes
+    ``decode(f̃) + skip(x) + ε̃`` where ``f̃`` and ``ε̃ = mlp(x) − decode(f) − skip(x)`` are
+    detached leaves. The forward value is the MLP's; gradients stop at the transcoder's
+    features and error (the MLP's own nonlinearity is cut). Per forward: ``pre``, ``features``
+    (``f̃``), ``errors`` (``ε̃``). The transcoder needs ``encode_pre``, ``activation``, ``decode``
+    and optional ``skip``."""
+
+    def __init__(self, layer: int, transcoder: Any):
+        super().__init__(Site(layer, "mlp_out"))
+        self.tc = transcoder
+        self.pre: list[torch.Tensor] = []
+        self.features: list[torch.Tensor] = []
+        self.errors: list[torch.Tensor] = []
+
+    def target(self, lm: LoadedModel) -> tuple[nn.Module, str]:
+        return lm.arch.mlp(self.site.layer), "forward"
+
+    def apply(self, y: torch.Tensor, step: Step) -> torch.Tensor:
+        x = step.args[0]
+        xs = x.to(self.tc.dtype)
+        pre = self.tc.encode_pre(xs)
+        f = self.tc.activation(pre)
+        skip = self.tc.skip(xs)
+        rec = self.tc.decode(f.detach()) + skip.detach()
+        err = (y.to(rec.dtype) - rec).detach()
+        grad = torch.is_grad_enabled()
+        f_leaf = f.detach().requires_grad_(grad)
+        e_leaf = err.requires_grad_(grad)
+        self.pre.append(pre)
+        self.features.append(f_leaf)
+        self.errors.append(e_leaf)
+        return (self.tc.decode(f_leaf) + skip + e_leaf).to(y.dtype)
+
+
 # ---- the session -----------------------------------------------------------------------------
 
 
@@ -858,6 +987,7 @@ class HookSession:
         def hook(module: nn.Module, args: tuple, output: Any) -> Any:
             x = output[0] if isinstance(output, tuple) else output
             step = self._current_step(x)
+            step.args = args  # the module's inputs, for interventions that need them
             for iv in ivs:
                 x = iv.apply(x, step)
             if isinstance(output, tuple):

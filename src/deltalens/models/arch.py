@@ -340,6 +340,37 @@ class Arch:
             return None
         return mod, wt.reshape(H, wt.shape[0] // H, wt.shape[1]), H
 
+    def norms(self, layer: int) -> list[nn.Module]:
+        """The normalisation modules of a decoder layer that act on the residual stream or a
+        sub-block's output (RMSNorm / LayerNorm; the attention's q/k norms are left out)."""
+        blk = self.layer(layer)
+        attn = self._need(blk, self.spec.attn, "attention")
+        inner = {id(m) for m in attn.modules()}
+        return [
+            m
+            for m in blk.modules()
+            if id(m) not in inner and (isinstance(m, nn.LayerNorm) or "RMSNorm" in type(m).__name__)
+        ]
+
+    def qk_projections(self, layer: int) -> list[tuple[nn.Module, int | None]]:
+        """Modules whose output holds a layer's queries and keys: ``(module, n)`` where the
+        first ``n`` output features are queries and keys (``None``: all of it). Freezing
+        them freezes the attention pattern. Refused for fused per-head layouts (GPT-NeoX)."""
+        attn = self.attn(layer)
+        if hasattr(attn, "q_proj") and hasattr(attn, "k_proj"):
+            return [(attn.q_proj, None), (attn.k_proj, None)]
+        cfg = self.model.config
+        if hasattr(attn, "qkv_proj"):  # Phi-3: [q | k | v]
+            H, KV = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
+            hd = attn.qkv_proj.out_features // (H + 2 * KV)
+            return [(attn.qkv_proj, (H + KV) * hd)]
+        if hasattr(attn, "c_attn"):  # GPT-2: [q | k | v], each d_model wide
+            return [(attn.c_attn, 2 * self.d_model)]
+        raise SiteError(
+            f"{type(attn).__name__}: cannot separate queries and keys from values (fused per-head layout); "
+            "attribution graphs support Llama-, Gemma-, Phi-3- and GPT-2-style attention"
+        )
+
     def param_names(self, layer: int) -> dict[str, str]:
         """Full parameter names of the layer's weights that exist in this model, by component."""
         layer = self.check_layer(layer)
