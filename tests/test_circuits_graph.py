@@ -133,3 +133,74 @@ def test_pruning_keeps_tokens_and_logits_and_scores_are_fractions(built):
     assert 0 < s["replacement"] <= 1 and 0 < s["completeness"] <= 1
     c = graph_circuit(g)
     assert c.top_path()[-1].startswith(f"{g.n_layers + 1}_") and len(c.top_path()) >= 2
+
+
+def test_graph_json_validates_against_the_viewer_schema(built, tmp_path):
+    import json
+
+    from deltalens.circuits.graph_json import graph_json, save_graph_json, validate_graph_json
+    from deltalens.errors import DataFormatError
+
+    _, g = built
+    doc = graph_json(g, slug="tiny-capital")
+    path = save_graph_json(doc, tmp_path / "graph.json")
+    back = json.loads(path.read_text())
+    validate_graph_json(back)
+    ids = {n["node_id"] for n in back["nodes"]}
+    assert all(lk["source"] in ids and lk["target"] in ids for lk in back["links"])
+    types = {n["feature_type"] for n in back["nodes"]}
+    assert {"embedding", "logit"} <= types and len(back["links"]) > 0
+    target = [n for n in back["nodes"] if n.get("is_target_logit")]
+    assert len(target) == 1 and target[0]["layer"] == str(g.n_layers + 1)
+    assert sum(n["feature_type"] == "embedding" for n in back["nodes"]) == g.n_pos
+    bad = json.loads(path.read_text())
+    del bad["nodes"][0]["jsNodeId"]
+    with pytest.raises(DataFormatError, match="nodes/0: 'jsNodeId' is a required property"):
+        validate_graph_json(bad)
+    bad = json.loads(path.read_text())
+    bad["nodes"][0]["node_id"] = "feature 3"
+    with pytest.raises(DataFormatError, match="nodes/0/node_id"):
+        validate_graph_json(bad)
+
+
+def test_transcoder_pairs_are_the_mlp_input_and_mlp_out(tiny):
+    from deltalens import Read, Site, intervene
+    from deltalens.sae.transcoder import transcoder_pairs
+
+    from tiny import CORPUS
+
+    windows = [tiny.encode(t) for t in CORPUS[:3]]
+    x, y = transcoder_pairs(tiny, windows, [1])[1]
+    assert x.shape == y.shape == (sum(len(w) for w in windows), tiny.d_model)
+    r = Read(Site(1, "mlp_out"))
+    with torch.no_grad(), intervene(tiny, [r]):
+        tiny.model(torch.tensor([windows[0]]))
+    torch.testing.assert_close(y[: len(windows[0])], r.value[0])  # first window, unpadded
+    blk = tiny.model.model.layers[1]
+    torch.testing.assert_close(blk.mlp(x[: len(windows[0])]), y[: len(windows[0])], atol=1e-5, rtol=1e-5)
+
+
+def test_transcoder_trained_with_the_sae_trainer_recovers_a_planted_mlp(tmp_path):
+    """y = ReLU(x A − 1.5) B + x C: a sparse part and a linear one (the skip connection)."""
+    import json
+
+    from deltalens.sae import SAETrainConfig
+    from deltalens.sae.transcoder import load_transcoder, train_transcoder, transcoder_nmse
+
+    g = torch.Generator().manual_seed(0)
+    d, m, n = 16, 32, 4096
+    x = torch.randn(n, d, generator=g)
+    A, B = torch.randn(d, m, generator=g) / d**0.5, torch.randn(m, d, generator=g) / m**0.5
+    C = torch.randn(d, d, generator=g) * 0.3 / d**0.5
+    y = torch.relu(x @ A - 1.5) @ B + x @ C
+    cfg = SAETrainConfig(architecture="topk", k=8, d_sae=64, total_tokens=120_000, batch_size=256, lr=3e-3, seed=0)
+    tc = train_transcoder(x, y, 3, cfg, out=tmp_path / "tc3", skip=True, model_name="planted")
+    nmse = transcoder_nmse(tc, x, y)
+    skip_only = float((y - x @ tc.W_skip.detach()).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+    assert nmse < 0.1 and nmse < skip_only / 2, (nmse, skip_only)
+    torch.testing.assert_close(tc.W_skip, C, atol=0.1, rtol=0)  # least squares finds the linear part
+    back = load_transcoder(tmp_path / "tc3")
+    assert back.W_skip is not None and back.layer == 3 and not back.cfg.apply_b_dec_to_input
+    torch.testing.assert_close(back(x[:5]), tc(x[:5]))
+    cfg_json = json.loads((tmp_path / "tc3" / "cfg.json").read_text())
+    assert cfg_json["metadata"]["hook_name_out"] == "blocks.3.hook_mlp_out" and cfg_json["d_out"] == d

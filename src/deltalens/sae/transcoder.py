@@ -59,7 +59,7 @@ class Transcoder(SAE):
     @classmethod
     def from_sae(cls, sae: SAE, w_skip: torch.Tensor | None = None) -> Transcoder:
         tc = cls(sae.cfg, skip=w_skip is not None)
-        state = dict(sae.state_dict())
+        state = {k: v for k, v in sae.state_dict().items() if k != "W_skip"}
         if w_skip is not None:
             state["W_skip"] = w_skip.to(tc.W_enc.dtype)
         tc.load_state_dict(state)
