@@ -836,6 +836,60 @@ CASES += [
 ]
 
 
+def _edge_saes(sites_models: list[tuple[str, str]]) -> Callable[[Path], dict[str, str]]:
+    """A tiny model, one pair and SAEs saved at ``(site, model_name)``."""
+
+    def setup(tmp: Path) -> dict[str, str]:
+        from deltalens.sae import SAE, SAEConfig
+
+        out = _pairs(tmp, [_GOOD_PAIR])
+        for i, (site, model_name) in enumerate(sites_models):
+            SAE(SAEConfig(64, 16, site=site, model_name=model_name)).save(tmp / f"sae{i}")
+            out[f"sae{i}"] = str(tmp / f"sae{i}")
+        return out
+
+    return setup
+
+
+_EDGES = ["circuit", "edges", "--pairs", "{pairs}", "--model", "{model}", "--method", "feature"]
+CASES += [
+    Case(
+        "circuit-edges-saes-of-mixed-models",
+        _EDGES + ["--sae", "{sae0},{sae1}", "--out", "{tmp}/out"],
+        "the SAEs were trained on different models (other-model, tiny-llama); use SAEs of one model",
+        _edge_saes([("resid.0", "tiny-llama"), ("resid.1", "other-model")]),
+    ),
+    Case(
+        "circuit-edges-sae-site-outside-the-model",
+        _EDGES + ["--sae", "{sae0}", "--out", "{tmp}/out"],
+        "SAE site resid.7 does not exist in",
+        _edge_saes([("resid.7", "tiny-llama")]),
+    ),
+    Case(
+        "circuit-edges-pairs-of-unequal-token-lengths",
+        [
+            "circuit",
+            "edges",
+            "--pairs",
+            "{pairs}",
+            "--model",
+            "{model}",
+            "--method",
+            "eap",
+            "--out",
+            "{tmp}/out",
+        ],
+        "{pairs}:2: clean and corrupted prompts have unequal token lengths",
+        lambda tmp: _pairs(tmp, [_GOOD_PAIR, _LONG_PAIR]),
+    ),
+    Case(
+        "circuit-edges-feature-without-sae",
+        ["circuit", "edges", "--method", "feature", "--out", "{tmp}/out"],
+        "--method feature needs --sae (one SAE directory per site)",
+    ),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err, expect = run_case(case, tmp_path, capsys)

@@ -216,6 +216,7 @@ class Step:
         self.token_types = token_types
         self._masks: dict[str, torch.Tensor] = {}
         self._rows: dict[int, torch.Tensor] = {}
+        self.args: tuple = ()  # inputs of the module whose forward hook is running
 
     @property
     def start(self) -> int:
@@ -300,6 +301,11 @@ class Intervention:
         ok = (ids >= 0) & (ids < len(table))
         out[ok] = table[ids[ok]]
         return out
+
+    def target(self, lm: LoadedModel) -> tuple[nn.Module, str]:
+        """The module to hook and the hook kind (``"forward"``: edit the output, ``"pre"``: edit
+        the first input); the site's module unless a subclass hooks somewhere finer."""
+        return lm.arch.module_for(self.site.layer, self.site.component)
 
     def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -738,6 +744,260 @@ class EditLatents(Intervention):
         return torch.where(sel[..., None], out, x)
 
 
+class EdgeSplice(Intervention):
+    """An SAE at a site as a node of a feature circuit: both *live* and *leaf* copies of
+    its latents and error node (Marks et al. 2024, edges with stop-gradients).
+
+    With ``f = encode(x)`` and ``ε = x − decode(f)`` computed from the incoming ``x`` (so
+    they depend on every upstream node), the site's output is rebuilt from detached leaf
+    copies, ``out = decode(f̃) + ε̃`` with ``f̃ = f``, ``ε̃ = ε`` in value. The forward pass is
+    unchanged, and the output depends on nothing upstream: every path from an upstream
+    node stops at the first ``EdgeSplice`` it meets. So, in one forward with several of
+    them, ``∂f_d/∂f̃_u`` (live downstream w.r.t. leaf upstream) is the *direct* Jacobian
+    from site ``u`` to site ``d`` with every SAE site in between held fixed, and
+    ``∂m/∂f̃_u`` is the direct effect of ``u`` on the metric. Per forward call ``live``
+    holds ``(f, ε)`` and ``leaves`` holds ``(f̃, ε̃)``. Without gradients it only records.
+    """
+
+    def __init__(
+        self, site: SiteLike, sae: SAELike, positions: str | Positions = "all", rows: RowsLike = None
+    ):
+        super().__init__(site, positions, rows)
+        self.sae = sae
+        self.live: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.leaves: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def bind(self, lm: LoadedModel) -> None:
+        super().bind(lm)
+        d_in = int(getattr(self.sae, "d_in", -1))
+        if d_in != lm.d_model:
+            raise ShapeError(
+                f"SAE d_in={d_in} does not match {lm.name}'s d_model={lm.d_model} at {self.site}"
+            )
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        m = step.select(self)
+        dt = getattr(self.sae, "dtype", x.dtype)
+        xs = x.to(dt)
+        f = self.sae.encode(xs)
+        err = xs - self.sae.decode(f)
+        self.live.append((f, err))
+        if not torch.is_grad_enabled():
+            self.leaves.append((f, err))
+            return x
+        f_leaf = f.detach().requires_grad_(True)
+        e_leaf = err.detach().requires_grad_(True)
+        self.leaves.append((f_leaf, e_leaf))
+        out = self.sae.decode(f_leaf) + e_leaf
+        return torch.where(m[..., None], out.to(x.dtype), x.detach())
+
+
+class BranchInput(Intervention):
+    """What one sub-block reads from the residual stream, at the input of its norm:
+    ``branch="attn"`` or ``"mlp"`` of ``layer``, or ``"logits"`` (the final norm's input).
+
+    ``x ← x + delta`` at the selected positions, where ``delta`` is a ``[B, T, d]`` tensor
+    or a callable ``delta(x) -> [B, T, d]`` evaluated during the forward (edge patching: an
+    upstream node's change reaches this one node only, not the skip path or the other
+    branch). With ``grad=True`` a zero leaf ``z`` is added too; ``∂m/∂z`` is then the
+    gradient of the metric w.r.t. this branch's input alone (``leaves``, one per forward).
+    Only the residual stream's input of the norm is touched, so the other branch of the
+    same layer and the skip connection read the unchanged stream.
+    """
+
+    BRANCHES = ("attn", "mlp", "logits")
+
+    def __init__(
+        self,
+        layer: int,
+        branch: str,
+        delta: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
+        grad: bool = False,
+        positions: str | Positions = "all",
+        rows: RowsLike = None,
+    ):
+        if branch not in self.BRANCHES:
+            raise SiteError(f"unknown branch '{branch}'; valid: {', '.join(self.BRANCHES)}")
+        comp = {"attn": "attn_out", "mlp": "mlp_out", "logits": "resid"}[branch]
+        super().__init__(Site(-1 if branch == "logits" else layer, comp), positions, rows)
+        self.branch = branch
+        self.delta = delta
+        self.grad = grad
+        self.leaves: list[torch.Tensor] = []
+
+    def target(self, lm: LoadedModel) -> tuple[nn.Module, str]:
+        return lm.arch.branch_input(self.site.layer, self.branch), "pre"
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        d = self.delta(x) if callable(self.delta) else self.delta
+        if d is not None:
+            if d.shape[-2:] != x.shape[-2:] or (d.dim() == 3 and d.shape[0] != x.shape[0]):
+                raise ShapeError(
+                    f"BranchInput {self.branch}.{self.site.layer}: delta {tuple(d.shape)} for input {tuple(x.shape)}"
+                )
+            m = step.select(self)[..., None].to(x.dtype)
+            x = x + m * d.to(x.device, x.dtype)
+        if self.grad and torch.is_grad_enabled():
+            z = torch.zeros_like(x, requires_grad=True)
+            self.leaves.append(z)
+            x = x + z
+        return x
+
+    def __repr__(self) -> str:
+        return f"BranchInput({self.branch}.{self.site.layer})"
+
+
+class HeadRead(Read):
+    """Read the per-head attention outputs of a layer before they are mixed: the input
+    ``z [B, T, H·head_dim]`` of the output projection (``out_h = z_h @ W_O[h]``, see
+    :meth:`deltalens.models.arch.Arch.head_projection`). Site: ``attn_out`` of the layer.
+    Refused where heads do not add separately to the residual stream (Gemma's post-norm)."""
+
+    def __init__(self, layer: int, keep_grad: bool = False, rows: RowsLike = None):
+        super().__init__(Site(layer, "attn_out"), "all", rows, keep_grad=keep_grad)
+
+    def bind(self, lm: LoadedModel) -> None:
+        super().bind(lm)
+        if lm.arch.head_projection(self.site.layer) is None:
+            raise SiteError(
+                f"{lm.name}: attention heads of layer {self.site.layer} do not add separately to the residual "
+                "stream (a norm follows the output projection); use per-layer attention nodes"
+            )
+
+    def target(self, lm: LoadedModel) -> tuple[nn.Module, str]:
+        hp = lm.arch.head_projection(self.site.layer)
+        assert hp is not None
+        return hp[0], "pre"
+
+
+# ---- linearised replacement models (attribution graphs) ----------------------------------------
+
+
+class Leaf(Intervention):
+    """Make the activation at a site a leaf of the autograd graph: same value, no gradient
+    to anything upstream; ``leaves`` holds it per forward (``∂m/∂leaf`` after a backward)."""
+
+    def __init__(self, site: SiteLike):
+        super().__init__(site)
+        self.leaves: list[torch.Tensor] = []
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return x
+        leaf = x.detach().requires_grad_(True)
+        self.leaves.append(leaf)
+        return leaf
+
+
+class FreezeNorm(Intervention):
+    """Freeze the scale of a normalisation module (RMSNorm or LayerNorm): the output keeps
+    its value, and its gradient is that of the norm with ``1/rms(x)`` (``1/σ(x)``) held
+    constant — ``y ≈ g ⊙ x / r`` with ``r`` fixed (LayerNorm: ``g ⊙ (x − mean x) / σ + b``
+    with ``σ`` fixed), the linearisation of attribution graphs. ``module`` is the norm."""
+
+    def __init__(self, module: nn.Module, layer: int = 0):
+        super().__init__(Site(layer, "resid"))
+        self.module = module
+
+    def bind(self, lm: LoadedModel) -> None:
+        self.d_model = lm.d_model
+
+    def target(self, lm: LoadedModel) -> tuple[nn.Module, str]:
+        return self.module, "forward"
+
+    def apply(self, y: torch.Tensor, step: Step) -> torch.Tensor:
+        x = step.args[0] if step.args else None
+        if x is None or not torch.is_grad_enabled() or not x.requires_grad:
+            return y
+        if isinstance(self.module, nn.LayerNorm):
+            xc = x - x.mean(-1, keepdim=True)
+            b = self.module.bias if self.module.bias is not None else 0.0
+            fac = ((y - b) / torch.where(xc == 0, torch.ones_like(xc), xc)).detach()
+            return y.detach() + (xc - xc.detach()) * fac
+        fac = (y / torch.where(x == 0, torch.ones_like(x), x)).detach()  # = g / rms(x), per element
+        return y.detach() + (x - x.detach()) * fac
+
+
+class DetachOutput(Intervention):
+    """Detach (part of) a module's output: ``x[..., :n]`` keeps its value but passes no
+    gradient (``n=None``: all of it). Used on the query and key projections to freeze
+    attention patterns."""
+
+    def __init__(self, module: nn.Module, n: int | None = None, layer: int = 0):
+        super().__init__(Site(layer, "resid"))
+        self.module = module
+        self.n = n
+
+    def bind(self, lm: LoadedModel) -> None:
+        self.d_model = lm.d_model
+
+    def target(self, lm: LoadedModel) -> tuple[nn.Module, str]:
+        return self.module, "forward"
+
+    def apply(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        if self.n is None:
+            return x.detach()
+        return torch.cat([x[..., : self.n].detach(), x[..., self.n :]], dim=-1)
+
+
+class MLPRead(Intervention):
+    """Record what a layer's MLP module reads (its input, after the pre-MLP norm) and
+    writes (its output), at the selected positions: ``pairs`` holds ``(x [n, d], y [n, d])``
+    per forward — the training pairs of a transcoder (``mlp_out`` equals the MLP module's
+    output except behind Gemma's post-MLP norm)."""
+
+    def __init__(self, layer: int, positions: str | Positions = "all", rows: RowsLike = None):
+        super().__init__(Site(layer, "mlp_out"), positions, rows)
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def target(self, lm: LoadedModel) -> tuple[nn.Module, str]:
+        return lm.arch.mlp(self.site.layer), "forward"
+
+    def apply(self, y: torch.Tensor, step: Step) -> torch.Tensor:
+        m = step.select(self)
+        self.pairs.append((step.args[0][m].detach(), y[m].detach()))
+        return y
+
+
+class TranscoderSplice(Intervention):
+    """Replace a layer's MLP by a transcoder plus its error node, as in a replacement model.
+
+    The hook sits on the MLP module: its input ``x`` (what the MLP reads, after the pre-MLP
+    norm) gives the transcoder pre-activations ``pre = encode-input(x)`` (live, so they depend
+    on upstream nodes) and activations ``f``; the output becomes
+    ``decode(f̃) + skip(x) + ε̃`` where ``f̃`` and ``ε̃ = mlp(x) − decode(f) − skip(x)`` are
+    detached leaves. The forward value is the MLP's; gradients stop at the transcoder's
+    features and error (the MLP's own nonlinearity is cut). Per forward: ``pre``, ``features``
+    (``f̃``), ``errors`` (``ε̃``). The transcoder needs ``encode_pre``, ``activation``, ``decode``
+    and optional ``skip``."""
+
+    def __init__(self, layer: int, transcoder: Any):
+        super().__init__(Site(layer, "mlp_out"))
+        self.tc = transcoder
+        self.pre: list[torch.Tensor] = []
+        self.features: list[torch.Tensor] = []
+        self.errors: list[torch.Tensor] = []
+
+    def target(self, lm: LoadedModel) -> tuple[nn.Module, str]:
+        return lm.arch.mlp(self.site.layer), "forward"
+
+    def apply(self, y: torch.Tensor, step: Step) -> torch.Tensor:
+        x = step.args[0]
+        xs = x.to(self.tc.dtype)
+        pre = self.tc.encode_pre(xs)
+        f = self.tc.activation(pre)
+        skip = self.tc.skip(xs)
+        rec = self.tc.decode(f.detach()) + skip.detach()
+        err = (y.to(rec.dtype) - rec).detach()
+        grad = torch.is_grad_enabled()
+        f_leaf = f.detach().requires_grad_(grad)
+        e_leaf = err.requires_grad_(grad)
+        self.pre.append(pre)
+        self.features.append(f_leaf)
+        self.errors.append(e_leaf)
+        return (self.tc.decode(f_leaf) + skip + e_leaf).to(y.dtype)
+
+
 # ---- the session -----------------------------------------------------------------------------
 
 
@@ -823,6 +1083,7 @@ class HookSession:
         def hook(module: nn.Module, args: tuple, output: Any) -> Any:
             x = output[0] if isinstance(output, tuple) else output
             step = self._current_step(x)
+            step.args = args  # the module's inputs, for interventions that need them
             for iv in ivs:
                 x = iv.apply(x, step)
             if isinstance(output, tuple):
@@ -854,7 +1115,7 @@ class HookSession:
             self._handles.append(arch.backbone.register_forward_pre_hook(self._on_backbone, with_kwargs=True))
             groups: dict[tuple[int, str], tuple[nn.Module, list[Intervention]]] = {}
             for iv in self.interventions:
-                module, kind = arch.module_for(iv.site.layer, iv.site.component)
+                module, kind = iv.target(self.lm)
                 groups.setdefault((id(module), kind), (module, []))[1].append(iv)
             for (_, kind), (module, ivs) in groups.items():
                 if kind == "pre":

@@ -1,12 +1,16 @@
-"""Circuit commands: ``patch`` (exact activation patching) and ``attribute`` (attribution
-patching / integrated gradients, SAE-latent attribution, faithfulness): parsing → one call
-into :mod:`deltalens.circuits.pipeline` → printing."""
+"""Circuit commands: ``patch`` (exact activation patching), ``attribute`` (attribution
+patching / integrated gradients, SAE-latent attribution, faithfulness) and the ``circuit``
+group (``edges``: feature-circuit / EAP / EAP-IG edges; ``graph``: transcoder attribution
+graphs): parsing → one call into :mod:`deltalens.circuits` → printing."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import typer
+
+from ..circuits.edges_pipeline import EdgesConfig
 from ..circuits.pipeline import AttributeConfig, PatchConfig
 from ..circuits.printing import print_curve, print_sae
 from ._common import config_option as opt
@@ -186,4 +190,100 @@ def attribute_cmd(
         )
 
 
+E = EdgesConfig
+
+
+def edges_cmd(
+    pairs: str = opt(E, "pairs"),
+    model: str = opt(E, "model"),
+    method: str = opt(E, "method"),
+    saes: str | None = opt(E, "saes"),
+    dashboards: Path | None = opt(E, "dashboards"),
+    direction: str = opt(E, "direction"),
+    steps: int = opt(E, "steps"),
+    node_threshold: float = opt(E, "node_threshold"),
+    edge_threshold: float = opt(E, "edge_threshold"),
+    max_nodes: int = opt(E, "max_nodes"),
+    top_edges: int = opt(E, "top_edges"),
+    heads: bool = opt(E, "heads"),
+    budgets: str | None = opt(E, "budgets"),
+    budget_curve: bool = opt(E, "budget_curve"),
+    metric: str = opt(E, "metric"),
+    chat: bool = opt(E, "chat"),
+    single_token: bool = opt(E, "single_token"),
+    limit: int | None = opt(E, "limit"),
+    experiment: str = experiment_option(),
+    out: Path | None = opt(E, "out"),
+    batch_tokens: int = opt(E, "batch_tokens"),
+    dtype: str = opt(E, "dtype"),
+    device: str | None = opt(E, "device"),
+) -> None:
+    """Circuit edges: between SAE latents and error nodes at several sites (feature, Marks et
+    al.), or between attention heads and MLPs (eap, eap-ig); figure, Parquet edge list and
+    faithfulness vs edge budget (CPR / CMD)."""
+    from ..circuits.edges_pipeline import run_edges
+
+    cfg = EdgesConfig(
+        pairs,
+        model,
+        metric,
+        chat,
+        single_token,
+        limit,
+        out,
+        batch_tokens,
+        dtype,
+        device,
+        method,
+        [Path(p) for p in split_list(saes)],
+        dashboards,
+        direction,
+        steps,
+        node_threshold,
+        edge_threshold,
+        max_nodes,
+        top_edges,
+        heads,
+        parse_floats(budgets, "edge budgets") if budgets else _budgets(),
+        budget_curve,
+    )
+    run = run_edges(cfg, experiment)
+    c = run.circuit
+    console.print(
+        f"{c.method}: clean {c.clean:.3f}, corrupted {c.corrupted:.3f} ({c.metric_name}), {c.seconds:.1f} s"
+    )
+    console.print(
+        table(
+            f"top edges of {len(c.edges)}",
+            ["source", "target", "weight"],
+            [tuple(e) for e in c.top_edges(12)],
+        )
+    )
+    console.print("top path: " + " → ".join(c.top_path()), markup=False)
+    if run.described:
+        console.print(f"{run.described} latent descriptions filled from explanations/dashboards")
+    if run.budget is not None:
+        b = run.budget
+        console.print(
+            table(
+                f"faithfulness vs edge budget ({b.n_edges} edges): CPR {b.cpr:.3f}, CMD {b.cmd:.3f}",
+                ["budget %", "edges", "faithfulness", "completeness (M∖C)"],
+                list(zip(b.budgets, b.kept, b.faithfulness, b.completeness)),
+            )
+        )
+    console.print(f"→ {run.out_dir}: {', '.join(p.name for p in run.files.values())}")
+
+
+def _budgets() -> list[float]:
+    from ..circuits.budget import BUDGETS
+
+    return list(BUDGETS)
+
+
+circuit_app = typer.Typer(
+    help="Circuits with edges: feature-circuit and EAP/EAP-IG edges, attribution graphs.",
+    no_args_is_help=True,
+)
+
 COMMANDS = {"patch": patch_cmd, "attribute": attribute_cmd}
+SUBAPPS = [(circuit_app, "circuit", {"edges": edges_cmd})]

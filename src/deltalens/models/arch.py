@@ -304,6 +304,73 @@ class Arch:
             return self._need(blk, self.spec.attn_out, "attention output"), "forward"
         return self._need(blk, self.spec.mlp_out, "MLP output"), "forward"
 
+    def branch_input(self, layer: int, branch: str) -> nn.Module:
+        """The norm module whose input is what a sub-block reads from the residual stream:
+        ``branch="attn"`` (the attention's input norm), ``"mlp"`` (the MLP's input norm) or
+        ``"logits"`` (the final norm; ``layer`` ignored)."""
+        if branch == "logits":
+            return self.final_norm
+        if branch not in ("attn", "mlp"):
+            raise SiteError(f"unknown branch '{branch}'; valid: attn, mlp, logits")
+        params = self.spec.params
+        key = (
+            "input_norm"
+            if branch == "attn"
+            else ("pre_mlp_norm" if "pre_mlp_norm" in params else "post_attn_norm")
+        )
+        return self._need(self.layer(layer), params[key].rsplit(".", 1)[0], f"{branch} input norm")
+
+    def head_projection(self, layer: int) -> tuple[nn.Module, torch.Tensor, int] | None:
+        """The attention output projection of a layer, its per-head weights ``[H, head_dim, d]``
+        (``out_h = z_h @ W[h]``, query heads, so grouped-query attention needs nothing special)
+        and ``H``; ``None`` where heads are not separable in the residual stream (a post-norm
+        after the projection, as in Gemma 2/3)."""
+        if self.spec.attn_out != self.spec.attn or "o" not in self.spec.params:
+            return None
+        mod = self._need(
+            self.layer(layer), self.spec.params["o"].rsplit(".", 1)[0], "attention output projection"
+        )
+        cfg = self.model.config
+        H = int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_head", 0)) or 0)
+        if H <= 0:
+            return None
+        w = mod.weight  # Linear: [d, H*hd]; GPT-2 Conv1D: [H*hd, d]
+        wt = w if "o" in self.spec.conv1d else w.T
+        if wt.shape[0] % H:
+            return None
+        return mod, wt.reshape(H, wt.shape[0] // H, wt.shape[1]), H
+
+    def norms(self, layer: int) -> list[nn.Module]:
+        """The normalisation modules of a decoder layer that act on the residual stream or a
+        sub-block's output (RMSNorm / LayerNorm; the attention's q/k norms are left out)."""
+        blk = self.layer(layer)
+        attn = self._need(blk, self.spec.attn, "attention")
+        inner = {id(m) for m in attn.modules()}
+        return [
+            m
+            for m in blk.modules()
+            if id(m) not in inner and (isinstance(m, nn.LayerNorm) or "RMSNorm" in type(m).__name__)
+        ]
+
+    def qk_projections(self, layer: int) -> list[tuple[nn.Module, int | None]]:
+        """Modules whose output holds a layer's queries and keys: ``(module, n)`` where the
+        first ``n`` output features are queries and keys (``None``: all of it). Freezing
+        them freezes the attention pattern. Refused for fused per-head layouts (GPT-NeoX)."""
+        attn = self.attn(layer)
+        if hasattr(attn, "q_proj") and hasattr(attn, "k_proj"):
+            return [(attn.q_proj, None), (attn.k_proj, None)]
+        cfg = self.model.config
+        if hasattr(attn, "qkv_proj"):  # Phi-3: [q | k | v]
+            H, KV = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
+            hd = attn.qkv_proj.out_features // (H + 2 * KV)
+            return [(attn.qkv_proj, (H + KV) * hd)]
+        if hasattr(attn, "c_attn"):  # GPT-2: [q | k | v], each d_model wide
+            return [(attn.c_attn, 2 * self.d_model)]
+        raise SiteError(
+            f"{type(attn).__name__}: cannot separate queries and keys from values (fused per-head layout); "
+            "attribution graphs support Llama-, Gemma-, Phi-3- and GPT-2-style attention"
+        )
+
     def param_names(self, layer: int) -> dict[str, str]:
         """Full parameter names of the layer's weights that exist in this model, by component."""
         layer = self.check_layer(layer)

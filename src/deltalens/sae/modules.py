@@ -88,6 +88,9 @@ class TrainingSAE(nn.Module):
 
     architecture = "base"
     unit_norm_decoder = True
+    #: subtract ``b_dec`` from the input before encoding (False for transcoders, whose
+    #: decoder writes another space than the encoder reads)
+    b_dec_to_input = True
 
     def __init__(
         self, d_in: int, d_sae: int, *, k: int | None = None, dtype: torch.dtype = torch.float32, **opts: Any
@@ -152,11 +155,17 @@ class TrainingSAE(nn.Module):
 
     # ---- the loss ------------------------------------------------------------------------------
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x - self.b_dec, self.W_enc, self.b_enc)
+        return F.linear(x - self.b_dec if self.b_dec_to_input else x, self.W_enc, self.b_enc)
 
     def step_loss(
-        self, x: torch.Tensor, *, dead: torch.Tensor | None = None, sparsity_scale: float = 1.0
+        self,
+        x: torch.Tensor,
+        *,
+        dead: torch.Tensor | None = None,
+        sparsity_scale: float = 1.0,
+        target: torch.Tensor | None = None,
     ) -> StepOutput:
+        """The loss on a batch: reconstruct ``x`` (an SAE) or ``target`` from ``x`` (a transcoder)."""
         raise NotImplementedError
 
     @staticmethod
@@ -222,10 +231,10 @@ class ReLUSAE(TrainingSAE):
     architecture = "standard"
     unit_norm_decoder = False
 
-    def step_loss(self, x, *, dead=None, sparsity_scale=1.0):
+    def step_loss(self, x, *, dead=None, sparsity_scale=1.0, target=None):
         f = torch.relu(self.pre_acts(x))
         x_hat = f @ self.W_dec + self.b_dec
-        mse_t, mse, fvu = self._stats(x, x_hat)
+        mse_t, mse, fvu = self._stats(x if target is None else target, x_hat)
         l1 = (f * self.W_dec.norm(dim=1)).sum(-1).mean()
         lam = float(self.opts.get("l1_coefficient", 5.0)) * sparsity_scale
         loss = mse_t + lam * l1
@@ -271,15 +280,16 @@ class TopKSAE(TrainingSAE):
         aux = (e_hat - e).pow(2).sum(-1).mean()
         return float(self.opts.get("aux_coefficient", 1 / 32)) * scale * aux
 
-    def step_loss(self, x, *, dead=None, sparsity_scale=1.0):
-        xin = x - self.b_dec
+    def step_loss(self, x, *, dead=None, sparsity_scale=1.0, target=None):
+        xin = x - self.b_dec if self.b_dec_to_input else x
+        y = x if target is None else target
         with torch.no_grad():
             pre = F.linear(xin, self.W_enc, self.b_enc)
             pattern, vals = self._select(pre)
         v = torch.relu(sparse_encode(xin, self.W_enc, self.b_enc, vals, pattern))
         x_hat = sparse_decode(v, self.W_dec, pattern) + self.b_dec
-        mse_t, mse, fvu = self._stats(x, x_hat)
-        aux = self._aux(x, x_hat, xin, pre, dead)
+        mse_t, mse, fvu = self._stats(y, x_hat)
+        aux = self._aux(y, x_hat, xin, pre, dead)
         loss = mse_t if aux is None else mse_t + aux
         with torch.no_grad():
             pos = (v > 0).to(x.dtype)
@@ -381,13 +391,13 @@ class JumpReLUSAE(TrainingSAE):
     def theta(self) -> torch.Tensor:
         return self.log_threshold.exp()
 
-    def step_loss(self, x, *, dead=None, sparsity_scale=1.0):
+    def step_loss(self, x, *, dead=None, sparsity_scale=1.0, target=None):
         eps = float(self.opts.get("jumprelu_bandwidth", 0.05))
         pre = self.pre_acts(x)
         theta = self.theta
         f = _JumpReLU.apply(pre, theta, eps)
         x_hat = f @ self.W_dec + self.b_dec
-        mse_t, mse, fvu = self._stats(x, x_hat)
+        mse_t, mse, fvu = self._stats(x if target is None else target, x_hat)
         l0_t = _Step.apply(pre, theta, eps).sum(-1).mean()
         lam = float(self.opts.get("l0_coefficient", 1.0)) * sparsity_scale
         target = self.opts.get("target_l0")

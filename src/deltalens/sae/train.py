@@ -383,8 +383,10 @@ class Trainer:
         self._last: dict[str, float] = {}
 
     # ---- setup ---------------------------------------------------------------------------------
-    def initialize(self, sample: torch.Tensor) -> None:
-        """Norm scale, weights and ``b_dec`` from a sample of rows (raw activations)."""
+    def initialize(self, sample: torch.Tensor, target_sample: torch.Tensor | None = None) -> None:
+        """Norm scale, weights and ``b_dec`` from a sample of rows (raw activations); a
+        transcoder passes its target rows too (``b_dec`` starts at their median, both sides
+        are scaled by the input's norm scale)."""
         if sample.shape[-1] != self.d_in:
             raise ShapeError(f"training rows have width {sample.shape[-1]}, the SAE expects d_in={self.d_in}")
         x = sample.float()
@@ -406,7 +408,8 @@ class Trainer:
                 self.scale = float(math.sqrt(self.d_in) / x.norm(dim=-1).mean().clamp(min=1e-12))
             g = torch.Generator().manual_seed(self.cfg.seed)
             self.module.initialize(g, self.cfg.decoder_init_norm)
-            self.module.init_b_dec(x * self.scale, self.cfg.b_dec_init)
+            y = x if target_sample is None else target_sample.float()[torch.isfinite(sample.float()).all(-1)]
+            self.module.init_b_dec(y * self.scale, self.cfg.b_dec_init)
             self._calib = (x[:8192] * self.scale).to(self.device)
             if hasattr(self.module, "init_threshold_from"):
                 self.module.init_threshold_from(x * self.scale)
@@ -417,11 +420,14 @@ class Trainer:
     def dead_mask(self) -> torch.Tensor:
         return self.since_fired >= self.cfg.dead_window()
 
-    def step(self, batch: torch.Tensor) -> dict[str, float]:
+    def step(self, batch: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, float]:
+        """One training step on ``batch``; with ``target`` (same rows) a transcoder step:
+        ``target`` is reconstructed from ``batch``."""
         cfg = self.cfg
         if batch.shape[-1] != self.d_in:
             raise ShapeError(f"batch has width {batch.shape[-1]}, the SAE expects d_in={self.d_in}")
         x = batch.to(self.device, torch.float32) * self.scale
+        y = None if target is None else target.to(self.device, torch.float32) * self.scale
         total = cfg.total_steps
         lr = self.lr * _lr_factor(self.step_n, total, cfg.lr_warmup, cfg.lr_decay)
         for gparam in self.opt.param_groups:
@@ -429,7 +435,7 @@ class Trainer:
         sw = int(cfg.sparsity_warmup * total)
         sp_scale = min(1.0, (self.step_n + 1) / sw) if sw else 1.0
         self.module.train()
-        out = self.module.step_loss(x, dead=self.dead_mask(), sparsity_scale=sp_scale)
+        out = self.module.step_loss(x, dead=self.dead_mask(), sparsity_scale=sp_scale, target=y)
         if not torch.isfinite(out.loss):
             self._diverged(f"loss is {float(out.loss)}")
         self.opt.zero_grad(set_to_none=True)
@@ -599,7 +605,13 @@ class Trainer:
             "batch_size": self.cfg.batch_size,
             "lr": self.lr,
         }
-        return self.module.to_inference(self.scale, site=self.site, model_name=self.model_name, metadata=meta)
+        return self.module.to_inference(
+            self.scale,
+            site=self.site,
+            model_name=self.model_name,
+            metadata=meta,
+            apply_b_dec_to_input=self.module.b_dec_to_input,
+        )
 
     def check_finished(self) -> None:
         """Refuse to overwrite a finished SAE in ``out`` that was trained under another config."""
