@@ -6,3 +6,4 @@ from __future__ import annotations
 
 from . import collect as _collect  # noqa: F401
 from . import filter as _filter  # noqa: F401
+from . import optimize as _optimize  # noqa: F401
