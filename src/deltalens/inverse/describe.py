@@ -1,0 +1,9 @@
+"""``deltalens info`` for inverse-problem artifacts: importing the stage modules registers their
+results (``collect.json``, ``filter.json``, ``cluster.json``, ``select.json``, ``optimize.json``,
+``explain.json``)."""
+
+from __future__ import annotations
+
+from . import collect as _collect  # noqa: F401
+from . import filter as _filter  # noqa: F401
+from . import optimize as _optimize  # noqa: F401
