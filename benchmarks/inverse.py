@@ -51,7 +51,9 @@ def main() -> None:
     base = pool[torch.randint(0, len(pool), (args.length,), generator=g)]
     kids = base.repeat(args.candidates, 1)
     pos = torch.randint(0, args.length, (args.candidates,), generator=g)
-    kids[torch.arange(args.candidates), pos] = pool[torch.randint(0, len(pool), (args.candidates,), generator=g)]
+    kids[torch.arange(args.candidates), pos] = pool[
+        torch.randint(0, len(pool), (args.candidates,), generator=g)
+    ]
 
     batched = score_ids(lm, target, kids, batch_size=args.batch)
     single = score_ids(lm, target, kids, batch_size=1)

@@ -19,7 +19,8 @@ PROMPT = "The capital of France is"
 def make_tc(lm, layer, d=32, skip=True):
     g = torch.Generator().manual_seed(100 + layer)
     tc = Transcoder(
-        SAEConfig(lm.d_model, d, site=f"mlp_out.{layer}", model_name=lm.name, apply_b_dec_to_input=False), skip=skip
+        SAEConfig(lm.d_model, d, site=f"mlp_out.{layer}", model_name=lm.name, apply_b_dec_to_input=False),
+        skip=skip,
     )
     with torch.no_grad():
         tc.W_enc.copy_(torch.randn(lm.d_model, d, generator=g) * 2 / lm.d_model**0.5)
@@ -166,7 +167,6 @@ def test_graph_json_validates_against_the_viewer_schema(built, tmp_path):
 def test_transcoder_pairs_are_the_mlp_input_and_mlp_out(tiny):
     from deltalens import Read, Site, intervene
     from deltalens.sae.transcoder import transcoder_pairs
-
     from tiny import CORPUS
 
     windows = [tiny.encode(t) for t in CORPUS[:3]]
@@ -193,7 +193,9 @@ def test_transcoder_trained_with_the_sae_trainer_recovers_a_planted_mlp(tmp_path
     A, B = torch.randn(d, m, generator=g) / d**0.5, torch.randn(m, d, generator=g) / m**0.5
     C = torch.randn(d, d, generator=g) * 0.3 / d**0.5
     y = torch.relu(x @ A - 1.5) @ B + x @ C
-    cfg = SAETrainConfig(architecture="topk", k=8, d_sae=64, total_tokens=120_000, batch_size=256, lr=3e-3, seed=0)
+    cfg = SAETrainConfig(
+        architecture="topk", k=8, d_sae=64, total_tokens=120_000, batch_size=256, lr=3e-3, seed=0
+    )
     tc = train_transcoder(x, y, 3, cfg, out=tmp_path / "tc3", skip=True, model_name="planted")
     nmse = transcoder_nmse(tc, x, y)
     skip_only = float((y - x @ tc.W_skip.detach()).pow(2).sum() / (y - y.mean(0)).pow(2).sum())

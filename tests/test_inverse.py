@@ -86,7 +86,15 @@ def test_planted_latent_fires_only_on_its_pair(planted):
 def test_both_optimisers_find_the_planted_pair(planted, method):
     lm, sae, pair, ids = planted
     cfg = OptimizeConfig(
-        method=method, length=2, steps=12, population=4, candidates=32, top_k=16, restarts=32, lr=0.5, fluency=0.0
+        method=method,
+        length=2,
+        steps=12,
+        population=4,
+        candidates=32,
+        top_k=16,
+        restarts=32,
+        lr=0.5,
+        fluency=0.0,
     )
     res = (epo if method == "epo" else soft_prompt)(lm, sae, cfg, latent=0)
     assert res.best["ids"] == pair, (res.best, lm.tokenizer.decode(pair))

@@ -50,10 +50,14 @@ if TYPE_CHECKING:
     from ..models.loading import LoadedModel
 
 
-def linearised(lm: LoadedModel, transcoders: dict[int, Any]) -> tuple[list[Any], Leaf, list[TranscoderSplice]]:
+def linearised(
+    lm: LoadedModel, transcoders: dict[int, Any]
+) -> tuple[list[Any], Leaf, list[TranscoderSplice]]:
     """The interventions of the linearised replacement model (module docstring)."""
     if getattr(lm.model.config, "final_logit_softcapping", None):
-        raise ConfigError(f"{lm.name} soft-caps its logits; attribution graphs need logits linear in the residual stream")
+        raise ConfigError(
+            f"{lm.name} soft-caps its logits; attribution graphs need logits linear in the residual stream"
+        )
     missing = [layer for layer in range(lm.n_layers) if layer not in transcoders]
     if missing:
         raise ConfigError(f"attribution graphs need a transcoder at every layer; missing layers {missing}")
@@ -152,7 +156,9 @@ def _cumulative_keep(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     return keep.view_as(scores)
 
 
-def prune(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> tuple[torch.Tensor, torch.Tensor]:
+def prune(
+    graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: float = 0.98
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(node_mask [N], edge_mask [N, N])`` by cumulative influence (module docstring);
     tokens and logits are always kept; features and errors without a kept outgoing edge
     (and features without a kept incoming one) are dropped, repeatedly."""
@@ -366,7 +372,9 @@ def attribution_graph(
     )
 
 
-def graph_circuit(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Circuit:
+def graph_circuit(
+    graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: float = 0.98
+) -> Circuit:
     """The pruned graph as a :class:`Circuit` (for the figure, the Parquet edge list and
     ``deltalens info``); node ids follow circuit-tracer (``L_feature_pos``, ``L_-1_pos``,
     ``E_token_pos``, ``(L+1)_token_pos``)."""
@@ -407,14 +415,46 @@ def node_table(graph: AttributionGraph) -> tuple[list[str], list[dict[str, Any]]
         nodes.append({"id": nid, "score": None, "activation": None, "description": None, **kw})
 
     for (layer, pos, f), a in zip(graph.features.tolist(), graph.activations.tolist()):
-        add(f"{layer}_{f}_{pos}", type="latent", layer=layer, site=f"mlp_out.{layer}", position=pos, token=graph.tokens[pos], index=f)
+        add(
+            f"{layer}_{f}_{pos}",
+            type="latent",
+            layer=layer,
+            site=f"mlp_out.{layer}",
+            position=pos,
+            token=graph.tokens[pos],
+            index=f,
+        )
         nodes[-1]["activation"] = a
     for layer in range(L):
         for pos in range(T):
-            add(f"{layer}_-1_{pos}", type="error", layer=layer, site=f"mlp_out.{layer}", position=pos, token=graph.tokens[pos], index=None)
+            add(
+                f"{layer}_-1_{pos}",
+                type="error",
+                layer=layer,
+                site=f"mlp_out.{layer}",
+                position=pos,
+                token=graph.tokens[pos],
+                index=None,
+            )
     for pos in range(T):
-        add(f"E_{graph.token_ids[pos]}_{pos}", type="token", layer=None, site="embed", position=pos, token=graph.tokens[pos], index=graph.token_ids[pos])
+        add(
+            f"E_{graph.token_ids[pos]}_{pos}",
+            type="token",
+            layer=None,
+            site="embed",
+            position=pos,
+            token=graph.tokens[pos],
+            index=graph.token_ids[pos],
+        )
     for t, tok, p in zip(graph.logit_ids, graph.logit_tokens, graph.logit_probs.tolist()):
-        add(f"{L + 1}_{t}_{T - 1}", type="logit", layer=None, site="logits", position=T - 1, token=tok, index=t)
+        add(
+            f"{L + 1}_{t}_{T - 1}",
+            type="logit",
+            layer=None,
+            site="logits",
+            position=T - 1,
+            token=tok,
+            index=t,
+        )
         nodes[-1]["description"] = f"output {tok!r} (p={p:.3f})"
     return ids, nodes

@@ -80,7 +80,11 @@ GRAPH_SCHEMA: dict[str, Any] = {
             "items": {
                 "type": "object",
                 "required": ["source", "target", "weight"],
-                "properties": {"source": {"type": "string"}, "target": {"type": "string"}, "weight": {"type": "number"}},
+                "properties": {
+                    "source": {"type": "string"},
+                    "target": {"type": "string"},
+                    "weight": {"type": "number"},
+                },
             },
         },
     },
@@ -170,7 +174,9 @@ def graph_json(
         if s in nodes and t in nodes
     ]
     connected = {lk["source"] for lk in links} | {lk["target"] for lk in links}
-    kept = [n for n in nodes.values() if n["node_id"] in connected or n["feature_type"] in ("embedding", "logit")]
+    kept = [
+        n for n in nodes.values() if n["node_id"] in connected or n["feature_type"] in ("embedding", "logit")
+    ]
     return {
         "metadata": {
             "slug": slug,

@@ -304,7 +304,11 @@ def collect(
         mats[k] = mats[k].astype(np.float32)
     for m in mats.values():
         m.eliminate_zeros()
-    ce = prompt_cross_entropy(lm, [lm.encode(t)[: cfg.max_length] for t in texts]) if cfg.cross_entropy else None
+    ce = (
+        prompt_cross_entropy(lm, [lm.encode(t)[: cfg.max_length] for t in texts])
+        if cfg.cross_entropy
+        else None
+    )
     name = (getattr(getattr(sae, "cfg", None), "metadata", None) or {}).get("name") or repr(sae)
     return CollectResult(
         n_prompts=n,

@@ -31,7 +31,9 @@ def _band(cfg: Any, lo: str, hi: str) -> None:
     in_range(cfg, lo, 0, 1)
     in_range(cfg, hi, 0, 1)
     if getattr(cfg, lo) > getattr(cfg, hi):
-        raise ConfigError(f"--{lo.replace('_', '-')} {getattr(cfg, lo):g} is above --{hi.replace('_', '-')} {getattr(cfg, hi):g}")
+        raise ConfigError(
+            f"--{lo.replace('_', '-')} {getattr(cfg, lo):g} is above --{hi.replace('_', '-')} {getattr(cfg, hi):g}"
+        )
 
 
 @dataclass
@@ -40,10 +42,18 @@ class FilterConfig(StageConfig):
 
     entropy_low: float = option(0.0, flag="--entropy-low", help="Minimum normalised prompt entropy.")
     entropy_high: float = option(1.0, flag="--entropy-high", help="Maximum normalised prompt entropy.")
-    token_entropy_low: float = option(0.0, flag="--token-entropy-low", help="Minimum normalised token entropy.")
-    token_entropy_high: float = option(1.0, flag="--token-entropy-high", help="Maximum normalised token entropy.")
-    sparsity_min: float = option(0.01, flag="--sparsity-min", help="Minimum fraction of prompts a latent fires on.")
-    sparsity_max: float = option(0.5, flag="--sparsity-max", help="Maximum fraction of prompts a latent fires on.")
+    token_entropy_low: float = option(
+        0.0, flag="--token-entropy-low", help="Minimum normalised token entropy."
+    )
+    token_entropy_high: float = option(
+        1.0, flag="--token-entropy-high", help="Maximum normalised token entropy."
+    )
+    sparsity_min: float = option(
+        0.01, flag="--sparsity-min", help="Minimum fraction of prompts a latent fires on."
+    )
+    sparsity_max: float = option(
+        0.5, flag="--sparsity-max", help="Maximum fraction of prompts a latent fires on."
+    )
 
     def validate(self) -> None:
         _band(self, "entropy_low", "entropy_high")

@@ -198,7 +198,9 @@ def token_gradients(lm: Any, target: Target, ids: torch.Tensor, lam: torch.Tenso
     return grad
 
 
-def _children(pop: torch.Tensor, grad: torch.Tensor, allowed: torch.Tensor, cfg: OptimizeConfig, g: torch.Generator) -> torch.Tensor:
+def _children(
+    pop: torch.Tensor, grad: torch.Tensor, allowed: torch.Tensor, cfg: OptimizeConfig, g: torch.Generator
+) -> torch.Tensor:
     """``[M·candidates, L]`` single-token swaps among each member's top-k gradient tokens."""
     M, L = pop.shape
     grad = grad.masked_fill(~allowed.to(grad.device)[None, None], -math.inf)
@@ -217,7 +219,9 @@ def _random_prompts(allowed: torch.Tensor, n: int, L: int, g: torch.Generator) -
     return pool[torch.randint(0, len(pool), (n, L), generator=g)]
 
 
-def _init(lm: Any, n: int, cfg: OptimizeConfig, allowed: torch.Tensor, init_ids: Any, g: torch.Generator) -> torch.Tensor:
+def _init(
+    lm: Any, n: int, cfg: OptimizeConfig, allowed: torch.Tensor, init_ids: Any, g: torch.Generator
+) -> torch.Tensor:
     """``[n, length]`` starting prompts: ``init_ids`` (cut or padded with random clean tokens), else random."""
     out = _random_prompts(allowed, n, cfg.length, g)
     if init_ids is not None:
@@ -229,7 +233,16 @@ def _init(lm: Any, n: int, cfg: OptimizeConfig, allowed: torch.Tensor, init_ids:
     return out
 
 
-def epo(lm: Any, target: Any, config: OptimizeConfig | None = None, *, latent: int | None = None, site: Any = None, init_ids: Any = None, progress: Any = None) -> OptimizeResult:
+def epo(
+    lm: Any,
+    target: Any,
+    config: OptimizeConfig | None = None,
+    *,
+    latent: int | None = None,
+    site: Any = None,
+    init_ids: Any = None,
+    progress: Any = None,
+) -> OptimizeResult:
     """EPO (module docstring) of ``target`` (a :class:`Target`, or an SAE with ``latent``)."""
     cfg = config or OptimizeConfig()
     tgt = as_target(target, latent, site)
@@ -268,7 +281,9 @@ def epo(lm: Any, target: Any, config: OptimizeConfig | None = None, *, latent: i
     )  # fmt: skip
 
 
-def _step_record(step: int, front: list, act: torch.Tensor, ce: torch.Tensor, evaluated: int, t0: float) -> dict[str, Any]:
+def _step_record(
+    step: int, front: list, act: torch.Tensor, ce: torch.Tensor, evaluated: int, t0: float
+) -> dict[str, Any]:
     top = max(front, key=lambda p: p[1]) if front else (None, float("nan"), float("nan"))
     return {
         "step": step,
@@ -288,7 +303,16 @@ def _nearest(z: torch.Tensor, E: torch.Tensor, pool: torch.Tensor) -> torch.Tens
     return pool[d.argmin(-1)].reshape(z.shape[:2])
 
 
-def soft_prompt(lm: Any, target: Any, config: OptimizeConfig | None = None, *, latent: int | None = None, site: Any = None, init_ids: Any = None, progress: Any = None) -> OptimizeResult:
+def soft_prompt(
+    lm: Any,
+    target: Any,
+    config: OptimizeConfig | None = None,
+    *,
+    latent: int | None = None,
+    site: Any = None,
+    init_ids: Any = None,
+    progress: Any = None,
+) -> OptimizeResult:
     """Soft-prompt optimisation with projection (module docstring)."""
     cfg = config or OptimizeConfig(method="soft")
     tgt = as_target(target, latent, site)
@@ -310,7 +334,7 @@ def soft_prompt(lm: Any, target: Any, config: OptimizeConfig | None = None, *, l
         with torch.enable_grad():
             h, logits = forward(lm, tgt, embeds=emb, need_logits=True)
             a = tgt.objective(h, logits)[:, cfg.skip :].max(-1).values
-            q = torch.softmax(-torch.cdist(z, E[pool][None].expand(len(z), -1, -1)) ** 2 / cfg.tau, -1)
+            q = torch.softmax(-(torch.cdist(z, E[pool][None].expand(len(z), -1, -1)) ** 2) / cfg.tau, -1)
             lp = torch.log_softmax(logits[:, :-1].float(), -1)[..., pool]
             ce_soft = -(q[:, 1:] * lp).sum(-1).mean(-1)
             loss = -(a - cfg.fluency * ce_soft).sum()
@@ -323,11 +347,18 @@ def soft_prompt(lm: Any, target: Any, config: OptimizeConfig | None = None, *, l
             sk = score_ids(lm, tgt, good, batch_size=cfg.batch_size, skip=cfg.skip)
             archive.add(torch.as_tensor(good), sk.activation, sk.ce, sk.objective)
             evaluated += len(good)
-        history.append({**_step_record(step, archive.front(), a.detach(), ce_soft.detach(), evaluated, t0), "loss": float(loss.detach())})
+        history.append(
+            {
+                **_step_record(step, archive.front(), a.detach(), ce_soft.detach(), evaluated, t0),
+                "loss": float(loss.detach()),
+            }
+        )
         if progress is not None:
             progress(history[-1])
     if not archive.points:
-        raise ConfigError(f"soft prompt: no projected prompt of {tgt.name} survived re-tokenisation in {cfg.steps} steps")
+        raise ConfigError(
+            f"soft prompt: no projected prompt of {tgt.name} survived re-tokenisation in {cfg.steps} steps"
+        )
     best = _finish(lm, tgt, archive, cfg)
     return OptimizeResult(
         tgt.name, getattr(tgt, "latent", None), "soft", best,

@@ -192,7 +192,9 @@ def score_ids(
             objs.append(obj[:, skip:].max(-1).values.cpu())
             per.append(rep.cpu())
             ces.append(
-                token_cross_entropy(logits, chunk).cpu() if logits is not None else torch.full((len(chunk),), np.nan)
+                token_cross_entropy(logits, chunk).cpu()
+                if logits is not None
+                else torch.full((len(chunk),), np.nan)
             )
     return Scores(
         torch.cat(acts).numpy(), torch.cat(objs).numpy(), torch.cat(ces).numpy(), torch.cat(per).numpy()
@@ -216,7 +218,9 @@ def prompt_cross_entropy(lm: Any, prompts: Sequence[Sequence[int]], batch_size: 
             for j, i in enumerate(rows):
                 ids[j, : len(prompts[i])] = torch.as_tensor(list(prompts[i]))
                 att[j, : len(prompts[i])] = 1
-            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=att.to(lm.device), use_cache=False).logits
+            logits = lm.model(
+                input_ids=ids.to(lm.device), attention_mask=att.to(lm.device), use_cache=False
+            ).logits
             lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None].to(lm.device))
             m = att[:, 1:].to(lp.device).float()
             ce = -(lp.squeeze(-1) * m).sum(1) / m.sum(1)
@@ -234,7 +238,9 @@ def check_target_site(lm: Any, target: Target) -> None:
     sae = getattr(target, "sae", None)
     d_in = getattr(sae, "d_in", None)
     if d_in is not None and not isinstance(target, CrosscoderTarget) and int(d_in) != int(lm.d_model):
-        raise ShapeError(f"SAE has d_in={d_in} but {lm.name} has d_model={lm.d_model}; it was trained on another model")
+        raise ShapeError(
+            f"SAE has d_in={d_in} but {lm.name} has d_model={lm.d_model}; it was trained on another model"
+        )
 
 
 def check_sae_site(sae: Any, site: Any) -> None:

@@ -40,7 +40,9 @@ def allowed_tokens(lm: Any) -> torch.Tensor:
     return ok
 
 
-def retokenize(lm: Any, ids: torch.Tensor | Sequence[Sequence[int]]) -> tuple[list[str], list[list[int]], list[bool]]:
+def retokenize(
+    lm: Any, ids: torch.Tensor | Sequence[Sequence[int]]
+) -> tuple[list[str], list[list[int]], list[bool]]:
     """Texts of the rows of ``ids``, their re-tokenised ids and whether each row survives."""
     rows = [list(map(int, r)) for r in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
     texts = lm.tokenizer.batch_decode(rows)

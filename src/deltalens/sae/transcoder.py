@@ -116,7 +116,9 @@ def transcoder_pairs(
     if not seqs:
         raise ConfigError("no token windows to collect transcoder training pairs from")
     out: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {layer: ([], []) for layer in layers}
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer is not None and lm.tokenizer.pad_token_id is not None else 0
+    pad = (
+        lm.tokenizer.pad_token_id if lm.tokenizer is not None and lm.tokenizer.pad_token_id is not None else 0
+    )
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i : i + batch_size]
         T = max(len(s) for s in chunk)
@@ -173,7 +175,9 @@ def train_transcoder(
     from .train import Trainer
 
     if x.shape != y.shape or x.dim() != 2:
-        raise ConfigError(f"transcoder pairs must be two [n, d] tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ConfigError(
+            f"transcoder pairs must be two [n, d] tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     w_skip = fit_skip(x, y) if skip else None
     target = y if w_skip is None else y - x @ w_skip
     trainer = Trainer(config, x.shape[1], site=f"mlp_out.{layer}", model_name=model_name, out=out)
