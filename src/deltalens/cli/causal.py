@@ -107,7 +107,7 @@ def run_cmd(
     _print(res, dest)
 
 
-def _print(res: Any, dest: Path, top: int = 30) -> None:
+def _print(res: Any, dest: Path, top: int = 30, wrote: bool = True) -> None:
     cols = [
         "type",
         "group",
@@ -132,7 +132,10 @@ def _print(res: Any, dest: Path, top: int = 30) -> None:
         f"{m}: " + ", ".join(f"{k}={v:.4g}" for k, v in means.items()) for m, means in res.controls.items()
     )
     console.print(f"controls (unmodified models): {ctrl}")
-    console.print(f"wrote {dest}/summary.csv, causal.json and figures ({res.seconds:.0f} s)")
+    if wrote:
+        console.print(f"wrote {dest}/summary.csv, causal.json and figures ({res.seconds:.0f} s)")
+    else:
+        console.print(f"summarised from {dest}/results.jsonl ({len(res.rows)} rows)")
 
 
 def summary_cmd(
@@ -143,7 +146,7 @@ def summary_cmd(
     from ..causal import summarize_dir
 
     res = summarize_dir(run_dir)
-    _print(res, run_dir, top)
+    _print(res, run_dir, top, wrote=False)
 
 
 SUBAPPS = [(causal_app, "causal", {"run": run_cmd, "summary": summary_cmd})]
