@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
+
 import pytest
-from protein_helpers import build_hmm, family, mutate, random_seq
 
 from deltalens.diff.organisms import preference_pairs
 from deltalens.diff.scorers import CombinedScorer, load_scorer, pareto_fronts
@@ -13,6 +13,7 @@ from deltalens.generate import Generation
 from deltalens.protein.cache import ScoreCache
 from deltalens.protein.records import ProteinRecord, write_fasta
 from deltalens.protein.scorers import AlignmentScorer, HMMScorer, OracleScorer, clean_generated
+from protein_helpers import build_hmm, family, mutate, random_seq
 
 
 def _gen(i: int, r: int, text: str) -> Generation:
@@ -249,9 +250,9 @@ def test_plddt_plumbing_only_tiny_random_esmfold():
     """Plumbing only: a tiny random ESMFold (no real weights) — pLDDT = 100 × mean Cα pLDDT of
     ``EsmForProteinFolding.infer``, independent of padding in a batch."""
     import torch
-    from protein_helpers import tiny_esmfold
 
     from deltalens.protein.scorers import PLDDTScorer
+    from protein_helpers import tiny_esmfold
 
     model = tiny_esmfold()
     seqs = ["MKVLAAGIVGK", "MKKL", "WWPPGGHHAACC"]
