@@ -69,3 +69,12 @@ def tiny_esmfold(seed: int = 0):
     )  # fmt: skip
     torch.manual_seed(seed)
     return EsmForProteinFolding(cfg).eval()
+
+
+def tiny_protein_lm(directory: Path, tags=("famA", "famB"), layers: int = 2, d: int = 32, records=()) -> Path:
+    """A tiny random ZymCTRL-shaped GPT-2 with the testbed tokenizer, saved as an HF directory."""
+    from deltalens.protein.testbed import TestbedConfig, build_model, build_tokenizer, save_protein_lm
+
+    tok = build_tokenizer(list(tags))
+    model = build_model(TestbedConfig(n_layer=layers, d_model=d, n_head=2), tok)
+    return save_protein_lm(model, tok, directory, list(tags), list(records))
