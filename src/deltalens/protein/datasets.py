@@ -195,13 +195,32 @@ def build_datasets(
     if (series is None) == (models is None):
         raise ConfigError("give a series directory (--series) or models (--model I=SPEC), not both")
     out = Path(out)
+    from .scorers import is_protein_spec, load_protein_scorer
+
+    scs = (
+        list(scorers)
+        if scorers is not None
+        else [
+            load_protein_scorer(s, cache=None) if is_protein_spec(s) else as_scorer(s) for s in config.scorers
+        ]
+    )
+    key = config_hash({"scorers": [s.config() for s in scs], "config": config.to_dict()})
+    loaded: dict[int, Any] = {}
+    if models is not None:  # every input is checked before anything is written
+        from .lm import check_tags, load_protein_lm
+
+        if not config.tags:
+            raise ConfigError("--tag: generating needs at least one tag")
+        todo = [i for i in sorted(models) if not (out / f"D{i}.jsonl").is_file()]
+        if todo:  # one model at a time in memory: the checkpoints of a series share the tokenizer
+            i = todo[0]
+            loaded[i] = load_protein_lm(models[i]) if isinstance(models[i], (str, Path)) else models[i]
+            check_tags(loaded[i], config.tags)
     out.mkdir(parents=True, exist_ok=True)
     cache = ScoreCache(out / SCORES_DB)
-    scs = list(scorers) if scorers is not None else [as_scorer(s) for s in config.scorers]
     for s in scs:
         if hasattr(s, "cache"):
             s.cache = cache
-    key = config_hash({"scorers": [s.config() for s in scs], "config": config.to_dict()})
     if series is not None:
         data = series_records(series)
         source = str(series)
@@ -212,10 +231,6 @@ def build_datasets(
             gen = {k: c.get(k2) for k, k2 in (("temperature", "temperature"), ("top_p", "top_p"),
                                                 ("max_new_tokens", "max_new_tokens"), ("seed", "seed"))}  # fmt: skip
     else:
-        from .lm import load_protein_lm
-
-        if not config.tags:
-            raise ConfigError("--tag: generating needs at least one tag")
         data = {}
         source = ", ".join(
             f"M{i}={m if isinstance(m, str) else getattr(m, 'spec', m)}" for i, m in models.items()
@@ -226,7 +241,7 @@ def build_datasets(
             if jl.is_file():
                 data[i] = series_records(out)[i]
                 continue
-            lm = load_protein_lm(spec) if isinstance(spec, (str, Path)) else spec
+            lm = loaded.pop(i, None) or (load_protein_lm(spec) if isinstance(spec, (str, Path)) else spec)
             recs = _generated_records(lm, i, config)
             from ..io import atomic_write, to_json
 
