@@ -225,3 +225,154 @@ SUBAPPS = [
         },
     )
 ]
+
+
+from ..protein.study import ProteinStudyConfig as _ST  # noqa: E402
+
+
+def study_cmd(
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="M0: a ZymCTRL-style LM (default: the testbed, built if missing)."
+    ),
+    out: Path = typer.Option(Path("experiments/protein_study"), "--out", "-o", help="Experiment directory."),
+    refs: Path | None = typer.Option(
+        None, "--refs", help="Training set of the tag (default: the testbed's)."
+    ),
+    tag: str = config_option(_ST, "tag"),
+    hmm: str | None = config_option(_ST, "hmm"),
+    iterations: int = config_option(_ST, "iterations"),
+    prompts: int = config_option(_ST, "prompts"),
+    samples: int = config_option(_ST, "samples"),
+    max_new_tokens: int = config_option(_ST, "max_new_tokens"),
+    dpo_lr: float = config_option(_ST, "dpo_lr"),
+    dpo_epochs: float = config_option(_ST, "dpo_epochs"),
+    site: str = config_option(_ST, "site"),
+    null_groups: int = config_option(_ST, "causal_null_groups"),
+    seed: int = config_option(_ST, "seed"),
+    skip: str | None = config_option(_ST, "skip"),
+) -> None:
+    """The protein study: DPO M1…Mn towards a higher HMM score → datasets → SAEs → probes → causal."""
+    from ..protein.study import run_study
+
+    cfg = _ST(tag=tag, hmm=hmm, iterations=iterations, prompts=prompts, samples=samples,
+              max_new_tokens=max_new_tokens, dpo_lr=dpo_lr, dpo_epochs=dpo_epochs, site=site,
+              causal_null_groups=null_groups, seed=seed, skip=split_list(skip))  # fmt: skip
+    if model is None:
+        from ..protein.testbed import build_testbed
+
+        model = build_testbed().path
+    res = run_study(model, out, cfg, refs=refs)
+    print_study(res)
+
+
+def print_study(res) -> None:  # noqa: ANN001 - a ProteinStudy
+    console.print(
+        table(
+            f"M0…M{len(res.per_iteration) - 1}: sequences generated for '{res.tag}'",
+            [
+                "model",
+                "n",
+                "mean length",
+                "mean HMM bits",
+                "± se",
+                "HMM hit rate",
+                "identity to train",
+                "coverage",
+                "identity ≥ 0.95",
+            ],
+            [
+                (
+                    r["model"],
+                    r["n"],
+                    r["mean_length"],
+                    r["hmm_mean"],
+                    r["hmm_se"],
+                    r["hmm_hit_rate"],
+                    r["identity_mean"],
+                    r["coverage_mean"],
+                    r["identity_ge_0.95"],
+                )
+                for r in res.per_iteration
+            ],
+        )  # fmt: skip
+    )
+    if res.dpo:
+        console.print(
+            table(
+                "DPO rounds (pairs: best vs worst HMM score of each prompt's samples)",
+                ["checkpoint", "trained on", "pairs", "chosen mean", "rejected mean", "train loss"],
+                [
+                    (
+                        d["checkpoint"],
+                        d["trained_on"],
+                        d["pairs"],
+                        d["chosen"],
+                        d["rejected"],
+                        d["train_loss"],
+                    )
+                    for d in res.dpo
+                ],
+            )  # fmt: skip
+        )
+    if res.probes:
+        console.print(
+            table(
+                "probes (high vs low, 4-fold CV AUROC)",
+                ["SAE", "metric", "method", "k", "AUROC", "dense", "shuffled labels", "random latents"],
+                [
+                    (
+                        p["sae"],
+                        p["metric"],
+                        p["method"],
+                        p.get("k"),
+                        p.get("cv_auroc"),
+                        p.get("dense_auroc"),
+                        p.get("shuffled_auroc"),
+                        p.get("random_latents_auroc"),
+                    )
+                    for p in res.probes
+                ],
+            )  # fmt: skip
+        )
+    if res.causal:
+        console.print(
+            table(
+                "causal: top HMM-probe latents vs matched null groups",
+                [
+                    "type",
+                    "group",
+                    "branch",
+                    "SAE",
+                    "metric",
+                    "effect",
+                    "95% CI",
+                    "null mean ± sd",
+                    "z",
+                    "outside null",
+                ],
+                [
+                    (
+                        c["type"],
+                        c["group"],
+                        c["branch"],
+                        c["sae"],
+                        c["metric"],
+                        c.get("effect"),
+                        f"[{_f(c.get('ci_low'))}, {_f(c.get('ci_high'))}]",
+                        f"{_f(c.get('null_mean'))} ± {_f(c.get('null_sd'))}",
+                        c.get("z"),
+                        c.get("outside_null"),
+                    )
+                    for c in res.causal
+                ],
+            )  # fmt: skip
+        )
+    console.print(f"timings (s): {res.timings}")
+    console.print("files: " + ", ".join(f"{k} → {v}" for k, v in res.paths.items()))
+
+
+def _f(x) -> str:  # noqa: ANN001
+    return "–" if x is None else f"{x:.3g}"
+
+
+SUBAPPS[0][2]["study"] = study_cmd
