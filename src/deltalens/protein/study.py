@@ -47,11 +47,11 @@ class ProteinStudyConfig(StageConfig):
         None, flag="--hmm", help="HMM of the key metric (default: the example profile of --tag)."
     )
     iterations: int = option(3, flag="--iterations", help="DPO rounds (M1 … Mn).")
-    prompts: int = option(16, flag="--prompts", help="Copies of the tag prompt (one pair per prompt).")
+    prompts: int = option(24, flag="--prompts", help="Copies of the tag prompt (one pair per prompt).")
     samples: int = option(6, flag="--samples", help="Samples per prompt per checkpoint.")
     max_new_tokens: int = option(120, flag="--max-new-tokens", help="Longest generated sequence.")
     temperature: float = option(1.0, flag="--temperature", help="Sampling temperature.")
-    dpo_lr: float = option(1e-4, flag="--dpo-lr", help="DPO learning rate (full fine-tuning).")
+    dpo_lr: float = option(5e-4, flag="--dpo-lr", help="DPO learning rate (full fine-tuning).")
     dpo_epochs: float = option(3.0, flag="--dpo-epochs", help="DPO epochs per round.")
     beta: float = option(0.1, flag="--beta", help="DPO β.")
     site: str = option("resid.2", flag="--site", help="SAE site.")
@@ -246,9 +246,8 @@ def run_study(
             times["probes"] = time.time() - t
             if "causal" not in cfg.skip:
                 t = time.time()
-                res.causal, cdir = _causal(
-                    series_dir, sae_dir, probe_dirs, prompt, hmm_spec, n, cfg, exp, progress
-                )
+                metrics = {hmm.name: f"hmm:{hmm_spec}", f"{align.label}_identity": f"align:{ref_path}"}
+                res.causal, cdir = _causal(series_dir, sae_dir, probe_dirs, prompt, metrics, n, cfg, exp, progress)
                 res.paths["causal"] = cdir
                 times["causal"] = time.time() - t
     res.timings = {k: round(v, 1) for k, v in times.items()}
@@ -366,7 +365,7 @@ def _causal(
     sae_dir: Path,
     probe_dirs: dict[str, str],
     prompt: str,
-    hmm_spec: str,
+    metrics: dict[str, str],
     n: int,
     cfg: ProteinStudyConfig,
     exp: Any,
@@ -381,7 +380,7 @@ def _causal(
         models={"0": _base_of(series_dir)},
         sae_root=str(sae_dir),
         probes=probe_dirs,
-        metrics={"hmm": f"hmm:{hmm_spec}"},
+        metrics=metrics,
         types=["ablation", "steering"],
         iterations=[n],
         branches=["MD", "M0D"],
