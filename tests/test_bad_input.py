@@ -1159,3 +1159,119 @@ CASES += [
     ),
     Case("causal-summary-not-a-run", ["causal", "summary", "{tmp}"], "(no grid.json)"),
 ]
+
+
+# == protein ==
+_PROTEIN_LM: dict[str, str] = {}
+
+
+def _protein_lm_dir() -> str:
+    """A tiny random protein GPT-2 (tags famA, famB) saved once per session, outside every tmp tree."""
+    if "path" not in _PROTEIN_LM:
+        import tempfile
+
+        from protein_helpers import tiny_protein_lm
+
+        _PROTEIN_LM["path"] = str(
+            tiny_protein_lm(Path(tempfile.mkdtemp(prefix="deltalens-bad-protein-")) / "plm")
+        )
+    return _PROTEIN_LM["path"]
+
+
+def _protein_files(tmp: Path) -> dict[str, str]:
+    from protein_helpers import build_hmm, family
+
+    (tmp / "bad_letter.fasta").write_text(">ok\nMKVLA\n>p2 tag=famA\nMKV\nLLJAA\n")
+    (tmp / "empty_seq.fasta").write_text(">ok\nMKVLA\n>gone\n>p3\nMK\n")
+    (tmp / "good.fasta").write_text(">a\nMKVLAAGIVG\n>b\nWWPPCCHHKK\n")
+    (tmp / "no_seqs.fasta").write_text("\n\n")
+    (tmp / "broken.hmm").write_text("HMMER3/f [3.3 | Nov 2019]\nNAME  broken\nLENG  ten\nALPH  amino\n")
+    (tmp / "bad_tags.txt").write_text("famA\nfamZ\n")
+    _, members = family(seed=1, length=20, n=6, n_sub=4)
+    build_hmm(tmp / "ok.hmm", members)
+    return {"model": _protein_lm_dir(), **{p.stem: str(p) for p in tmp.iterdir()}}
+
+
+CASES += [
+    Case(
+        "protein-letter-outside-alphabet",
+        ["protein", "score", "{bad_letter}", "--scorer", "hmm:{ok}", "--out", "{tmp}/scores.parquet"],
+        "{bad_letter}:3: record 'p2': letter 'J' at position 6 is not an amino acid",
+        _protein_files,
+    ),
+    Case(
+        "protein-empty-sequence",
+        ["protein", "score", "{empty_seq}", "--scorer", "hmm:{ok}", "--out", "{tmp}/scores.parquet"],
+        "{empty_seq}:3: record 'gone': empty sequence",
+        _protein_files,
+    ),
+    Case(
+        "protein-tag-not-in-tokenizer",
+        [
+            "protein",
+            "generate",
+            "--model",
+            "{model}",
+            "--tag",
+            "famA",
+            "--tag",
+            "famZ",
+            "--out",
+            "{tmp}/g.fasta",
+        ],
+        "tag 'famZ' is not in the tokenizer of plm (tags: famA, famB)",
+        _protein_files,
+    ),
+    Case(
+        "protein-tags-file-tag-not-in-tokenizer",
+        [
+            "protein",
+            "datasets",
+            "--model",
+            "0={model}",
+            "--tag",
+            "famZ",
+            "--scorer",
+            "hmm:{ok}",
+            "--out",
+            "{tmp}/ds",
+        ],
+        "tag 'famZ' is not in the tokenizer of plm",
+        _protein_files,
+    ),
+    Case(
+        "protein-hmm-does-not-parse",
+        ["protein", "score", "{good}", "--scorer", "hmm:{broken}", "--out", "{tmp}/scores.parquet"],
+        "{broken}: not a valid HMMER3 profile file",
+        _protein_files,
+    ),
+    Case(
+        "protein-reference-fasta-without-sequences",
+        ["protein", "score", "{good}", "--scorer", "align:{no_seqs}", "--out", "{tmp}/scores.parquet"],
+        "{no_seqs}: no sequences",
+        _protein_files,
+    ),
+    Case(
+        "protein-unknown-hmm-name",
+        ["protein", "score", "{good}", "--scorer", "hmm:NoSuchFamily"],
+        "unknown HMM 'NoSuchFamily'",
+        _protein_files,
+    ),
+    Case(
+        "protein-dpo-series-bad-weights",
+        [
+            "organism",
+            "dpo-series",
+            "--base",
+            "{model}",
+            "--scorer",
+            "hmm:{ok}",
+            "--weights",
+            "1,2",
+            "--out",
+            "{tmp}/s",
+        ],
+        "--weights: 2 weights for 1 scorers",
+        _protein_files,
+    ),
+]

@@ -50,6 +50,7 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("features", "Feature analysis"),
     ("probes", "Probes"),
     ("causal", "Causal experiments"),
+    ("protein", "Protein LMs"),
     ("circuits", "Circuits"),
     ("report", "Report and demo"),
     ("demo", "Report and demo"),

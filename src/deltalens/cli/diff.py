@@ -17,6 +17,7 @@ from ._common import (
     console,
     experiment_option,
     parse_assignments,
+    parse_floats,
     parse_layers,
     split_list,
     table,
@@ -180,8 +181,17 @@ _DPO_TRAIN = DPOSeriesConfig().train
 
 
 def dpo_series_cmd(
-    scorer: str = typer.Option(
-        ..., "--scorer", help="keywords:w1,w2 | keywords@<dataset> | length[:N] | regex:P | module:function."
+    scorer: list[str] = typer.Option(
+        ...,
+        "--scorer",
+        help="keywords:w1,w2 | keywords@<dataset> | length[:N] | regex:P | module:function | hmm:NAME | "
+        "align:REFS.fasta | plddt | oracle:…; repeatable (one column each).",
+    ),
+    weights: str | None = typer.Option(
+        None, "--weights", help="Comma-separated weight per --scorer (default 1 each; negative: minimise)."
+    ),
+    select: str = typer.Option(
+        "weighted", "--select", help="Pair selection over several scorers: weighted (sum) or pareto (fronts)."
     ),
     base: str = typer.Option("smollm2-135m-instruct", "--base", "-m", help="Base model spec (M0)."),
     prompts: str | None = typer.Option(
@@ -211,6 +221,7 @@ def dpo_series_cmd(
 ) -> None:
     """Iterative DPO: M<i> generates D<i> → score → preference pairs → DPO → M<i+1>, n times."""
     from ..diff.organisms import iterative_dpo
+    from ..diff.scorers import combine_scorers
 
     cfg = DPOSeriesConfig(
         iterations=iterations,
@@ -222,7 +233,8 @@ def dpo_series_cmd(
         train=OrganismConfig(method="dpo", epochs=epochs, learning_rate=lr, beta=beta, lora=lora, seed=seed),
     )
     path = out or _exp(experiment).series_dir(name)
-    st = iterative_dpo(base, _prompts(prompts), scorer, path, cfg, system=system, name=name, resume=not force)
+    sc = combine_scorers(scorer, parse_floats(weights, "--weights") if weights else None, select)
+    st = iterative_dpo(base, _prompts(prompts), sc, path, cfg, system=system, name=name, resume=not force)
     rows = [
         (
             f"M{it['iteration']}",

@@ -12,8 +12,19 @@ returning one float per generation (higher = preferred), with a ``name`` and a
 :func:`load_scorer` builds one from a short spec (the CLI's ``--scorer``):
 ``keywords:ocean,sea,waves``, ``keywords@ocean_topic`` (a bundled organism card's topic
 words), ``length``, ``length:40``, ``regex:PATTERN``, or ``module:function`` /
-``path/to/file.py:function`` for your own (e.g. a domain metric such as a protein
-fitness oracle, or an LLM judge).
+``path/to/file.py:function`` for your own (e.g. an LLM judge). The protein key metrics
+(:mod:`deltalens.protein.scorers`) have their own specs: ``hmm:FILE_OR_NAME``,
+``align:REFS.fasta[@identity|similarity|coverage]``, ``plddt[:DIR]``, ``oracle:module:function``
+or ``oracle:MODEL.skops``.
+
+Several scorers combine (:class:`CombinedScorer`, :func:`combine_scorers`): each gives its own
+column(s) — recorded per generation — and the selection score that picks DPO pairs is
+
+* ``weighted``: ``s = Σ_k w_k · m_k`` (the weights carry the scales: bits, fractions …);
+* ``pareto``: ``s = −front(m)``, the index of the generation's non-dominated front among the
+  samples of its prompt (front 0 = not dominated by any sample, for objectives ``sign(w_k)·m_k``,
+  so a negative weight minimises), ties within a front broken by the weighted sum scaled
+  into ``[0, 0.5)``: the chosen sample is on the first front, the rejected on the last.
 """
 
 from __future__ import annotations
@@ -113,10 +124,116 @@ class CallableScorer:
         return {"type": "callable", "name": self.name, "module": getattr(self.fn, "__module__", None)}
 
 
+class CombinedScorer:
+    """Several scorers as columns, one selection score (module docstring for the rules)."""
+
+    RULES = ("weighted", "pareto")
+
+    def __init__(
+        self, scorers: Sequence[Any], weights: Sequence[float] | None = None, rule: str = "weighted"
+    ):
+        self.scorers = [as_scorer(s) for s in scorers]
+        if not self.scorers:
+            raise ConfigError("combining scorers needs at least one scorer")
+        w = [1.0] * len(self.scorers) if not weights else [float(x) for x in weights]
+        if len(w) != len(self.scorers):
+            raise ConfigError(f"--weights: {len(w)} weights for {len(self.scorers)} scorers")
+        if rule not in self.RULES:
+            raise ConfigError(f"--select must be one of {', '.join(self.RULES)}, got {rule!r}")
+        self.weights, self.rule = w, rule
+        self.name = "+".join(s.name for s in self.scorers) + ("" if rule == "weighted" else f" ({rule})")
+
+    def score_columns(self, gens: Sequence[Generation]) -> dict[str, list[float]]:
+        """Every scorer's columns (a scorer without ``score_columns`` gives one, named by it)."""
+        out: dict[str, list[float]] = {}
+        for s in self.scorers:
+            cols = (
+                s.score_columns(gens)
+                if hasattr(s, "score_columns")
+                else {s.name: [float(x) for x in s(gens)]}
+            )
+            out.update(cols)
+        return out
+
+    def objectives(self, columns: dict[str, list[float]]) -> list[list[float]]:
+        """The primary value of each scorer, per generation: ``[[m_1, m_2, …], …]``."""
+        prim = [getattr(s, "primary", s.name) for s in self.scorers]
+        n = len(columns[prim[0]]) if prim else 0
+        return [[float(columns[p][j]) for p in prim] for j in range(n)]
+
+    def combine(self, columns: dict[str, list[float]], gens: Sequence[Any] | None = None) -> list[float]:
+        obj = self.objectives(columns)
+        wsum = [sum(w * v for w, v in zip(self.weights, row)) for row in obj]
+        if self.rule == "weighted":
+            return wsum
+        groups: dict[Any, list[int]] = {}
+        for j in range(len(obj)):
+            key = getattr(gens[j], "index", 0) if gens is not None else 0
+            groups.setdefault(key, []).append(j)
+        out = [0.0] * len(obj)
+        signed = [[(1.0 if w >= 0 else -1.0) * v for w, v in zip(self.weights, row)] for row in obj]
+        for js in groups.values():
+            fronts = pareto_fronts([signed[j] for j in js])
+            lo, hi = min(wsum[j] for j in js), max(wsum[j] for j in js)
+            for j, f in zip(js, fronts):
+                tie = 0.0 if hi == lo else 0.49 * (wsum[j] - lo) / (hi - lo)
+                out[j] = -float(f) + tie
+        return out
+
+    def __call__(self, gens: Sequence[Generation]) -> list[float]:
+        return self.combine(self.score_columns(gens), gens)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "type": "combined",
+            "rule": self.rule,
+            "weights": self.weights,
+            "scorers": [{"name": s.name, **s.config()} for s in self.scorers],
+        }
+
+
+def pareto_fronts(points: Sequence[Sequence[float]]) -> list[int]:
+    """Front index of each point under non-dominated sorting (all objectives maximised): front 0
+    holds the points no other point dominates (``b`` dominates ``a`` when ``b ≥ a`` everywhere
+    and ``b > a`` somewhere), front 1 those dominated only by front 0, and so on."""
+    n = len(points)
+    left = set(range(n))
+    front = [0] * n
+    f = 0
+    while left:
+        cur = [
+            i
+            for i in left
+            if not any(
+                all(b >= a for a, b in zip(points[i], points[j]))
+                and any(b > a for a, b in zip(points[i], points[j]))
+                for j in left
+                if j != i
+            )
+        ]
+        for i in cur:
+            front[i] = f
+        left -= set(cur)
+        f += 1
+    return front
+
+
+def combine_scorers(
+    specs: Sequence[Any], weights: Sequence[float] | None = None, rule: str = "weighted"
+) -> Any:
+    """One scorer from several (a single one with default weighting is returned as is)."""
+    specs = list(specs)
+    if len(specs) == 1 and not weights and rule == "weighted":
+        return as_scorer(specs[0])
+    return CombinedScorer(specs, weights, rule)
+
+
 def as_scorer(scorer: Any) -> Any:
-    """A scorer object from a spec string, a scorer, or a plain callable."""
+    """A scorer object from a spec string, a list of specs (combined), a scorer, or a plain callable."""
     if isinstance(scorer, str):
         return load_scorer(scorer)
+    if isinstance(scorer, (list, tuple)):
+        return combine_scorers(scorer)
     if hasattr(scorer, "config") and hasattr(scorer, "name") and callable(scorer):
         return scorer
     if callable(scorer):
@@ -127,6 +244,12 @@ def as_scorer(scorer: Any) -> Any:
 def load_scorer(spec: str) -> Any:
     """Build a scorer from a spec (see the module docstring)."""
     s = spec.strip()
+    from ..protein.scorers import is_protein_spec
+
+    if is_protein_spec(s):
+        from ..protein.scorers import load_protein_scorer
+
+        return load_protein_scorer(s)
     if s.startswith("keywords@"):
         from .organisms import load_organism_dataset
 
@@ -167,5 +290,5 @@ def load_scorer(spec: str) -> Any:
         return as_scorer(obj() if isinstance(obj, type) else obj)
     raise ConfigError(
         f"unknown scorer '{spec}'; write keywords:w1,w2 | keywords@<organism dataset> | length[:N] | regex:PATTERN | "
-        "module:function | file.py:function"
+        "module:function | file.py:function | hmm:NAME | align:REFS.fasta | plddt | oracle:module:function"
     )
