@@ -247,7 +247,9 @@ def run_study(
             if "causal" not in cfg.skip:
                 t = time.time()
                 metrics = {hmm.name: f"hmm:{hmm_spec}", f"{align.label}_identity": f"align:{ref_path}"}
-                res.causal, cdir = _causal(series_dir, sae_dir, probe_dirs, prompt, metrics, n, cfg, exp, progress)
+                res.causal, cdir = _causal(
+                    series_dir, sae_dir, probe_dirs, prompt, metrics, n, cfg, exp, progress
+                )
                 res.paths["causal"] = cdir
                 times["causal"] = time.time() - t
     res.timings = {k: round(v, 1) for k, v in times.items()}
