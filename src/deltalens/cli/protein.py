@@ -246,6 +246,8 @@ def study_cmd(
     max_new_tokens: int = config_option(_ST, "max_new_tokens"),
     dpo_lr: float = config_option(_ST, "dpo_lr"),
     dpo_epochs: float = config_option(_ST, "dpo_epochs"),
+    select: str = config_option(_ST, "select"),
+    identity_weight: float = config_option(_ST, "identity_weight"),
     site: str = config_option(_ST, "site"),
     null_groups: int = config_option(_ST, "causal_null_groups"),
     seed: int = config_option(_ST, "seed"),
@@ -255,7 +257,8 @@ def study_cmd(
     from ..protein.study import run_study
 
     cfg = _ST(tag=tag, hmm=hmm, iterations=iterations, prompts=prompts, samples=samples,
-              max_new_tokens=max_new_tokens, dpo_lr=dpo_lr, dpo_epochs=dpo_epochs, site=site,
+              max_new_tokens=max_new_tokens, dpo_lr=dpo_lr, dpo_epochs=dpo_epochs, site=site, select=select,
+              identity_weight=identity_weight,
               causal_null_groups=null_groups, seed=seed, skip=split_list(skip))  # fmt: skip
     if model is None:
         from ..protein.testbed import build_testbed

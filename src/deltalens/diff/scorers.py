@@ -14,8 +14,8 @@ returning one float per generation (higher = preferred), with a ``name`` and a
 words), ``length``, ``length:40``, ``regex:PATTERN``, or ``module:function`` /
 ``path/to/file.py:function`` for your own (e.g. an LLM judge). The protein key metrics
 (:mod:`deltalens.protein.scorers`) have their own specs: ``hmm:FILE_OR_NAME``,
-``align:REFS.fasta[@identity|similarity|coverage]``, ``plddt[:DIR]``, ``oracle:module:function``
-or ``oracle:MODEL.skops``.
+``align:REFS.fasta[@identity|similarity|coverage]``, ``plddt[:DIR]`` and
+``oracle:module:function``.
 
 Several scorers combine (:class:`CombinedScorer`, :func:`combine_scorers`): each gives its own
 column(s) — recorded per generation — and the selection score that picks DPO pairs is

@@ -5,7 +5,7 @@
 * :mod:`.scorers` — key-metric scorers usable by ``organism dpo-series``, probes and the causal grid:
   profile-HMM bit score (:mod:`.hmm`, pyhmmer), alignment identity/similarity/coverage to the
   nearest reference (:mod:`.align`, parasail or Biopython), pLDDT (:mod:`.fold`, ESMFold), an
-  activity oracle (:mod:`.oracle`); cached (:mod:`.cache`);
+  activity oracle (a user function); cached (:mod:`.cache`);
 * :mod:`.lm` — loading a protein LM as any causal LM, tag-conditioned generation, residue positions;
 * :mod:`.testbed` — the offline testbed model: a tiny ZymCTRL-shaped GPT-2 trained on the Pfam seeds
   and SwissProt entries that Debian's ``hmmer-examples`` / ``emboss-test`` ship;

@@ -12,8 +12,8 @@ the per-iteration datasets take it by spec:
 * ``plddt[:MODEL_DIR]`` — :class:`PLDDTScorer`, mean pLDDT of an ESMFold prediction
   (transformers ``EsmForProteinFolding``, local weights only);
 * ``oracle:module:function`` / ``oracle:file.py:function`` — :class:`OracleScorer`, any regressor
-  ``f(list of sequences) -> list of floats``; ``oracle:MODEL.skops`` — a saved scikit-learn model
-  over mean-pooled LM embeddings (:mod:`.oracle`).
+  ``f(list of sequences) -> list of floats`` (a saved scikit-learn model over embeddings is
+  wrapped in such a function).
 
 Sequences come from generations (their ``response``), :class:`~.records.ProteinRecord` or strings;
 generated text is cleaned by :func:`clean_generated` (whitespace dropped, upper case, letters
@@ -355,13 +355,10 @@ def load_protein_scorer(spec: str, *, cache: Any = True) -> ProteinScorer:
         return PLDDTScorer(s.split(":", 1)[1] if ":" in s else None, cache=cache)
     if s.startswith("oracle:"):
         rest = s[7:]
-        if rest.endswith(".skops") or rest.split("@")[0].endswith(".skops"):
-            from .oracle import load_sklearn_oracle
-
-            return load_sklearn_oracle(rest, cache=cache)
         if ":" not in rest:
             raise ConfigError(
-                f"scorer '{spec}': write oracle:module:function, oracle:file.py:function or oracle:MODEL.skops"
+                f"scorer '{spec}': write oracle:module:function or oracle:file.py:function (a function from a "
+                "list of sequences to a list of floats; wrap a saved regressor in one)"
             )
         mod, _, fn = rest.rpartition(":")
         obj = _import_attr(mod, fn, spec)

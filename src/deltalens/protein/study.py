@@ -5,8 +5,10 @@ With ``M0`` the testbed model (or any ZymCTRL-style LM) and one family tag ``T``
 
 1. **DPO series** (:func:`deltalens.diff.organisms.iterative_dpo`): ``M<i>`` samples ``samples``
    sequences for each of ``prompts`` copies of ``T<sep><start>``; the profile-HMM bit score of
-   ``T`` (:class:`~.scorers.HMMScorer`) picks the best-vs-worst pair of each prompt; DPO gives
-   ``M<i+1>``; ``D<i>`` = what ``M<i>`` generated (``D<n>`` too);
+   ``T`` (:class:`~.scorers.HMMScorer`) picks the best-vs-worst pair of each prompt (or, with
+   ``select="pareto"`` / ``identity_weight``, the HMM score and the identity to the training set
+   together, :class:`~deltalens.diff.scorers.CombinedScorer`); DPO gives ``M<i+1>``; ``D<i>`` =
+   what ``M<i>`` generated (``D<n>`` too);
 2. **datasets** (:func:`~.datasets.build_datasets`): every ``D<i>`` scored by the HMM and by the
    alignment to the training set of ``T`` (identity, similarity, coverage: the memorisation check);
 3. **iterative SAEs** (:func:`deltalens.sae.iterative.train_series`), both branches
@@ -54,6 +56,16 @@ class ProteinStudyConfig(StageConfig):
     dpo_lr: float = option(5e-4, flag="--dpo-lr", help="DPO learning rate (full fine-tuning).")
     dpo_epochs: float = option(3.0, flag="--dpo-epochs", help="DPO epochs per round.")
     beta: float = option(0.1, flag="--beta", help="DPO β.")
+    select: str = option(
+        "weighted",
+        flag="--select",
+        help="DPO pair selection: weighted (sum) or pareto over HMM score and identity.",
+    )
+    identity_weight: float = option(
+        0.0,
+        flag="--identity-weight",
+        help="Weight of the identity to the training set in pair selection (negative: avoid memorisation).",
+    )
     site: str = option("resid.2", flag="--site", help="SAE site.")
     sae_expansion: int = option(4, flag="--sae-expansion", help="d_sae = expansion × d_model.")
     sae_k: int = option(16, flag="--sae-k", help="TopK k.")
@@ -80,6 +92,8 @@ class ProteinStudyConfig(StageConfig):
             at_least(self, f, 1)
         at_least(self, "samples", 2)
         at_least(self, "causal_null_groups", 0)
+        if self.select not in ("weighted", "pareto"):
+            raise ConfigError(f"--select must be weighted or pareto, got {self.select!r}")
         bad = [s for s in self.skip if s not in ("sae", "features", "probes", "causal")]
         if bad:
             raise ConfigError(f"--skip: unknown stage {bad[0]!r} (valid: sae, features, probes, causal)")
@@ -193,7 +207,12 @@ def run_study(
             seed=cfg.seed,
         ),
     )
-    series = iterative_dpo(lm, [prompt] * cfg.prompts, hmm, series_dir, dpo_cfg, progress=progress)
+    selector: Any = hmm
+    if cfg.select == "pareto" or cfg.identity_weight:
+        from ..diff.scorers import CombinedScorer
+
+        selector = CombinedScorer([hmm, align], weights=[1.0, cfg.identity_weight], rule=cfg.select)
+    series = iterative_dpo(lm, [prompt] * cfg.prompts, selector, series_dir, dpo_cfg, progress=progress)
     times["dpo_series"] = time.time() - t
 
     t = time.time()
