@@ -16,12 +16,32 @@ Stages (each a config → one function → a typed result with save/load, :mod:`
 """
 
 from . import describe as _describe  # noqa: F401
+from .cluster import (
+    AnalyzeConfig,
+    ClusterAnalysis,
+    ClusterConfig,
+    ClusterResult,
+    SelectConfig,
+    Selection,
+    analyze_clusters,
+    cluster_latents,
+    select_features,
+)
 from .collect import CollectConfig, CollectResult, collect, load_prompts
 from .filter import FilterConfig, FilterResult, filter_latents
 from .optimize import OptimizeConfig, OptimizeResult, epo, optimize, soft_prompt
 from .score import CrosscoderTarget, DirectionTarget, LatentTarget, LogitDiffTarget, Target
 
 __all__ = [
+    "AnalyzeConfig",
+    "ClusterAnalysis",
+    "ClusterConfig",
+    "ClusterResult",
+    "SelectConfig",
+    "Selection",
+    "analyze_clusters",
+    "cluster_latents",
+    "select_features",
     "CollectConfig",
     "CollectResult",
     "CrosscoderTarget",
