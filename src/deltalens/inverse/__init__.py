@@ -28,11 +28,17 @@ from .cluster import (
     select_features,
 )
 from .collect import CollectConfig, CollectResult, collect, load_prompts
+from .explain import ExplainConfig, ExplainResult, apply_to_dashboards, explain_latents, write_for_sae
 from .filter import FilterConfig, FilterResult, filter_latents
 from .optimize import OptimizeConfig, OptimizeResult, epo, optimize, soft_prompt
 from .score import CrosscoderTarget, DirectionTarget, LatentTarget, LogitDiffTarget, Target
 
 __all__ = [
+    "ExplainConfig",
+    "ExplainResult",
+    "apply_to_dashboards",
+    "explain_latents",
+    "write_for_sae",
     "AnalyzeConfig",
     "ClusterAnalysis",
     "ClusterConfig",

@@ -6,5 +6,6 @@ from __future__ import annotations
 
 from . import cluster as _cluster  # noqa: F401
 from . import collect as _collect  # noqa: F401
+from . import explain as _explain  # noqa: F401
 from . import filter as _filter  # noqa: F401
 from . import optimize as _optimize  # noqa: F401
