@@ -173,6 +173,48 @@ def stage_configs(config: Mapping[str, Any], *, where: str = "") -> dict[str, An
     return out
 
 
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A configuration file (YAML or JSON, the keys of :func:`get_default_config`, any subset).
+    Relative paths of ``model``, ``sae``, ``data.sources``, ``explanation.dashboards`` and
+    ``output.dir`` that exist beside the file are resolved against its directory."""
+    import yaml
+
+    from ..io import read_text
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataFormatError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(read_text(p)) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        raise DataFormatError(f"{at}: invalid YAML/JSON ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise DataFormatError(f"{p}: expected a mapping of settings at the top level")
+
+    def rel(v: Any) -> Any:
+        if isinstance(v, str) and not Path(v).is_absolute() and (p.parent / v).exists():
+            return str(p.parent / v)
+        return v
+
+    for key in ("model", "sae"):
+        if key in data:
+            data[key] = rel(data[key])
+    for sec, key in (("explanation", "dashboards"), ("output", "dir")):
+        if isinstance(data.get(sec), dict) and key in data[sec]:
+            data[sec][key] = rel(data[sec][key]) if key != "dir" else _rel_dir(p, data[sec][key])
+    if isinstance(data.get("data"), dict) and isinstance(data["data"].get("sources"), list):
+        data["data"]["sources"] = [rel(s) for s in data["data"]["sources"]]
+    return data
+
+
+def _rel_dir(cfg_file: Path, v: Any) -> Any:
+    if isinstance(v, str) and not Path(v).is_absolute():
+        return str(cfg_file.parent / v)
+    return v
+
+
 # ---- notebook stage functions ----------------------------------------------------------------
 def load_experiment_models(config: Mapping[str, Any]) -> tuple[Any, Any]:
     """``(lm, sae)`` of a config: the model spec ``model``, the SAE directory ``sae`` (its site
