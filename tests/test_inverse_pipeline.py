@@ -199,3 +199,23 @@ def test_unknown_keys_are_refused_with_their_path():
         update_config(base, {"pipeline": {"run_everything": True}})
     with pytest.raises(ConfigError, match="--min-dist must be in"):
         update_config(base, {"clustering": {"min_dist": 2.0}})
+
+
+def test_report_section(inputs, tmp_path):
+    from deltalens.experiment import Experiment
+    from deltalens.report.html import render_report
+
+    cfg = _config(inputs, None, output={"output": {"dir": None, "experiment": "inv-report"}})
+    res = run_experiment(cfg)
+    exp = Experiment.named("inv-report")
+    assert res.run_dir == exp.inverse_dir("inverse")
+    page = render_report(exp)
+    assert "Inverse problems" in page and "optimised prompts: found" in page
+    assert f"{sum(r['found'] for r in res.optimize_summary.rows)}/2" in page
+    assert "cohesion = mean pairwise cosine" in page and "simulation r" in page
+    assert "data:image/png;base64" in page and "cluster_map.html" in page
+    # a prompt's text is escaped in the heatmap (hover titles carry the values)
+    tok = res.optimized[0].best["tokens"][0]
+    import html
+
+    assert html.escape(tok.replace("\n", "⏎"), quote=True) in page
