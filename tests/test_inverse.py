@@ -142,9 +142,12 @@ def random_sae(tiny):
 
 
 def test_collect_matches_a_plain_forward_and_round_trips(tiny, random_sae, tmp_path):
-    texts = ["The quick brown fox jumps.", "Why is the sky blue?", "def add(a, b): return a + b", "Hi"]
+    texts = ["The quick brown fox jumps.", "Why is the sky blue?", "def add(a, b): return a + b", "H"]
     res = collect(tiny, random_sae, texts, CollectConfig(batch_size=3))
     assert sp.issparse(res.max) and res.max.shape == (4, 32)
+    # a one-token prompt has no positions ≥ 1 and no CE; percentiles skip it
+    assert res.n_tokens[3] == 0 and np.isnan(res.ce[3]) and res.max[3].nnz == 0
+    assert res.ce_percentile(90) == pytest.approx(float(np.percentile(res.ce[:3], 90)))
     mx, mean = _dense_reference(tiny, random_sae, texts[:3])
     np.testing.assert_allclose(res.max[:3].toarray(), mx, atol=1e-5)
     np.testing.assert_allclose(res.mean[:3].toarray(), mean, atol=1e-5)

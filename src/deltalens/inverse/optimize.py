@@ -79,6 +79,8 @@ class OptimizeConfig(StageConfig):
         if self.lambda_max < self.lambda_min:
             raise ConfigError(f"--lambda-max {self.lambda_max:g} is below --lambda-min {self.lambda_min:g}")
         in_range(self, "fluency", 0, 1e6)
+        if self.max_ce is not None and not math.isfinite(self.max_ce):
+            raise ConfigError(f"--max-ce must be a finite number, got {self.max_ce!r}")
         if not self.lr > 0 or not self.tau > 0:
             raise ConfigError(f"--lr and --tau must be > 0, got {self.lr!r} and {self.tau!r}")
 

@@ -82,7 +82,7 @@ RUN_FILE = "inverse_run.json"
 _SECTIONS: dict[str, tuple[type[StageConfig], dict[str, Any]]] = {
     "data": (CollectConfig, {"filtering": FilterConfig}),
     "clustering": (ClusterConfig, {"analysis": AnalyzeConfig, "selection": SelectConfig}),
-    "optimization": (OptimizeConfig, {"latents": None, "max_latents": None}),
+    "optimization": (OptimizeConfig, {"latents": None, "max_latents": None, "max_ce_percentile": None}),
     "explanation": (ExplainConfig, {"write_to_sae": False, "dashboards": None}),
 }
 
@@ -343,15 +343,18 @@ def optimize_feature(
 ) -> OptimizeResult:  # fmt: skip
     """Optimise a prompt for one latent (:func:`~.optimize.optimize`); with ``collection`` the
     result records the latent's collection maximum and CE percentile (acceptance columns) and
-    ``init="top_context"`` starts from the windows ending at its top collection peaks."""
+    ``init="top_context"`` starts from the windows ending at its top collection peaks; with
+    ``max_ce_percentile: q`` in the section, the reported prompt is the best with CE ≤ the
+    collection's ``q``-th CE percentile (``max_ce``)."""
     from .optimize import optimize
 
-    cfg = _make(
-        OptimizeConfig,
-        _section(optimization_config or {}, "optimization"),
-        ["latents", "max_latents"],
-        "optimization",
-    )
+    sec = _section(optimization_config or {}, "optimization")
+    cfg = _make(OptimizeConfig, sec, list(_SECTIONS["optimization"][1]), "optimization")
+    q = sec.get("max_ce_percentile") if isinstance(sec, Mapping) else None
+    if q is not None:
+        if collection is None or collection.ce is None:
+            raise ConfigError("optimization.max_ce_percentile needs a collection with cross-entropies")
+        cfg = cfg.replace(max_ce=collection.ce_percentile(float(q)))
     latent = check_latent(feature_id, int(sae.d_sae))
     init = None
     if cfg.init == "top_context":
@@ -644,6 +647,7 @@ def _c_optimize(r: _Runner) -> list[OptimizeResult]:
     coll = r.need("collect")
     ids = r.latents()
     cfg = r.sc["optimization"]
+    sec = r.cfg.get("optimization") or {}
     r.record("optimize", False)
     out = []
     reuse = r.use_cache
@@ -658,7 +662,7 @@ def _c_optimize(r: _Runner) -> list[OptimizeResult]:
             except DataFormatError:
                 res = None
         if res is None:
-            res = optimize_feature(r.lm, r.sae, i, cfg, collection=coll)
+            res = optimize_feature(r.lm, r.sae, i, sec, collection=coll)
             res.reference["cache_key"] = key
             res.save(d)
         out.append(res)
