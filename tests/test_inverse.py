@@ -106,7 +106,8 @@ def test_both_optimisers_find_the_planted_pair(planted, method):
 
 def test_optimised_result_round_trips_and_history_grows(planted, tmp_path):
     lm, sae, pair, _ = planted
-    res = epo(lm, sae, OptimizeConfig(length=2, steps=3, population=3, candidates=8), latent=0)
+    res = epo(lm, sae, OptimizeConfig(length=2, steps=3, population=3, candidates=8, max_ce=1e9), latent=0)
+    assert all(h["best_fluent_activation"] == h["best_activation"] for h in res.history)  # no CE binds
     res.save(tmp_path)
     back = OptimizeResult.load(tmp_path)
     assert back.best == res.best and len(back.history) == 3

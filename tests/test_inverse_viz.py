@@ -67,5 +67,11 @@ def test_heatmaps_progress_and_visualize(tmp_path):
     png = progress_figure(runs, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = visualize(tmp_path / "viz", clustering=cluster_latents(planted_collection(), None), optimized=runs)
-    assert sorted(out) == ["cluster_map_html", "cluster_map_png", "heatmaps_html", "progress_png"]
+    assert sorted(out) == [
+        "acceptance_png",
+        "cluster_map_html",
+        "cluster_map_png",
+        "heatmaps_html",
+        "progress_png",
+    ]
     assert all(p.is_file() for p in out.values())

@@ -133,10 +133,17 @@ def scatter(
     ylabel: str = "",
     diagonal: bool = False,
     annotate: Sequence[str] | None = None,
+    hline: float | None = None,
+    vline: float | None = None,
 ) -> Path:
-    """A scatter plot (optionally with the y = x line and point labels)."""
+    """A scatter plot (optionally with the y = x line, reference lines y = ``hline`` and
+    x = ``vline``, and point labels)."""
     fig, ax = new_figure(5.0, 4.5)
     ax.scatter(x, y, s=12, alpha=0.7)
+    if hline is not None:
+        ax.axhline(hline, color="grey", lw=1, ls="--")
+    if vline is not None:
+        ax.axvline(vline, color="grey", lw=1, ls="--")
     if diagonal and len(x):
         lo, hi = float(min(min(x), min(y))), float(max(max(x), max(y)))
         ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")

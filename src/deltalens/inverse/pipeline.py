@@ -739,6 +739,7 @@ def _l_viz(r: _Runner) -> dict[str, Path]:
     names = {
         "cluster_map_html": "cluster_map.html", "cluster_map_png": "cluster_map.png",
         "progress_png": "optimization_progress.png", "heatmaps_html": "token_heatmaps.html",
+        "acceptance_png": "acceptance.png",
     }  # fmt: skip
     r.out.figures = {k: d / v for k, v in names.items() if (d / v).is_file()}
     if not r.out.figures:

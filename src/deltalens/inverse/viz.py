@@ -11,6 +11,8 @@
 * :func:`token_heatmap_html` — every reported prompt, each token shaded by the target's
   activation on it (``alpha = a_t / max_t a_t``), HTML-escaped, with its score, CE and whether it
   survived re-tokenisation.
+* :func:`acceptance_figure` — every reported prompt at (CE − the collection's CE p90,
+  activation / the collection maximum);
 * :func:`cluster_map_png` — the static map for the report.
 """
 
@@ -141,18 +143,38 @@ def progress_figure(
     from ..plots import optimization_progress
 
     runs, refs = {}, {}
+    fluent = all(h.get("best_fluent_activation") is not None for r in results for h in r.history)
+    a_key, c_key = (
+        ("best_fluent_activation", "ce_at_best_fluent") if fluent else ("best_activation", "ce_at_best")
+    )
     for r in list(results)[:max_runs]:
         name = f"latent {r.latent}" if r.latent is not None else r.target
         runs[name] = {
             "step": [h["step"] for h in r.history],
-            "activation": [h["best_activation"] for h in r.history],
-            "ce": [h["ce_at_best"] for h in r.history],
+            "activation": [h[a_key] for h in r.history],
+            "ce": [h[c_key] for h in r.history],
         }
         refs[name] = {
             "activation": r.reference.get("collection_max"),
             "ce": r.reference.get("collection_ce_p90"),
         }
-    return optimization_progress(runs, path, title=title, references=refs)
+    sub = " (best with CE ≤ max_ce)" if fluent else " (best at any CE)"
+    return optimization_progress(runs, path, title=title + sub, references=refs)
+
+
+def acceptance_figure(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Each optimised latent at (CE − the collection's CE p90, activation / the collection max):
+    the found prompts lie left of x = 0 and on or above y = 1."""
+    from ..plots import scatter
+
+    ok = [r for r in rows if r.get("collection_max") and r.get("collection_ce_p90") is not None]
+    x = [r["ce"] - r["collection_ce_p90"] for r in ok]
+    y = [r["activation"] / r["collection_max"] for r in ok]
+    found = sum(bool(r.get("found")) for r in ok)
+    return scatter(
+        x, y, path, title=f"reported prompts: {found}/{len(ok)} found", xlabel="CE − collection CE p90 (nats/token)",
+        ylabel="activation / collection max", annotate=[str(r["latent"]) for r in ok], hline=1.0, vline=0.0,
+    )  # fmt: skip
 
 
 def _spans(tokens: Sequence[str], values: Sequence[float]) -> str:
@@ -228,6 +250,11 @@ def visualize(
             clustering, d / "cluster_map.png", selected=selection.latents if selection is not None else ()
         )
     if optimized:
+        from .pipeline import acceptance
+
         out["progress_png"] = progress_figure(optimized, d / "optimization_progress.png")
+        rows = [acceptance(r) for r in optimized]
+        if any(r["collection_max"] for r in rows):
+            out["acceptance_png"] = acceptance_figure(rows, d / "acceptance.png")
         out["heatmaps_html"] = token_heatmap_html(optimized, d / "token_heatmaps.html")
     return out
