@@ -1275,3 +1275,56 @@ CASES += [
         _protein_files,
     ),
 ]
+
+
+# == inverse ==
+
+
+def _inverse_inputs(tmp: Path) -> dict[str, str]:
+    """An SAE at resid.1 (16 latents), a prompt file, an empty one and a config with a typo."""
+    from deltalens.sae import SAE, SAEConfig
+    from deltalens.sae.io import save_sae
+
+    d = tmp / "inputs"
+    d.mkdir(parents=True, exist_ok=True)
+    save_sae(SAE(SAEConfig(64, 16, site="resid.1")), d / "sae")
+    (d / "p.txt").write_text("Tell me a story\nWhy is the sky blue?\n")
+    (d / "empty.txt").write_text("\n\n")
+    (d / "exp.yaml").write_text("sae: sae\ndata:\n  sources: [p.txt]\nclustering:\n  umap_neighbours: 5\n")
+    return {
+        "model": _tiny_dir(),
+        "sae": str(d / "sae"),
+        "prompts": str(d / "p.txt"),
+        "empty": str(d / "empty.txt"),
+        "config": str(d / "exp.yaml"),
+    }
+
+
+_INV = ["--model", "{model}", "--sae", "{sae}", "--out", "{tmp}/run"]
+
+CASES += [
+    Case(
+        "inverse-latent-out-of-range",
+        ["inverse", "optimize", *_INV, "--prompts", "{prompts}", "--latent", "3,16"],
+        "latent 16 is out of range: the SAE has 16 latents (0–15)",
+        _inverse_inputs,
+    ),
+    Case(
+        "inverse-empty-prompt-set",
+        ["inverse", "collect", *_INV, "--prompts", "{empty}"],
+        "{empty}: no prompts found",
+        _inverse_inputs,
+    ),
+    Case(
+        "inverse-site-not-trained",
+        ["inverse", "optimize", *_INV, "--prompts", "{prompts}", "--latent", "3", "--site", "resid.2"],
+        "target site resid.2 is not the site the SAE was trained on (resid.1)",
+        _inverse_inputs,
+    ),
+    Case(
+        "inverse-unknown-config-key",
+        ["inverse", "run", "--config", "{config}", "--out", "{tmp}/run"],
+        "{config}: unknown config key 'clustering.umap_neighbours'",
+        _inverse_inputs,
+    ),
+]

@@ -106,7 +106,8 @@ def test_both_optimisers_find_the_planted_pair(planted, method):
 
 def test_optimised_result_round_trips_and_history_grows(planted, tmp_path):
     lm, sae, pair, _ = planted
-    res = epo(lm, sae, OptimizeConfig(length=2, steps=3, population=3, candidates=8), latent=0)
+    res = epo(lm, sae, OptimizeConfig(length=2, steps=3, population=3, candidates=8, max_ce=1e9), latent=0)
+    assert all(h["best_fluent_activation"] == h["best_activation"] for h in res.history)  # no CE binds
     res.save(tmp_path)
     back = OptimizeResult.load(tmp_path)
     assert back.best == res.best and len(back.history) == 3
@@ -142,9 +143,12 @@ def random_sae(tiny):
 
 
 def test_collect_matches_a_plain_forward_and_round_trips(tiny, random_sae, tmp_path):
-    texts = ["The quick brown fox jumps.", "Why is the sky blue?", "def add(a, b): return a + b", "Hi"]
+    texts = ["The quick brown fox jumps.", "Why is the sky blue?", "def add(a, b): return a + b", "H"]
     res = collect(tiny, random_sae, texts, CollectConfig(batch_size=3))
     assert sp.issparse(res.max) and res.max.shape == (4, 32)
+    # a one-token prompt has no positions ≥ 1 and no CE; percentiles skip it
+    assert res.n_tokens[3] == 0 and np.isnan(res.ce[3]) and res.max[3].nnz == 0
+    assert res.ce_percentile(90) == pytest.approx(float(np.percentile(res.ce[:3], 90)))
     mx, mean = _dense_reference(tiny, random_sae, texts[:3])
     np.testing.assert_allclose(res.max[:3].toarray(), mx, atol=1e-5)
     np.testing.assert_allclose(res.mean[:3].toarray(), mean, atol=1e-5)

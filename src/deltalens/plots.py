@@ -133,10 +133,17 @@ def scatter(
     ylabel: str = "",
     diagonal: bool = False,
     annotate: Sequence[str] | None = None,
+    hline: float | None = None,
+    vline: float | None = None,
 ) -> Path:
-    """A scatter plot (optionally with the y = x line and point labels)."""
+    """A scatter plot (optionally with the y = x line, reference lines y = ``hline`` and
+    x = ``vline``, and point labels)."""
     fig, ax = new_figure(5.0, 4.5)
     ax.scatter(x, y, s=12, alpha=0.7)
+    if hline is not None:
+        ax.axhline(hline, color="grey", lw=1, ls="--")
+    if vline is not None:
+        ax.axvline(vline, color="grey", lw=1, ls="--")
     if diagonal and len(x):
         lo, hi = float(min(min(x), min(y))), float(max(max(x), max(y)))
         ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
@@ -271,4 +278,67 @@ def effects_with_null(
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+# ---- inverse problems ------------------------------------------------------------------------
+
+
+def optimization_progress(
+    runs: Mapping[str, Mapping[str, Sequence[float]]],
+    path: str | Path,
+    *,
+    title: str = "",
+    references: Mapping[str, Mapping[str, float]] | None = None,
+) -> Path:
+    """Two panels over optimisation steps, one line per run: ``activation`` (best so far) and
+    ``ce`` (cross-entropy of that prompt). ``references[name]`` may give horizontal lines
+    (``activation``: e.g. the collection maximum, ``ce``: e.g. its 90th percentile)."""
+    plt = _plt()
+    fig, axes = plt.subplots(2, 1, figsize=(7.0, 5.5), dpi=110, sharex=True)
+    for i, (name, r) in enumerate(runs.items()):
+        color = f"C{i % 10}"
+        for ax, key in zip(axes, ("activation", "ce")):
+            ax.plot(r.get("step", range(len(r[key]))), r[key], color=color, lw=1.2, label=label(name, 24))
+            ref = (references or {}).get(name, {}).get(key)
+            if ref is not None and np.isfinite(ref):
+                ax.axhline(ref, color=color, lw=0.8, ls="--", alpha=0.7)
+    axes[0].set_ylabel("activation (best so far)")
+    axes[1].set_ylabel("prompt CE (nats/token)")
+    axes[1].set_xlabel("step")
+    axes[0].set_title(title)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if 1 < len(runs) <= 12:
+        axes[0].legend(fontsize=7, ncol=2)
+    return save_figure(fig, path)
+
+
+def cluster_map(
+    xy: Sequence[Sequence[float]],
+    labels: Sequence[int],
+    path: str | Path,
+    *,
+    title: str = "",
+    annotate: Mapping[int, str] | None = None,
+) -> Path:
+    """A 2-D map of points coloured by cluster (``−1``, noise, in grey); ``annotate`` labels the
+    points at the given indices."""
+    fig, ax = new_figure(6.0, 5.0)
+    P = np.asarray(xy, dtype=float).reshape(-1, 2)
+    lab = np.asarray(labels)
+    noise = lab < 0
+    if noise.any():
+        ax.scatter(P[noise, 0], P[noise, 1], s=10, c="lightgrey", label="noise")
+    for c in sorted(set(lab[~noise].tolist())):
+        m = lab == c
+        ax.scatter(P[m, 0], P[m, 1], s=14, color=f"C{c % 10}", label=f"cluster {c}" if c < 10 else None)
+    for j, s in (annotate or {}).items():
+        ax.annotate(label(s, 20), (P[j, 0], P[j, 1]), fontsize=6)
+    ax.set_title(title)
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
+    if len(set(lab.tolist())) <= 11:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     return save_figure(fig, path)

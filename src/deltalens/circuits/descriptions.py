@@ -7,8 +7,13 @@
    "description"|"explanation": "text"}`` records, or such a list under ``"explanations"``;
 2. feature dashboards (:mod:`deltalens.features.dashboard`: ``index.json`` +
    ``features/<i>.json``) in ``dashboards=`` or ``<sae_dir>/dashboards``; a latent's
-   description is then built from its dashboard: the tokens it fires on most and the
-   tokens it promotes (``fires on 'Paris', 'France'; promotes ' capital'``).
+   description is then the first of the dashboard's ``explanations`` (Neuronpedia's field,
+   which :func:`deltalens.inverse.explain.apply_to_dashboards` fills), else built from the
+   dashboard: the tokens it fires on most and the tokens it promotes
+   (``fires on 'Paris', 'France'; promotes ' capital'``).
+
+``deltalens inverse explain`` writes the explanations file (``{"kind": "inverse explanations",
+"explanations": [{"index": i, "description": "…", …}]}``) in this format.
 
 It returns ``{latent: text}`` (empty when nothing is found) and never fails on a missing
 file; a malformed file is an error naming it.
@@ -54,6 +59,9 @@ def _from_explanations(data: Any, path: Path) -> dict[int, str]:
 
 
 def _from_dashboard(rec: dict[str, Any]) -> str | None:
+    for ex in rec.get("explanations") or []:  # Neuronpedia's list; deltalens inverse explain adds one
+        if isinstance(ex, dict) and isinstance(ex.get("description"), str) and ex["description"]:
+            return ex["description"]
     fires: list[str] = []
     for ex in rec.get("activations", [])[:5]:
         toks, i = ex.get("tokens") or [], ex.get("maxValueTokenIndex")

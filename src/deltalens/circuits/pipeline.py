@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..io import atomic_write, provenance, write_json
 from ..stage import StageConfig, at_least, one_of, option
 from .attribution import attribution_patching, integrated_gradients
+from .descriptions import latent_descriptions
 from .faithfulness import FaithfulnessCurve, faithfulness_curve
 from .patching import activation_patching
 from .results import PatchingResult, pearson
@@ -189,8 +190,10 @@ def run_sae_attribute(
     batch_tokens: int = 4096,
     force_site: bool = False,
     config: dict[str, Any] | None = None,
+    descriptions: dict[int, str] | None = None,
 ) -> dict[str, Any]:
-    """SAE-latent attribution at one site: error-term table, top-k latents JSON, latent
+    """SAE-latent attribution at one site: error-term table, top-k latents JSON (``description``
+    from ``descriptions``: explanations or dashboards, :mod:`.descriptions`), latent
     activation heatmaps (clean and corrupted), error-node scores by position, and
     optionally a faithfulness curve over SAE nodes."""
     out_dir = Path(out_dir)
@@ -200,8 +203,8 @@ def run_sae_attribute(
     res.meta["provenance"] = provenance(
         lm, method="sae_attribution", site=str(res.site), mode=mode, config=config
     )
-    paths = res.save_all(out_dir, k=top_k)
-    write_csv(out_dir / TOP_LATENTS_FILE, res.top(top_k, include_error=True))
+    paths = res.save_all(out_dir, k=top_k, descriptions=descriptions)
+    write_csv(out_dir / TOP_LATENTS_FILE, res.top(top_k, include_error=True, descriptions=descriptions))
     lat = list(latents) if latents else None
     figs = [
         res.latent_heatmap(out_dir / "latent_heatmap.png", lat, run="clean"),
@@ -539,5 +542,6 @@ def run_attribution(
             cfg.batch_tokens,
             force_site=cfg.force_site,
             config=cfg.to_dict(),
+            descriptions=latent_descriptions(cfg.sae),
         )
     return run

@@ -128,8 +128,12 @@ class SAEAttribution(StageResult):
     def d_sae(self) -> int:
         return int(self.scores.shape[1])
 
-    def top(self, k: int = 25, include_error: bool = False) -> list[dict[str, Any]]:
-        """The ``k`` nodes with the largest |score| (latents; error nodes too if asked)."""
+    def top(
+        self, k: int = 25, include_error: bool = False, descriptions: dict[int, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The ``k`` nodes with the largest |score| (latents; error nodes too if asked); a latent's
+        ``description`` comes from ``descriptions`` (:mod:`.descriptions`) when it has one."""
+        descriptions = descriptions or {}
         flat = self.scores.flatten()
         n = min(k, flat.numel())
         idx = flat.abs().topk(n).indices
@@ -149,7 +153,7 @@ class SAEAttribution(StageResult):
                     "score_normalised": s / den if den else float("nan"),
                     "activation": float(self.act_clean[p, i]),
                     "activation_corrupted": float(self.act_corrupted[p, i]),
-                    "description": None,
+                    "description": descriptions.get(i),
                 }
             )
         if include_error and self.error_scores is not None:
@@ -211,17 +215,19 @@ class SAEAttribution(StageResult):
     def to_dict(self) -> dict[str, Any]:
         return self.summary()
 
-    def save(self, out_dir: str | Path, k: int = 25) -> Path:
+    def save(self, out_dir: str | Path, k: int = 25, descriptions: dict[int, str] | None = None) -> Path:
         """Write the result into ``out_dir`` (see the class docstring); returns ``attribution.json``."""
-        return self.save_all(out_dir, k)["summary"]
+        return self.save_all(out_dir, k, descriptions)["summary"]
 
-    def save_all(self, out_dir: str | Path, k: int = 25) -> dict[str, Path]:
+    def save_all(
+        self, out_dir: str | Path, k: int = 25, descriptions: dict[int, str] | None = None
+    ) -> dict[str, Path]:
         """:meth:`save`, returning every file by name: ``summary`` (``attribution.json``),
         ``top`` (``top_latents.json``, the ``k`` largest) and ``scores`` (``scores.safetensors``)."""
         out_dir = Path(out_dir)
         paths = {
             "summary": write_json(out_dir / self.FILENAME, self.summary()),
-            "top": write_json(out_dir / self.TOP_FILE, self.top(k)),
+            "top": write_json(out_dir / self.TOP_FILE, self.top(k, descriptions=descriptions)),
         }
         tensors = {"scores": self.scores, "act_clean": self.act_clean, "act_corrupted": self.act_corrupted}
         if self.error_scores is not None:

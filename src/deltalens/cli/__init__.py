@@ -3,7 +3,7 @@
 Every module in :data:`GROUPS` declares its commands — ``COMMANDS`` (name → function) and/or
 ``SUBAPPS`` (``(typer_app, name, {name: function})``) — and they are added under its
 workflow's help panel, in the order a study runs (core → steering → diffing → SAEs →
-features → circuits → report). Errors caused by input
+features → circuits → inverse problems → report). Errors caused by input
 (:class:`~deltalens.errors.DeltalensError`) are printed as one line without a traceback and
 exit with status 2.
 """
@@ -52,6 +52,7 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("causal", "Causal experiments"),
     ("protein", "Protein LMs"),
     ("circuits", "Circuits"),
+    ("inverse", "Inverse problems"),
     ("report", "Report and demo"),
     ("demo", "Report and demo"),
 )

@@ -16,12 +16,64 @@ Stages (each a config → one function → a typed result with save/load, :mod:`
 """
 
 from . import describe as _describe  # noqa: F401
+from .cluster import (
+    AnalyzeConfig,
+    ClusterAnalysis,
+    ClusterConfig,
+    ClusterResult,
+    SelectConfig,
+    Selection,
+    cluster_latents,
+)
 from .collect import CollectConfig, CollectResult, collect, load_prompts
+from .explain import ExplainConfig, ExplainResult, apply_to_dashboards, explain_latents, write_for_sae
 from .filter import FilterConfig, FilterResult, filter_latents
 from .optimize import OptimizeConfig, OptimizeResult, epo, optimize, soft_prompt
+from .pipeline import (
+    ExperimentResults,
+    InverseRun,
+    OptimizeSummary,
+    analyze_clusters,
+    collect_and_filter_data,
+    generate_explanations,
+    get_default_config,
+    load_experiment_models,
+    optimize_feature,
+    run_clustering,
+    run_experiment,
+    select_features,
+    update_config,
+    visualize_results,
+)
 from .score import CrosscoderTarget, DirectionTarget, LatentTarget, LogitDiffTarget, Target
 
 __all__ = [
+    "ExperimentResults",
+    "InverseRun",
+    "OptimizeSummary",
+    "collect_and_filter_data",
+    "generate_explanations",
+    "get_default_config",
+    "load_experiment_models",
+    "optimize_feature",
+    "run_clustering",
+    "run_experiment",
+    "update_config",
+    "visualize_results",
+    "ExplainConfig",
+    "ExplainResult",
+    "apply_to_dashboards",
+    "explain_latents",
+    "write_for_sae",
+    "AnalyzeConfig",
+    "ClusterAnalysis",
+    "ClusterConfig",
+    "ClusterResult",
+    "SelectConfig",
+    "Selection",
+    "analyze_clusters",
+    "cluster_latents",
+    "select_features",
     "CollectConfig",
     "CollectResult",
     "CrosscoderTarget",

@@ -155,10 +155,12 @@ class CollectResult(StageResult):
         return [(int(rows[j]), float(vals[j]), int(pos[rows[j]]) - 1) for j in order]
 
     def ce_percentile(self, q: float = 90.0) -> float:
-        """The ``q``-th percentile of the collection prompts' cross-entropy (nats/token)."""
-        if self.ce is None:
+        """The ``q``-th percentile of the collection prompts' cross-entropy (nats/token), over the
+        prompts that have one (``CE`` needs ≥ 2 tokens; shorter prompts are ``nan``)."""
+        ce = None if self.ce is None else np.asarray(self.ce, dtype=np.float64)
+        if ce is None or not np.isfinite(ce).any():
             raise DataFormatError("this collection has no cross-entropies (collect with --cross-entropy)")
-        return float(np.percentile(np.asarray(self.ce, dtype=np.float64), q))
+        return float(np.percentile(ce[np.isfinite(ce)], q))
 
     def summary(self) -> dict[str, Any]:
         fr = self.firing_rate_prompts()

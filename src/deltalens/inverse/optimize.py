@@ -79,6 +79,8 @@ class OptimizeConfig(StageConfig):
         if self.lambda_max < self.lambda_min:
             raise ConfigError(f"--lambda-max {self.lambda_max:g} is below --lambda-min {self.lambda_min:g}")
         in_range(self, "fluency", 0, 1e6)
+        if self.max_ce is not None and not math.isfinite(self.max_ce):
+            raise ConfigError(f"--max-ce must be a finite number, got {self.max_ce!r}")
         if not self.lr > 0 or not self.tau > 0:
             raise ConfigError(f"--lr and --tau must be > 0, got {self.lr!r} and {self.tau!r}")
 
@@ -271,7 +273,7 @@ def epo(
             best = (pa[None] - lam[:, None] * pc[None]).argmax(1)
             pop, act, ce = pool[best], pa[best], pc[best]
         front = archive.front()
-        history.append(_step_record(step, front, act, ce, evaluated, t0))
+        history.append(_step_record(step, front, act, ce, evaluated, t0, cfg.max_ce))
         if progress is not None:
             progress(history[-1])
     best = _finish(lm, tgt, archive, cfg)
@@ -282,13 +284,25 @@ def epo(
 
 
 def _step_record(
-    step: int, front: list, act: torch.Tensor, ce: torch.Tensor, evaluated: int, t0: float
+    step: int,
+    front: list,
+    act: torch.Tensor,
+    ce: torch.Tensor,
+    evaluated: int,
+    t0: float,
+    max_ce: float | None = None,
 ) -> dict[str, Any]:
+    """One step of the history: the best activation so far (any CE) and its CE; with ``max_ce``
+    also the best so far with ``CE ≤ max_ce`` (what would be reported now) and its CE."""
     top = max(front, key=lambda p: p[1]) if front else (None, float("nan"), float("nan"))
+    fluent = [p for p in front if max_ce is not None and p[2] <= max_ce]
+    best_f = max(fluent, key=lambda p: p[1]) if fluent else None
     return {
         "step": step,
         "best_activation": top[1],
         "ce_at_best": top[2],
+        "best_fluent_activation": None if best_f is None else best_f[1],
+        "ce_at_best_fluent": None if best_f is None else best_f[2],
         "population_activation": [float(v) for v in act],
         "population_ce": [float(v) for v in ce],
         "front_size": len(front),
@@ -349,7 +363,9 @@ def soft_prompt(
             evaluated += len(good)
         history.append(
             {
-                **_step_record(step, archive.front(), a.detach(), ce_soft.detach(), evaluated, t0),
+                **_step_record(
+                    step, archive.front(), a.detach(), ce_soft.detach(), evaluated, t0, cfg.max_ce
+                ),
                 "loss": float(loss.detach()),
             }
         )

@@ -130,17 +130,9 @@ class OpenAIJudge(Judge):
     def check(self) -> None:
         self._key()
 
-    def _request(self, prompt: str) -> Score:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": 0,
-            "max_tokens": self.max_tokens,
-            "seed": 0,
-        }
-        if self.logprobs:
-            body["logprobs"] = True
-            body["top_logprobs"] = 20
+    def _post(self, body: dict[str, Any]) -> dict[str, Any] | Score:
+        """POST ``body`` to ``/chat/completions`` with the retries of the module docstring: the
+        decoded JSON payload, or a :class:`Score` with status ``error``/``unparseable``."""
         data = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         key = self._key()
@@ -155,8 +147,7 @@ class OpenAIJudge(Judge):
             req = urllib.request.Request(url, data=data, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    payload = json.loads(resp.read().decode("utf-8"))
-                return self._parse(payload)
+                    return json.loads(resp.read().decode("utf-8"))
             except urllib.error.HTTPError as exc:
                 if exc.code in (401, 403):
                     raise JudgeAuthError(
@@ -174,6 +165,51 @@ class OpenAIJudge(Judge):
             except OSError as exc:
                 last = f"connection error ({exc})"
         return Score(None, "error", f"{last} (after {self.max_retries + 1} attempts)")
+
+    def _request(self, prompt: str) -> Score:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+            "seed": 0,
+        }
+        if self.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = 20
+        payload = self._post(body)
+        if isinstance(payload, Score):
+            return payload
+        try:
+            return self._parse(payload)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            return Score(None, "unparseable", f"malformed response ({exc})")
+
+    def complete(self, prompts: Sequence[str], max_tokens: int = 256) -> list[str | None]:
+        """Free-text answers (``temperature 0``) to ``prompts``, concurrently; ``None`` for a
+        request that failed after its retries or came back malformed."""
+        self._key()
+
+        def one(prompt: str) -> str | None:
+            body = {
+                "model": self.model,
+                "messages": [{"role": "user", "content": prompt}],
+                "temperature": 0,
+                "max_tokens": int(max_tokens),
+                "seed": 0,
+            }
+            payload = self._post(body)
+            if isinstance(payload, Score):
+                return None
+            try:
+                return str((payload["choices"][0].get("message") or {}).get("content") or "")
+            except (KeyError, IndexError, TypeError, AttributeError):
+                return None
+
+        if not prompts:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
+            return list(pool.map(one, prompts))
 
     def _parse(self, payload: dict[str, Any]) -> Score:
         choice = payload["choices"][0]
