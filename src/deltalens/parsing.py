@@ -61,3 +61,29 @@ def parse_floats(value: str | None, what: str = "values") -> list[float]:
         raise ConfigError(
             f"cannot read {what} '{value}': write comma-separated numbers, e.g. '2,4,8'"
         ) from None
+
+
+def import_object(mod: str, name: str, spec: str, prefix: str = "deltalens_user") -> object:
+    """``name`` from module ``mod`` (a dotted module or a ``.py`` file) for the spec ``spec``;
+    any failure is a :class:`ConfigError` naming the spec (no traceback for a typo)."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        if mod.endswith(".py"):
+            path = Path(mod)
+            if not path.is_file():
+                raise ConfigError(f"scorer '{spec}': file {path} not found")
+            sp = importlib.util.spec_from_file_location(f"{prefix}_{path.stem}", path)
+            assert sp is not None and sp.loader is not None
+            module = importlib.util.module_from_spec(sp)
+            sp.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod)
+    except ImportError as exc:
+        raise ConfigError(f"scorer '{spec}': cannot import {mod} ({exc})") from None
+    obj = getattr(module, name, None)
+    if obj is None:
+        raise ConfigError(f"scorer '{spec}': {mod} has no attribute '{name}'")
+    return obj

@@ -29,15 +29,13 @@ column(s) — recorded per generation — and the selection score that picks DPO
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
 from ..generate import Generation
+from ..parsing import import_object
 
 
 @runtime_checkable
@@ -271,22 +269,7 @@ def load_scorer(spec: str) -> Any:
         return RegexScorer(s.split(":", 1)[1])
     if ":" in s:
         mod, _, fn = s.rpartition(":")
-        try:
-            if mod.endswith(".py"):
-                path = Path(mod)
-                if not path.is_file():
-                    raise ConfigError(f"scorer '{spec}': file {path} not found")
-                sp = importlib.util.spec_from_file_location(f"deltalens_user_scorer_{path.stem}", path)
-                assert sp is not None and sp.loader is not None
-                module = importlib.util.module_from_spec(sp)
-                sp.loader.exec_module(module)
-            else:
-                module = importlib.import_module(mod)
-        except ImportError as exc:
-            raise ConfigError(f"scorer '{spec}': cannot import {mod} ({exc})") from None
-        obj = getattr(module, fn, None)
-        if obj is None:
-            raise ConfigError(f"scorer '{spec}': {mod} has no attribute '{fn}'")
+        obj = import_object(mod, fn, spec, prefix="deltalens_user_scorer")
         return as_scorer(obj() if isinstance(obj, type) else obj)
     raise ConfigError(
         f"unknown scorer '{spec}'; write keywords:w1,w2 | keywords@<organism dataset> | length[:N] | regex:PATTERN | "

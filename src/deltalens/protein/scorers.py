@@ -24,14 +24,13 @@ a batch is committed as soon as it is scored.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 from ..io import config_hash, sha256_file
+from ..parsing import import_object
 from .cache import ScoreCache, open_cache
 from .records import STANDARD, read_records, sequences_of
 
@@ -259,23 +258,7 @@ class PLDDTScorer(ProteinScorer):
 
 
 def _import_attr(mod: str, fn: str, spec: str) -> Any:
-    try:
-        if mod.endswith(".py"):
-            path = Path(mod)
-            if not path.is_file():
-                raise ConfigError(f"scorer '{spec}': file {path} not found")
-            sp = importlib.util.spec_from_file_location(f"deltalens_oracle_{path.stem}", path)
-            assert sp is not None and sp.loader is not None
-            module = importlib.util.module_from_spec(sp)
-            sp.loader.exec_module(module)
-        else:
-            module = importlib.import_module(mod)
-    except ImportError as exc:
-        raise ConfigError(f"scorer '{spec}': cannot import {mod} ({exc})") from None
-    obj = getattr(module, fn, None)
-    if obj is None:
-        raise ConfigError(f"scorer '{spec}': {mod} has no attribute '{fn}'")
-    return obj
+    return import_object(mod, fn, spec, prefix="deltalens_oracle")
 
 
 class OracleScorer(ProteinScorer):
