@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..info import register_describer
+from . import graph_pipeline as _graph_pipeline  # noqa: F401  (registers TranscoderSet for info)
 
 
 @register_describer

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from ..circuits.edges_pipeline import EdgesConfig
+from ..circuits.graph_pipeline import GraphConfig, TranscodersConfig
 from ..circuits.pipeline import AttributeConfig, PatchConfig
 from ..circuits.printing import print_curve, print_sae
 from ._common import config_option as opt
@@ -274,6 +275,87 @@ def edges_cmd(
     console.print(f"→ {run.out_dir}: {', '.join(p.name for p in run.files.values())}")
 
 
+TC = TranscodersConfig
+
+
+def transcoders_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Transcoder directory (resumed if it exists)."),
+    model: str = opt(TC, "model"),
+    data: str | None = opt(TC, "data"),
+    layers: str = opt(TC, "layers"),
+    tokens: int = opt(TC, "tokens"),
+    context_len: int = opt(TC, "context_len"),
+    expansion: int = opt(TC, "expansion"),
+    k: int = opt(TC, "k"),
+    epochs: float = opt(TC, "epochs"),
+    batch_size: int = opt(TC, "batch_size"),
+    skip: bool = opt(TC, "skip"),
+    val_fraction: float = opt(TC, "val_fraction"),
+    layers_per_pass: int = opt(TC, "layers_per_pass"),
+    seed: int = opt(TC, "seed"),
+    dtype: str = opt(TC, "dtype"),
+    device: str | None = opt(TC, "device"),
+) -> None:
+    """Train per-layer MLP transcoders (SAELens format) for attribution graphs; resumable."""
+    from ..circuits.graph_pipeline import train_transcoders
+
+    cfg = TranscodersConfig(
+        model, data, layers, tokens, context_len, expansion, k, epochs, batch_size, skip,
+        val_fraction, layers_per_pass, seed, dtype, device,
+    )  # fmt: skip
+    tset, _ = train_transcoders(cfg, out)
+    rows = [(int(i), m["nmse"], m["l0"], f"{m['seconds']:.0f} s") for i, m in tset.layers.items()]
+    console.print(table(f"transcoders of {tset.model}", ["layer", "nMSE (held out)", "L0", "time"], rows))
+    nm = [m["nmse"] for m in tset.layers.values()]
+    console.print(f"mean nMSE {sum(nm) / len(nm):.3f}, max {max(nm):.3f} → {out}")
+
+
+G = GraphConfig
+
+
+def graph_cmd(
+    transcoders: Path = opt(G, "transcoders"),
+    prompt: str | None = opt(G, "prompt"),
+    pairs: str = opt(G, "pairs"),
+    pair: int = opt(G, "pair"),
+    target: str | None = opt(G, "target"),
+    model: str = opt(G, "model"),
+    max_feature_nodes: int = opt(G, "max_feature_nodes"),
+    batch_size: int = opt(G, "batch_size"),
+    max_logits: int = opt(G, "max_logits"),
+    logit_probability: float = opt(G, "logit_probability"),
+    node_threshold: float = opt(G, "node_threshold"),
+    edge_threshold: float = opt(G, "edge_threshold"),
+    experiment: str = experiment_option(),
+    out: Path | None = opt(G, "out"),
+    dtype: str = opt(G, "dtype"),
+    device: str | None = opt(G, "device"),
+) -> None:
+    """Attribution graph of one prompt from per-layer transcoders (circuit-tracer's method):
+    graph.json for circuit-tracer's viewer / Neuronpedia, the pruned circuit, figure, scores."""
+    from ..circuits.graph_pipeline import run_graph
+
+    cfg = GraphConfig(
+        transcoders, prompt, pairs, pair, target, model, max_feature_nodes, batch_size, max_logits,
+        logit_probability, node_threshold, edge_threshold, out, dtype, device,
+    )  # fmt: skip
+    run = run_graph(cfg, experiment)
+    s = run.summary
+    console.print(f"prompt {s['prompt']!r}: {len(s['tokens'])} tokens", markup=False)
+    logits = ", ".join(f"{t!r} {p:.3f}" for t, p in zip(s["logit_tokens"], s["logit_probs"]))
+    console.print(f"logit nodes: {logits}", markup=False)
+    sc = s["scores"]
+    console.print(
+        f"{s['active_features']} active features, {s['feature_rows']} rows computed; pruned to "
+        f"{s['nodes']} nodes, {s['edges']} edges; replacement {sc['replacement']:.3f}, "
+        f"completeness {sc['completeness']:.3f}; transcoder nMSE {s['transcoder_nmse_mean']:.3f}; "
+        f"{s['seconds']:.1f} s"
+    )
+    rows = [(n["type"], n["layer"], n["position"], n["token"], n["index"]) for n in s["top_path"]]
+    console.print(table("top path (source → logit)", ["type", "layer", "pos", "token", "index"], rows))
+    console.print(f"→ {run.out_dir}: {', '.join(p.name for p in run.files.values())}")
+
+
 def _budgets() -> list[float]:
     from ..circuits.budget import BUDGETS
 
@@ -286,4 +368,6 @@ circuit_app = typer.Typer(
 )
 
 COMMANDS = {"patch": patch_cmd, "attribute": attribute_cmd}
-SUBAPPS = [(circuit_app, "circuit", {"edges": edges_cmd})]
+SUBAPPS = [
+    (circuit_app, "circuit", {"edges": edges_cmd, "transcoders": transcoders_cmd, "graph": graph_cmd})
+]

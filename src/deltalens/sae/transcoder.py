@@ -180,6 +180,11 @@ def train_transcoder(
         )
     w_skip = fit_skip(x, y) if skip else None
     target = y if w_skip is None else y - x @ w_skip
+    # train on the target rescaled to the input's mean norm (an MLP's output can be far smaller
+    # than its input, and the trainer scales both sides by the input's scale); the decoder is
+    # linear, so dividing W_dec and b_dec by the factor afterwards undoes it exactly
+    t_scale = float(x.norm(dim=-1).mean() / target.norm(dim=-1).mean().clamp(min=1e-12))
+    target = target * t_scale
     trainer = Trainer(config, x.shape[1], site=f"mlp_out.{layer}", model_name=model_name, out=out)
     trainer.module.b_dec_to_input = False
     g = torch.Generator().manual_seed(config.seed)
@@ -199,6 +204,9 @@ def train_transcoder(
     bar.close()
     res = trainer.save()
     assert res.sae is not None
+    with torch.no_grad():
+        res.sae.W_dec.div_(t_scale)
+        res.sae.b_dec.div_(t_scale)
     tc = Transcoder.from_sae(res.sae, w_skip)
     tc.cfg.metadata.update(_metadata(layer, skip))
     if out is not None:
