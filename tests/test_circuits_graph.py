@@ -206,3 +206,21 @@ def test_transcoder_trained_with_the_sae_trainer_recovers_a_planted_mlp(tmp_path
     torch.testing.assert_close(back(x[:5]), tc(x[:5]))
     cfg_json = json.loads((tmp_path / "tc3" / "cfg.json").read_text())
     assert cfg_json["metadata"]["hook_name_out"] == "blocks.3.hook_mlp_out" and cfg_json["d_out"] == d
+
+
+def test_contrast_target_is_the_difference_of_the_two_logit_rows(tiny):
+    """A logit-difference target z_t − z_c is linear in the logits: its row over error and token
+    sources equals row(t) − row(c) of the graph that has both tokens as (demeaned) targets."""
+    tcs = {layer: make_tc(tiny, layer) for layer in range(tiny.n_layers)}
+    t, c = 5, 9
+    both = attribution_graph(tiny, PROMPT, tcs, max_feature_nodes=4, target_tokens=[t, c])
+    diff = attribution_graph(tiny, PROMPT, tcs, max_feature_nodes=4, target_tokens=[t], contrast_tokens=[c])
+    _, err, tok, logit = both.slices()
+    _, err_d, tok_d, logit_d = diff.slices()
+    rows = both.adjacency[logit]
+    want = torch.cat([(rows[0] - rows[1])[err], (rows[0] - rows[1])[tok]])
+    got = torch.cat([diff.adjacency[logit_d][0][err_d], diff.adjacency[logit_d][0][tok_d]])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert " − " in diff.logit_tokens[0]
+    with pytest.raises(Exception, match="contrast"):
+        attribution_graph(tiny, PROMPT, tcs, max_feature_nodes=4, target_tokens=[t], contrast_tokens=[t])

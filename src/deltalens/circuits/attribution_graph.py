@@ -263,6 +263,7 @@ def attribution_graph(
     max_logits: int = 5,
     logit_probability: float = 0.95,
     target_tokens: Sequence[int] | None = None,
+    contrast_tokens: Sequence[int] | None = None,
 ) -> AttributionGraph:
     """Build the attribution graph of ``prompt`` (module docstring).
 
@@ -273,6 +274,9 @@ def attribution_graph(
         max_feature_nodes: feature rows to compute (the most influential first).
         batch_size: targets per backward pass.
         target_tokens: logit targets to use instead of the most likely tokens.
+        contrast_tokens: one per target: the target becomes the logit difference
+            ``z_t − z_c`` (a pair task's metric) instead of the demeaned logit ``z_t − mean(z)``;
+            its influence weight is still ``p(t)``.
     """
     t0 = time.perf_counter()
     tcs = dict(transcoders) if isinstance(transcoders, dict) else {t.layer: t for t in transcoders}
@@ -301,7 +305,15 @@ def attribution_graph(
     dirs = torch.zeros(len(logit_ids), V)
     for j, t in enumerate(logit_ids):
         dirs[j, t] = 1.0
-    dirs -= 1.0 / V  # demeaned logit z_v − mean(z)
+    if contrast_tokens is not None:
+        if target_tokens is None or len(contrast_tokens) != len(logit_ids):
+            raise ConfigError("contrast tokens need one target token each")
+        for j, c in enumerate(contrast_tokens):
+            if not 0 <= int(c) < V or int(c) == logit_ids[j]:
+                raise ConfigError(f"contrast token id {c} is not a vocabulary id other than the target's")
+            dirs[j, int(c)] = -1.0  # logit difference z_t − z_c
+    else:
+        dirs -= 1.0 / V  # demeaned logit z_v − mean(z)
     active = (acts > 0).nonzero()  # [n_active, 3] (layer, pos, feature)
     if T < 1:
         raise ConfigError("empty prompt")
@@ -365,10 +377,16 @@ def attribution_graph(
         adjacency=A,
         logit_ids=logit_ids,
         logit_probs=lp,
-        logit_tokens=[tok.decode([i]) for i in logit_ids],
+        logit_tokens=[tok.decode([i]) for i in logit_ids]
+        if contrast_tokens is None
+        else [f"{tok.decode([i])} − {tok.decode([int(c)])}" for i, c in zip(logit_ids, contrast_tokens)],
         n_active=n_act,
         seconds=time.perf_counter() - t0,
-        meta={"max_feature_nodes": max_feature_nodes, "batch_size": batch_size},
+        meta={
+            "max_feature_nodes": max_feature_nodes,
+            "batch_size": batch_size,
+            "contrast_tokens": None if contrast_tokens is None else [int(c) for c in contrast_tokens],
+        },
     )
 
 

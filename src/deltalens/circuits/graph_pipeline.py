@@ -108,7 +108,8 @@ class TranscoderSet(StageResult):
                 "(finish them with deltalens circuit transcoders)"
             )
         return {
-            i: load_transcoder(Path(directory) / LAYER_DIR.format(i), device=device) for i in range(self.n_layers)
+            i: load_transcoder(Path(directory) / LAYER_DIR.format(i), device=device)
+            for i in range(self.n_layers)
         }
 
     def summary(self) -> dict[str, Any]:
@@ -191,7 +192,13 @@ def train_transcoders(
                 val, tr = perm[:n_val], perm[n_val:]
                 t1 = time.perf_counter()
                 tc = train_transcoder(
-                    x[tr], y[tr], layer, tcfg, out=out / LAYER_DIR.format(layer), skip=cfg.skip, model_name=lm.name
+                    x[tr],
+                    y[tr],
+                    layer,
+                    tcfg,
+                    out=out / LAYER_DIR.format(layer),
+                    skip=cfg.skip,
+                    model_name=lm.name,
                 )
                 xv, yv = (x[val], y[val]) if n_val else (x[tr], y[tr])
                 with torch.no_grad():
@@ -221,9 +228,14 @@ class GraphConfig(StageConfig):
     """Options of ``deltalens circuit graph``."""
 
     transcoders: Path = option(
-        Path("transcoders"), flag="--transcoders", short="-t", help="Transcoder directory (circuit transcoders)."
+        Path("transcoders"),
+        flag="--transcoders",
+        short="-t",
+        help="Transcoder directory (circuit transcoders).",
     )
-    prompt: str | None = option(None, flag="--prompt", help="The prompt (default: the clean prompt of --pair).")
+    prompt: str | None = option(
+        None, flag="--prompt", help="The prompt (default: the clean prompt of --pair)."
+    )
     pairs: str = option("capitals", flag="--pairs", short="-p", help="Pairs file or bundled set for --pair.")
     pair: int = option(0, flag="--pair", help="Use this pair's clean prompt (and answer as the target).")
     target: str | None = option(
@@ -232,11 +244,19 @@ class GraphConfig(StageConfig):
         help="Comma list of target tokens (strings or ids); default: the pair's answer, or the "
         "most likely next tokens for --prompt.",
     )
+    contrast: bool = option(
+        True,
+        flag="--contrast/--no-contrast",
+        help="With --pair: target the clean − corrupted answer logit difference (the pair's "
+        "metric) instead of the clean answer's logit.",
+    )
     model: str = option("smollm2-135m-instruct", flag="--model", short="-m", help="Model spec.")
     max_feature_nodes: int = option(256, flag="--max-feature-nodes", help="Feature rows to compute.")
     batch_size: int = option(32, flag="--batch-size", help="Targets per backward pass.")
     max_logits: int = option(5, flag="--max-logits", help="Most likely tokens as logit nodes.")
-    logit_probability: float = option(0.95, flag="--logit-probability", help="Cumulative probability of them.")
+    logit_probability: float = option(
+        0.95, flag="--logit-probability", help="Cumulative probability of them."
+    )
     node_threshold: float = option(0.8, flag="--node-threshold", help="Cumulative node influence kept.")
     edge_threshold: float = option(0.98, flag="--edge-threshold", help="Cumulative edge influence kept.")
     out: Path | None = option(None, flag="--out", short="-o", help="Output directory.")
@@ -272,6 +292,10 @@ def _target_ids(lm: Any, spec: str) -> list[int]:
     return ids
 
 
+def _answer_id(lm: Any, answer: str | int) -> list[int]:
+    return [int(answer)] if isinstance(answer, int) else _target_ids(lm, answer)
+
+
 def path_summary(circuit: Circuit, path: list[str]) -> list[dict[str, Any]]:
     """Each node of ``path`` with its type, layer, position and token."""
     out = []
@@ -298,6 +322,7 @@ def run_graph(config: GraphConfig, experiment: Any = "default") -> GraphRun:
         raise ConfigError(f"{tdir} holds transcoders of {tset.model}, not of {lm.name}")
     tcs = tset.load_transcoders(tdir, device=lm.device)
     target: list[int] | None = _target_ids(lm, cfg.target) if cfg.target else None
+    contrast: list[int] | None = None
     if cfg.prompt is not None:
         prompt, name = cfg.prompt, "prompt"
         if not prompt.strip():
@@ -311,8 +336,9 @@ def run_graph(config: GraphConfig, experiment: Any = "default") -> GraphRun:
         r = records[cfg.pair]
         prompt, name = r.clean, f"{Path(cfg.pairs).stem}_{cfg.pair}"
         if target is None:
-            ans = r.clean_answer
-            target = [int(ans)] if isinstance(ans, int) else _target_ids(lm, ans)
+            target = _answer_id(lm, r.clean_answer)
+            if cfg.contrast:
+                contrast = _answer_id(lm, r.corrupted_answer)
     if cfg.out is not None:
         out_dir = Path(cfg.out)
     else:
@@ -329,6 +355,7 @@ def run_graph(config: GraphConfig, experiment: Any = "default") -> GraphRun:
         max_logits=cfg.max_logits,
         logit_probability=cfg.logit_probability,
         target_tokens=target,
+        contrast_tokens=contrast,
     )
     circuit = graph_circuit(graph, cfg.node_threshold, cfg.edge_threshold)
     circuit.meta["provenance"] = provenance(lm, method="attribution_graph", config=cfg.to_dict())

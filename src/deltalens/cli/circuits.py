@@ -319,6 +319,7 @@ def graph_cmd(
     pairs: str = opt(G, "pairs"),
     pair: int = opt(G, "pair"),
     target: str | None = opt(G, "target"),
+    contrast: bool = opt(G, "contrast"),
     model: str = opt(G, "model"),
     max_feature_nodes: int = opt(G, "max_feature_nodes"),
     batch_size: int = opt(G, "batch_size"),
@@ -336,7 +337,7 @@ def graph_cmd(
     from ..circuits.graph_pipeline import run_graph
 
     cfg = GraphConfig(
-        transcoders, prompt, pairs, pair, target, model, max_feature_nodes, batch_size, max_logits,
+        transcoders, prompt, pairs, pair, target, contrast, model, max_feature_nodes, batch_size, max_logits,
         logit_probability, node_threshold, edge_threshold, out, dtype, device,
     )  # fmt: skip
     run = run_graph(cfg, experiment)
@@ -368,6 +369,4 @@ circuit_app = typer.Typer(
 )
 
 COMMANDS = {"patch": patch_cmd, "attribute": attribute_cmd}
-SUBAPPS = [
-    (circuit_app, "circuit", {"edges": edges_cmd, "transcoders": transcoders_cmd, "graph": graph_cmd})
-]
+SUBAPPS = [(circuit_app, "circuit", {"edges": edges_cmd, "transcoders": transcoders_cmd, "graph": graph_cmd})]
