@@ -145,11 +145,27 @@ def capture_cmd(
         dtype=store_dtype,
         shard_mb=shard_mb,
     )
+    from ..scale.dist import world_from_env
+
     check_writable(out)
     inputs = read_capture_inputs(data)
+    world = world_from_env()  # torchrun sets RANK / WORLD_SIZE: one block of inputs per process
+    if world.distributed:
+        from ..scale.capture import check_sharded
+
+        check_sharded(out, world, len(inputs), overwrite=overwrite)
     lm = load(model, dtype=dtype, device=device)
     t0 = time.time()
-    store = capture(lm, inputs, cfg, store=out, dataset_name=data.name, source=data, overwrite=overwrite)
+    if world.distributed:
+        from ..scale.capture import capture_sharded
+        from ..scale.dist import init
+
+        world = init(lm.device)
+        store = capture_sharded(lm, inputs, cfg, out, world=world, dataset_name=data.name, source=data)
+        if not world.is_main:
+            return
+    else:
+        store = capture(lm, inputs, cfg, store=out, dataset_name=data.name, source=data, overwrite=overwrite)
     dt = time.time() - t0
     s = store.summary()  # type: ignore[union-attr]
     console.print(table("activation store", ["key", "value"], [(k, v) for k, v in s.items()]))
