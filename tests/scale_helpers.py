@@ -88,3 +88,65 @@ def capture_worker(world: Any, stores: list[str], cfg: dict) -> None:
         Path(f"{store}.rank{world.rank}.json").write_text(
             json.dumps({"sequences_forwarded": sum(seen), "rows": st.n_rows, "complete": st.complete})
         )
+
+
+# ---- SAE training ---------------------------------------------------------------------------
+SAE_D, SAE_ROWS = 16, 512
+
+
+def sae_data():
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    basis = torch.randn(48, SAE_D, generator=g)
+    codes = torch.relu(torch.randn(SAE_ROWS, 48, generator=g) - 1.0)
+    return codes @ basis + 0.05 * torch.randn(SAE_ROWS, SAE_D, generator=g)
+
+
+def sae_config(arch: str, **kw: Any):
+    from deltalens.sae import SAETrainConfig
+
+    base = dict(
+        architecture=arch,
+        k=4,
+        expansion=4,
+        batch_size=64,
+        total_tokens=64 * 24,
+        lr=3e-3,
+        log_every=1,
+        norm_sample_tokens=256,
+        seed=3,
+    )
+    return SAETrainConfig(**{**base, **kw})
+
+
+def train_once(arch: str, out: str | None, world: Any = None, *, stop_after: int | None = None, **kw: Any):
+    """Train on :func:`sae_data`; ``stop_after`` raises after that many steps (a kill)."""
+    from deltalens.sae.sources import TensorSource
+    from deltalens.sae.train import Trainer, train_saes
+
+    cfg = sae_config(arch, **kw)
+    t = Trainer(cfg, SAE_D, out=out, world=world)
+
+    def stop(_name: str, rec: dict) -> None:
+        if stop_after is not None and rec["step"] == stop_after:
+            raise KeyboardInterrupt("killed")
+
+    return train_saes(TensorSource(sae_data()), {"sae": t}, progress=False, callback=stop)["sae"]
+
+
+def sae_worker(world: Any, root: str) -> None:
+    """Per architecture: an uninterrupted run and a run killed after step 10 then resumed."""
+    from safetensors.torch import save_file
+
+    for arch in ("topk", "standard"):
+        full = train_once(arch, f"{root}/{arch}_full", world)
+        try:
+            train_once(arch, f"{root}/{arch}_resumed", world, stop_after=10, checkpoint_every_tokens=64 * 4)
+        except KeyboardInterrupt:
+            pass
+        resumed = train_once(arch, f"{root}/{arch}_resumed", world, checkpoint_every_tokens=64 * 4)
+        for name, res in (("full", full), ("resumed", resumed)):
+            w = {k: v.contiguous() for k, v in res.sae.state_dict().items()}
+            save_file(w, f"{root}/{arch}_{name}.rank{world.rank}.safetensors")
+            Path(f"{root}/{arch}_{name}.rank{world.rank}.json").write_text(json.dumps(res.history))

@@ -122,6 +122,12 @@ def train_cmd(
         high_norm_factor=high_norm,
         device=device,
     )
+    from ..scale.dist import init, world_from_env
+
+    world = world_from_env()  # under torchrun: data-parallel, each rank trains on its rows of a batch
+    if world.distributed:
+        world.span(cfg.batch_size, "rows of a batch (--batch-size)")
+        world = init(device)
     results = train_grid(
         src,
         cfg,
@@ -133,7 +139,10 @@ def train_cmd(
         init_from=init_from,
         resume=resume,
         overwrite=overwrite,
+        world=world,
     )
+    if not world.is_main:
+        return
     rows = []
     for r in results:
         last = r.history[-1] if r.history else {}
