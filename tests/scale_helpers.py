@@ -150,3 +150,26 @@ def sae_worker(world: Any, root: str) -> None:
             w = {k: v.contiguous() for k, v in res.sae.state_dict().items()}
             save_file(w, f"{root}/{arch}_{name}.rank{world.rank}.safetensors")
             Path(f"{root}/{arch}_{name}.rank{world.rank}.json").write_text(json.dumps(res.history))
+
+
+# ---- work units -----------------------------------------------------------------------------
+def square_unit(i: int, marks: str, fail: int = -1, die: int = -1, slow: int = -1) -> dict:
+    """A unit that records each execution as a file in ``marks``; unit ``fail`` always raises,
+    unit ``die`` kills its own worker process on its first execution, unit ``slow`` sleeps."""
+    import signal
+    import time
+
+    d = Path(marks)
+    n = len(list(d.glob(f"u{i}.*")))
+    (d / f"u{i}.{n}.{os.getpid()}").write_text("")
+    if i == fail:
+        raise ValueError(f"unit {i} cannot be computed")
+    if i == die and n == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if i == slow:
+        time.sleep(2.0)
+    return {"i": i, "square": i * i}
+
+
+def executions(marks: Path, i: int) -> int:
+    return len(list(Path(marks).glob(f"u{i}.*")))
