@@ -1367,3 +1367,25 @@ def test_bad_input_scale(
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     test_bad_input(case, tmp_path, capsys)
+
+
+def test_bad_input_scale_backend_not_installed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when not installed
+    case = Case(
+        "scale-ray-not-installed",
+        [
+            "steer",
+            "--experiment",
+            "{tmp}/exp",
+            "--vector-from-trait",
+            "instruction/pirate",
+            "--backend",
+            "ray",
+        ],
+        "--backend ray needs the ray package, which is not installed; pip install ray",
+    )
+    test_bad_input(case, tmp_path, capsys)

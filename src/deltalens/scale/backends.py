@@ -72,7 +72,7 @@ class BackendConfig(StageConfig):
         except ImportError:
             raise ConfigError(
                 f"--backend {self.backend} needs the {pkg} package, which is not installed; "
-                "pip install 'deltalens[scale]' (or use --backend local)"
+                f"pip install {pkg} (deltalens' scale extra pins it) or use --backend local"
             ) from None
 
 
