@@ -128,6 +128,12 @@ def train_cmd(
     if world.distributed:
         world.span(cfg.batch_size, "rows of a batch (--batch-size)")
         world = init(device)
+    if world.is_main:
+        from ..scale.memory import estimate_sae
+
+        est = estimate_sae(src.d_in, cfg.resolved_d_sae(src.d_in), cfg.batch_size)
+        n = len(site_list or [None]) * len(ks)
+        console.print(est.line() + (f" per SAE, {n} SAEs" if n > 1 else ""), highlight=False)
     results = train_grid(
         src,
         cfg,

@@ -353,6 +353,8 @@ def _generate_on_backend(
     ]
     by_key = {keys[idxs[0]]: idxs for idxs in chunks}
     failed_log = log.path.with_name("failed.jsonl")
+    if backend.backend == "slurm" and not backend.slurm_folder:  # submitit's job files beside the results
+        backend = backend.replace(slurm_folder=str(log.path.parent / "submitit"))
 
     def on_result(u: Unit, res: dict[str, Any]) -> None:
         if res["weights_hash"] != lm.weights_hash:
