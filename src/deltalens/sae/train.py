@@ -549,7 +549,10 @@ class Trainer:
         from ..scale.dist import broadcast_
 
         scale = torch.tensor([self.scale], dtype=torch.float64, device=self.device)
-        broadcast_([*self.module.parameters(), *self.module.buffers(), scale], self.world)
+        with torch.no_grad():
+            broadcast_(
+                [*(p.data for p in self.module.parameters()), *self.module.buffers(), scale], self.world
+            )
         self.scale = float(scale)
 
     def _diverged(self, what: str) -> None:
