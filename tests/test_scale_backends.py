@@ -107,3 +107,21 @@ def test_a_missing_engine_is_one_clear_error(monkeypatch):
         BackendConfig(backend="ray").check_available()
     with pytest.raises(ConfigError, match="--backend must be one of"):
         BackendConfig(backend="dask")
+
+
+def test_info_describes_a_sweep_log_and_a_sharded_capture_in_progress(tmp_path):
+    from deltalens.info import describe
+    from deltalens.scale.capture import part_name
+
+    marks = tmp_path / "m"
+    marks.mkdir()
+    run_sweep(
+        square_unit, _units(marks, fail=1)[:3], tmp_path / "r.jsonl", BackendConfig(retries=0), progress=False
+    )
+    d = describe(tmp_path / "r.jsonl")
+    assert (
+        d["kind"].startswith("work-unit results") and d["units done"] == 2 and d["units failed"] == ["cfg1"]
+    )
+    (tmp_path / "store" / "parts" / part_name(0, 2)).mkdir(parents=True)
+    d = describe(tmp_path / "store")
+    assert d["kind"].startswith("sharded capture in progress") and list(d["parts"]) == [part_name(0, 2)]
