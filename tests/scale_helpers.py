@@ -135,9 +135,30 @@ def train_once(arch: str, out: str | None, world: Any = None, *, stop_after: int
     return train_saes(TensorSource(sae_data()), {"sae": t}, progress=False, callback=stop)["sae"]
 
 
+def crosscoder_once(world: Any = None, out: str | None = None):
+    """A BatchTopK crosscoder on two correlated "models" built from :func:`sae_data`."""
+    import torch
+
+    from deltalens.sae.crosscoder import train_crosscoder
+
+    x = sae_data()
+    g = torch.Generator().manual_seed(2)
+    paired = torch.stack([x, x @ (torch.eye(SAE_D) + 0.3 * torch.randn(SAE_D, SAE_D, generator=g))], 1)
+    cfg = sae_config("batchtopk", lr=2e-3, total_tokens=64 * 20)
+    return train_crosscoder(paired, cfg, out=out, progress=False, world=world)
+
+
 def sae_worker(world: Any, root: str) -> None:
-    """Per architecture: an uninterrupted run and a run killed after step 10 then resumed."""
+    """Per architecture: an uninterrupted run and a run killed after step 10 then resumed; and
+    a crosscoder."""
     from safetensors.torch import save_file
+
+    cc = crosscoder_once(world, f"{root}/crosscoder")
+    save_file(
+        {k: v.contiguous() for k, v in cc.crosscoder.state_dict().items()},
+        f"{root}/cc.rank{world.rank}.safetensors",
+    )
+    Path(f"{root}/cc.rank{world.rank}.json").write_text(json.dumps(cc.history))
 
     for arch in ("topk", "standard"):
         full = train_once(arch, f"{root}/{arch}_full", world)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from deltalens.errors import ConfigError
 from deltalens.sae.train import Trainer
 from deltalens.scale.dist import World
-from scale_helpers import SAE_D, sae_config, sae_worker, spawn, train_once
+from scale_helpers import SAE_D, crosscoder_once, sae_config, sae_worker, spawn, train_once
 
 ARCHS = ("topk", "standard")
 
@@ -63,3 +63,21 @@ def test_a_batch_the_world_size_does_not_divide_is_refused():
         ConfigError, match=r"world size 2 does not divide the 63 rows of a batch \(--batch-size\)"
     ):
         Trainer(sae_config("topk", batch_size=63), SAE_D, world=World(rank=0, size=2))
+
+
+def test_two_process_crosscoder_selects_over_the_global_batch_and_matches_one_process(two_process_runs):
+    one = crosscoder_once()
+    ref = {k: v for k, v in one.crosscoder.state_dict().items()}
+    for rank in (0, 1):
+        w = load_file(two_process_runs / f"cc.rank{rank}.safetensors")
+        for k, v in ref.items():
+            torch.testing.assert_close(w[k], v, atol=1e-5, rtol=0, msg=f"crosscoder rank {rank}: {k}")
+        hist = json.loads((two_process_runs / f"cc.rank{rank}.json").read_text())
+        torch.testing.assert_close(
+            torch.tensor([h["mse"] for h in hist]),
+            torch.tensor([h["mse"] for h in one.history]),
+            atol=1e-5,
+            rtol=0,
+        )
+        assert [h["l0"] for h in hist] == pytest.approx([h["l0"] for h in one.history], abs=1e-9)
+    assert (two_process_runs / "crosscoder").is_dir()

@@ -323,7 +323,17 @@ def crosscoder_cmd(
     cfg = _TrainCfg(
         architecture="batchtopk", k=k, expansion=expansion, total_tokens=tokens, batch_size=batch_size, lr=lr
     )
-    res = train_crosscoder_on_stores(stores, cfg, site=site, out=out, experiment=experiment, name=name)
+    from ..scale.dist import init, world_from_env
+
+    world = world_from_env()  # under torchrun: data-parallel, BatchTopK over the global batch
+    if world.distributed:
+        world.span(cfg.batch_size, "rows of a batch (--batch-size)")
+        world = init()
+    res = train_crosscoder_on_stores(
+        stores, cfg, site=site, out=out, experiment=experiment, name=name, world=world, progress=world.is_main
+    )
+    if not world.is_main:
+        return
     c = res.classes["counts"]
     assert res.crosscoder is not None
     console.print(
