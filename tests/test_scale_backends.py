@@ -34,7 +34,7 @@ def _units(marks, **kw):
 @pytest.fixture(scope="module")
 def ray_cluster(workers_import_the_test_helpers):
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

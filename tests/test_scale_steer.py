@@ -49,7 +49,9 @@ def _records(path):
 @pytest.fixture
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # one local cluster, both runs
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False
+    )  # one local cluster, both runs
     yield
     ray.shutdown()
 

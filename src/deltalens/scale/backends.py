@@ -161,8 +161,10 @@ def _run_ray(fn, units, cfg, ok, bad, progress) -> None:
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if cfg.ray_address:
             kw["address"] = cfg.ray_address
-        elif cfg.workers:
-            kw["num_cpus"] = cfg.workers
+        else:  # always a new local cluster (never another job's running one)
+            kw["address"] = "local"
+            if cfg.workers:
+                kw["num_cpus"] = cfg.workers
         ray.init(**kw)
         started = True
     try:
