@@ -1328,3 +1328,64 @@ CASES += [
         _inverse_inputs,
     ),
 ]
+
+
+# == scale ==
+# Misconfigured multi-process runs, refused before any process starts work. torchrun would set
+# RANK / WORLD_SIZE; the cases set them for the one in-process run (no process group is joined).
+
+
+def _scale_inputs(tmp: Path) -> dict[str, str]:
+    d = tmp / "in"
+    d.mkdir()
+    (d / "seven.txt").write_text("".join(f"text number {i}\n" for i in range(7)))
+    (d / "eight.txt").write_text("".join(f"text number {i}\n" for i in range(8)))
+    (tmp / "store" / "parts" / "rank-00000-of-00003").mkdir(parents=True)
+    return {"model": _tiny_dir(), "seven": str(d / "seven.txt"), "eight": str(d / "eight.txt")}
+
+
+SCALE_CASES = [
+    Case(
+        "scale-world-size-does-not-divide-the-inputs",
+        ["capture", "--model", "{model}", "--data", "{seven}", "--sites", "resid.1", "--out", "{tmp}/new"],
+        "world size 2 does not divide the 7 inputs",
+        _scale_inputs,
+    ),
+    Case(
+        "scale-store-shard-from-another-run",
+        ["capture", "--model", "{model}", "--data", "{eight}", "--sites", "resid.1", "--out", "{tmp}/store"],
+        "{tmp}/store/parts/rank-00000-of-00003 is a store shard from another run",
+        _scale_inputs,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", SCALE_CASES, ids=lambda c: c.id)
+def test_bad_input_scale(
+    case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    test_bad_input(case, tmp_path, capsys)
+
+
+def test_bad_input_scale_backend_not_installed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when not installed
+    case = Case(
+        "scale-ray-not-installed",
+        [
+            "steer",
+            "--experiment",
+            "{tmp}/exp",
+            "--vector-from-trait",
+            "instruction/pirate",
+            "--backend",
+            "ray",
+        ],
+        "--backend ray needs the ray package, which is not installed; pip install ray",
+    )
+    test_bad_input(case, tmp_path, capsys)

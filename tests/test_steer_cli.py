@@ -271,3 +271,19 @@ def test_steer_grid_with_projection(setup):
         and (out / "configs.csv").exists()
         and (out / "trait_vs_coherence.png").exists()
     )
+
+
+def test_steer_on_a_ray_local_cluster_computes_only_new_configurations(setup):
+    pytest.importorskip("ray")
+    _, _, exp = setup
+    args = steer_args(exp)
+    args[args.index("--coefficients") + 1] = "0.7,0.9"  # 4 configurations no other test computed
+    r = run(*args, "--backend", "ray", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    # 2 layers × 2 coefficients are new (plus the baseline when no earlier test computed it)
+    assert (
+        "4 configurations computed, 1 reused" in r.stdout or "5 configurations computed, 0 reused" in r.stdout
+    )
+    recs = [json.loads(x) for x in results_file(exp).read_text().splitlines() if x.strip()]
+    new = [x for x in recs if x.get("coef") in (0.7, 0.9)]
+    assert len(new) == 4 and all(len(x["responses"]) == 3 for x in new)

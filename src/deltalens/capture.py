@@ -459,6 +459,76 @@ def _wipe_store(st: ActivationStore) -> None:
     st.manifest = {}
 
 
+@dataclass
+class CapturePlan:
+    """What a capture into a store will do, worked out before anything is written: resolved
+    sites and positions, the (truncated) encoded inputs, the block ``span`` to capture and the
+    keyword arguments of :meth:`ActivationStore.init <deltalens.store.ActivationStore.init>`
+    (model, settings, config record and data fingerprint)."""
+
+    positions: Positions
+    sites: list[Site]
+    encoded: list[tuple[list[int], int]]
+    span: tuple[int, int]
+    init_kwargs: dict[str, Any]
+
+    def want(self) -> dict[str, Any]:
+        """The manifest fields the capture fixes (for :meth:`ActivationStore.mismatch`)."""
+        k = self.init_kwargs
+        return ActivationStore.wanted(
+            model=k["model"],
+            sites=k["sites"],
+            d_model=k["d_model"],
+            positions=k["positions"],
+            reduce=k["reduce"],
+            dtype=k["dtype"],
+            val_fraction=k["val_fraction"],
+        )
+
+
+def plan_capture(
+    lm: LoadedModel,
+    data: Iterable[Any],
+    config: CaptureConfig,
+    path: str | Path,
+    *,
+    dataset_name: str | None = None,
+    source: str | Path | None = None,
+    span: tuple[int, int] | None = None,
+) -> CapturePlan:
+    """Check sites, positions and inputs and build the :class:`CapturePlan` (writes nothing)."""
+    pos = Positions.parse(config.positions)
+    site_list = _parse_sites(lm, config.sites)
+    pos.check_token_types(lm.token_types if lm.tokenizer is not None else {})
+    encoded_full = [encode_item(lm, it, i) for i, it in enumerate(data)]
+    if not encoded_full:
+        raise DataFormatError(f"capture into {path}: no inputs")
+    encoded = _truncate(encoded_full, config.max_length)
+    _check_selects_something(lm, pos, encoded, str(source or dataset_name or "the inputs"))
+    record = config.replace(sites=[str(s) for s in site_list]).to_dict()
+    lo, hi = (0, len(encoded)) if span is None else (int(span[0]), int(span[1]))
+    if not 0 <= lo < hi <= len(encoded):
+        raise ConfigError(f"capture span [{lo}, {hi}) is not inside the {len(encoded)} inputs")
+    if span is not None:
+        record["span"] = [lo, hi]
+    reduce = config.reduction
+    kwargs = dict(
+        model={"name": lm.name, "spec": lm.spec, "weights_hash": lm.weights_hash},
+        sites=site_list,
+        d_model=lm.d_model,
+        positions=pos.text,
+        reduce=reduce,
+        dtype=config.torch_dtype,
+        val_fraction=config.val_fraction,
+        shard_mb=config.shard_mb,
+        dataset=dataset_name,
+        extra={"provenance": provenance(lm, positions=pos.text, reduce=reduce)},
+        config=record,
+        data=_data_record(encoded_full, dataset_name, source),
+    )
+    return CapturePlan(pos, site_list, encoded, (lo, hi), kwargs)
+
+
 @torch.no_grad()
 def capture_to_store(
     lm: LoadedModel,
@@ -471,8 +541,15 @@ def capture_to_store(
     progress: bool = True,
     dataset_name: str | None = None,
     source: str | Path | None = None,
+    span: tuple[int, int] | None = None,
+    plan: CapturePlan | None = None,
 ) -> ActivationStore:
     """Capture into an :class:`ActivationStore` directory: created, resumed or refused.
+
+    ``span=(lo, hi)`` captures only inputs ``lo … hi-1`` (one rank's block of a sharded capture,
+    :func:`deltalens.scale.capture_sharded`): rows keep their global ``seq_id``, the data
+    fingerprint is that of all inputs, and the span is part of the recorded config, so a store
+    written for another block or world size is refused on resume.
 
     Everything is checked before anything is written: the sites and positions against the
     model, the store path (writable), the inputs (a spec that selects no token of any input is
@@ -482,9 +559,6 @@ def capture_to_store(
     continues after the last committed shard and removes the temporary files of an
     interrupted shard write first.
     """
-    pos = Positions.parse(config.positions)
-    site_list = _parse_sites(lm, config.sites)
-    pos.check_token_types(lm.token_types if lm.tokenizer is not None else {})
     path = store.path if isinstance(store, ActivationStore) else Path(store)
     check_writable(path)
     if isinstance(store, ActivationStore):
@@ -496,34 +570,18 @@ def capture_to_store(
             if not overwrite:
                 raise
             st = ActivationStore(path, strict=False)  # --overwrite replaces a corrupt store too
-    encoded_full = [encode_item(lm, it, i) for i, it in enumerate(data)]
-    if not encoded_full:
-        raise DataFormatError(f"capture into {path}: no inputs")
-    encoded = _truncate(encoded_full, config.max_length)
-    _check_selects_something(lm, pos, encoded, str(source or dataset_name or "the inputs"))
-    record = config.replace(sites=[str(s) for s in site_list]).to_dict()
-    data_rec = _data_record(encoded_full, dataset_name, source)
+    if plan is None:  # a plan made by the caller (the sharded capture) is not made twice
+        plan = plan_capture(lm, data, config, path, dataset_name=dataset_name, source=source, span=span)
+    pos, site_list, encoded = plan.positions, plan.sites, plan.encoded
+    lo, hi = plan.span
     reduce, dtype = config.reduction, config.torch_dtype
     if overwrite:
         _wipe_store(st)
     try:
-        st.init(
-            model={"name": lm.name, "spec": lm.spec, "weights_hash": lm.weights_hash},
-            sites=site_list,
-            d_model=lm.d_model,
-            positions=pos.text,
-            reduce=reduce,
-            dtype=dtype,
-            val_fraction=config.val_fraction,
-            shard_mb=config.shard_mb,
-            dataset=dataset_name,
-            extra={"provenance": provenance(lm, positions=pos.text, reduce=reduce)},
-            config=record,
-            data=data_rec,
-        )
-        if st.complete and st.n_sequences >= len(encoded):
+        st.init(**plan.init_kwargs)
+        if st.complete and st.n_sequences >= hi - lo:
             return st
-        order = list(range(st.n_sequences, len(encoded)))  # input order: resumable by sequence count
+        order = list(range(lo + st.n_sequences, hi))  # input order: resumable by sequence count
         work = torch.float32 if reduce else dtype
         for b in _batches(
             lm, encoded, order, site_list, pos, config.batch_size, work, early_exit, progress, "capture"

@@ -48,3 +48,7 @@ class ModelMismatchError(DeltalensError):
 
 class StoreBusyError(DeltalensError):
     """An artifact that another process is writing right now (stores are single-writer)."""
+
+
+class WorkUnitError(DeltalensError):
+    """Work units of a sweep that failed after their retries (the others' results are kept)."""

@@ -51,6 +51,8 @@ except ImportError:  # pragma: no cover - not POSIX: no writer lock
 FORMAT_VERSION = 1
 MANIFEST = "store.json"
 LOCK = ".writer.lock"
+#: per-rank stores of a sharded capture (merged into the store, then removed)
+PARTS = "parts"
 #: capture settings that may change on resume (they do not change what a row holds)
 RESUMABLE_FIELDS = ("batch_size", "shard_mb")
 _REQUIRED = ("sites", "d_model", "dtype", "shard_rows", "shards", "n_rows", "n_sequences")
@@ -99,7 +101,7 @@ def check_writable(path: str | Path) -> None:
 
 def _foreign_entries(path: Path) -> list[str]:
     """Entries of a directory without a manifest that no capture would have written."""
-    own = {LOCK, MANIFEST, "shards", "index"}
+    own = {LOCK, MANIFEST, "shards", "index", PARTS}
     return [e.name for e in path.iterdir() if e.name not in own and not e.name.startswith(f".{MANIFEST}.")]
 
 
@@ -369,7 +371,12 @@ class ActivationStore:
         if not self.path.is_dir():
             return []
         listed = set(self.listed_files())
-        return sorted(p for p in self.path.rglob("*") if p.is_file() and p.name != LOCK and p not in listed)
+        parts = self.path / PARTS  # per-rank stores of a sharded capture in progress are their own
+        return sorted(
+            p
+            for p in self.path.rglob("*")
+            if p.is_file() and p.name != LOCK and p not in listed and parts not in p.parents
+        )
 
     def clean_strays(self) -> int:
         """Delete :meth:`stray_files` (a resume rewrites them); returns how many. Needs the lock."""
@@ -478,6 +485,55 @@ class ActivationStore:
         self._buf_index.clear()
         self._buf_rows = 0
         self._buf_seqs = 0
+
+    def adopt(self, other: ActivationStore) -> int:
+        """Append every committed shard of ``other`` (a store of the same sites, width and dtype,
+        e.g. one rank's part of a sharded capture) after this store's shards; returns the rows.
+
+        Files are hard-linked (copied where links are not possible) under this store's next
+        shard names, then the manifest is committed once: a kill before the commit leaves only
+        stray files, which the next :meth:`init` removes. Needs the writer lock."""
+        import shutil
+
+        for key in ("sites", "d_model", "dtype", "reduce", "positions"):
+            if other.manifest.get(key) != self.manifest.get(key):
+                raise StoreMismatchError(
+                    f"{other.path} cannot be merged into {self.path}: {key} "
+                    f"{other.manifest.get(key)!r} vs {self.manifest.get(key)!r}"
+                )
+        if self._buf_seqs:
+            self.flush()
+        added = 0
+        for entry in other.manifest.get("shards", []):
+            name = f"{len(self.manifest['shards']):06d}"
+            pairs = [
+                (
+                    other.path / "shards" / s / f"{entry['name']}.safetensors",
+                    self.path / "shards" / s / f"{name}.safetensors",
+                )
+                for s in self.manifest["sites"]
+            ]
+            pairs.append(
+                (other.path / "index" / f"{entry['name']}.parquet", self.path / "index" / f"{name}.parquet")
+            )
+            for src, dst in pairs:
+                if not src.is_file():
+                    raise DataFormatError(f"cannot merge {other.path}: {src} is missing")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    dst.unlink()
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    with atomic_path(dst, dst.suffix) as tmp:
+                        shutil.copyfile(src, tmp)
+            self.manifest["shards"].append(
+                {"name": name, "n_rows": int(entry["n_rows"]), "n_sequences": int(entry["n_sequences"])}
+            )
+            self.manifest["n_rows"] += int(entry["n_rows"])
+            self.manifest["n_sequences"] += int(entry["n_sequences"])
+            added += int(entry["n_rows"])
+        return added
 
     def finish(self) -> None:
         """Flush, mark the store complete and release the writer lock."""

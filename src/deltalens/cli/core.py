@@ -126,10 +126,21 @@ def capture_cmd(
         "--overwrite",
         help="Delete an existing store at --out and capture afresh (instead of resuming it).",
     ),
-    dtype: str = typer.Option("auto", "--dtype", help="Model dtype."),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="Model dtype (auto: float32 on CPU, bfloat16 on CUDA)."
+    ),
     device: str | None = typer.Option(None, "--device"),
+    device_map: str | None = typer.Option(
+        None, "--device-map", help="auto: spread a model that does not fit one GPU over the GPUs (and CPU)."
+    ),
+    max_memory: str | None = typer.Option(
+        None, "--max-memory", help="With --device-map: memory per device, e.g. 0=70GiB,1=70GiB,cpu=200GiB."
+    ),
 ) -> None:
-    """Capture activations into an ActivationStore (resumable; one writer at a time)."""
+    """Capture activations into an ActivationStore (resumable; one writer at a time).
+
+    Under ``torchrun --nproc-per-node N -m deltalens capture …`` each process captures one block
+    of the inputs into its own part of the store; rank 0 merges them."""
     from ..capture import capture
     from ..data import read_capture_inputs
     from ..models import load
@@ -145,15 +156,55 @@ def capture_cmd(
         dtype=store_dtype,
         shard_mb=shard_mb,
     )
+    from ..scale.dist import world_from_env
+
     check_writable(out)
     inputs = read_capture_inputs(data)
-    lm = load(model, dtype=dtype, device=device)
+    world = world_from_env()  # torchrun sets RANK / WORLD_SIZE: one block of inputs per process
+    if world.distributed:
+        from ..scale.capture import check_sharded
+
+        check_sharded(out, world, len(inputs), overwrite=overwrite)
+    from ..scale.memory import parse_max_memory
+
+    lm = load(
+        model, dtype=dtype, device=device, device_map=device_map, max_memory=parse_max_memory(max_memory)
+    )
+    if world.is_main:
+        console.print(_capture_estimate(lm, inputs, cfg), highlight=False)
     t0 = time.time()
-    store = capture(lm, inputs, cfg, store=out, dataset_name=data.name, source=data, overwrite=overwrite)
+    if world.distributed:
+        from ..scale.capture import capture_sharded
+        from ..scale.dist import init
+
+        world = init(lm.device)
+        store = capture_sharded(lm, inputs, cfg, out, world=world, dataset_name=data.name, source=data)
+        if not world.is_main:
+            return
+    else:
+        store = capture(lm, inputs, cfg, store=out, dataset_name=data.name, source=data, overwrite=overwrite)
     dt = time.time() - t0
     s = store.summary()  # type: ignore[union-attr]
     console.print(table("activation store", ["key", "value"], [(k, v) for k, v in s.items()]))
     console.print(f"captured in {dt:.1f} s")
+
+
+def _capture_estimate(lm, inputs, cfg: CaptureConfig) -> str:
+    """The capture's memory estimate line (sequence length from the first 256 inputs)."""
+    from ..capture import encode_item
+    from ..scale.memory import ModelShape, estimate_capture
+
+    lens = [len(encode_item(lm, it, i)[0]) for i, it in enumerate(inputs[:256])]
+    seq = min(max(lens, default=1), cfg.max_length or 10**9)
+    est = estimate_capture(
+        ModelShape.of(lm),
+        batch_size=cfg.batch_size,
+        seq_len=seq,
+        n_sites=len(cfg.sites),
+        dtype=lm.dtype,
+        shard_mb=cfg.shard_mb,
+    )
+    return est.line() + f" (batch {cfg.batch_size} × {seq} tokens)"
 
 
 def info_cmd(

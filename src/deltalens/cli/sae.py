@@ -122,6 +122,18 @@ def train_cmd(
         high_norm_factor=high_norm,
         device=device,
     )
+    from ..scale.dist import init, world_from_env
+
+    world = world_from_env()  # under torchrun: data-parallel, each rank trains on its rows of a batch
+    if world.distributed:
+        world.span(cfg.batch_size, "rows of a batch (--batch-size)")
+        world = init(device)
+    if world.is_main:
+        from ..scale.memory import estimate_sae
+
+        est = estimate_sae(src.d_in, cfg.resolved_d_sae(src.d_in), cfg.batch_size)
+        n = len(site_list or [None]) * len(ks)
+        console.print(est.line() + (f" per SAE, {n} SAEs" if n > 1 else ""), highlight=False)
     results = train_grid(
         src,
         cfg,
@@ -133,7 +145,10 @@ def train_cmd(
         init_from=init_from,
         resume=resume,
         overwrite=overwrite,
+        world=world,
     )
+    if not world.is_main:
+        return
     rows = []
     for r in results:
         last = r.history[-1] if r.history else {}
@@ -308,7 +323,17 @@ def crosscoder_cmd(
     cfg = _TrainCfg(
         architecture="batchtopk", k=k, expansion=expansion, total_tokens=tokens, batch_size=batch_size, lr=lr
     )
-    res = train_crosscoder_on_stores(stores, cfg, site=site, out=out, experiment=experiment, name=name)
+    from ..scale.dist import init, world_from_env
+
+    world = world_from_env()  # under torchrun: data-parallel, BatchTopK over the global batch
+    if world.distributed:
+        world.span(cfg.batch_size, "rows of a batch (--batch-size)")
+        world = init()
+    res = train_crosscoder_on_stores(
+        stores, cfg, site=site, out=out, experiment=experiment, name=name, world=world, progress=world.is_main
+    )
+    if not world.is_main:
+        return
     c = res.classes["counts"]
     assert res.crosscoder is not None
     console.print(

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from ..scale.backends import BackendConfig
 from ..steering.extraction import ExtractConfig
 from ..steering.runs import CombineConfig, SteerRunConfig
 from ._common import config_option, console, experiment_option, parse_floats, parse_layers, split_list, table
@@ -225,8 +226,18 @@ def steer_cmd(
     component: str = config_option(SteerRunConfig, "component"),
     max_rows: int = config_option(SteerRunConfig, "max_rows"),
     project: int | None = config_option(SteerRunConfig, "project_layer"),
+    backend: str = config_option(BackendConfig, "backend"),
+    workers: int | None = config_option(BackendConfig, "workers"),
+    retries: int = config_option(BackendConfig, "retries"),
+    ray_address: str | None = config_option(BackendConfig, "ray_address"),
+    slurm_partition: str | None = config_option(BackendConfig, "slurm_partition"),
+    slurm_time: int = config_option(BackendConfig, "slurm_time"),
+    slurm_gpus: int = config_option(BackendConfig, "slurm_gpus"),
 ) -> None:
-    """Steer with trait vectors: baseline, adaptive coefficient search (or a grid), judged; resumable."""
+    """Steer with trait vectors: baseline, adaptive coefficient search (or a grid), judged; resumable.
+
+    ``--backend ray|slurm`` generates the configurations as work units on a Ray cluster or a
+    SLURM job array (each unit's records are written as it finishes)."""
     from ..experiment import Experiment
     from ..models import load
     from ..steering.pipeline import model_spec_for, resolve_trait, split_trait_ref
@@ -250,6 +261,16 @@ def steer_cmd(
         model_variant=variant,
         judge=judge,
     )
+    bcfg = BackendConfig(
+        backend=backend,
+        workers=workers,
+        retries=retries,
+        ray_address=ray_address,
+        slurm_partition=slurm_partition,
+        slurm_time=slurm_time,
+        slurm_gpus=slurm_gpus,
+    )
+    bcfg.check_available()
     exp = Experiment.named(experiment)
     vexp_name, trait_spec = split_trait_ref(vector_from_trait)
     vexp = Experiment.named(vexp_name) if vexp_name else exp
@@ -266,7 +287,15 @@ def steer_cmd(
 
     t0 = time.time()
     with _console_warnings():
-        run = run_steering(lm, exp, ts, cfg, vector_exp=vexp, report=report)
+        run = run_steering(
+            lm,
+            exp,
+            ts,
+            cfg,
+            vector_exp=vexp,
+            report=report,
+            backend=None if bcfg.backend == "local" else bcfg,
+        )
     rows = [
         (r["method"], r["layer"], r["n"], _fmt(r["best_coef"], 3), _fmt(r["delta"]), _fmt(r["coherence"]))
         for r in run.layers

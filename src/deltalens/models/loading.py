@@ -351,6 +351,8 @@ def _load_dir(
     local_files_only: bool = False,
     revision: str | None = None,
     tokenizer: Any = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, str] | None = None,
 ) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -381,8 +383,13 @@ def _load_dir(
                 # a de-quantised GGUF cache written by an older deltalens: plain float weights
                 delattr(cfg, "quantization_config")
                 extra["config"] = cfg
+        if device_map is not None:  # layers spread over GPUs (and CPU) by accelerate
+            extra["device_map"] = device_map
+            if max_memory:
+                extra["max_memory"] = max_memory
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw, **extra)
-    model.to(device)
+    if device_map is None:
+        model.to(device)
     return model, tok
 
 
@@ -480,6 +487,8 @@ def load(
     trust_remote_code: bool = False,
     revision: str | None = None,
     tokenizer: Any = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, str] | None = None,
 ) -> LoadedModel:
     """Load a causal LM by spec (bundled name, ``.gguf`` file, local directory or hub id).
 
@@ -491,6 +500,12 @@ def load(
         revision: hub revision for hub ids.
         tokenizer: for a directory, a tokenizer object or a spec whose tokenizer to use instead
             of the directory's own (checkpoints often ship none).
+        device_map: for a model that does not fit one GPU: ``"auto"`` (or an accelerate
+            device map) spreads its layers over the GPUs, then CPU memory; inputs go to the
+            device of the first layer. Hooks, early exit and capture work unchanged.
+        max_memory: with ``device_map``, the memory each device may take, e.g.
+            ``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}`` (:func:`deltalens.scale.memory.parse_max_memory`
+            reads the CLI's ``0=70GiB,1=70GiB,cpu=200GiB``).
 
     Raises:
         ModelSpecError: the spec names nothing loadable (the message lists bundled names).
@@ -526,6 +541,8 @@ def load(
             trust_remote_code=trust_remote_code,
             local_files_only=True,
             tokenizer=tokenizer,
+            device_map=device_map,
+            max_memory=max_memory,
         )
         return LoadedModel(model, tok, spec=spec_s, name=p.name, source_dir=p.resolve())
     if spec_s.startswith((".", "/", "~")) or os.sep in spec_s and spec_s.count("/") > 1:
@@ -547,6 +564,8 @@ def load(
                 trust_remote_code=trust_remote_code,
                 local_files_only=local_only,
                 revision=revision,
+                device_map=device_map,
+                max_memory=max_memory,
             )
             src = None
             with contextlib.suppress(Exception):

@@ -271,16 +271,27 @@ def train_crosscoder(
     model_names: list[str] | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    world: Any = None,
 ) -> CrosscoderResult:
     """Train a BatchTopK crosscoder on paired activations: a
     :class:`~deltalens.sae.sources.StoreSource` over several stores of the same tokens (one per
     model), or a tensor ``[n, n_models, d]``. Uses ``config``'s ``k``, ``expansion``/``d_sae``,
     ``total_tokens``, ``batch_size``, ``lr`` (default 4e-4), schedules and ``seed``.
     (One function on purpose: initialisation, the loop and the final calibration and scale
-    folding share the per-model scales, the optimiser and the calibration batch.)"""
+    folding share the per-model scales, the optimiser and the calibration batch.)
+
+    ``world`` (:class:`deltalens.scale.dist.World`) trains data-parallel: every rank is given
+    the global batch and encodes its block of rows; the BatchTopK threshold is the ``k·B``-th
+    largest score over *all* ranks (each rank's top ``k·B`` scores are gathered), so the
+    selection is the one-process selection; gradients and metrics are averaged, the alive
+    latents OR-ed, and only rank 0 saves."""
     from .sources import StoreSource
 
     cfg = config or SAETrainConfig(architecture="batchtopk")
+    if world is not None and not world.distributed:
+        world = None
+    if world is not None:
+        world.span(cfg.batch_size, "rows of a batch (--batch-size)")
     if isinstance(source, torch.Tensor):
         x_all = source
         if x_all.dim() != 3:
@@ -334,35 +345,58 @@ def train_crosscoder(
         if step > 0:
             batch = next(batches).float()
         x = batch * scales[None, :, None]
+        if world is not None:
+            lo, hi = world.span(len(x), "rows of a batch (--batch-size)")
+            x = x[lo:hi]
         for gp in opt.param_groups:
             gp["lr"] = lr * _lr_factor(step, total, cfg.lr_warmup, cfg.lr_decay)
         pre = cc.pre_acts(x)
         with torch.no_grad():
-            mask = cc.select(pre)
+            mask = cc.select(pre) if world is None else _select_global(cc, pre, len(batch), world)
         f = torch.relu(pre) * mask
         x_hat = cc.decode(f)
         mse = (x_hat - x).pow(2).sum(-1).sum(-1).mean()
+        if world is not None:
+            mse.backward()
+            mse = _reduce_step(cc, mse, world)
         if not torch.isfinite(mse):
             raise TrainingDiverged(
                 f"crosscoder training stopped: loss is {float(mse)} at step {step + 1}; lower the learning rate"
             )
-        opt.zero_grad(set_to_none=True)
-        mse.backward()
+        if world is None:
+            opt.zero_grad(set_to_none=True)
+            mse.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(cc.parameters(), cfg.grad_clip)
         opt.step()
-        tokens += len(x)
-        fired |= mask.any(0)
+        if world is not None:
+            opt.zero_grad(set_to_none=True)
+        tokens += len(batch)
+        alive = mask.any(0)
+        if world is not None:
+            from ..scale.dist import all_reduce_sum_
+
+            n_alive = alive.float()
+            all_reduce_sum_([n_alive], world)
+            alive = n_alive > 0
+        fired |= alive
         if (step + 1) % max(1, cfg.log_every) == 0 or step + 1 == total:
             with torch.no_grad():
                 var = (x - x.mean(0)).pow(2).sum(-1).sum(-1).mean()
+                stats = torch.tensor(
+                    [float(mse.detach() / var), float(mask.sum(1).float().mean())], dtype=torch.float64
+                )
+                if world is not None:
+                    from ..scale.dist import all_reduce_mean_
+
+                    all_reduce_mean_([stats], world)
             history.append(
                 {
                     "step": step + 1,
                     "tokens": tokens,
                     "mse": float(mse.detach()),
-                    "fvu": float(mse.detach() / var),
-                    "l0": float(mask.sum(1).float().mean()),
+                    "fvu": float(stats[0]),
+                    "l0": float(stats[1]),
                 }
             )
             bar.set_postfix(
@@ -391,10 +425,40 @@ def train_crosscoder(
     res = CrosscoderResult(
         cfg, history, tokens, seconds, classes, crosscoder=cc, path=None if out is None else Path(out)
     )
-    if out is not None:
+    if out is not None and (world is None or world.is_main):
         cc.save(out)
         res.save(out)
+    if world is not None:
+        from ..scale.dist import barrier
+
+        barrier(world)
     return res
+
+
+def _select_global(cc: Crosscoder, pre: torch.Tensor, global_rows: int, world: Any) -> torch.Tensor:
+    """BatchTopK over the global batch when each rank holds a block of its rows: the threshold
+    is the ``k·B``-th largest score among every rank's ``k·B`` largest (gathered)."""
+    score = torch.relu(pre) * cc.decoder_norms().sum(-1)
+    n = min(int(cc.cfg.k) * global_rows, score.numel() * world.size)
+    local = score.flatten().topk(min(n, score.numel()), sorted=False).values
+    parts = [torch.empty_like(local) for _ in range(world.size)]
+    torch.distributed.all_gather(parts, local.contiguous())
+    thr = torch.cat(parts).topk(n, sorted=False).values.min()
+    return (score >= thr) & (score > 0)
+
+
+def _reduce_step(cc: Crosscoder, mse: torch.Tensor, world: Any) -> torch.Tensor:
+    """Average the gradients (already computed) and the loss over the ranks."""
+    from ..scale.dist import all_reduce_mean_
+
+    params = list(cc.parameters())
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    loss = mse.detach().reshape(1).clone()
+    all_reduce_mean_([p.grad for p in params], world)
+    all_reduce_mean_([loss], world)
+    return loss[0]
 
 
 def train_crosscoder_on_stores(
@@ -406,6 +470,7 @@ def train_crosscoder_on_stores(
     experiment: str | Path | None = None,
     name: str = "crosscoder",
     progress: bool = True,
+    world: Any = None,
 ) -> CrosscoderResult:
     """``deltalens sae crosscoder``: a crosscoder on the ``train`` rows of two or more stores of
     the same tokens (base first), saved to ``out`` (default ``Experiment(experiment).crosscoder_dir(name)``)."""
@@ -419,4 +484,4 @@ def train_crosscoder_on_stores(
     dest = (
         Path(out) if out is not None else Experiment.named(str(experiment or "default")).crosscoder_dir(name)
     )
-    return train_crosscoder(src, config, out=dest, progress=progress)
+    return train_crosscoder(src, config, out=dest, progress=progress, world=world)

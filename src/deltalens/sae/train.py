@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
@@ -65,8 +65,11 @@ from ..stage import (
 from .base import SAE
 from .io import CFG as SAE_CFG
 from .io import save_sae
-from .modules import TrainingSAE, canonical_architecture, make_training_sae
+from .modules import StepOutput, TrainingSAE, canonical_architecture, make_training_sae
 from .sources import ActivationSource, as_source
+
+if TYPE_CHECKING:
+    from ..scale.dist import World
 
 TRAINING_JSON = "training.json"
 CHECKPOINTS = "checkpoints"
@@ -332,7 +335,17 @@ class Trainer:
         out: str | Path | None = None,
         init_from: SAE | str | Path | None = None,
         metadata: Mapping[str, Any] | None = None,
+        world: World | None = None,
     ):
+        """``world``: train data-parallel over the ranks of a ``torch.distributed`` world
+        (:func:`deltalens.scale.dist.init`). Every rank is given the same global batch and trains
+        on its block of rows ``[r·B/W, (r+1)·B/W)``; gradients are averaged over the ranks before
+        the optimiser step (so the update is the one-process update on the whole batch), the
+        step's metrics are averaged and the firing counts summed; only rank 0 writes checkpoints
+        and the final SAE."""
+        self.world = world if world is not None and world.distributed else None
+        if self.world is not None:
+            self.world.span(config.batch_size, "rows of a batch (--batch-size)")
         self.cfg = config
         self.d_in = int(d_in)
         self.d_sae = config.resolved_d_sae(d_in)
@@ -426,6 +439,11 @@ class Trainer:
         cfg = self.cfg
         if batch.shape[-1] != self.d_in:
             raise ShapeError(f"batch has width {batch.shape[-1]}, the SAE expects d_in={self.d_in}")
+        n = batch.shape[0]  # rows of the global batch (every rank is given all of them)
+        if self.world is not None:
+            lo, hi = self.world.span(n, "rows of a batch (--batch-size)")
+            batch = batch[lo:hi]
+            target = None if target is None else target[lo:hi]
         x = batch.to(self.device, torch.float32) * self.scale
         y = None if target is None else target.to(self.device, torch.float32) * self.scale
         total = cfg.total_steps
@@ -436,10 +454,14 @@ class Trainer:
         sp_scale = min(1.0, (self.step_n + 1) / sw) if sw else 1.0
         self.module.train()
         out = self.module.step_loss(x, dead=self.dead_mask(), sparsity_scale=sp_scale, target=y)
-        if not torch.isfinite(out.loss):
+        if self.world is None and not torch.isfinite(out.loss):
             self._diverged(f"loss is {float(out.loss)}")
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
+        if self.world is not None:
+            out = self._all_reduce(out)  # every rank now holds the same gradients and metrics
+            if not torch.isfinite(out.loss):
+                self._diverged(f"loss is {float(out.loss)}")
         self.module.remove_parallel_grad()
         if cfg.grad_clip:
             gn = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
@@ -451,7 +473,6 @@ class Trainer:
             self._diverged(f"the gradient norm is {float(gn)}")
         self.opt.step()
         self.module.normalize_decoder()
-        n = x.shape[0]
         self.tokens += n
         self.step_n += 1
         fired = out.fired if out.fired is not None else torch.zeros(self.d_sae, device=self.device)
@@ -484,6 +505,55 @@ class Trainer:
             if self.step_n % every == 0 and self.step_n < total:
                 self.checkpoint()
         return rec
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 of the world (or one process): the one that writes files."""
+        return self.world is None or self.world.is_main
+
+    def _all_reduce(self, out: StepOutput) -> StepOutput:
+        """Data parallel: gradients and metrics averaged over the ranks, firing counts summed.
+
+        With equal blocks of ``m = B/W`` rows, ``(1/W) Σ_r ∇(1/m) Σ_{i∈r} ℓ_i = ∇(1/B) Σ_i ℓ_i``:
+        the averaged gradient is the one-process gradient of the batch-mean loss. ``loss``,
+        ``mse``, ``l0``, ``aux`` and ``sparsity`` are batch means, so their rank mean is the
+        batch mean; ``fvu`` is the mean of the ranks' FVUs (each over its block's variance)."""
+        from ..scale.dist import all_reduce_mean_, all_reduce_sum_
+
+        assert self.world is not None
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        stats = torch.tensor(
+            [float(out.loss.detach()), out.mse, out.fvu, out.l0, out.aux, out.sparsity],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        all_reduce_mean_([p.grad for p in params], self.world)
+        all_reduce_mean_([stats], self.world)
+        # running statistics updated in the step (the batchtopk threshold): their rank mean
+        all_reduce_mean_([b for b in self.module.buffers() if b.is_floating_point()], self.world)
+        fired = out.fired if out.fired is not None else torch.zeros(self.d_sae, device=self.device)
+        fired = fired.detach().clone()
+        all_reduce_sum_([fired], self.world)
+        loss, mse, fvu, l0, aux, sparsity = stats.tolist()
+        return StepOutput(
+            torch.tensor(loss), mse, fvu, l0, aux=aux, sparsity=sparsity, fired=fired, extra=out.extra
+        )
+
+    def sync_initial_state(self) -> None:
+        """Data parallel: every rank starts from rank 0's weights and norm scale."""
+        if self.world is None:
+            return
+        from ..scale.dist import broadcast_
+
+        scale = torch.tensor([self.scale], dtype=torch.float64, device=self.device)
+        with torch.no_grad():
+            broadcast_(
+                [*(p.data for p in self.module.parameters()), *self.module.buffers(), scale], self.world
+            )
+        self.scale = float(scale)
 
     def _diverged(self, what: str) -> None:
         last = self.last_checkpoint
@@ -518,6 +588,9 @@ class Trainer:
     def checkpoint(self) -> Path:
         assert self.out is not None
         path = self.out / CHECKPOINTS / f"step_{self.step_n:08d}"
+        if not self.is_main:  # rank 0 writes; every rank knows where it is
+            self.last_checkpoint = path
+            return path
         path.mkdir(parents=True, exist_ok=True)
         save_tensors(path / "state.safetensors", self._state())
         write_json(
@@ -625,7 +698,7 @@ class Trainer:
             self.cfg.check_against(recorded["config"], f"the SAE in {self.out}")
 
     def discard_checkpoints(self) -> None:
-        if self.out is not None and (self.out / CHECKPOINTS).is_dir():
+        if self.is_main and self.out is not None and (self.out / CHECKPOINTS).is_dir():
             shutil.rmtree(self.out / CHECKPOINTS)
 
     def result(self) -> SAETrainResult:
@@ -654,7 +727,7 @@ class Trainer:
     def save(self) -> SAETrainResult:
         """The result; with ``out``, the SAELens directory + ``training.json`` (checkpoints removed)."""
         res = self.result()
-        if self.out is not None:
+        if self.out is not None and self.is_main:
             assert res.sae is not None
             save_sae(res.sae, self.out, sparsity=res.sparsity)
             res.save(self.out)
@@ -704,10 +777,21 @@ def train_saes(
     batch_size = bs.pop()
     first = next(iter(trainers.values()))
     seed = first.cfg.seed
+    worlds = {id(t.world): t.world for t in trainers.values()}
+    if len(worlds) != 1:
+        raise ConfigError("SAEs trained from one stream must share one world (or all train in one process)")
+    world = next(iter(worlds.values()))
+    if world is not None:
+        from ..scale.dist import barrier
+
+        barrier(world)  # every rank has looked for checkpoints before rank 0 discards any
     for t in trainers.values():
         if overwrite or not resume:
             t.discard_checkpoints()
-        elif (ck := t.latest_checkpoint()) is not None:
+    if world is not None:
+        barrier(world)
+    for t in trainers.values():
+        if not (overwrite or not resume) and (ck := t.latest_checkpoint()) is not None:
             t.resume(ck)
     # batches consumed before the checkpoint (trainers of one stream step in lockstep)
     consumed = min(t.step_n for t in trainers.values())
@@ -731,6 +815,7 @@ def train_saes(
             samples = {None: torch.cat(parts)}
         for t in need_init:
             t.initialize(_pick(samples, t.site))
+            t.sync_initial_state()
     steps = max(t.cfg.total_steps for t in trainers.values())
     bar = tqdm(
         total=steps,
@@ -760,7 +845,12 @@ def train_saes(
         if progress:
             bar.set_postfix(_postfix(active[0][1]._last), refresh=False)
     bar.close()
-    return {name: t.save() for name, t in trainers.items()}
+    results = {name: t.save() for name, t in trainers.items()}
+    if world is not None:
+        from ..scale.dist import barrier
+
+        barrier(world)  # rank 0 has written every SAE
+    return results
 
 
 def _pick(batch: Any, site: str | None) -> torch.Tensor:
@@ -790,11 +880,13 @@ def train_sae(
     overwrite: bool = False,
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
+    world: World | None = None,
     **source_kw: Any,
 ) -> SAETrainResult:
     """Train one SAE on ``data`` (a tensor ``[n, d]``, an ActivationStore or its path, or an
     :class:`~deltalens.sae.sources.ActivationSource`). ``out`` gets the SAELens directory
-    (and checkpoints while training). ``init_from`` fine-tunes an existing SAE."""
+    (and checkpoints while training). ``init_from`` fine-tunes an existing SAE. ``world``
+    trains data-parallel over a ``torch.distributed`` world (see :class:`Trainer`)."""
     config = config or SAETrainConfig()
     src = as_source(data, site, **source_kw)
     site_s = str(Site.parse(site)) if site is not None else src.site
@@ -806,7 +898,9 @@ def train_sae(
         out=out,
         init_from=init_from,
         metadata=metadata,
+        world=world,
     )
+    progress = progress and (world is None or world.is_main)
     return train_saes(src, {"sae": trainer}, progress=progress, resume=resume, overwrite=overwrite)["sae"]
 
 
@@ -840,11 +934,12 @@ def train_grid(
     overwrite: bool = False,
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
+    world: World | None = None,
 ) -> list[SAETrainResult]:
     """One SAE per ``site × k`` (``ks`` empty: ``config.k``), all from one stream (one forward
     pass per batch when the source is on the fly). Each goes to ``out`` (one SAE) or
     ``out/<grid_name>`` (several), else to ``Experiment(experiment).sae_dir(<grid_name>)``.
-    Resume and overwrite as :func:`train_saes`."""
+    Resume and overwrite as :func:`train_saes`; ``world`` trains data-parallel (:class:`Trainer`)."""
     from ..experiment import Experiment
 
     ks = [int(k) for k in ks] or [config.k]
@@ -876,7 +971,9 @@ def train_grid(
                 out=dest,
                 init_from=init_from,
                 metadata=meta,
+                world=world,
             )
+    progress = progress and (world is None or world.is_main)
     results = train_saes(src, trainers, progress=progress, resume=resume, overwrite=overwrite)
     for nm, r in results.items():
         r.extra.setdefault("name", nm)

@@ -8,6 +8,14 @@ cache), optionally projects them on a monitor vector, and appends one
 Candidates already evaluated with the same judge are read back, not recomputed; those
 with responses but missing or failed scores are only re-scored. Coefficients (relative or
 raw) are explained in :mod:`deltalens.steering.terms`.
+
+With a ``backend`` (:class:`~deltalens.scale.backends.BackendConfig`: ``local``, ``ray`` or
+``slurm``) the same chunks of whole configurations are work units: each worker loads the model
+from its spec once (:func:`generate_chunk`) and generates its chunk; the driver judges and
+appends each chunk's records as the chunk finishes. A chunk that fails after its retries is
+recorded in ``failed.jsonl`` beside ``results.jsonl`` and the run ends with
+:class:`~deltalens.errors.WorkUnitError` once every other chunk is written; a re-run computes
+only what is missing.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ..models.loading import LoadedModel
+    from ..scale.backends import BackendConfig
 
 
 @dataclass
@@ -184,6 +193,7 @@ def evaluate_candidates(
     progress: bool = True,
     on_record: Callable[[SteeringRecord], None] | None = None,
     stats: SweepStats | None = None,
+    backend: BackendConfig | None = None,
 ) -> list[SteeringRecord]:
     """Evaluate ``candidates`` (see the module docstring); returns one record per candidate."""
     judge.check()
@@ -243,6 +253,10 @@ def evaluate_candidates(
 
     for i, prev in to_rescore:
         finish([i], [prev.responses])
+    chunks = [to_generate[s : s + per_chunk] for s in range(0, len(to_generate), per_chunk)]
+    if backend is not None and chunks:
+        _generate_on_backend(lm, candidates, chunks, norms, settings, backend, finish, log, keys, progress)
+        return [out[seen[k]] for k in keys]
     for s in range(0, len(to_generate), per_chunk):
         idxs = to_generate[s : s + per_chunk]
         t0 = time.time()
@@ -262,3 +276,107 @@ def evaluate_candidates(
         if stats is not None:
             stats.seconds = time.time() - t0
     return [out[seen[k]] for k in keys]
+
+
+# ---- work units on a backend (Ray, SLURM) --------------------------------------------------------
+_WORKER_MODEL: dict[tuple[str, str, str], LoadedModel] = {}
+
+
+def generate_chunk(
+    model: dict[str, str],
+    questions: list[str],
+    candidates: list[Candidate],
+    norms: dict[int, float],
+    max_new_tokens: int,
+    positions: str,
+    max_rows: int,
+    chat: bool | str,
+) -> dict[str, Any]:
+    """One work unit: greedy generations of ``questions`` under each candidate, as dicts
+    (``{"weights_hash", "gens": [[Generation.to_dict()…] per candidate]}``). The model is loaded
+    from ``model["spec"]`` once per worker process and kept for later units."""
+    from ..models import load
+
+    key = (model["spec"], model["dtype"], model["device"])
+    if key not in _WORKER_MODEL:
+        _WORKER_MODEL.clear()
+        _WORKER_MODEL[key] = load(model["spec"], dtype=model["dtype"], device=model["device"])
+    lm = _WORKER_MODEL[key]
+    gens = generate_sweep(
+        lm,
+        questions,
+        candidates,
+        norms=norms,
+        max_new_tokens=max_new_tokens,
+        positions=positions,
+        max_rows=max_rows,
+        chat=chat,
+        progress=False,
+    )
+    return {"weights_hash": lm.weights_hash, "gens": [[g.to_dict() for g in gl] for gl in gens]}
+
+
+def _generate_on_backend(
+    lm: LoadedModel,
+    candidates: Sequence[Candidate],
+    chunks: list[list[int]],
+    norms: dict[int, float],
+    settings: EvalSettings,
+    backend: BackendConfig,
+    finish: Callable[[list[int], list[list[dict[str, Any]]]], None],
+    log: ResultsLog,
+    keys: list[str],
+    progress: bool,
+) -> None:
+    from ..errors import ConfigError, WorkUnitError
+    from ..io import append_log
+    from ..scale.backends import Unit, run_units
+
+    if not lm.spec:
+        raise ConfigError(f"--backend {backend.backend} needs a model loaded from a spec (a path or name)")
+    model = {"spec": str(lm.spec), "dtype": str(lm.dtype).replace("torch.", ""), "device": str(lm.device)}
+    units = [
+        Unit(
+            keys[idxs[0]],
+            (
+                model,
+                list(settings.questions),
+                [candidates[i] for i in idxs],
+                dict(norms),
+                settings.max_new_tokens,
+                settings.positions,
+                settings.max_rows,
+                settings.chat,
+            ),
+        )
+        for idxs in chunks
+    ]
+    by_key = {keys[idxs[0]]: idxs for idxs in chunks}
+    failed_log = log.path.with_name("failed.jsonl")
+    if backend.backend == "slurm" and not backend.slurm_folder:  # submitit's job files beside the results
+        backend = backend.replace(slurm_folder=str(log.path.parent / "submitit"))
+
+    def on_result(u: Unit, res: dict[str, Any]) -> None:
+        if res["weights_hash"] != lm.weights_hash:
+            raise ConfigError(
+                f"a worker loaded {model['spec']} with weights {res['weights_hash']}, this run has "
+                f"{lm.weights_hash}; every worker must see the same model files"
+            )
+        finish(by_key[u.key], res["gens"])
+
+    def on_failure(u: Unit, err: str, attempts: int) -> None:
+        append_log(
+            failed_log,
+            {"keys": [keys[i] for i in by_key[u.key]], "error": err, "attempts": attempts, "time": now_iso()},
+        )
+
+    rep = run_units(
+        generate_chunk, units, backend, on_result=on_result, on_failure=on_failure, progress=progress
+    )
+    if rep.failed:
+        first = next(iter(rep.failed.values()))
+        raise WorkUnitError(
+            f"{len(rep.failed)} of {len(units)} work units failed after {backend.retries} retries "
+            f"(recorded in {failed_log}; first: {first}); the others are in {log.path} — rerun to compute "
+            "only the missing ones"
+        )

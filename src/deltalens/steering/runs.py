@@ -39,6 +39,7 @@ from .terms import COEF_MODES, Candidate, check_widths
 
 if TYPE_CHECKING:
     from ..models.loading import LoadedModel
+    from ..scale.backends import BackendConfig
 
 MIN_COHERENCE = 70.0  # the coherence a configuration must keep to count (tables, best sources)
 
@@ -310,14 +311,18 @@ def run_steering(
     vector_exp: Experiment | None = None,
     progress: bool = True,
     report: Callable[..., None] | None = None,
+    backend: BackendConfig | None = None,
 ) -> SteeringRun:
     """Phase 1 for one vector source (see the module docstring). Vectors are read from
     ``vector_exp`` (default: ``exp``, where the results are written); the judge defaults to
     the one ``config.judge`` names. Every vector's width is checked against the model before
-    anything is generated. The run is saved next to its results log."""
+    anything is generated. The run is saved next to its results log. ``backend`` generates the
+    configurations as work units on Ray or SLURM (:mod:`deltalens.scale.backends`)."""
     from .pipeline import default_layers, make_judge
 
     cfg = config or SteerRunConfig()
+    if backend is not None:
+        backend.check_available()  # before anything is loaded or generated
     layers = list(cfg.layers) or default_layers(lm.n_layers)
     vexp = vector_exp or exp
     sets = _vector_sets(vexp, trait, cfg, layers)
@@ -349,6 +354,7 @@ def run_steering(
         monitor=monitor,
         trait_id=trait.id,
         progress=progress,
+        backend=backend,
     )
     try:
         if cfg.coefficients:

@@ -42,6 +42,7 @@ from .results import ResultsLog, SteeringRecord
 if TYPE_CHECKING:
     from ..judges import Judge, JudgeCache, TraitInfo
     from ..models.loading import LoadedModel
+    from ..scale.backends import BackendConfig
 
 
 @dataclass
@@ -98,6 +99,7 @@ def adaptive_search(
     trait_id: str | None = None,
     progress: bool = True,
     report: Callable[[int, list[tuple[str, LayerState, SteeringRecord]]], None] | None = None,
+    backend: BackendConfig | None = None,
 ) -> SearchResult:
     """Adaptive per-layer coefficient search for one or more vector sets (``{method: {layer: vector}}``),
     all layers and sets stepped together in one batch per round (see the module docstring)."""
@@ -112,6 +114,7 @@ def adaptive_search(
         monitor=monitor,
         trait_id=trait_id,
         progress=progress,
+        backend=backend,
     )[0]
     states: dict[str, dict[int, LayerState]] = {}
     for name, vs in vector_sets.items():
@@ -144,6 +147,7 @@ def adaptive_search(
             monitor=monitor,
             trait_id=trait_id,
             progress=progress,
+            backend=backend,
         )
         rows = []
         for (name, st), rec in zip(active, recs):
@@ -172,8 +176,10 @@ def grid_search(
     monitor: Monitor | None = None,
     trait_id: str | None = None,
     progress: bool = True,
+    backend: BackendConfig | None = None,
 ) -> SearchResult:
-    """Evaluate every (layer, coefficient) of a grid for each vector set, in one batch."""
+    """Evaluate every (layer, coefficient) of a grid for each vector set, in one batch (or as
+    work units on ``backend``, see :func:`~deltalens.steering.evaluate.evaluate_candidates`)."""
     base = evaluate_candidates(
         lm,
         [Candidate.baseline()],
@@ -185,6 +191,7 @@ def grid_search(
         monitor=monitor,
         trait_id=trait_id,
         progress=progress,
+        backend=backend,
     )[0]
     cands = []
     for name, vs in vector_sets.items():
@@ -203,6 +210,7 @@ def grid_search(
         monitor=monitor,
         trait_id=trait_id,
         progress=progress,
+        backend=backend,
     )
     return SearchResult(base, recs)
 
