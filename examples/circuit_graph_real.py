@@ -71,13 +71,18 @@ def main() -> None:
     exact = edge_patching(lm, task, [(a, b) for a, b, _ in chosen])
     ig = torch.tensor([w for _, _, w in chosen])
     r = pearson(ig, exact)
-    report["exact"] = {"edges": len(chosen), "pearson_r": r, "seconds": time.perf_counter() - t}
+    report["exact"] = {
+        "edges": [list(e) for e in chosen],
+        "exact": exact.tolist(),
+        "pearson_r": r,
+        "seconds": time.perf_counter() - t,
+    }
     print(f"EAP-IG vs exact edge patching over {len(chosen)} edges: r = {r:.3f}")
     scatter(
         exact.tolist(),
         ig.tolist(),
         FIG / "eap_ig_vs_exact.png",
-        title=f"SmolLM2 capitals: EAP-IG vs exact edge patching (r = {r:.3f}, {len(chosen)} edges)",
+        title=f"SmolLM2 capitals: EAP-IG vs exact edge patching\nr = {r:.3f} over {len(chosen)} edges",
         xlabel="exact: Δ logit diff, edge patched alone",
         ylabel="EAP-IG edge score",
         diagonal=True,
