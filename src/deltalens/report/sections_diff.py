@@ -25,6 +25,30 @@ def _toks(items: list, n: int = 20) -> str:
     return " ".join(out)
 
 
+# figures that are drawings of token tables: the report shows the same lists as HTML tables
+TABLE_FIGURES = frozenset({"logit_lens.png", "activation_lens.png"})
+
+
+def _plots(d: Path) -> str:
+    return figures(p for p in d.glob("*.png") if p.name not in TABLE_FIGURES)
+
+
+def _token_columns(cols: dict[str, list], caption: str, n: int = 20) -> str:
+    """Token lists side by side (one column per list, rank per row), as an HTML table."""
+    cols = {k: v for k, v in cols.items() if v}
+    if not cols:
+        return ""
+    rows = []
+    for i in range(min(n, max(len(v) for v in cols.values()))):
+        rows.append([i + 1] + [_toks(v[i : i + 1], 1) if i < len(v) else "" for v in cols.values()])
+    return table(["rank", *cols], rows, caption=caption, filterable=False)
+
+
+def anchor(kind: str, name: str) -> str:
+    """The anchor id of one diff result's heading (the findings link to it)."""
+    return "diff-" + "".join(c if c.isalnum() else "-" for c in f"{kind}-{name}")
+
+
 def _organisms(exp: Experiment) -> str:
     root = exp.organism_dir("x").parent
     rows = []
@@ -66,11 +90,15 @@ def _weights(d: Path, r: Any) -> str:
     )
     ll = r["logit_lens"].get("top_layer_lists") or {}
     if ll:
+        cols: dict[str, list] = {}
+        for k, v in ll.items():
+            cols[f"{k} +"] = v["pos"]
+            cols[f"{k} −"] = v["neg"]
         out.append(
-            table(
-                ["direction", "top tokens (+)", "top tokens (−)"],
-                [(k, _toks(v["pos"]), _toks(v["neg"], 10)) for k, v in ll.items()],
-                caption=f"weight logit lens at layer {r['logit_lens']['top_layer']}",
+            _token_columns(
+                cols,
+                f"weight logit lens at layer {r['logit_lens']['top_layer']} (largest relative change): top tokens "
+                "of each direction read through the unembedding",
             )
         )
     for name, t in r.get("trait_alignment", {}).get("traits", {}).items():
@@ -81,7 +109,7 @@ def _weights(d: Path, r: Any) -> str:
                 caption=f"alignment with trait vectors '{name}'",
             )
         )
-    out.append(figures(d.glob("*.png")))
+    out.append(_plots(d))
     return "".join(out)
 
 
@@ -116,7 +144,17 @@ def _activations(d: Path, r: Any, lens: Any) -> str:
         out.append(
             table(["layer", "top tokens of +δ"], rows, caption="activation-difference lens on unrelated text")
         )
-    out.append(figures(d.glob("*.png")))
+        layers = lens["layers"] if isinstance(lens["layers"], dict) else {}
+        cols = {}
+        for L in dict.fromkeys([lens["summary"]["layer"], lens["summary_max"]["layer"]]):
+            rec = layers.get(str(L)) or {}
+            for part in ("first_k", "all"):
+                if isinstance(rec.get(part), dict):
+                    cols[f"L{L} {part.replace('_', ' ')}"] = rec[part].get("pos", [])
+        out.append(
+            _token_columns(cols, "activation-difference lens: top tokens of +δ per layer and positions")
+        )
+    out.append(_plots(d))
     return "".join(out)
 
 
@@ -145,7 +183,7 @@ def _outputs(d: Path, r: Any) -> str:
             caption="highest-KL contexts",
         )
     )
-    out.append(figures(d.glob("*.png")))
+    out.append(_plots(d))
     return "".join(out)
 
 
@@ -160,7 +198,7 @@ def _series(d: Path, r: Any) -> str:
                 caption="scorer over the series",
             )
         )
-    out.append(figures(d.glob("*.png")))
+    out.append(_plots(d))
     return "".join(out)
 
 
@@ -185,7 +223,7 @@ def diff_section(exp: Experiment) -> str | None:
         if not root.is_dir():
             continue
         for d in sorted(p for p in root.iterdir() if p.is_dir()):
-            title = f"<h3>{esc(kind)}: {esc(d.name)}</h3>"
+            title = f"<h3 id='{anchor(kind, d.name)}'>{esc(kind)}: {esc(d.name)}</h3>"
             if kind == "weights" and (r := _load(WeightDiff, d)) is not None:
                 parts.append(title + _weights(d, r))
             elif kind == "activations":

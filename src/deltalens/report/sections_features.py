@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..experiment import Experiment
-from .html import esc, figures, fmt, json_file, section, table
+from .html import bars_svg, esc, figures, fmt, json_file, section, table, token_strip
 
 
 def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -93,19 +93,10 @@ def _firing(d: Path) -> str:
     )
 
 
-def _highlight(tokens: list[str], values: list[float] | None, vmax: float) -> str:
-    spans = []
-    for i, t in enumerate(tokens):
-        v = values[i] if values else 0.0
-        a = 0.0 if vmax <= 0 else max(0.0, min(1.0, v / vmax))
-        shown = t.replace("\n", "⏎")
-        spans.append(
-            f"<span title='{esc(fmt(v))}' style='background:rgba(255,140,0,{a:.2f})'>{esc(shown)}</span>"
-        )
-    return "<code>" + "".join(spans) + "</code>"
-
-
-def _dashboards(d: Path, max_latents: int = 12, max_examples: int = 3) -> str:
+def _dashboards(d: Path, max_latents: int = 12, max_examples: int = 5) -> str:
+    """Per latent: its top examples as token strips (shade ∝ activation / max; hover shows the
+    value), the activation-density histogram and the logit effects (tokens it promotes and
+    suppresses, hover shows the value) as inline SVG bars."""
     out = []
     for index in sorted(d.rglob("index.json")):
         idx = json_file(index) or {}
@@ -118,15 +109,28 @@ def _dashboards(d: Path, max_latents: int = 12, max_examples: int = 3) -> str:
             acts = rec.get("activations", [])[:max_examples]
             vmax = float(rec.get("maxActApprox") or 0)
             ex = "".join(
-                f"<div>{_highlight(a.get('tokens', []), a.get('values'), vmax)} "
+                f"<div class=ex>{token_strip(a.get('tokens', []), a.get('values'), vmax)} "
                 f"<span class=note>max {esc(fmt(a.get('maxValue')))}</span></div>"
                 for a in acts
             )
-            promotes = ", ".join(repr(t) for t in rec.get("pos_str", [])[:6])
-            suppresses = ", ".join(repr(t) for t in rec.get("neg_str", [])[:4])
+            hist = bars_svg(
+                [f"{fmt(v)}" for v in rec.get("freq_hist_data_bar_values", [])],
+                rec.get("freq_hist_data_bar_heights", []),
+                "activation density (tokens per log-spaced bin)",
+            )
+            pos, neg = rec.get("pos_str", [])[:10], rec.get("neg_str", [])[:10]
+            effects = bars_svg(
+                [repr(t) for t in pos] + [repr(t) for t in neg],
+                list(rec.get("pos_values", [])[: len(pos)]) + list(rec.get("neg_values", [])[: len(neg)]),
+                "logit effects: promoted (left), suppressed (right)",
+            )
+            promotes = ", ".join(repr(t) for t in pos[:6])
+            suppresses = ", ".join(repr(t) for t in neg[:4])
             cards.append(
-                f"<h3>latent {esc(rec.get('index'))} · fires on {esc(fmt(100 * float(rec.get('frac_nonzero') or 0)))}% of tokens"
-                f" · max {esc(fmt(rec.get('maxActApprox')))}</h3><p class=note>promotes {esc(promotes)}; suppresses {esc(suppresses)}</p>{ex}"  # noqa: E501
+                f"<div class=card id='latent-{esc(rec.get('index'))}'><h3>latent {esc(rec.get('index'))} · fires on "
+                f"{esc(fmt(100 * float(rec.get('frac_nonzero') or 0)))}% of tokens · max "
+                f"{esc(fmt(rec.get('maxActApprox')))}</h3><p class=note>promotes {esc(promotes)}; suppresses "
+                f"{esc(suppresses)}</p>{ex}{hist}{effects}</div>"
             )
         more = (
             f"<p class=note>{len(feats) - max_latents} more latents in {esc(index.parent)}.</p>"
