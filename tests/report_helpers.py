@@ -3,7 +3,8 @@
 It holds an organism with a *planted* change (a vector added to every token embedding, pointing at
 the unembedding rows of a few topic words, so the activation-difference lens must find exactly
 those words) and a null organism (a random vector of the same norm), their weight / activation /
-output diffs, an evaluated SAE, feature dashboards and firing statistics, and generations whose
+output diffs (the same direction is also written by one MLP's down projection, rank 1, for the
+weight logit lens), an evaluated SAE, feature dashboards and firing statistics, and generations whose
 text contains markup (``<script>``, ``onerror=``) that must stay inert text in the report.
 """
 
@@ -34,8 +35,11 @@ def _planted(lm, direction: torch.Tensor, name: str):
     from deltalens.models.loading import LoadedModel
 
     model = copy.deepcopy(lm.model)
+    r = torch.randn(model.config.intermediate_size, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         model.get_input_embeddings().weight.add_(direction)
+        # a rank-1 write of the same direction by layer 1's MLP: the weight logit lens reads it
+        model.model.layers[1].mlp.down_proj.weight.add_(torch.outer(direction, r / r.norm()))
     return LoadedModel.wrap(model, lm.tokenizer, name=name)
 
 
