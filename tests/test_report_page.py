@@ -167,3 +167,36 @@ def test_page_in_chromium(page, small):
     box.send_keys("question 1")
     visible = [r for r in table.find_elements("css selector", "tbody tr") if r.is_displayed()]
     assert len(visible) == sum("question 1" in r["question"] for r in small.generations) == 11
+
+
+def test_circuit_finding_reads_the_saved_faithfulness_curve(tmp_path):
+    from deltalens.circuits.faithfulness import FaithfulnessCurve
+
+    exp = Experiment(tmp_path / "exp")
+    exp.save_config({"name": "c"})
+    # F(model) = 2, F(empty) = 0: faithfulness = F_circuit / 2, completeness = F_complement / 2
+    curve = FaithfulnessCurve("sites", [1, 2, 5], 40, 2.0, 0.0, [0.4, 1.7, 1.9], [1.5, 0.2, 0.1], 0.0, {})
+    curve.save(exp.circuits_dir("task", "attribution_denoising"))
+    [f] = [f for f in collect(exp) if f.analysis == "circuits"]
+    # the smallest k reaching faithfulness 0.8 is k = 2 (1.7 / 2 = 0.85), its complement 0.2 / 2
+    assert "top 2 of 40 sites nodes recover faithfulness 0.85" in f.headline
+    assert f.control.startswith("complement (model minus circuit) 0.10")
+    curve = FaithfulnessCurve("sites", [1, 2], 40, 2.0, 0.0, [0.4, 1.0], [1.5, 1.0], 0.0, {})
+    curve.save(exp.circuits_dir("task", "attribution_denoising"))
+    [f] = [f for f in collect(exp) if f.analysis == "circuits"]
+    assert "faithfulness 0.50 (best; 0.8 not reached)" in f.headline
+
+
+def test_a_broken_result_gives_one_finding_row_and_the_rest_renders(small, tmp_path):
+    exp = Experiment(tmp_path / "exp")
+    shutil.copytree(small.root / "diff", exp.root / "diff")
+    shutil.copytree(
+        small.root / "models", exp.root / "models", ignore=shutil.ignore_patterns("*.safetensors")
+    )
+    exp.save_config({"name": "broken"})
+    (exp.activation_diff_dir("organism") / "activation_lens.json").write_text("{not json")
+    found = collect(exp)
+    broken = [f for f in found if f.headline.startswith("could not read")]
+    assert len(broken) == 1 and "activation_lens.json" in broken[0].headline
+    assert any(f.analysis == "model diff · weights" for f in found)
+    assert "could not read" in build_report(exp).read_text()
