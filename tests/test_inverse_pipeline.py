@@ -213,7 +213,10 @@ def test_report_section(inputs, tmp_path):
     assert "Inverse problems" in page and "optimised prompts: found" in page
     assert f"{sum(r['found'] for r in res.optimize_summary.rows)}/2" in page
     assert "cohesion = mean pairwise cosine" in page and "simulation r" in page
-    assert "data:image/png;base64" in page and "cluster_map.html" in page
+    assert "data:image/png;base64" in page
+    # the interactive cluster map is inside the page, in a sandboxed frame (its markup escaped)
+    frame = page.index("<iframe title='cluster map' sandbox='allow-scripts'")
+    assert "srcdoc='&lt;!doctype html&gt;" in page[frame : frame + 300].lower()
     # a prompt's text is escaped in the heatmap (hover titles carry the values)
     tok = res.optimized[0].best["tokens"][0]
     import html

@@ -103,8 +103,15 @@ def _run(d: Path) -> str:
     viz = d / "viz"
     if viz.is_dir():
         parts.append(figures(sorted(viz.glob("*.png"))))
-        if (viz / "cluster_map.html").is_file():
-            parts.append(f"<p class=note>interactive cluster map: {esc(viz / 'cluster_map.html')}</p>")
+        cmap = viz / "cluster_map.html"
+        if cmap.is_file():
+            # the interactive map travels inside the page: a sandboxed frame (scripts, no same
+            # origin, no network) whose document is the escaped srcdoc; the PNG above is the fallback
+            parts.append(
+                "<h3>interactive cluster map</h3><iframe title='cluster map' sandbox='allow-scripts' "
+                "style='width:100%;height:640px;border:1px solid #e6e9ee' "
+                f"srcdoc='{esc(cmap.read_text(encoding='utf-8'))}'></iframe>"
+            )
     return "".join(parts)
 
 
