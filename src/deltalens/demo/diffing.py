@@ -4,7 +4,9 @@
    merge, save under ``models/ocean_topic`` with provenance (resumed when it exists);
 2. show its behaviour on held-out questions next to the base model's answers;
 3. weight diff (streamed), replay activation similarity + activation-difference lens, and
-   output diff (KL, tokens that rose) — each with its top tokens, topic words marked.
+   output diff (KL, tokens that rose) — each with its top tokens, topic words marked;
+4. the control: the null organism (same questions and recipe, trained on the plain answers) with
+   the same diffs, so the report's findings can put "null organism h/20" next to each reading.
 
 Uses the steering stage's trait vectors and results when that stage ran (alignment and
 transfer correlation); skips those parts otherwise.
@@ -18,6 +20,7 @@ from ..console import table
 from . import DemoContext, Stage
 
 NAME = "ocean_topic"
+NULL = "ocean_null"
 
 
 def _toks(items, words, n=20) -> str:
@@ -183,6 +186,29 @@ def run(ctx: DemoContext) -> None:
         f"the organism finds its answers {o['mean_logprob_change']:.2f} nats/token likelier ({time.time() - t:.1f} s)"
     )
 
+    # 4. the control: the null organism (same questions and recipe, the plain answers), same diffs
+    t = time.time()
+    null_path = exp.organism_dir(NULL)
+    train_organism(
+        lm, ds, null_path, config=cfg, target="rejected", limit=None if not fast else 24, progress=False
+    )
+    null = deltalens.load(null_path)
+    diff_weights(lm, null_path, out_dir=exp.weight_diff_dir(NULL), progress=False)
+    n_adl = activation_difference_lens(lm, null, out_dir=exp.activation_diff_dir(NULL), progress=False)
+    g_null = deltalens.generate(null, qs, max_new_tokens=40 if not fast else 24, progress=False)
+    n_o = diff_outputs(
+        lm, null, g_null, positions="prompt[-1]|response", out_dir=exp.output_diff_dir(NULL), progress=False
+    )
+    lists[f"null organism: activation-diff lens L{n_adl['summary_max']['layer']}"] = n_adl["summary_max"][
+        "pos"
+    ]
+    lists["null organism: output diff rose most"] = n_o["rose_most"]
+    con.print(
+        f"null organism [bold]{NULL}[/bold] (same recipe on the plain answers): trained and diffed in "
+        f"{time.time() - t:.1f} s; mean KL {n_o['mean_kl']:.3f} nats/token"
+    )
+    del null
+
     rows = [
         (name, len(topic_hits(items[:20], words)), _toks(items, words, 14)) for name, items in lists.items()
     ]
@@ -196,4 +222,6 @@ def run(ctx: DemoContext) -> None:
     }
 
 
-STAGE = Stage(30, "diffing", run, "model organism (LoRA SFT) and weight / activation / output diffs")
+STAGE = Stage(
+    30, "diffing", run, "model organism (LoRA SFT) and its null organism; weight / activation / output diffs"
+)
