@@ -200,3 +200,19 @@ def test_a_broken_result_gives_one_finding_row_and_the_rest_renders(small, tmp_p
     assert len(broken) == 1 and "activation_lens.json" in broken[0].headline
     assert any(f.analysis == "model diff · weights" for f in found)
     assert "could not read" in build_report(exp).read_text()
+
+
+def test_embedded_figures_are_palette_pngs_that_look_the_same(small):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from deltalens.report.html import png_bytes
+
+    for p in sorted(small.root.rglob("*.png"))[:6]:
+        small_png = png_bytes(p)
+        assert len(small_png) <= p.stat().st_size
+        a = np.asarray(Image.open(p).convert("RGB"), dtype=float)
+        b = np.asarray(Image.open(io.BytesIO(small_png)).convert("RGB"), dtype=float)
+        assert a.shape == b.shape and np.abs(a - b).mean() < 2.0, p.name  # of 255

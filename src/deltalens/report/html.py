@@ -139,12 +139,32 @@ def bars_svg(
     )
 
 
+def png_bytes(path: Path, colours: int = 256) -> bytes:
+    """The PNG at ``path`` for embedding: re-encoded with an adaptive palette of ``colours``
+    colours (plots have few colours; heatmaps lose at most the difference between neighbouring
+    palette entries) when that is smaller, else the file as it is."""
+    raw = path.read_bytes()
+    try:
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(raw)) as im:
+            rgb = im.convert("RGB")
+        buf = io.BytesIO()
+        rgb.quantize(colors=colours, method=Image.Quantize.MEDIANCUT).save(buf, format="PNG", optimize=True)
+        small = buf.getvalue()
+    except Exception:  # noqa: BLE001 - not a PNG Pillow can read: embed as is (the browser decides)
+        return raw
+    return small if len(small) < len(raw) else raw
+
+
 def figure(path: str | Path, caption: str = "") -> str:
     """Embed a PNG (base64) with a caption; missing files render as a note."""
     p = Path(path)
     if not p.is_file():
         return f"<p class=note>missing figure {esc(p.name)}</p>"
-    data = base64.b64encode(p.read_bytes()).decode()
+    data = base64.b64encode(png_bytes(p)).decode()
     return f"<figure><img alt='{esc(caption or p.stem)}' src='data:image/png;base64,{data}'><figcaption>{esc(caption or p.stem)}</figcaption></figure>"  # noqa: E501
 
 
