@@ -29,6 +29,15 @@ class SmallExperiment:
     topic_words: list[str]
     generations: list[dict]
     dashboard_index: Path
+    report: Path | None = None
+
+
+def load_small_experiment(root: Path) -> SmallExperiment:
+    """The experiment :func:`build_small_experiment` wrote in ``root`` (its ``built.json``)."""
+    d = json.loads((root / "built.json").read_text())
+    return SmallExperiment(
+        root, d["topic_words"], d["generations"], Path(d["dashboard_index"]), Path(d["report"])
+    )
 
 
 def _planted(lm, direction: torch.Tensor, name: str):
@@ -138,4 +147,9 @@ def build_small_experiment(root: Path) -> SmallExperiment:
     recs[0]["activations"][0]["tokens"][0] = ONERROR
     index = write_dashboards(recs, exp.dashboard_dir("planted", "corpus"), lm=base)
     stats.save(exp.firing_stats_path("planted", "corpus"))
-    return SmallExperiment(root, [w.strip() for w in TOPIC], rows, Path(index))
+    from deltalens.report.html import build_report
+
+    report = build_report(exp)
+    built = {"topic_words": [w.strip() for w in TOPIC], "generations": rows, "dashboard_index": str(index)}
+    (root / "built.json").write_text(json.dumps({**built, "report": str(report)}))
+    return load_small_experiment(root)

@@ -23,11 +23,22 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    from report_helpers import build_small_experiment
+def small(tmp_path_factory, worker_id):
+    """Built once per test session: pytest-xdist workers share it (the documented pattern: the
+    base temp directory's parent is common to the workers; a file lock orders them)."""
+    from filelock import FileLock
 
-    s = build_small_experiment(tmp_path_factory.mktemp("report") / "exp")
-    s.report = build_report(s.root)
+    from report_helpers import build_small_experiment, load_small_experiment
+
+    shared = (
+        tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    )
+    root = shared / "report_small_experiment"
+    with FileLock(str(root) + ".lock"):
+        if (root / "built.json").is_file():
+            s = load_small_experiment(root)
+        else:
+            s = build_small_experiment(root)
     return s
 
 
