@@ -224,3 +224,21 @@ def test_contrast_target_is_the_difference_of_the_two_logit_rows(tiny):
     assert " − " in diff.logit_tokens[0]
     with pytest.raises(Exception, match="contrast"):
         attribution_graph(tiny, PROMPT, tcs, max_feature_nodes=4, target_tokens=[t], contrast_tokens=[t])
+
+
+def test_skip_ridge_shrinks_the_skip_connection():
+    """fit_skip's ridge λ = r·tr(XᵀX)/d: the closed form against numpy, and a larger r gives a
+    smaller skip map (what --skip-ridge trades: smaller skip gains, more left to the features)."""
+    import numpy as np
+
+    from deltalens.sae.transcoder import fit_skip
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(512, 8, generator=g) * torch.logspace(-2, 1, 8)
+    y = x @ torch.randn(8, 8, generator=g)
+    X, Y = x.double().numpy(), y.double().numpy()
+    for r in (1e-4, 0.1):
+        lam = r * np.trace(X.T @ X) / 8
+        want = np.linalg.solve(X.T @ X + lam * np.eye(8), X.T @ Y)
+        np.testing.assert_allclose(fit_skip(x, y, r).numpy(), want, rtol=1e-4, atol=1e-5)
+    assert fit_skip(x, y, 0.1).norm() < 0.5 * fit_skip(x, y, 1e-4).norm()

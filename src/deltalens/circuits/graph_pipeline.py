@@ -63,6 +63,11 @@ class TranscodersConfig(StageConfig):
     epochs: float = option(2.0, flag="--epochs", help="Training passes over the collected rows.")
     batch_size: int = option(256, flag="--batch-size", help="Rows per training step.")
     skip: bool = option(True, flag="--skip/--no-skip", help="Linear skip connection (least squares).")
+    skip_ridge: float = option(
+        1e-4,
+        flag="--skip-ridge",
+        help="Ridge of the skip fit, × tr(XᵀX)/d (larger: smaller skip gains, more in the features).",
+    )
     val_fraction: float = option(0.1, flag="--val-fraction", help="Held-out rows for the normalised MSE.")
     layers_per_pass: int = option(10, flag="--layers-per-pass", help="Layers collected per forward sweep.")
     seed: int = option(0, flag="--seed", help="Random seed.")
@@ -79,6 +84,7 @@ class TranscodersConfig(StageConfig):
         if not self.epochs > 0:
             raise ConfigError(f"--epochs must be > 0, got {self.epochs}")
         in_range(self, "val_fraction", 0, 1, hi_open=True)
+        at_least(self, "skip_ridge", 0)
 
 
 @register_result
@@ -199,6 +205,7 @@ def train_transcoders(
                     out=out / LAYER_DIR.format(layer),
                     skip=cfg.skip,
                     model_name=lm.name,
+                    skip_ridge=cfg.skip_ridge,
                 )
                 xv, yv = (x[val], y[val]) if n_val else (x[tr], y[tr])
                 with torch.no_grad():

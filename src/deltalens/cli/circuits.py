@@ -290,6 +290,7 @@ def transcoders_cmd(
     epochs: float = opt(TC, "epochs"),
     batch_size: int = opt(TC, "batch_size"),
     skip: bool = opt(TC, "skip"),
+    skip_ridge: float = opt(TC, "skip_ridge"),
     val_fraction: float = opt(TC, "val_fraction"),
     layers_per_pass: int = opt(TC, "layers_per_pass"),
     seed: int = opt(TC, "seed"),
@@ -300,7 +301,7 @@ def transcoders_cmd(
     from ..circuits.graph_pipeline import train_transcoders
 
     cfg = TranscodersConfig(
-        model, data, layers, tokens, context_len, expansion, k, epochs, batch_size, skip,
+        model, data, layers, tokens, context_len, expansion, k, epochs, batch_size, skip, skip_ridge,
         val_fraction, layers_per_pass, seed, dtype, device,
     )  # fmt: skip
     tset, _ = train_transcoders(cfg, out)

@@ -167,6 +167,7 @@ def train_transcoder(
     skip: bool = False,
     model_name: str | None = None,
     progress: bool = False,
+    skip_ridge: float = 1e-4,
 ) -> Transcoder:
     """Train one transcoder on pairs ``(x, y)`` with the SAE trainer (module docstring):
     shuffled mini-batches of ``config.batch_size`` rows for ``config.total_tokens`` rows."""
@@ -178,7 +179,7 @@ def train_transcoder(
         raise ConfigError(
             f"transcoder pairs must be two [n, d] tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}"
         )
-    w_skip = fit_skip(x, y) if skip else None
+    w_skip = fit_skip(x, y, skip_ridge) if skip else None
     target = y if w_skip is None else y - x @ w_skip
     # train on the target rescaled to the input's mean norm (an MLP's output can be far smaller
     # than its input, and the trainer scales both sides by the input's scale); the decoder is
