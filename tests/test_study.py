@@ -205,11 +205,11 @@ def test_provenance_and_info_show_ran_cached_and_stale(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "study" / "study.yaml").read_text() == p.read_text()
     d = describe(tmp_path / "out")
     assert d["kind"] == "study" and d["stale"] == []
-    assert d["stages"]["a"].startswith("cached")
+    assert d["stage a"].startswith("cached")
     p.write_text(CHAIN.replace("SCALE_C", "5.0"))  # edited after the run: c is stale now
     d = study_status(tmp_path / "out")
     assert d is not None and d["stale"] == ["c"]
-    assert "stale: config changed: scale" in d["stages"]["c"]
+    assert "stale: config changed: scale" in d["stage c"]
 
 
 # ---- bad study files: refused before any stage runs ------------------------------------------------

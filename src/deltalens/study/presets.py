@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..io import atomic_write
 
-PRESETS = ("diff-study",)
+PRESETS = ("diff-study", "demo", "trait-study", "inverse", "circuit", "protein-study")
 
 
 def preset_path(name: str) -> Path:

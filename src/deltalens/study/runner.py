@@ -354,9 +354,10 @@ def study_status(root: str | Path) -> dict[str, Any] | None:
             state += f"; stale: {cur.reason}"
         elif cur is None and now:
             state += "; no longer in the study file"
-        if s is not None and s.get("seconds"):
-            state += f" ({s['seconds']:.1f} s)"
-        stages[name] = state
+        rec = _record(root, name)
+        if rec is not None:
+            state += f" (computed {rec.finished} in {rec.seconds:.1f} s)"
+        stages[f"stage {name}"] = state
     return {
         "kind": "study",
         "path": str(root),
@@ -364,7 +365,7 @@ def study_status(root: str | Path) -> dict[str, Any] | None:
         "file": prov.file,
         "last run": f"{prov.started} → {prov.finished or 'unfinished'} ({prov.seconds:.1f} s)",
         "versions": prov.versions,
-        "stages": stages,
+        **stages,
         "stale": [n for n, c in now.items() if c.status == "will run"],
         "checked": note,
     }
