@@ -297,6 +297,7 @@ def parse_study(text: str, path: str | Path = "<study>") -> Study:
         sdir = d if d.is_absolute() else (path.parent / d)
     else:
         sdir = Experiment.named(name).root
+    sdir = sdir.resolve()  # outputs recorded in stage records are absolute paths
     static = {"models": dict(models), "data": dict(data), "study": {"dir": str(sdir), "name": name}}
 
     def lookup_static(a: str, b: str) -> Any:

@@ -284,43 +284,56 @@ def _config_stage(
                              check=_path_exists("dir")))  # fmt: skip
 
 
+def _root(ctx: StageContext) -> str:
+    """The study directory as the ``experiment`` argument (absolute: a relative one is a name)."""
+    return str(ctx.exp.root.resolve())
+
+
 def _features(ctx: StageContext, cfg: AnalysisConfig) -> Path:
     from ..features.pipeline import run_feature_analysis
 
-    res = run_feature_analysis(cfg, str(ctx.exp.root), progress=ctx.progress)
+    res = run_feature_analysis(cfg, _root(ctx), progress=ctx.progress)
     return Path(res.universal_path or res.specific_path).parent
 
 
 def _firing(ctx: StageContext, cfg: FiringRunConfig) -> Path:
     from ..features.pipeline import run_firing
 
-    run_firing(cfg, str(ctx.exp.root), progress=ctx.progress)
+    run_firing(cfg, _root(ctx), progress=ctx.progress)
     return ctx.exp.features_dir()
 
 
 def _dashboards(ctx: StageContext, cfg: DashboardConfig) -> Path:
     from ..features.pipeline import run_dashboards
 
-    run_dashboards(cfg, str(ctx.exp.root), progress=ctx.progress)
+    run_dashboards(cfg, _root(ctx), progress=ctx.progress)
     return ctx.exp.features_dir()
+
+
+def _own_dir(ctx: StageContext, cfg: Any) -> Any:
+    """``out`` defaults to ``circuits/<task>/<stage name>/``: two stages of one command (attribution
+    with and without an SAE) do not write into the same directory."""
+    if cfg.out is not None:
+        return cfg
+    return cfg.replace(out=ctx.exp.circuits_dir(Path(str(cfg.pairs)).stem, ctx.name))
 
 
 def _patch(ctx: StageContext, cfg: PatchConfig) -> Path:
     from ..circuits.pipeline import run_patching
 
-    return run_patching(cfg, str(ctx.exp.root), progress=ctx.progress).out_dir
+    return run_patching(_own_dir(ctx, cfg), _root(ctx), progress=ctx.progress).out_dir
 
 
 def _attribute(ctx: StageContext, cfg: AttributeConfig) -> Path:
     from ..circuits.pipeline import run_attribution
 
-    return run_attribution(cfg, str(ctx.exp.root), progress=ctx.progress).out_dir
+    return run_attribution(_own_dir(ctx, cfg), _root(ctx), progress=ctx.progress).out_dir
 
 
 def _edges(ctx: StageContext, cfg: EdgesConfig) -> Path:
     from ..circuits.edges_pipeline import run_edges
 
-    return run_edges(cfg, str(ctx.exp.root)).out_dir
+    return run_edges(_own_dir(ctx, cfg), _root(ctx)).out_dir
 
 
 for _args in (
