@@ -379,3 +379,41 @@ def test_real_stages_on_tiny_models_cache_and_rerun(tmp_path: Path, one_thread) 
     o = json.loads((tmp_path / "exp" / "diff" / "outputs" / "outputs" / "results.json").read_text())
     assert len(o["rose_most"]) == 7
     assert os.path.getsize(html) > 0
+
+
+def test_yaml_values_take_the_field_types(tmp_path: Path) -> None:
+    """Lists as comma strings (as on the command line), tuples, paths and nested configs."""
+    from deltalens.diff.organisms import DPOSeriesConfig, OrganismConfig
+    from deltalens.study import StageType, register_stage
+
+    @dataclass
+    class Ins:
+        where: Path | None = option(None, flag="--where", help="A path.")
+
+    seen: dict = {}
+
+    def fn(ctx, ins, cfg):
+        seen.update(ins=ins, cfg=cfg)
+        return {"dir": str(ctx.exp.root)}
+
+    register_stage(StageType("test.types", fn, ("dir",), Ins, DPOSeriesConfig))
+    p = _write(
+        tmp_path,
+        "dir: out\nreport: false\nstages:\n  t:\n    stage: test.types\n    where: a/b\n"
+        "    iterations: 2\n    train: {epochs: 0.5, lora_r: 4}\n",
+    )
+    study = load_study(p)
+    run_study(study, progress=False)
+    assert seen["ins"].where == Path("a/b")
+    assert isinstance(seen["cfg"].train, OrganismConfig) and seen["cfg"].train.lora_r == 4
+    assert seen["cfg"].iterations == 2
+    # a nested config's own checks run when the file is read
+    p.write_text(p.read_text().replace("lora_r: 4", "lora_r: 0"))
+    with pytest.raises(ConfigError, match=r"s\.yaml:4: stages\.t: .*--lora-r must be ≥ 1"):
+        load_study(p)
+    from deltalens.capture import CaptureConfig
+
+    assert study.stages["t"].type.fields["train"].annotation is OrganismConfig
+    st = StageType("test.cap", fn, ("dir",), None, CaptureConfig)
+    _, cfg = st.build({"sites": ["resid.1", "resid.2"]})
+    assert cfg.sites == ["resid.1", "resid.2"]

@@ -127,9 +127,14 @@ class StageType:
 
 
 def _typed(annotation: Any, value: Any) -> Any:
-    """A nested config given as a mapping becomes its dataclass (``train: {epochs: 1}``)."""
+    """YAML values as the field's type: a nested config given as a mapping becomes its dataclass
+    (``train: {epochs: 1}``), a string for a ``Path`` field a ``Path``, a list for a tuple a tuple."""
+    cands = [annotation, *typing.get_args(annotation)]
+    if isinstance(value, str) and Path in cands:
+        return Path(value)
+    if isinstance(value, list) and any(c is tuple or typing.get_origin(c) is tuple for c in cands):
+        return tuple(value)
     if isinstance(value, dict):
-        cands = [annotation, *typing.get_args(annotation)]
         for c in cands:
             if isinstance(c, type) and dataclasses.is_dataclass(c):
                 from_dict = getattr(c, "from_dict", None)
