@@ -415,6 +415,7 @@ class InverseInputs:
     config: str | None = option(None, flag="--config", help="Inverse config file (YAML/JSON).")
     settings: dict[str, Any] = field(default_factory=dict, metadata={"help": "Config sections to override."})
     no_cache: bool = option(False, flag="--no-cache", help="Recompute even finished stages.")
+    name: str = option("inverse", flag="--name", help="Run name: inverse/<name>/ (shared by the stages).")
 
     def __post_init__(self) -> None:
         self.resolved()  # unknown config keys are refused when the study is read
@@ -446,12 +447,27 @@ def _inverse(stages: list[str] | None):
     def run(ctx: StageContext, ins: InverseInputs, cfg: Any) -> dict[str, Any]:
         from ..inverse import run_experiment
 
-        out = ctx.exp.inverse_dir(ctx.name)
+        # one run directory for every inverse stage of the study: each loads the stages it needs
+        # from the run's own cache (same settings) instead of recomputing them
+        out = ctx.exp.inverse_dir(ins.name)
         run_experiment(ins.resolved(out), stages=stages, progress=ctx.progress)
         ctx.console.print(f"inverse {'/'.join(stages or ['run'])} → {out}")
         return {"dir": str(out)}
 
     return run
+
+
+def _inverse_check(stages: list[str] | None) -> Callable[[dict[str, Any]], None]:
+    """The run directory holds this command's stage output (``collect/``…, or ``inverse_run.json``)."""
+
+    def check(outputs: dict[str, Any]) -> None:
+        d = Path(str(outputs.get("dir", "")))
+        want = [d / s for s in stages] if stages else [d / "inverse_run.json"]
+        missing = [p for p in want if not p.exists()]
+        if missing:
+            raise DataFormatError(f"{missing[0]}: missing")
+
+    return check
 
 
 for _cmd, _stages in (
@@ -472,6 +488,6 @@ for _cmd, _stages in (
             command=f"deltalens inverse {_cmd}",
             description="inverse problems: "
             + ("the whole pipeline" if _stages is None else ", ".join(_stages)),
-            check=_path_exists("dir"),
+            check=_inverse_check(_stages),
         )
     )
