@@ -417,3 +417,22 @@ def test_yaml_values_take_the_field_types(tmp_path: Path) -> None:
     st = StageType("test.cap", fn, ("dir",), None, CaptureConfig)
     _, cfg = st.build({"sites": ["resid.1", "resid.2"]})
     assert cfg.sites == ["resid.1", "resid.2"]
+
+
+def test_cli_run_prints_what_ran_and_what_was_loaded(tmp_path: Path, capsys) -> None:
+    from deltalens.cli import main
+
+    p = _write(tmp_path, CHAIN.replace("SCALE_C", "1.0"))
+    for expect in ("4 ran, 0 loaded from saved results", "0 ran, 4 loaded from saved results"):
+        with pytest.raises(SystemExit) as exc:
+            main(["run", str(p)])
+        assert exc.value.code in (0, None)
+        assert expect in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", str(p), "--from", "b", "--dry-run"])
+    out = capsys.readouterr().out
+    assert "--from b" in out and out.count("will run") == 2
+    with pytest.raises(SystemExit):
+        main(["run", "--list"])
+    out = capsys.readouterr().out
+    assert "diff.weights" in out and "organism.train" in out and "sae.crosscoder" in out

@@ -76,7 +76,10 @@ def _extract(ctx: StageContext, ins: ExtractInputs, cfg: ExtractConfig) -> dict[
     return {
         "dir": str(Path(res.paths[first]).parent),
         "vectors": str(res.paths[first]),
-        **{f"vectors_{m}": str(p) for m, p in res.paths.items()},
+        # per method; "" for a method this stage did not extract
+        **{
+            f"vectors_{m}": str(res.paths[m]) if m in res.paths else "" for m in ("mean_diff", "probe", "pca")
+        },
         "trait": ts.id,
     }
 
