@@ -409,7 +409,7 @@ def test_yaml_values_take_the_field_types(tmp_path: Path) -> None:
     assert seen["cfg"].iterations == 2
     # a nested config's own checks run when the file is read
     p.write_text(p.read_text().replace("lora_r: 4", "lora_r: 0"))
-    with pytest.raises(ConfigError, match=r"s\.yaml:4: stages\.t: .*--lora-r must be ≥ 1"):
+    with pytest.raises(ConfigError, match=r"s\.yaml:8: stages\.t\.train\.lora_r: .*--lora-r must be ≥ 1"):
         load_study(p)
     from deltalens.capture import CaptureConfig
 

@@ -37,6 +37,7 @@ class FieldSpec:
     required: bool
     help: str = ""
     in_config: bool = False
+    flag: str = ""
 
 
 @dataclass
@@ -73,9 +74,10 @@ def _fields_of(cls: type | None, *, in_config: bool) -> list[FieldSpec]:
             default, required = f.default_factory(), False  # type: ignore[misc]
         else:
             default, required = None, True
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         out.append(
             FieldSpec(
-                f.name, hints.get(f.name, Any), default, required, f.metadata.get("help", ""), in_config
+                f.name, hints.get(f.name, Any), default, required, f.metadata.get("help", ""), in_config, flag
             )
         )
     return out

@@ -416,11 +416,11 @@ def parse_study(text: str, path: str | Path = "<study>") -> Study:
         try:
             s.type.build(s.values())
         except DeltalensError as exc:
-            bad = next((k for k in s.fields if f"--{k.replace('_', '-')}" in str(exc) or k in str(exc)), None)
+            bad, key = _field_named(s, str(exc))
             raise _at(
                 path,
                 s.lines.get(bad, s.line) if bad else s.line,
-                f"stages.{s.name}" + (f".{bad}" if bad else ""),
+                f"stages.{s.name}" + (f".{key}" if key else ""),
                 str(exc),
             ) from None
         except (TypeError, ValueError) as exc:
@@ -436,6 +436,29 @@ def parse_study(text: str, path: str | Path = "<study>") -> Study:
         text=text,
         description=str(raw.get("description") or ""),
     )
+
+
+def _mentions(message: str, flag: str) -> bool:
+    return any(
+        re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", message)
+        for f in flag.split("/")
+        if f.startswith("-")
+    )
+
+
+def _field_named(s: StageSpec, message: str) -> tuple[str | None, str | None]:
+    """The given field a config error names by its flag (``--lora-r``), and its key path
+    (``train.lora_r`` inside a nested config); ``(None, None)`` when none is recognisable."""
+    fs = s.type.fields
+    for k in s.fields:
+        if k in fs and _mentions(message, fs[k].flag):
+            return k, k
+    for k, v in s.fields.items():
+        if isinstance(v, dict):
+            for sub in v:
+                if _mentions(message, "--" + str(sub).replace("_", "-")):
+                    return k, f"{k}.{sub}"
+    return None, None
 
 
 def _order(specs: dict[str, StageSpec], path: Path) -> list[str]:
