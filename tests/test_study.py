@@ -48,9 +48,13 @@ class NumInputs:
     inputs: list[str] = option(default_factory=list, flag="--inputs", help="Files with numbers.")
 
 
+REPLACE: dict[str, bool] = {}
+
+
 def _num(ctx, ins: NumInputs, cfg: NumConfig) -> dict:
     """Output = scale × (value + Σ inputs) — written to <exp>/num/<name>.txt."""
     CALLED.append(ctx.name)
+    REPLACE[ctx.name] = ctx.replace
     total = cfg.value + sum(float(Path(p).read_text()) for p in ins.inputs)
     d = ctx.exp.root / "num" / ctx.name
     d.mkdir(parents=True, exist_ok=True)
@@ -128,6 +132,7 @@ def test_changing_one_config_reruns_exactly_it_and_its_dependents(tmp_path: Path
     p.write_text(CHAIN.replace("SCALE_C", "1.0").replace("value: 3", "value: 30"))
     steps, n = _run(p)
     assert sorted(CALLED) == ["b", "c"] and n == 2
+    assert REPLACE == {"a": False, "b": True, "c": True, "d": False}  # first run: nothing to replace
     st = {s.name: s for s in steps}
     assert st["a"].status == st["d"].status == "cached"
     assert st["b"].reason == "config changed: value"
@@ -154,6 +159,8 @@ def test_deleted_result_reruns_that_stage_and_downstream(tmp_path: Path) -> None
     steps, _ = _run(p)
     assert sorted(CALLED) == ["b", "c"]
     assert {s.name: s.reason for s in steps}["b"].startswith("saved result unreadable")
+    # b resumes (same key, no earlier result to replace); c reruns over its earlier result
+    assert REPLACE["b"] is False and REPLACE["c"] is True
 
 
 def test_only_and_from(tmp_path: Path) -> None:
@@ -378,6 +385,18 @@ def test_real_stages_on_tiny_models_cache_and_rerun(tmp_path: Path, one_thread) 
     assert {s.name for s in steps if s.status == "ran"} == {"outputs", "report"}
     o = json.loads((tmp_path / "exp" / "diff" / "outputs" / "outputs" / "results.json").read_text())
     assert len(o["rose_most"]) == 7
+    # a changed capture replaces its store (the store itself would refuse another config)
+    text = REAL.format(base=b, ft=f, texts=texts, top_k=7).replace(
+        "sites: resid.1", "sites: resid.1\n    val_fraction: 0.25"
+    )
+    p.write_text(text)
+    steps = run_study(load_study(p), progress=False)
+    assert {s.name for s in steps if s.status == "ran"} == {"cap_base", "cap_ft", "crosscoder", "report"}
+    from deltalens.store import ActivationStore
+
+    assert (
+        ActivationStore(tmp_path / "exp" / "activations" / "cap_base" / "model" / "all").summary()["rows"] > 0
+    )
     assert os.path.getsize(html) > 0
 
 

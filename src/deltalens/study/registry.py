@@ -43,13 +43,17 @@ class FieldSpec:
 @dataclass
 class StageContext:
     """What a stage adapter gets besides its fields: the study's experiment directory, the
-    stage's name (used to name its outputs), a console and a cache of loaded models."""
+    stage's name (used to name its outputs), a console, a cache of loaded models and whether to
+    replace an earlier result (``replace``; otherwise the stage functions resume their items)."""
 
     exp: Experiment
     name: str
     console: Console
     progress: bool = True
     models: dict[str, Any] = field(default_factory=dict)
+    #: the stage reruns over a result made under another config or other inputs (or is forced):
+    #: the adapter replaces what its output holds instead of resuming it
+    replace: bool = False
 
     def model(self, spec: str) -> Any:
         """The loaded model for ``spec`` (loaded once per study run)."""

@@ -277,7 +277,16 @@ def run_study(
                 inputs, config = s.type.build(values)
             except DeltalensError as exc:
                 raise ConfigError(f"{study.path}:{s.line}: stages.{st.name}: {exc}") from None
-            ctx = StageContext(exp=exp, name=st.name, console=console, progress=progress, models=models)
+            rec = _record(study.dir, st.name)
+            # an earlier result under another key (or a forced rerun) is replaced; no record (a first
+            # run, or one killed in this stage) or the same key with its result partly gone: the
+            # stage function resumes what its output holds
+            replace = rec is not None and not (
+                rec.hash == keys[st.name] and st.reason.startswith("saved result unreadable")
+            )
+            ctx = StageContext(
+                exp=exp, name=st.name, console=console, progress=progress, models=models, replace=replace
+            )
             t = time.time()
             CALLS[s.type.name] += 1
             outs = s.type.run(ctx, inputs, config)

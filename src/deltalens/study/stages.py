@@ -69,6 +69,7 @@ def _organism(ctx: StageContext, ins: OrganismInputs, cfg: OrganismConfig) -> di
         shuffle_targets=ins.shuffle,
         system=ins.system,
         limit=ins.limit,
+        resume=not ctx.replace,
         progress=ctx.progress,
     )
     tr = read_provenance(p)["training"]
@@ -154,6 +155,7 @@ def _capture(ctx: StageContext, ins: CaptureInputs, cfg: CaptureConfig) -> dict[
         cfg,
         store=out,
         dataset_name=str(ins.data),
+        overwrite=ctx.replace,
         progress=ctx.progress,
     )
     s = store.summary()  # type: ignore[union-attr]

@@ -67,6 +67,8 @@ def _extract(ctx: StageContext, ins: ExtractInputs, cfg: ExtractConfig) -> dict[
     lm = ctx.model(model_spec_for(ctx.exp, cfg.variant, ins.model))
     if not cfg.layers:
         cfg = cfg.replace(layers=list(range(lm.n_layers)))
+    if ctx.replace:  # another model or settings: the saved responses are not this stage's
+        cfg = cfg.replace(regenerate=True)
     res = extract(lm, ctx.exp, ts, cfg, progress=ctx.progress)
     first = cfg.methods[0]
     ctx.console.print(
@@ -205,7 +207,9 @@ def _sae_train(ctx: StageContext, ins: SAETrainInputs, cfg: SAETrainConfig) -> d
         device=cfg.device,
     )
     out = ctx.exp.sae_dir(ctx.name)
-    (r,) = train_grid(src, cfg, sites[:1], out=out, progress=ctx.progress)
+    (r,) = train_grid(
+        src, cfg, sites[:1], out=out, resume=not ctx.replace, overwrite=ctx.replace, progress=ctx.progress
+    )
     last = r.history[-1] if r.history else {}
     ctx.console.print(
         f"SAE d_sae={r.d_sae} at {r.site}: L0 {last.get('l0', 0):.1f}, EV {1 - last.get('fvu', 1):.3f}, "
@@ -423,7 +427,7 @@ class InverseInputs:
     def __post_init__(self) -> None:
         self.resolved()  # unknown config keys are refused when the study is read
 
-    def resolved(self, run_dir: Path | None = None) -> dict[str, Any]:
+    def resolved(self, run_dir: Path | None = None, replace: bool = False) -> dict[str, Any]:
         from ..inverse import get_default_config, update_config
         from ..inverse.pipeline import read_config
 
@@ -439,7 +443,7 @@ class InverseInputs:
             over["data"] = {"sources": list(self.prompts)}
         if self.latent:
             over["optimization"] = {"latents": list(self.latent)}
-        if self.no_cache:
+        if self.no_cache or replace:
             over["use_cached_data"] = False
         if run_dir is not None:
             over["output"] = {"dir": str(run_dir)}
@@ -453,7 +457,7 @@ def _inverse(stages: list[str] | None):
         # one run directory for every inverse stage of the study: each loads the stages it needs
         # from the run's own cache (same settings) instead of recomputing them
         out = ctx.exp.inverse_dir(ins.name)
-        run_experiment(ins.resolved(out), stages=stages, progress=ctx.progress)
+        run_experiment(ins.resolved(out, ctx.replace), stages=stages, progress=ctx.progress)
         ctx.console.print(f"inverse {'/'.join(stages or ['run'])} → {out}")
         return {"dir": str(out)}
 
