@@ -1389,3 +1389,63 @@ def test_bad_input_scale_backend_not_installed(
         "--backend ray needs the ray package, which is not installed; pip install ray",
     )
     test_bad_input(case, tmp_path, capsys)
+
+
+# == study ==
+
+
+def _study(text: str) -> Callable[[Path], dict[str, str]]:
+    """A study file ``s.yaml`` (its directory ``out/`` would be created by a run)."""
+
+    def setup(tmp: Path) -> dict[str, str]:
+        (tmp / "s.yaml").write_text("dir: out\n" + text)
+        return {"study": str(tmp / "s.yaml")}
+
+    return setup
+
+
+_W = "  w:\n    stage: diff.weights\n    base: a\n    ft: b\n"
+
+CASES += [
+    Case(
+        "study-unknown-stage",
+        ["run", "{study}"],
+        "{study}:4: stages.x.stage: unknown stage 'diff.weight'",
+        _study("stages:\n  x:\n    stage: diff.weight\n"),
+    ),
+    Case(
+        "study-unknown-field",
+        ["run", "{study}"],
+        "{study}:7: stages.w.top_kk: unknown field of diff.weights",
+        _study("stages:\n" + _W + "    top_kk: 3\n"),
+    ),
+    Case(
+        "study-cycle-in-needs",
+        ["run", "{study}", "--dry-run"],
+        "cycle in needs: w → v → w",
+        _study(
+            "stages:\n"
+            + _W
+            + "    needs: [v]\n  v:\n    stage: diff.outputs\n    base: a\n    ft: ${w.dir}\n"
+        ),
+    ),
+    Case(
+        "study-reference-to-missing-output",
+        ["run", "{study}"],
+        "{study}:10: stages.o.ft: unresolved reference ${{w.model}}: stage 'w' (diff.weights) has outputs dir",
+        _study("stages:\n" + _W + "  o:\n    stage: diff.outputs\n    base: a\n    ft: ${w.model}\n"),
+    ),
+    Case(
+        "study-wrong-type",
+        ["run", "{study}"],
+        "{study}:7: stages.w.top_k: expected int, got 'many'",
+        _study("stages:\n" + _W + "    top_k: many\n"),
+    ),
+    Case(
+        "study-only-with-stale-input",
+        ["run", "{study}", "--only", "o"],
+        "--only o needs stage 'w', which has no up-to-date result (no saved result)",
+        _study("stages:\n" + _W + "  o:\n    stage: diff.outputs\n    base: a\n    ft: ${w.dir}\n"),
+    ),
+    Case("study-unknown-preset", ["run", "--preset", "nope"], "unknown preset 'nope'; valid: diff-study"),
+]

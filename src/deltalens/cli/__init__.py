@@ -54,6 +54,7 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("circuits", "Circuits"),
     ("inverse", "Inverse problems"),
     ("report", "Report and demo"),
+    ("study", "Report and demo"),
     ("demo", "Report and demo"),
 )
 
