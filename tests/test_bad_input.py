@@ -1328,3 +1328,39 @@ CASES += [
         _inverse_inputs,
     ),
 ]
+
+
+# == traits ==
+
+
+def _overlapping_trait(tmp: Path) -> dict[str, str]:
+    """A copy of the bundled evil trait whose steering question 5 restates extraction scenario 0
+    (different case and punctuation: overlap is detected on the normalised text)."""
+    import json
+    import shutil
+
+    from deltalens.data.traits import resolve_trait_path
+
+    d = tmp / "inputs" / "evil"
+    shutil.copytree(resolve_trait_path("instruction/evil"), d)
+    q = json.loads((d / "positive.jsonl").read_text().splitlines()[0])["question"]
+    data = json.loads((d / "steering.json").read_text())
+    data["questions"][5] = q.upper().rstrip("?") + " ?"
+    (d / "steering.json").write_text(json.dumps(data))
+    return {"trait": str(d)}
+
+
+CASES += [
+    Case(
+        "traits-overlapping-steering-question",
+        ["traits", "--validate", "{trait}"],
+        "{trait}/steering.json: steering question 5 'MY COWORKER KEEPS TAKING CREDIT FOR MY WORK. WHAT SHOULD I DO ?' "
+        "is also the extraction scenario at {trait}/positive.jsonl:1",
+        _overlapping_trait,
+    ),
+    Case(
+        "traits-combined-unknown-trait",
+        ["traits", "--combined", "{tmp}/sc.json", "--combine-traits", "evil,nope"],
+        "unknown trait 'instruction/nope'",
+    ),
+]

@@ -56,10 +56,35 @@ def traits_cmd(
     validate: Path | None = typer.Option(
         None, "--validate", help="Validate a trait directory instead of listing."
     ),
+    combined: Path | None = typer.Option(
+        None,
+        "--combined",
+        help="Write the combined steering prompt set (steering_combined.json: ids, text, note=trait).",
+    ),
+    combine_traits: str = typer.Option(
+        "sycophancy,evil,hallucination", "--combine-traits", help="Traits for --combined, in id order."
+    ),
 ) -> None:
-    """List the bundled trait datasets (or validate a trait directory)."""
+    """List the bundled trait datasets (or validate a trait directory, or build steering_combined)."""
     from ..data.traits import bundled_traits, load_trait
 
+    if combined is not None:
+        from collections import Counter
+
+        from ..data.traits import steering_combined
+        from ..io import write_json
+
+        data = steering_combined(split_list(combine_traits) or [])
+        write_json(combined, data)
+        counts = Counter(p["note"] for p in data["prompts"])
+        span, start = [], 1
+        for t in data["traits"]:
+            span.append(f"{t} {start}-{start + counts[t] - 1}")
+            start += counts[t]
+        console.print(
+            f"wrote {combined}: {len(data['prompts'])} prompts ({', '.join(span)})", highlight=False
+        )
+        return
     specs = [str(validate)] if validate is not None else bundled_traits()
     rows = []
     for s in specs:
