@@ -1364,3 +1364,26 @@ CASES += [
         "unknown trait 'instruction/nope'",
     ),
 ]
+
+
+def _runs_of_two_models(tmp: Path) -> dict[str, str]:
+    """Two saved steer runs of trait pirate whose records carry different weights hashes."""
+    import numpy as np
+    from test_steer_summary import _run
+
+    from deltalens import Experiment
+
+    exp = Experiment(tmp / "exp")
+    _run(exp, "instruction/pirate", "response[:]", np.full(8, 10.0))
+    _run(exp, "natural/pirate", "response[:5]", np.full(8, 10.0), weights="w2")
+    return {"exp": str(exp.root)}
+
+
+CASES += [
+    Case(
+        "steer-summary-different-models",
+        ["steer", "summary", "pirate", "-e", "{exp}"],
+        "cannot join steer runs of different models: {exp}/steering/instruction/pirate/instruct/response_all/steering.json",
+        _runs_of_two_models,
+    ),
+]

@@ -223,12 +223,116 @@ def _print_summary(run: Any, title: str) -> None:
         )
     )
     console.print(f"baseline (unsteered): trait {_fmt(b.trait_mean)}, coherence {_fmt(b.coherence_mean)}")
+    p = run.extra.get("prompted")
+    if p:
+        console.print(
+            f"prompting baseline (trait's system prompts, no vector): trait {_fmt(p['trait'])}, "
+            f"coherence {_fmt(p['coherence'])}, Δ {_fmt(p['delta'])} — the bar steering has to clear"
+        )
+
+
+def _print_trait_summary(res: Any) -> None:
+    def ci(r: dict[str, Any]) -> str:
+        if r.get("ci_lo") is None and r.get("ci70_lo") is None:
+            return "-"
+        lo, hi = r.get("ci70_lo", r.get("ci_lo")), r.get("ci70_hi", r.get("ci_hi"))
+        return "-" if lo is None or lo != lo else f"[{lo:.1f}, {hi:.1f}]"
+
+    rows = [
+        (
+            r["key"],
+            f"{r['source']} ({r['variant']})",
+            r["position"],
+            r["method"],
+            _fmt(r["best_layer"]),
+            _fmt(r["max_delta_coh80"]),
+            _fmt(r["max_delta_coh70"]),
+            ci(r),
+            _fmt(r["coef_coh_below_80"], 3),
+            _fmt(r["anti_steerable"], 2),
+            _fmt(r["consistency"], 2),
+        )
+        for r in res.rows
+    ]
+    p = res.prompting
+    if p:
+        rows.append(
+            (
+                "prompting",
+                "system prompt, no vector",
+                "-",
+                "-",
+                "-",
+                _fmt(p["delta"]) if (p.get("coherence") or 0) >= 80 else "-",
+                _fmt(p["delta"])
+                if (p.get("coherence") or 0) >= 70
+                else f"- (Δ {_fmt(p['delta'])}, coh {_fmt(p['coherence'], 0)})",
+                ci(p),
+                "-",
+                _fmt(p["anti_steerable"], 2),
+                "-",
+            )
+        )
+    b = res.baseline
+    console.print(
+        table(
+            f"Phase 1 · {res.trait} · {res.model} · judge {res.judge.split(':')[0]} "
+            f"(unsteered trait {_fmt(b['trait'])}, coherence {_fmt(b['coherence'])})",
+            [
+                "key",
+                "source",
+                "position",
+                "method",
+                "best layer",
+                "max Δ coh≥80",
+                "max Δ coh≥70",
+                "95% CI (coh≥70)",
+                "coef: coh<80 first",
+                "anti-steerable",
+                "consistency",
+            ],
+            rows,
+        )
+    )
+    if res.position_test:
+        console.print(
+            table(
+                "does extraction position matter? paired sign-flip test on per-question Δ (Holm)",
+                ["source", "method", "a vs b", "questions", "mean Δa − Δb", "p", "p (Holm)"],
+                [
+                    (
+                        t["source"],
+                        t["method"],
+                        f"{t['a']} vs {t['b']}",
+                        t["n"],
+                        _fmt(t["mean_diff"]),
+                        _fmt(t["p"], 3),
+                        _fmt(t["p_holm"], 3),
+                    )
+                    for t in res.position_test
+                ],
+            )
+        )
+        sig = [t for t in res.position_test if t["p_holm"] == t["p_holm"] and t["p_holm"] < 0.05]
+        console.print(
+            "position matters: "
+            + (
+                "yes — " + ", ".join(f"{t['method']} {t['a']} vs {t['b']}" for t in sig)
+                if sig
+                else "no pair differs at p < 0.05 (Holm)"
+            )
+        )
 
 
 def steer_cmd(
+    action: list[str] | None = typer.Argument(
+        None,
+        help="`summary TRAIT`: join every steer run of TRAIT into the Phase-1 table.",
+        show_default=False,
+    ),
     experiment: str = experiment_option(help="Experiment where results are written."),
-    vector_from_trait: str = typer.Option(
-        ...,
+    vector_from_trait: str | None = typer.Option(
+        None,
         "--vector-from-trait",
         help="(experiment/)<format>/<trait>, e.g. model_diff/pv_instruction/sycophancy or instruction/pirate.",
     ),
@@ -251,8 +355,28 @@ def steer_cmd(
     max_rows: int = config_option(SteerRunConfig, "max_rows"),
     project: int | None = config_option(SteerRunConfig, "project_layer"),
 ) -> None:
-    """Steer with trait vectors: baseline, adaptive coefficient search (or a grid), judged; resumable."""
+    """Steer with trait vectors: baseline, adaptive coefficient search (or a grid), judged; resumable.
+
+    `deltalens steer summary TRAIT` joins every steer run of TRAIT into the Phase-1 table."""
+    from ..errors import ConfigError
     from ..experiment import Experiment
+
+    if action:
+        if action[0] != "summary" or len(action) != 2:
+            raise ConfigError(
+                f"steer: unexpected argument(s) {' '.join(action)!r}; did you mean `steer summary TRAIT`?"
+            )
+        from ..steering.study import summarize_trait
+
+        res = summarize_trait(Experiment.named(experiment), action[1])
+        _print_trait_summary(res)
+        console.print(
+            f"wrote {Experiment.named(experiment).root / 'steering' / 'summary' / res.trait}/summary.json, summary.csv",
+            highlight=False,
+        )
+        return
+    if vector_from_trait is None:
+        raise ConfigError("steer: --vector-from-trait is required (or `steer summary TRAIT`)")
     from ..models import load
     from ..steering.pipeline import model_spec_for, resolve_trait, split_trait_ref
     from ..steering.runs import run_steering

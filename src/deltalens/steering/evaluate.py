@@ -52,10 +52,17 @@ class EvalSettings:
     positions: str = "response"
     chat: bool | str = "auto"
     max_rows: int = 256
+    system: list[str | None] | None = None  # one system prompt per question (the prompting baseline)
 
     @property
     def questions_sha(self) -> str:
         return hashlib.sha256("\x00".join(self.questions).encode()).hexdigest()[:16]
+
+    @property
+    def system_sha(self) -> str | None:
+        if self.system is None:
+            return None
+        return hashlib.sha256("\x00".join(s or "" for s in self.system).encode()).hexdigest()[:16]
 
 
 def candidate_key(lm: LoadedModel, cand: Candidate, settings: EvalSettings) -> str:
@@ -67,6 +74,8 @@ def candidate_key(lm: LoadedModel, cand: Candidate, settings: EvalSettings) -> s
             "questions": settings.questions_sha,
             "max_new_tokens": settings.max_new_tokens,
             "chat": str(settings.chat),
+            # present only under system prompts, so keys of unprompted configurations are unchanged
+            **({"system": settings.system_sha} if settings.system is not None else {}),
         }
     )
 
@@ -255,6 +264,7 @@ def evaluate_candidates(
             positions=settings.positions,
             max_rows=settings.max_rows,
             chat=settings.chat,
+            system=settings.system,
             progress=progress,
             stats=stats,
         )

@@ -16,6 +16,7 @@ evaluated (same model, vectors, questions, lengths and judge), so a killed run r
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -367,6 +368,9 @@ def run_steering(
                 report=report,
                 **common,
             )
+        prompted = prompting_baseline(
+            lm, trait, settings, judge, info, log, cache=cache, monitor=monitor, progress=progress
+        )
     finally:
         cache.close()
     fps = {v.fingerprint() for vs in sets.values() for v in vs.values()}
@@ -380,12 +384,19 @@ def run_steering(
         and r.fingerprint in fps
         and r.coef_mode == cfg.coef_mode
     ]
-    n_cfg = 1 + len({r.key for r in res.records})
+    n_cfg = 1 + len({r.key for r in res.records}) + (prompted is not None)
     extra = {
         "computed": log.appended,
         "reused": max(0, n_cfg - log.appended),
         "skipped_lines": log.skipped_lines,
     }
+    if prompted is not None:
+        extra["prompted"] = {
+            "key": prompted.key,
+            "trait": prompted.trait_mean,
+            "coherence": prompted.coherence_mean,
+            "delta": prompted.delta(res.baseline),
+        }
     run = SteeringRun(
         res.baseline,
         mine,
@@ -399,6 +410,40 @@ def run_steering(
     )
     run.save(log.path.parent)
     return run
+
+
+def prompting_baseline(
+    lm: LoadedModel,
+    trait: TraitSet,
+    settings: EvalSettings,
+    judge: Judge,
+    info: TraitInfo,
+    log: ResultsLog,
+    *,
+    cache: JudgeCache | None = None,
+    monitor: Monitor | None = None,
+    progress: bool = True,
+) -> SteeringRecord | None:
+    """The bar steering has to clear: the steering questions asked under the trait's own
+    instruction system prompts (positive polarity, cycled over the questions), no vector added.
+
+    Recorded as kind ``prompted`` in the run's results log (resumable like every other
+    configuration); its Δ is ``trait_mean − unsteered baseline trait_mean``. ``None`` when the
+    trait has no instruction-format counterpart (no system prompts to ask with).
+    """
+    from .pipeline import instruction_counterpart
+
+    inst = instruction_counterpart(trait)
+    if inst is None:
+        return None
+    prompts = list(dict.fromkeys(s.system for s in inst.positive if s.system))
+    system: list[str | None] = [prompts[i % len(prompts)] for i in range(len(settings.questions))]
+    ps = dataclasses.replace(settings, system=system)
+    cand = Candidate((), "prompted", "prompting baseline", {"system_prompts": len(prompts)})
+    (rec,) = evaluate_candidates(
+        lm, [cand], ps, judge, info, log, cache=cache, monitor=monitor, trait_id=trait.id, progress=progress
+    )
+    return rec
 
 
 # ---- Phase 2: combine ----------------------------------------------------------------------------
