@@ -1369,9 +1369,9 @@ CASES += [
 def _runs_of_two_models(tmp: Path) -> dict[str, str]:
     """Two saved steer runs of trait pirate whose records carry different weights hashes."""
     import numpy as np
-    from test_steer_summary import _run
 
     from deltalens import Experiment
+    from test_steer_summary import _run
 
     exp = Experiment(tmp / "exp")
     _run(exp, "instruction/pirate", "response[:]", np.full(8, 10.0))

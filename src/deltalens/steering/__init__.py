@@ -35,6 +35,7 @@ from .runs import (
     run_steering,
 )
 from .search import adaptive_search, checkpoint_summary, grid_search, per_layer_table
+from .study import SummaryConfig, TraitSummary, summarize_trait
 from .sweep import SweepStats, generate_sweep
 from .terms import Candidate, Term
 
@@ -51,8 +52,10 @@ __all__ = [
     "SteerRunConfig",
     "SteeringRecord",
     "SteeringRun",
+    "SummaryConfig",
     "SweepStats",
     "Term",
+    "TraitSummary",
     "adaptive_search",
     "checkpoint_summary",
     "combination_candidates",
@@ -68,4 +71,5 @@ __all__ = [
     "project",
     "run_combinations",
     "run_steering",
+    "summarize_trait",
 ]
