@@ -145,3 +145,59 @@ def test_summary_refuses_runs_of_different_models(tmp_path: Path) -> None:
     _run(exp, "natural/pirate", "response[:5]", up, weights="w2")
     with pytest.raises(DataFormatError, match="cannot join steer runs of different models"):
         summarize_trait(exp, "pirate")
+
+
+def test_cross_checks_on_a_constructed_case(tmp_path: Path) -> None:
+    from scipy import stats
+
+    from deltalens.steering.crosscheck import CrossCheck, cross_check
+
+    n = 8
+    fro = [1.0, 2, 4, 8, 5, 3, 2, 1]  # Δθ peaks at layer 3
+    sim = [0.99, 0.97, 0.9, 0.8, 0.85, 0.9, 0.95, 0.97]  # similarity dips where Δθ peaks
+    cos = {str(L): {"resid_mean": (-1) ** L * 0.1 * L} for L in range(n)}  # |cos| peaks at layer 7
+    wd = {
+        "per_layer": {"layer_fro": fro},
+        "trait_alignment": {"traits": {"instruction/pirate": {"layers": cos}}},
+    }
+    ad = {"per_layer_similarity": {"mean": sim}}
+    # two runs' per-layer tables at layers 2–5; the curve is the max over runs and methods
+    runs = [
+        [
+            {"method": "mean_diff", "layer": L, "delta": d}
+            for L, d in zip((2, 3, 4, 5), (10.0, 30.0, 20.0, 5.0))
+        ],
+        [{"method": "probe", "layer": L, "delta": d} for L, d in zip((2, 3, 4, 5), (12.0, 25.0, None, 8.0))],
+    ]
+    cc = cross_check("pirate", runs, wd, ad)
+    steer = {2: 12.0, 3: 30.0, 4: 20.0, 5: 8.0}
+    d = cc.checks["dtheta_vs_steering"]
+    assert d["layers"] == [2, 3, 4, 5] and d["y_values"] == [steer[L] for L in (2, 3, 4, 5)]
+    assert (d["x_peak_layer"], d["y_peak_layer"], d["peak_distance"]) == (3, 3, 0)
+    assert d["pearson_r"] == pytest.approx(stats.pearsonr([4, 8, 5, 3], [12, 30, 20, 8])[0])
+    assert d["spearman_rho"] == pytest.approx(stats.spearmanr([4, 8, 5, 3], [12, 30, 20, 8])[0])
+    al = cc.checks["alignment_vs_steering"]
+    assert al["x_peak_layer"] == 7 and al["peak_distance"] == 4
+    assert al["pearson_r"] == pytest.approx(stats.pearsonr([0.2, 0.3, 0.4, 0.5], [12, 30, 20, 8])[0])
+    sm = cc.checks["similarity_vs_weight_norm"]
+    assert sm["layers"] == list(range(n))
+    assert sm["pearson_r"] == pytest.approx(stats.pearsonr(sim, fro)[0]) and sm["pearson_r"] < -0.9
+    path = cc.save(tmp_path / "cc")
+    for name in ("dtheta_vs_steering", "alignment_vs_steering", "similarity_vs_weight_norm"):
+        assert (tmp_path / "cc" / f"{name}.png").stat().st_size > 1000
+    back = CrossCheck.load(path.parent)
+    assert back.checks["dtheta_vs_steering"]["pearson_r"] == pytest.approx(d["pearson_r"])
+
+
+def test_summary_writes_cross_checks_when_a_weight_diff_exists(tmp_path: Path) -> None:
+    exp = Experiment(tmp_path / "exp")
+    _run(exp, "instruction/pirate", "response[:]", np.full(8, 10.0))
+    wdir = exp.weight_diff_dir("smol")
+    wdir.mkdir(parents=True)
+    (wdir / "results.json").write_text(
+        json.dumps({"kind": "weight diff", "per_layer": {"layer_fro": [1.0, 5.0, 2.0]}})
+    )
+    res = summarize_trait(exp, "pirate")
+    assert set(res.extra["crosscheck"]) == {"dtheta_vs_steering"}
+    assert res.extra["crosscheck"]["dtheta_vs_steering"]["peak_distance"] == 1  # Δθ peak 1, steering peak 2
+    assert (exp.root / "steering" / "summary" / "pirate" / "dtheta_vs_steering.png").is_file()

@@ -331,6 +331,12 @@ def steer_cmd(
         show_default=False,
     ),
     experiment: str = experiment_option(help="Experiment where results are written."),
+    weight_diff: Path | None = typer.Option(
+        None, "--weight-diff", help="summary: a diff weights result for the phase cross-checks."
+    ),
+    activation_diff: Path | None = typer.Option(
+        None, "--activation-diff", help="summary: a diff activations result for the phase cross-checks."
+    ),
     vector_from_trait: str | None = typer.Option(
         None,
         "--vector-from-trait",
@@ -368,8 +374,17 @@ def steer_cmd(
             )
         from ..steering.study import summarize_trait
 
-        res = summarize_trait(Experiment.named(experiment), action[1])
+        res = summarize_trait(
+            Experiment.named(experiment), action[1], weight_diff=weight_diff, activation_diff=activation_diff
+        )
         _print_trait_summary(res)
+        for k, v in (res.extra.get("crosscheck") or {}).items():
+            r = v["pearson_r"]
+            console.print(
+                f"cross-check {k}: peak distance {_fmt(v['peak_distance'])} layers, "
+                f"Pearson r {'-' if r is None else f'{r:.2f}'} (figure {k}.png)",
+                highlight=False,
+            )
         console.print(
             f"wrote {Experiment.named(experiment).root / 'steering' / 'summary' / res.trait}/summary.json, summary.csv",
             highlight=False,

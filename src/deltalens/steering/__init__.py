@@ -22,6 +22,7 @@ Building blocks:
 
 from .combine import Source, combination_candidates, comparison_table
 from .control import export_control_vector, import_control_vector
+from .crosscheck import CrossCheck, cross_check
 from .evaluate import EvalSettings, Monitor, evaluate_candidates
 from .extraction import ExtractConfig, ExtractionResult, extract, load_vector_set
 from .monitor import project
@@ -43,6 +44,7 @@ __all__ = [
     "Candidate",
     "CombinationResult",
     "CombineConfig",
+    "CrossCheck",
     "EvalSettings",
     "ExtractConfig",
     "ExtractionResult",
@@ -60,6 +62,7 @@ __all__ = [
     "checkpoint_summary",
     "combination_candidates",
     "comparison_table",
+    "cross_check",
     "evaluate_candidates",
     "export_control_vector",
     "extract",

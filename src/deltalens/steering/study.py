@@ -248,9 +248,24 @@ class TraitSummary(StageResult):
         }
 
 
-def summarize_trait(exp: Experiment, name: str, config: SummaryConfig | None = None) -> TraitSummary:
+def _only_result(root: Path) -> Path | None:
+    found = sorted(root.glob("*/results.json")) if root.is_dir() else []
+    return found[0] if len(found) == 1 else None
+
+
+def summarize_trait(
+    exp: Experiment,
+    name: str,
+    config: SummaryConfig | None = None,
+    *,
+    weight_diff: str | Path | None = None,
+    activation_diff: str | Path | None = None,
+) -> TraitSummary:
     """Join every steer run of trait ``name`` in ``exp`` (see the module docstring); saved as
-    ``steering/summary/<name>/summary.json`` + ``summary.csv``."""
+    ``steering/summary/<name>/summary.json`` + ``summary.csv``. With a weight diff (given, or the
+    experiment's only ``diff/weights/*/results.json``) and/or an activation similarity result,
+    the phase cross-checks (:mod:`deltalens.steering.crosscheck`) are written next to it and
+    summarised in ``extra["crosscheck"]``."""
     from ..vectors import VectorSet  # noqa: F401  (vector files are read through load_vector_set)
     from .extraction import load_vector_set
 
@@ -355,5 +370,14 @@ def summarize_trait(exp: Experiment, name: str, config: SummaryConfig | None = N
         runs[0].judge,
         {"runs": [str(r.log_path.parent) for r in runs]},
     )
-    res.save(exp.root / "steering" / "summary" / name)
+    out = exp.root / "steering" / "summary" / name
+    w = weight_diff or _only_result(exp.root / "diff" / "weights")
+    a = activation_diff or _only_result(exp.root / "diff" / "activations")
+    if w is not None:
+        from .crosscheck import cross_check
+
+        cc = cross_check(name, [r.layers for r in runs], w, a)
+        cc.save(out)
+        res.extra["crosscheck"] = cc.summary()
+    res.save(out)
     return res
