@@ -464,6 +464,7 @@ def combine_cmd(
     judge: str = config_option(CombineConfig, "judge"),
     subset: int = config_option(CombineConfig, "subset"),
     max_new_tokens: int = config_option(CombineConfig, "max_new_tokens"),
+    min_coherence: float = config_option(CombineConfig, "min_coherence"),
     multipliers: str | None = config_option(CombineConfig, "multipliers"),
     max_rows: int = config_option(CombineConfig, "max_rows"),
 ) -> None:
@@ -484,6 +485,7 @@ def combine_cmd(
         judge=judge,
         subset=subset,
         max_new_tokens=max_new_tokens,
+        min_coherence=min_coherence,
         multipliers=parse_floats(multipliers, "multipliers"),
         max_rows=max_rows,
     )

@@ -506,6 +506,9 @@ class CombineConfig(StageConfig):
     judge: str = option("offline", flag="--judge", help=JUDGE_HELP)
     subset: int = option(0, flag="--subset", help="Use the first N steering questions (0 = all).")
     max_new_tokens: int = option(64, flag="--max-new-tokens", help="Response length.")
+    min_coherence: float = option(
+        MIN_COHERENCE, flag="--min-coherence", help="Coherence a configuration must keep to count."
+    )
     multipliers: list[float] = option(
         default_factory=lambda: list(MULTIPLIERS),
         flag="--multipliers",
@@ -630,8 +633,18 @@ def run_combinations(
     if judge is None:
         judge = make_judge(cfg.judge, lm, exp, inst, cfg.model_variant, progress=progress)
     if sources is None:
-        a = best_source(exp, nat, cfg.natural_variant, cfg.natural_position, judge, "natural")
-        b = best_source(exp, inst, cfg.instruction_variant, cfg.instruction_position, judge, "instruction")
+        a = best_source(
+            exp, nat, cfg.natural_variant, cfg.natural_position, judge, "natural", min_coh=cfg.min_coherence
+        )
+        b = best_source(
+            exp,
+            inst,
+            cfg.instruction_variant,
+            cfg.instruction_position,
+            judge,
+            "instruction",
+            min_coh=cfg.min_coherence,
+        )
     else:
         a, b = sources
     cands = combination_candidates(a, b, cfg.multipliers)
@@ -658,7 +671,7 @@ def run_combinations(
     finally:
         cache.close()
     res = CombinationResult(
-        comparison_table(a, b, recs, base),
+        comparison_table(a, b, recs, base, cfg.min_coherence),
         base,
         recs,
         log.path,
