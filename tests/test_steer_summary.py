@@ -201,3 +201,30 @@ def test_summary_writes_cross_checks_when_a_weight_diff_exists(tmp_path: Path) -
     assert set(res.extra["crosscheck"]) == {"dtheta_vs_steering"}
     assert res.extra["crosscheck"]["dtheta_vs_steering"]["peak_distance"] == 1  # Δθ peak 1, steering peak 2
     assert (exp.root / "steering" / "summary" / "pirate" / "dtheta_vs_steering.png").is_file()
+
+
+def test_pair_consistency_against_direct_cosines() -> None:
+    import torch
+
+    from deltalens.steering.study import mean_pair_cosine
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(16, generator=g)
+    neg = torch.randn(10, 16, generator=g)
+    # planted: 6 pairs differ exactly along +v (cos 1), 4 exactly along −v (cos −1)
+    scale = torch.tensor([1.0, 2, 3, 1, 2, 3, 1, 1, 1, 1]).unsqueeze(1)
+    sign = torch.tensor([1.0] * 6 + [-1.0] * 4).unsqueeze(1)
+    pos = neg + sign * scale * v
+    assert mean_pair_cosine(pos, neg, v) == pytest.approx((6 - 4) / 10, abs=1e-5)
+    # extra unpaired positives are ignored; random differences give |mean cos| well below 1
+    noise = torch.randn(12, 16, generator=g)
+    direct = float(
+        np.mean(
+            [
+                float(torch.dot(noise[i] - neg[i], v) / ((noise[i] - neg[i]).norm() * v.norm()))
+                for i in range(10)
+            ]
+        )
+    )
+    assert mean_pair_cosine(noise, neg, v) == pytest.approx(direct, abs=1e-5)
+    assert mean_pair_cosine(pos[:0], neg, v) is None

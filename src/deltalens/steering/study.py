@@ -123,10 +123,17 @@ def pair_consistency(
     seq = seq[order]
     acts = acts[torch.from_numpy(order)]
     pos, neg = acts[torch.from_numpy(seq < n_pos)], acts[torch.from_numpy(seq >= n_pos)]
+    return mean_pair_cosine(pos, neg, vector)
+
+
+def mean_pair_cosine(pos: Any, neg: Any, vector: Any) -> float | None:
+    """``mean_i cos(pos_i − neg_i, v)`` over the first ``min(len(pos), len(neg))`` pairs."""
+    import torch
+
     k = min(len(pos), len(neg))
     if k == 0:
         return None
-    diff = pos[:k] - neg[:k]
+    diff = pos[:k].float() - neg[:k].float()
     v = vector.float().reshape(1, -1)
     cos = torch.nn.functional.cosine_similarity(diff, v, dim=1)
     return float(cos.mean())
