@@ -228,3 +228,30 @@ def test_pair_consistency_against_direct_cosines() -> None:
     )
     assert mean_pair_cosine(noise, neg, v) == pytest.approx(direct, abs=1e-5)
     assert mean_pair_cosine(pos[:0], neg, v) is None
+
+
+def test_harmonic_score_axbench_style() -> None:
+    from deltalens.steering.study import harmonic_score
+
+    resp = [
+        {"question": "a", "trait": 60.0, "relevance": 30.0, "coherence": 90.0},
+        {"question": "b", "trait": 0.0, "relevance": 80.0, "coherence": 90.0},  # no concept → 0
+        {"question": "c", "trait": 50.0, "coherence": 90.0},  # relevance not scored: skipped
+    ]
+    rec = SteeringRecord("k", responses=resp)
+    h_a = 3 / (1 / 60 + 1 / 30 + 1 / 90)
+    assert harmonic_score(rec) == pytest.approx((h_a + 0.0) / 2)
+    assert h_a < np.mean([60, 30, 90])  # the harmonic mean punishes the weakest of the three
+    assert harmonic_score(SteeringRecord("k", responses=resp[2:])) is None  # offline judge: no score
+
+
+def test_relevance_is_a_judge_kind_only_llm_judges_score() -> None:
+    from deltalens.judges import LocalJudge, OpenAIJudge
+    from deltalens.judges.base import KINDS, Judge, render_prompt
+    from deltalens.judges.offline import OfflineJudge
+
+    assert "relevance" in KINDS
+    assert OpenAIJudge.scores_relevance and LocalJudge.scores_relevance
+    assert not OfflineJudge.scores_relevance and not Judge.scores_relevance
+    p = render_prompt("relevance", "Why is the sky blue?", "Arr, the sea!", None)
+    assert "Why is the sky blue?" in p and "Arr, the sea!" in p and "relevant" in p

@@ -251,6 +251,7 @@ def _print_trait_summary(res: Any) -> None:
             _fmt(r["coef_coh_below_80"], 3),
             _fmt(r["anti_steerable"], 2),
             _fmt(r["consistency"], 2),
+            _fmt(r.get("harmonic")),
         )
         for r in res.rows
     ]
@@ -271,6 +272,7 @@ def _print_trait_summary(res: Any) -> None:
                 "-",
                 _fmt(p["anti_steerable"], 2),
                 "-",
+                _fmt(p.get("harmonic")),
             )
         )
     b = res.baseline
@@ -290,6 +292,7 @@ def _print_trait_summary(res: Any) -> None:
                 "coef: coh<80 first",
                 "anti-steerable",
                 "consistency",
+                "harmonic (LLM judge)",
             ],
             rows,
         )

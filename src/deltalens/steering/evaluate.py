@@ -224,6 +224,7 @@ def evaluate_candidates(
         items = [(g["question"], g["response"]) for gl in gens for g in gl]
         t_scores = J.score(judge, "trait", items, trait, cache)
         c_scores = J.score(judge, "coherence", items, trait, cache)
+        r_scores = J.score(judge, "relevance", items, trait, cache) if judge.scores_relevance else None
         proj: list[float] | None = None
         if monitor is not None:
             pairs = [
@@ -233,6 +234,9 @@ def evaluate_candidates(
         k = 0
         for i, gl in zip(idxs, gens):
             resp = _scored_responses(gl, t_scores, c_scores, proj, k)
+            if r_scores is not None:
+                for j, x in enumerate(resp):
+                    x["relevance"] = r_scores[k + j].value
             k += len(gl)
             rec = make_record(
                 lm,

@@ -13,6 +13,8 @@ One row per vector source × extraction position × method (the seed's ``inst_md
 * **consistency** of the training differences: ``mean_i cos(a⁺_i − a⁻_i, v)`` over the
   extraction pairs ``i`` (positive and negative responses paired by order) at the best
   layer, ``v`` the vector — high consistency predicts steerability;
+* the **AxBench harmonic score** (when the judge also scored relevance, i.e. an LLM judge):
+  :func:`harmonic_score` of the best configuration;
 * the **prompting baseline** row: the steering questions asked under the trait's instruction
   system prompts, no vector (the bar steering has to clear).
 
@@ -66,6 +68,20 @@ def paired_deltas(rec: SteeringRecord, base: SteeringRecord) -> dict[str, float]
     """Per question: ``t_q − b_q`` (questions scored in both)."""
     t, b = _per_question(rec), _per_question(base)
     return {q: t[q] - b[q] for q in t if q in b}
+
+
+def harmonic_score(rec: SteeringRecord) -> float | None:
+    """AxBench-style harmonic score: per response ``H = 3 / (1/concept + 1/instruction + 1/fluency)``
+    with concept = trait, instruction = relevance, fluency = coherence (0–100; ``H = 0`` when any is
+    0), averaged over responses. ``None`` unless the judge scored relevance (LLM judges)."""
+    hs = []
+    for r in rec.responses:
+        vals = [r.get("trait"), r.get("relevance"), r.get("coherence")]
+        if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in vals):
+            continue
+        vals = [float(v) for v in vals]
+        hs.append(0.0 if min(vals) <= 0 else 3.0 / sum(1.0 / v for v in vals))
+    return float(np.mean(hs)) if hs else None
 
 
 def bootstrap_ci(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -211,6 +227,7 @@ class TraitSummary(StageResult):
         "coef_coh_below_80",
         "anti_steerable",
         "consistency",
+        "harmonic",
         "n_questions",
         "n_configs",
     )
@@ -302,6 +319,7 @@ def summarize_trait(
                 "ci_lo": lo,
                 "ci_hi": hi,
                 "anti_steerable": float((x < 0).mean()) if len(x) else None,
+                "harmonic": None if rec is None else harmonic_score(rec),
                 "from": run.trait,
             }
         for method, s in sorted(run.checkpoint.items()):
@@ -335,6 +353,7 @@ def summarize_trait(
                     "coef_coh_below_80": s.get("coef_coh_below_80"),
                     "anti_steerable": float((x < 0).mean()) if len(x) else None,
                     "consistency": consistency,
+                    "harmonic": None if best is None else harmonic_score(best),
                     "n_questions": len(x),
                     "n_configs": s.get("n_configs"),
                 }
