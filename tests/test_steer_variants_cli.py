@@ -14,6 +14,8 @@ from test_steer_cli import run
 
 POS = "response[:3]"
 
+pytestmark = pytest.mark.slow  # CLI subprocesses + offline-judge training: ~3.5 min on 2 cores
+
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
