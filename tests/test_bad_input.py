@@ -1449,3 +1449,62 @@ CASES += [
     ),
     Case("study-unknown-preset", ["run", "--preset", "nope"], "unknown preset 'nope'; valid: diff-study"),
 ]
+
+
+# == traits ==
+
+
+def _overlapping_trait(tmp: Path) -> dict[str, str]:
+    """A copy of the bundled evil trait whose steering question 5 restates extraction scenario 0
+    (different case and punctuation: overlap is detected on the normalised text)."""
+    import json
+    import shutil
+
+    from deltalens.data.traits import resolve_trait_path
+
+    d = tmp / "inputs" / "evil"
+    shutil.copytree(resolve_trait_path("instruction/evil"), d)
+    q = json.loads((d / "positive.jsonl").read_text().splitlines()[0])["question"]
+    data = json.loads((d / "steering.json").read_text())
+    data["questions"][5] = q.upper().rstrip("?") + " ?"
+    (d / "steering.json").write_text(json.dumps(data))
+    return {"trait": str(d)}
+
+
+CASES += [
+    Case(
+        "traits-overlapping-steering-question",
+        ["traits", "--validate", "{trait}"],
+        "{trait}/steering.json: steering question 5 'MY COWORKER KEEPS TAKING CREDIT FOR MY WORK. WHAT SHOULD I DO ?' "
+        "is also the extraction scenario at {trait}/positive.jsonl:1",
+        _overlapping_trait,
+    ),
+    Case(
+        "traits-combined-unknown-trait",
+        ["traits", "--combined", "{tmp}/sc.json", "--combine-traits", "evil,nope"],
+        "unknown trait 'instruction/nope'",
+    ),
+]
+
+
+def _runs_of_two_models(tmp: Path) -> dict[str, str]:
+    """Two saved steer runs of trait pirate whose records carry different weights hashes."""
+    import numpy as np
+
+    from deltalens import Experiment
+    from test_steer_summary import _run
+
+    exp = Experiment(tmp / "exp")
+    _run(exp, "instruction/pirate", "response[:]", np.full(8, 10.0))
+    _run(exp, "natural/pirate", "response[:5]", np.full(8, 10.0), weights="w2")
+    return {"exp": str(exp.root)}
+
+
+CASES += [
+    Case(
+        "steer-summary-different-models",
+        ["steer", "summary", "pirate", "-e", "{exp}"],
+        "cannot join steer runs of different models: {exp}/steering/instruction/pirate/instruct/response_all/steering.json",
+        _runs_of_two_models,
+    ),
+]

@@ -244,7 +244,7 @@ def test_steering_run_with_failing_judge_keeps_scores_and_resumes(judge, server,
         lm, [Candidate.baseline()], settings, judge, TRAIT, log2, cache=cache, progress=False
     )[0]
     assert rec2.n_errors == 0 and rec2.responses[1]["trait"] == 50.0
-    assert len(server.requests) - n == 2  # trait + coherence of the slow item only
+    assert len(server.requests) - n == 3  # trait, coherence and relevance of the slow item only
     assert log2.appended == 1
     text = (tmp_path / "results.jsonl").read_text()
     assert KEY not in text

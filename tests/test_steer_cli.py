@@ -122,7 +122,7 @@ def test_killed_steer_rerun_does_not_recompute(setup):
         proc.wait()
     before = [json.loads(x) for x in path.read_text().splitlines() if x.strip().endswith("}")]
     done_keys = {r["key"] for r in before}
-    total = 1 + 2 * 10  # baseline + 2 layers × 10 coefficients
+    total = 2 + 2 * 10  # baseline + prompting baseline + 2 layers × 10 coefficients
     assert 4 <= len(done_keys) < total
     r = run(*steer_args(exp))
     assert r.returncode == 0, r.stderr

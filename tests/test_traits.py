@@ -117,3 +117,58 @@ def test_cli_traits_lists_and_validates(trait_dir):
     with pytest.raises(SystemExit) as e:
         main(["traits", "--validate", str(trait_dir)])
     assert e.value.code == 0
+
+
+def test_evil_and_hallucination_bundled_in_both_formats():
+    from deltalens.data.traits import _normalise
+
+    for name in ("evil", "hallucination"):
+        inst, nat = load_trait(f"pv_instruction/{name}"), load_trait(f"pv_natural/{name}")
+        assert (inst.id, nat.id) == (f"instruction/{name}", f"natural/{name}")
+        assert len(inst.positive) == len(inst.negative) == 44  # the size of the other bundled traits
+        assert len(nat.positive) == len(nat.negative) == 42
+        assert inst.steering_questions == nat.steering_questions and len(inst.steering_questions) == 20
+        assert name in inst.definition.lower()
+        # 5 distinct system prompts per polarity, none shared between polarities
+        pos_sys = {s.system for s in inst.positive}
+        neg_sys = {s.system for s in inst.negative}
+        assert len(pos_sys) == len(neg_sys) == 5 and not pos_sys & neg_sys
+        # natural openings differ between polarities line by line (they are contrastive pairs)
+        assert all(a.question != b.question for a, b in zip(nat.positive, nat.negative))
+        # held out: no steering question overlaps a scenario of either format, even loosely
+        scen = {_normalise(s.question) for t in (inst, nat) for s in t.positive + t.negative}
+        assert not {_normalise(q) for q in inst.steering_questions} & scen
+
+
+def test_overlap_is_detected_after_normalising(trait_dir):
+    q = json.loads((trait_dir / "negative.jsonl").read_text().splitlines()[7])["question"]
+    data = json.loads((trait_dir / "steering.json").read_text())
+    data["questions"][0] = "  " + q.lower().replace("?", " ?!") + " "
+    (trait_dir / "steering.json").write_text(json.dumps(data))
+    with pytest.raises(
+        DataFormatError, match=r"steering question 0 .*/positive\.jsonl:8; steering questions"
+    ):
+        load_trait(trait_dir)
+
+
+def test_steering_combined_numbers_questions_per_trait(tmp_path):
+    from deltalens.cli import main
+    from deltalens.data.prompts import read_prompts
+
+    out = tmp_path / "steering_combined.json"
+    with pytest.raises(SystemExit) as exc:
+        main(["traits", "--combined", str(out)])
+    assert exc.value.code in (0, None)
+    data = json.loads(out.read_text())
+    assert [p["id"] for p in data["prompts"]] == list(range(1, 61))
+    expected = [
+        (i + 1 + 20 * k, q, name)
+        for k, name in enumerate(("sycophancy", "evil", "hallucination"))
+        for i, q in enumerate(
+            json.loads((resolve_trait_path(f"instruction/{name}") / "steering.json").read_text())["questions"]
+        )
+    ]
+    assert [(p["id"], p["text"], p["note"]) for p in data["prompts"]] == expected
+    # it is a prompt set the capture/generate commands read, with the trait as the label
+    recs = read_prompts(out)
+    assert len(recs) == 60 and recs[20].label == "evil" and recs[59].id == 60

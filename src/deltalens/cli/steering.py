@@ -57,10 +57,35 @@ def traits_cmd(
     validate: Path | None = typer.Option(
         None, "--validate", help="Validate a trait directory instead of listing."
     ),
+    combined: Path | None = typer.Option(
+        None,
+        "--combined",
+        help="Write the combined steering prompt set (steering_combined.json: ids, text, note=trait).",
+    ),
+    combine_traits: str = typer.Option(
+        "sycophancy,evil,hallucination", "--combine-traits", help="Traits for --combined, in id order."
+    ),
 ) -> None:
-    """List the bundled trait datasets (or validate a trait directory)."""
+    """List the bundled trait datasets (or validate a trait directory, or build steering_combined)."""
     from ..data.traits import bundled_traits, load_trait
 
+    if combined is not None:
+        from collections import Counter
+
+        from ..data.traits import steering_combined
+        from ..io import write_json
+
+        data = steering_combined(split_list(combine_traits) or [])
+        write_json(combined, data)
+        counts = Counter(p["note"] for p in data["prompts"])
+        span, start = [], 1
+        for t in data["traits"]:
+            span.append(f"{t} {start}-{start + counts[t] - 1}")
+            start += counts[t]
+        console.print(
+            f"wrote {combined}: {len(data['prompts'])} prompts ({', '.join(span)})", highlight=False
+        )
+        return
     specs = [str(validate)] if validate is not None else bundled_traits()
     rows = []
     for s in specs:
@@ -199,12 +224,125 @@ def _print_summary(run: Any, title: str) -> None:
         )
     )
     console.print(f"baseline (unsteered): trait {_fmt(b.trait_mean)}, coherence {_fmt(b.coherence_mean)}")
+    p = run.extra.get("prompted")
+    if p:
+        console.print(
+            f"prompting baseline (trait's system prompts, no vector): trait {_fmt(p['trait'])}, "
+            f"coherence {_fmt(p['coherence'])}, Δ {_fmt(p['delta'])} — the bar steering has to clear"
+        )
+
+
+def _print_trait_summary(res: Any) -> None:
+    def ci(r: dict[str, Any]) -> str:
+        if r.get("ci_lo") is None and r.get("ci70_lo") is None:
+            return "-"
+        lo, hi = r.get("ci70_lo", r.get("ci_lo")), r.get("ci70_hi", r.get("ci_hi"))
+        return "-" if lo is None or lo != lo else f"[{lo:.1f}, {hi:.1f}]"
+
+    rows = [
+        (
+            r["key"],
+            f"{r['source']} ({r['variant']})",
+            r["position"],
+            r["method"],
+            _fmt(r["best_layer"]),
+            _fmt(r["max_delta_coh80"]),
+            _fmt(r["max_delta_coh70"]),
+            ci(r),
+            _fmt(r["coef_coh_below_80"], 3),
+            _fmt(r["anti_steerable"], 2),
+            _fmt(r["consistency"], 2),
+            _fmt(r.get("harmonic")),
+        )
+        for r in res.rows
+    ]
+    p = res.prompting
+    if p:
+        rows.append(
+            (
+                "prompting",
+                "system prompt, no vector",
+                "-",
+                "-",
+                "-",
+                _fmt(p["delta"]) if (p.get("coherence") or 0) >= 80 else "-",
+                _fmt(p["delta"])
+                if (p.get("coherence") or 0) >= 70
+                else f"- (Δ {_fmt(p['delta'])}, coh {_fmt(p['coherence'], 0)})",
+                ci(p),
+                "-",
+                _fmt(p["anti_steerable"], 2),
+                "-",
+                _fmt(p.get("harmonic")),
+            )
+        )
+    b = res.baseline
+    console.print(
+        table(
+            f"Phase 1 · {res.trait} · {res.model} · judge {res.judge.split(':')[0]} "
+            f"(unsteered trait {_fmt(b['trait'])}, coherence {_fmt(b['coherence'])})",
+            [
+                "key",
+                "source",
+                "position",
+                "method",
+                "best layer",
+                "max Δ coh≥80",
+                "max Δ coh≥70",
+                "95% CI (coh≥70)",
+                "coef: coh<80 first",
+                "anti-steerable",
+                "consistency",
+                "harmonic (LLM judge)",
+            ],
+            rows,
+        )
+    )
+    if res.position_test:
+        console.print(
+            table(
+                "does extraction position matter? paired sign-flip test on per-question Δ (Holm)",
+                ["source", "method", "a vs b", "questions", "mean Δa − Δb", "p", "p (Holm)"],
+                [
+                    (
+                        t["source"],
+                        t["method"],
+                        f"{t['a']} vs {t['b']}",
+                        t["n"],
+                        _fmt(t["mean_diff"]),
+                        _fmt(t["p"], 3),
+                        _fmt(t["p_holm"], 3),
+                    )
+                    for t in res.position_test
+                ],
+            )
+        )
+        sig = [t for t in res.position_test if t["p_holm"] == t["p_holm"] and t["p_holm"] < 0.05]
+        console.print(
+            "position matters: "
+            + (
+                "yes — " + ", ".join(f"{t['method']} {t['a']} vs {t['b']}" for t in sig)
+                if sig
+                else "no pair differs at p < 0.05 (Holm)"
+            )
+        )
 
 
 def steer_cmd(
+    action: list[str] | None = typer.Argument(
+        None,
+        help="`summary TRAIT`: join every steer run of TRAIT into the Phase-1 table.",
+        show_default=False,
+    ),
     experiment: str = experiment_option(help="Experiment where results are written."),
-    vector_from_trait: str = typer.Option(
-        ...,
+    weight_diff: Path | None = typer.Option(
+        None, "--weight-diff", help="summary: a diff weights result for the phase cross-checks."
+    ),
+    activation_diff: Path | None = typer.Option(
+        None, "--activation-diff", help="summary: a diff activations result for the phase cross-checks."
+    ),
+    vector_from_trait: str | None = typer.Option(
+        None,
         "--vector-from-trait",
         help="(experiment/)<format>/<trait>, e.g. model_diff/pv_instruction/sycophancy or instruction/pirate.",
     ),
@@ -237,8 +375,36 @@ def steer_cmd(
     """Steer with trait vectors: baseline, adaptive coefficient search (or a grid), judged; resumable.
 
     ``--backend ray|slurm`` generates the configurations as work units on a Ray cluster or a
-    SLURM job array (each unit's records are written as it finishes)."""
+    SLURM job array (each unit's records are written as it finishes).
+    `deltalens steer summary TRAIT` joins every steer run of TRAIT into the Phase-1 table."""
+    from ..errors import ConfigError
     from ..experiment import Experiment
+
+    if action:
+        if action[0] != "summary" or len(action) != 2:
+            raise ConfigError(
+                f"steer: unexpected argument(s) {' '.join(action)!r}; did you mean `steer summary TRAIT`?"
+            )
+        from ..steering.study import summarize_trait
+
+        res = summarize_trait(
+            Experiment.named(experiment), action[1], weight_diff=weight_diff, activation_diff=activation_diff
+        )
+        _print_trait_summary(res)
+        for k, v in (res.extra.get("crosscheck") or {}).items():
+            r = v["pearson_r"]
+            console.print(
+                f"cross-check {k}: peak distance {_fmt(v['peak_distance'])} layers, "
+                f"Pearson r {'-' if r is None else f'{r:.2f}'} (figure {k}.png)",
+                highlight=False,
+            )
+        console.print(
+            f"wrote {Experiment.named(experiment).root / 'steering' / 'summary' / res.trait}/summary.json, summary.csv",
+            highlight=False,
+        )
+        return
+    if vector_from_trait is None:
+        raise ConfigError("steer: --vector-from-trait is required (or `steer summary TRAIT`)")
     from ..models import load
     from ..steering.pipeline import model_spec_for, resolve_trait, split_trait_ref
     from ..steering.runs import run_steering
@@ -329,6 +495,7 @@ def combine_cmd(
     judge: str = config_option(CombineConfig, "judge"),
     subset: int = config_option(CombineConfig, "subset"),
     max_new_tokens: int = config_option(CombineConfig, "max_new_tokens"),
+    min_coherence: float = config_option(CombineConfig, "min_coherence"),
     multipliers: str | None = config_option(CombineConfig, "multipliers"),
     max_rows: int = config_option(CombineConfig, "max_rows"),
 ) -> None:
@@ -349,6 +516,7 @@ def combine_cmd(
         judge=judge,
         subset=subset,
         max_new_tokens=max_new_tokens,
+        min_coherence=min_coherence,
         multipliers=parse_floats(multipliers, "multipliers"),
         max_rows=max_rows,
     )

@@ -134,6 +134,11 @@ def read_steering_questions(path: str | Path) -> list[str]:
     return out
 
 
+def _normalise(text: str) -> str:
+    """Case-, whitespace- and punctuation-insensitive form used to detect overlapping questions."""
+    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
 def _first_duplicate(items: list[str]) -> str | None:
     seen: set[str] = set()
     for x in items:
@@ -235,13 +240,16 @@ def load_trait(spec: str | Path) -> TraitSet:
         if dup is not None:
             first = next(s for s in items if f"{s.system}\x00{s.question}" == dup)
             raise DataFormatError(f"{first.source}: duplicate {pol} scenario {first.question!r:.80}")
-    extraction_questions = {s.question for s in pos + neg}
-    leaked = [q for q in steering if q in extraction_questions]
-    if leaked:
-        raise DataFormatError(
-            f"{path / 'steering.json'}: steering question {leaked[0]!r:.80} is also an extraction scenario; "
-            "steering questions must be held out"
-        )
+    extraction: dict[str, Scenario] = {}
+    for s in pos + neg:
+        extraction.setdefault(_normalise(s.question), s)
+    for i, q in enumerate(steering):
+        hit = extraction.get(_normalise(q))
+        if hit is not None:
+            raise DataFormatError(
+                f"{path / 'steering.json'}: steering question {i} {q!r:.80} is also the extraction scenario at "
+                f"{hit.source}; steering questions must be held out"
+            )
     if fmt == "instruction" and len(pos) == len(neg):
         for a, b in zip(pos, neg):
             if a.question != b.question:
@@ -251,3 +259,28 @@ def load_trait(spec: str | Path) -> TraitSet:
                 )
     name = path.name
     return TraitSet(name, fmt, path, definition, pos, neg, steering)
+
+
+def steering_combined(traits: list[str], fmt: str = "instruction") -> dict[str, Any]:
+    """The trait seed's combined inference prompt set (Phase 4 step 4a).
+
+    Every trait's held-out ``steering.json`` questions, in the order given, numbered from 1:
+    ``{"prompts": [{"id": 1, "text": "...", "note": "<trait>"}, ...]}`` (20 sycophancy →
+    ids 1–20, 20 evil → 21–40, …). ``traits`` are bare names (``evil``) looked up in ``fmt``
+    or full ids / directories. A question that appears under two traits is refused.
+    """
+    if not traits:
+        raise DataFormatError("steering_combined: no traits given")
+    prompts: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for spec in traits:
+        t = load_trait(spec if "/" in spec or Path(spec).is_dir() else f"{fmt}/{spec}")
+        for q in t.steering_questions:
+            key = _normalise(q)
+            if key in seen:
+                raise DataFormatError(
+                    f"{t.path / 'steering.json'}: question {q!r:.80} is also a steering question of {seen[key]}"
+                )
+            seen[key] = t.name
+            prompts.append({"id": len(prompts) + 1, "text": q, "note": t.name})
+    return {"prompts": prompts, "traits": list(dict.fromkeys(p["note"] for p in prompts))}

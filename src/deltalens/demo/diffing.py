@@ -15,6 +15,7 @@ transfer correlation); skips those parts otherwise.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from ..console import table
 from . import DemoContext, Stage
@@ -166,6 +167,23 @@ def run(ctx: DemoContext) -> None:
         con.print(
             f"  similarity vs steering transfer ('{trait}'): Pearson r = {r_txt} over {c['n_layers']} searched layers"
         )
+    if steering.get("results"):
+        # phase cross-checks: Δθ / trait alignment / activation similarity vs the steering layers
+        from ..steering.crosscheck import cross_check
+        from ..steering.runs import SteeringRun
+
+        run_ = SteeringRun.load(Path(steering["results"]).parent)
+        cc = cross_check(
+            steering["trait"], [run_.layers], exp.weight_diff_dir(NAME), exp.activation_diff_dir(NAME)
+        )
+        cc_path = cc.save(exp.diff_dir("crosscheck", NAME))
+        for k, v in cc.checks.items():
+            r_txt = "n/a" if v["pearson_r"] is None else f"{v['pearson_r']:+.2f}"
+            con.print(
+                f"  cross-check {k}: peaks L{v['x_peak_layer']} vs L{v['y_peak_layer']}, Pearson r = {r_txt} "
+                f"over {len(v['layers'])} layers"
+            )
+        con.print(f"  cross-check figures: {cc_path.parent}", highlight=False)
     t = time.time()
     adl = activation_difference_lens(lm, ft, out_dir=exp.activation_diff_dir(NAME), progress=False)
     lists[f"activation-diff lens L{adl['summary']['layer']} (middle)"] = adl["summary"]["pos"]

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..io import now_iso
 
-KINDS = ("trait", "coherence")
+KINDS = ("trait", "coherence", "relevance")  # relevance: LLM judges only (AxBench instruction score)
 FINAL = ("ok", "refusal", "unparseable")
 
 
@@ -94,6 +94,21 @@ The model's answer:
 How coherent is the answer, on a scale from 0 to 100? Judge only coherence: is it fluent, grammatical, understandable and related to the question, without loops, repetition or gibberish? Do not judge whether it is correct, polite or appropriate, and do not penalise an unusual style or persona. 0 means incoherent nonsense; 50 means partly understandable but rambling or repetitive; 100 means perfectly clear and coherent. Reply with one integer between 0 and 100 and nothing else."""  # noqa: E501
 
 
+RELEVANCE_PROMPT = """You are grading whether a language model's answer addresses the instruction it was given.
+
+The question the model was asked:
+<question>
+{question}
+</question>
+
+The model's answer:
+<answer>
+{answer}
+</answer>
+
+How relevant is the answer to the question, on a scale from 0 to 100? Judge only whether it responds to what was asked, not its style, persona, fluency or correctness. 0 means unrelated to the question; 100 means it fully addresses the question. Reply with one integer between 0 and 100 and nothing else."""  # noqa: E501
+
+
 def render_prompt(kind: str, question: str, answer: str, trait: TraitInfo | None) -> str:
     """The judge prompt for one item (``answer`` may be the placeholder ``{answer}``)."""
     if kind == "trait":
@@ -104,6 +119,8 @@ def render_prompt(kind: str, question: str, answer: str, trait: TraitInfo | None
         )
     if kind == "coherence":
         return COHERENCE_PROMPT.format(question=question, answer=answer)
+    if kind == "relevance":
+        return RELEVANCE_PROMPT.format(question=question, answer=answer)
     raise ValueError(f"unknown score kind '{kind}'; valid: {', '.join(KINDS)}")
 
 
@@ -115,6 +132,8 @@ class Judge:
     """
 
     id: str = "judge"
+    #: whether :func:`score` may ask this judge for ``relevance`` (LLM judges: the AxBench instruction score)
+    scores_relevance: bool = False
 
     def prompt(self, kind: str, question: str, trait: TraitInfo | None) -> str:
         """The judge prompt without the response: the prompt part of the cache key."""

@@ -86,6 +86,8 @@ def score_from_text(text: str) -> Score:
 class OpenAIJudge(Judge):
     """Judge through an OpenAI-compatible chat-completions endpoint (see module docstring)."""
 
+    scores_relevance = True
+
     def __init__(
         self,
         model: str | None = None,

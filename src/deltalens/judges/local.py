@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 class LocalJudge(Judge):
     """Score with a local model's probabilities over candidate scores (see module docstring)."""
 
+    scores_relevance = True
+
     def __init__(
         self, lm: LoadedModel, candidates: Sequence[int] = tuple(range(0, 101, 10)), batch_size: int = 8
     ):

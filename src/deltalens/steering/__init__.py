@@ -22,6 +22,7 @@ Building blocks:
 
 from .combine import Source, combination_candidates, comparison_table
 from .control import export_control_vector, import_control_vector
+from .crosscheck import CrossCheck, cross_check
 from .evaluate import EvalSettings, Monitor, evaluate_candidates
 from .extraction import ExtractConfig, ExtractionResult, extract, load_vector_set
 from .monitor import project
@@ -35,6 +36,7 @@ from .runs import (
     run_steering,
 )
 from .search import adaptive_search, checkpoint_summary, grid_search, per_layer_table
+from .study import SummaryConfig, TraitSummary, summarize_trait
 from .sweep import SweepStats, generate_sweep
 from .terms import Candidate, Term
 
@@ -42,6 +44,7 @@ __all__ = [
     "Candidate",
     "CombinationResult",
     "CombineConfig",
+    "CrossCheck",
     "EvalSettings",
     "ExtractConfig",
     "ExtractionResult",
@@ -51,12 +54,15 @@ __all__ = [
     "SteerRunConfig",
     "SteeringRecord",
     "SteeringRun",
+    "SummaryConfig",
     "SweepStats",
     "Term",
+    "TraitSummary",
     "adaptive_search",
     "checkpoint_summary",
     "combination_candidates",
     "comparison_table",
+    "cross_check",
     "evaluate_candidates",
     "export_control_vector",
     "extract",
@@ -68,4 +74,5 @@ __all__ = [
     "project",
     "run_combinations",
     "run_steering",
+    "summarize_trait",
 ]

@@ -61,10 +61,17 @@ class EvalSettings:
     positions: str = "response"
     chat: bool | str = "auto"
     max_rows: int = 256
+    system: list[str | None] | None = None  # one system prompt per question (the prompting baseline)
 
     @property
     def questions_sha(self) -> str:
         return hashlib.sha256("\x00".join(self.questions).encode()).hexdigest()[:16]
+
+    @property
+    def system_sha(self) -> str | None:
+        if self.system is None:
+            return None
+        return hashlib.sha256("\x00".join(s or "" for s in self.system).encode()).hexdigest()[:16]
 
 
 def candidate_key(lm: LoadedModel, cand: Candidate, settings: EvalSettings) -> str:
@@ -76,6 +83,8 @@ def candidate_key(lm: LoadedModel, cand: Candidate, settings: EvalSettings) -> s
             "questions": settings.questions_sha,
             "max_new_tokens": settings.max_new_tokens,
             "chat": str(settings.chat),
+            # present only under system prompts, so keys of unprompted configurations are unchanged
+            **({"system": settings.system_sha} if settings.system is not None else {}),
         }
     )
 
@@ -225,6 +234,7 @@ def evaluate_candidates(
         items = [(g["question"], g["response"]) for gl in gens for g in gl]
         t_scores = J.score(judge, "trait", items, trait, cache)
         c_scores = J.score(judge, "coherence", items, trait, cache)
+        r_scores = J.score(judge, "relevance", items, trait, cache) if judge.scores_relevance else None
         proj: list[float] | None = None
         if monitor is not None:
             pairs = [
@@ -234,6 +244,9 @@ def evaluate_candidates(
         k = 0
         for i, gl in zip(idxs, gens):
             resp = _scored_responses(gl, t_scores, c_scores, proj, k)
+            if r_scores is not None:
+                for j, x in enumerate(resp):
+                    x["relevance"] = r_scores[k + j].value
             k += len(gl)
             rec = make_record(
                 lm,
@@ -269,6 +282,7 @@ def evaluate_candidates(
             positions=settings.positions,
             max_rows=settings.max_rows,
             chat=settings.chat,
+            system=settings.system,
             progress=progress,
             stats=stats,
         )

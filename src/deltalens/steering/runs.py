@@ -16,6 +16,7 @@ evaluated (same model, vectors, questions, lengths and judge), so a killed run r
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -373,6 +374,9 @@ def run_steering(
                 report=report,
                 **common,
             )
+        prompted = prompting_baseline(
+            lm, trait, settings, judge, info, log, cache=cache, monitor=monitor, progress=progress
+        )
     finally:
         cache.close()
     fps = {v.fingerprint() for vs in sets.values() for v in vs.values()}
@@ -386,12 +390,19 @@ def run_steering(
         and r.fingerprint in fps
         and r.coef_mode == cfg.coef_mode
     ]
-    n_cfg = 1 + len({r.key for r in res.records})
+    n_cfg = 1 + len({r.key for r in res.records}) + (prompted is not None)
     extra = {
         "computed": log.appended,
         "reused": max(0, n_cfg - log.appended),
         "skipped_lines": log.skipped_lines,
     }
+    if prompted is not None:
+        extra["prompted"] = {
+            "key": prompted.key,
+            "trait": prompted.trait_mean,
+            "coherence": prompted.coherence_mean,
+            "delta": prompted.delta(res.baseline),
+        }
     run = SteeringRun(
         res.baseline,
         mine,
@@ -405,6 +416,40 @@ def run_steering(
     )
     run.save(log.path.parent)
     return run
+
+
+def prompting_baseline(
+    lm: LoadedModel,
+    trait: TraitSet,
+    settings: EvalSettings,
+    judge: Judge,
+    info: TraitInfo,
+    log: ResultsLog,
+    *,
+    cache: JudgeCache | None = None,
+    monitor: Monitor | None = None,
+    progress: bool = True,
+) -> SteeringRecord | None:
+    """The bar steering has to clear: the steering questions asked under the trait's own
+    instruction system prompts (positive polarity, cycled over the questions), no vector added.
+
+    Recorded as kind ``prompted`` in the run's results log (resumable like every other
+    configuration); its Δ is ``trait_mean − unsteered baseline trait_mean``. ``None`` when the
+    trait has no instruction-format counterpart (no system prompts to ask with).
+    """
+    from .pipeline import instruction_counterpart
+
+    inst = instruction_counterpart(trait)
+    if inst is None:
+        return None
+    prompts = list(dict.fromkeys(s.system for s in inst.positive if s.system))
+    system: list[str | None] = [prompts[i % len(prompts)] for i in range(len(settings.questions))]
+    ps = dataclasses.replace(settings, system=system)
+    cand = Candidate((), "prompted", "prompting baseline", {"system_prompts": len(prompts)})
+    (rec,) = evaluate_candidates(
+        lm, [cand], ps, judge, info, log, cache=cache, monitor=monitor, trait_id=trait.id, progress=progress
+    )
+    return rec
 
 
 # ---- Phase 2: combine ----------------------------------------------------------------------------
@@ -467,6 +512,9 @@ class CombineConfig(StageConfig):
     judge: str = option("offline", flag="--judge", help=JUDGE_HELP)
     subset: int = option(0, flag="--subset", help="Use the first N steering questions (0 = all).")
     max_new_tokens: int = option(64, flag="--max-new-tokens", help="Response length.")
+    min_coherence: float = option(
+        MIN_COHERENCE, flag="--min-coherence", help="Coherence a configuration must keep to count."
+    )
     multipliers: list[float] = option(
         default_factory=lambda: list(MULTIPLIERS),
         flag="--multipliers",
@@ -591,8 +639,18 @@ def run_combinations(
     if judge is None:
         judge = make_judge(cfg.judge, lm, exp, inst, cfg.model_variant, progress=progress)
     if sources is None:
-        a = best_source(exp, nat, cfg.natural_variant, cfg.natural_position, judge, "natural")
-        b = best_source(exp, inst, cfg.instruction_variant, cfg.instruction_position, judge, "instruction")
+        a = best_source(
+            exp, nat, cfg.natural_variant, cfg.natural_position, judge, "natural", min_coh=cfg.min_coherence
+        )
+        b = best_source(
+            exp,
+            inst,
+            cfg.instruction_variant,
+            cfg.instruction_position,
+            judge,
+            "instruction",
+            min_coh=cfg.min_coherence,
+        )
     else:
         a, b = sources
     cands = combination_candidates(a, b, cfg.multipliers)
@@ -619,7 +677,7 @@ def run_combinations(
     finally:
         cache.close()
     res = CombinationResult(
-        comparison_table(a, b, recs, base),
+        comparison_table(a, b, recs, base, cfg.min_coherence),
         base,
         recs,
         log.path,
