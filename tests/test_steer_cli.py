@@ -280,10 +280,13 @@ def test_steer_on_a_ray_local_cluster_computes_only_new_configurations(setup):
     args[args.index("--coefficients") + 1] = "0.7,0.9"  # 4 configurations no other test computed
     r = run(*args, "--backend", "ray", "--workers", "2")
     assert r.returncode == 0, r.stderr
-    # 2 layers × 2 coefficients are new (plus the baseline when no earlier test computed it)
-    assert (
-        "4 configurations computed, 1 reused" in r.stdout or "5 configurations computed, 0 reused" in r.stdout
-    )
+    # 2 layers × 2 coefficients are new, plus the unsteered and the prompting baselines when no
+    # earlier test computed them
+    import re
+
+    line = next((x for x in r.stdout.splitlines() if "configurations computed" in x), "")
+    m = re.search(r"(\d+) configurations computed, (\d+) reused", line)
+    assert m and int(m[1]) + int(m[2]) == 6 and int(m[1]) >= 4, line
     recs = [json.loads(x) for x in results_file(exp).read_text().splitlines() if x.strip()]
     new = [x for x in recs if x.get("coef") in (0.7, 0.9)]
     assert len(new) == 4 and all(len(x["responses"]) == 3 for x in new)
