@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import ConfigError, DataFormatError
-from ..io import provenance, read_json, write_json
+from ..io import provenance, write_json
 from ..stage import StageConfig, StageResult, at_least, in_range, option, register_result
 from .graph import Circuit
 
@@ -299,10 +299,6 @@ def _target_ids(lm: Any, spec: str) -> list[int]:
     return ids
 
 
-def _answer_id(lm: Any, answer: str | int) -> list[int]:
-    return [int(answer)] if isinstance(answer, int) else _target_ids(lm, answer)
-
-
 def path_summary(circuit: Circuit, path: list[str]) -> list[dict[str, Any]]:
     """Each node of ``path`` with its type, layer, position and token."""
     out = []
@@ -340,12 +336,14 @@ def run_graph(config: GraphConfig, experiment: Any = "default") -> GraphRun:
         records = load_pairs(cfg.pairs)
         if cfg.pair >= len(records):
             raise ConfigError(f"--pair {cfg.pair}: {cfg.pairs} has {len(records)} pairs")
+        from .task import _answer_ids, _encode_prompt
+
         r = records[cfg.pair]
-        prompt, name = r.clean, f"{Path(cfg.pairs).stem}_{cfg.pair}"
+        prompt, name = _encode_prompt(lm, r, r.clean, chat=False)[0], f"{Path(cfg.pairs).stem}_{cfg.pair}"
         if target is None:
-            target = _answer_id(lm, r.clean_answer)
+            target = _answer_ids(lm, r.clean_answer, r, "clean answer", single=False)[:1]
             if cfg.contrast:
-                contrast = _answer_id(lm, r.corrupted_answer)
+                contrast = _answer_ids(lm, r.corrupted_answer, r, "corrupted answer", single=False)[:1]
     if cfg.out is not None:
         out_dir = Path(cfg.out)
     else:
@@ -395,7 +393,3 @@ def run_graph(config: GraphConfig, experiment: Any = "default") -> GraphRun:
     }
     files["summary"] = write_json(out_dir / SUMMARY_FILE, summary)
     return GraphRun(circuit, out_dir, summary, files)
-
-
-def read_graph_summary(directory: str | Path) -> dict[str, Any]:
-    return read_json(Path(directory) / SUMMARY_FILE)
