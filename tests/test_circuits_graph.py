@@ -35,13 +35,24 @@ def make_tc(lm, layer, d=32, skip=True):
 @pytest.fixture(scope="module")
 def built(tiny):
     tcs = {layer: make_tc(tiny, layer) for layer in range(tiny.n_layers)}
-    g = attribution_graph(tiny, PROMPT, tcs, max_feature_nodes=24, batch_size=12, max_logits=2)
+    g = attribution_graph(
+        tiny, PROMPT, tcs, max_feature_nodes=24, batch_size=12, max_logits=2, constant_first=False
+    )
     return tcs, g
 
 
-def _manual(lm, ids, tcs, emb, feats, errs, consts):
+@pytest.fixture(scope="module")
+def built_cf(tiny):
+    """The default: the first position's MLP outputs held constant."""
+    tcs = {layer: make_tc(tiny, layer) for layer in range(tiny.n_layers)}
+    return tcs, attribution_graph(tiny, PROMPT, tcs, max_feature_nodes=24, batch_size=12, max_logits=2)
+
+
+def _manual(lm, ids, tcs, emb, feats, errs, consts, const_first=False):
     """Tiny Llama forward written out: frozen norm factors and attention patterns from
-    ``consts`` (recorded when ``consts["record"]``), MLPs replaced by transcoder + error."""
+    ``consts`` (recorded when ``consts["record"]``), MLPs replaced by transcoder + error
+    (with ``const_first``: at position 0 the recorded MLP output, a constant, and zero
+    features and errors)."""
     m = lm.model.model
     cfg = lm.model.config
     H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -68,16 +79,26 @@ def _manual(lm, ids, tcs, emb, feats, errs, consts):
         pres.append(pre)
         if rec:
             f = tc.activation(pre).detach()
+            mlp = layer.mlp(xn2).detach()
+            err = (mlp - tc.decode(f) - tc.skip(xn2)).detach()
+            if const_first:
+                f[0], err[0] = 0.0, 0.0
+                consts.setdefault("mlp0", []).append(mlp[0])
             feats.append(f)
-            errs.append((layer.mlp(xn2) - tc.decode(f) - tc.skip(xn2)).detach())
-        h = h + tc.decode(feats[layer_i]) + tc.skip(xn2) + errs[layer_i]
+            errs.append(err)
+        out = tc.decode(feats[layer_i]) + tc.skip(xn2) + errs[layer_i]
+        if const_first:
+            out = torch.cat([consts["mlp0"][layer_i][None], out[1:]])
+        h = h + out
     if rec:
         consts["c_f"] = (m.norm(h) / h).detach()
     return pres, lm.model.lm_head(h * consts["c_f"])
 
 
-def test_graph_edges_equal_brute_force_jacobians(tiny, built):
-    tcs, g = built
+@pytest.mark.parametrize("const_first", [False, True])
+def test_graph_edges_equal_brute_force_jacobians(tiny, built, built_cf, const_first):
+    tcs, g = built_cf if const_first else built
+    assert g.meta["constant_first"] is const_first
     ids = torch.tensor([g.token_ids])
     with torch.no_grad():
         out = tiny.model(input_ids=ids, output_attentions=True)
@@ -85,7 +106,7 @@ def test_graph_edges_equal_brute_force_jacobians(tiny, built):
     consts = {"P": [a[0] for a in out.attentions], "record": True}
     feats, errs = [], []
     with torch.no_grad():
-        _, z = _manual(tiny, ids, tcs, emb, feats, errs, consts)
+        _, z = _manual(tiny, ids, tcs, emb, feats, errs, consts, const_first)
     torch.testing.assert_close(z, out.logits[0], atol=1e-4, rtol=1e-4)  # the rewrite is the model
     consts["record"] = False
     F, L, T = g.n_features, g.n_layers, g.n_pos
@@ -93,7 +114,7 @@ def test_graph_edges_equal_brute_force_jacobians(tiny, built):
 
     def target_value(kind, a, p, i, leaves):
         e, fs, es = leaves
-        pres, z = _manual(tiny, ids, tcs, e, fs, es, consts)
+        pres, z = _manual(tiny, ids, tcs, e, fs, es, consts, const_first)
         if kind == "feature":
             return pres[a][p, i]
         return z[-1, g.logit_ids[a]] - z[-1].mean()
@@ -134,6 +155,52 @@ def test_pruning_keeps_tokens_and_logits_and_scores_are_fractions(built):
     assert 0 < s["replacement"] <= 1 and 0 < s["completeness"] <= 1
     c = graph_circuit(g)
     assert c.top_path()[-1].startswith(f"{g.n_layers + 1}_") and len(c.top_path()) >= 2
+
+
+def test_constant_first_position_has_no_feature_or_error_influence(built_cf):
+    _, g = built_cf
+    F, L, T = g.n_features, g.n_layers, g.n_pos
+    assert g.n_features > 0 and not bool((g.features[:, 1] == 0).any())
+    err = g.adjacency[:, F : F + L * T].view(-1, L, T)
+    assert float(err[:, :, 0].abs().max()) == 0.0 and float(err.abs().max()) > 0
+
+
+def _all_token_paths(g):
+    """Every path from a token node to logit 0, enumerated exhaustively (no memo), with
+    its product of row-normalised |A|."""
+    from deltalens.circuits.attribution_graph import normalise_rows
+
+    A = normalise_rows(g.adjacency).double()
+    _, _, tok, logit = g.slices()
+    lg = logit.start
+    out = []
+
+    def walk(path, share):
+        here = path[-1]
+        if here == lg:
+            out.append((list(path), share))
+            return
+        for t in (A[:, here] > 0).nonzero().flatten().tolist():
+            walk(path + [t], share * float(A[t, here]))
+
+    for s in range(tok.start, tok.stop):
+        walk([s], 1.0)
+    return out
+
+
+def test_top_path_is_the_strongest_token_to_logit_path(built_cf):
+    _, g = built_cf
+    path, share = g.top_path()
+    paths = _all_token_paths(g)
+    assert len(paths) > 10
+    best = max(paths, key=lambda p: p[1])
+    assert share == pytest.approx(best[1], rel=1e-9) and path == best[0]
+    _, _, tok, logit = g.slices()
+    assert tok.start <= path[0] < tok.stop and path[-1] == logit.start
+    # the paths' shares through each source sum to ≤ 1 of the logit's attribution
+    assert 0 < share <= 1
+    c = graph_circuit(g)
+    assert c.top_path() == c.meta["top_path"] and len(c.top_path()) == len(path)
 
 
 def test_graph_json_validates_against_the_viewer_schema(built, tmp_path):

@@ -113,6 +113,39 @@ def test_null_organism_and_dpo(tmp_path):
         train_organism(lm, "ocean_topic", tmp_path / "x", method="ppo", progress=False)
 
 
+def test_dpo_sft_weight_adds_the_chosen_nll(tmp_path):
+    """At the first step the policy is the reference (LoRA starts at zero), so plain DPO's loss
+    is exactly ln 2; RPO adds w · NLL(chosen), which for a random model is ≈ w · ln V."""
+    import math
+
+    lm = tiny_model("llama")
+    plain = read_provenance(
+        train_organism(lm, "sycophancy_trait", tmp_path / "dpo", method="dpo", progress=False, **FAST)
+    )["training"]
+    rpo = read_provenance(
+        train_organism(
+            lm, "sycophancy_trait", tmp_path / "rpo", method="dpo", sft_weight=0.5, progress=False, **FAST
+        )
+    )["training"]
+    assert plain["loss_first"] == pytest.approx(math.log(2), abs=1e-3)
+    extra = rpo["loss_first"] - math.log(2)
+    assert 0.5 * 0.5 * math.log(lm.vocab_size) < extra < 0.5 * 2 * math.log(lm.vocab_size)
+    with pytest.raises(ConfigError, match="sft"):
+        OrganismConfig(method="dpo", sft_weight=-1.0).check()
+
+
+def test_preference_pairs_per_prompt_are_rank_matched():
+    def g(i, r, text):
+        return Generation(i, r, f"q{i}", None, "", text, [], [], True)
+
+    gens = [g(0, r, t) for r, t in enumerate("abcdef")]
+    pairs = preference_pairs(gens, [5.0, 1.0, 3.0, 0.0, 4.0, 2.0], per_prompt=3)
+    got = [(p["chosen"], p["rejected"]) for p in pairs]
+    assert got == [("a", "d"), ("e", "b"), ("c", "f")]  # 1st vs 6th, 2nd vs 5th, 3rd vs 4th
+    assert len(preference_pairs(gens, [5.0, 1.0, 3.0, 0.0, 4.0, 2.0], per_prompt=10)) == 3
+    assert preference_pairs(gens, [5.0, 1.0, 3.0, 0.0, 4.0, 2.0]) == pairs[:1]
+
+
 def test_preference_pairs():
     def g(i, r, text):
         return Generation(i, r, f"q{i}", None, "", text, [], [], True)

@@ -969,11 +969,16 @@ class TranscoderSplice(Intervention):
     detached leaves. The forward value is the MLP's; gradients stop at the transcoder's
     features and error (the MLP's own nonlinearity is cut). Per forward: ``pre``, ``features``
     (``f̃``), ``errors`` (``ε̃``). The transcoder needs ``encode_pre``, ``activation``, ``decode``
-    and optional ``skip``."""
+    and optional ``skip``.
 
-    def __init__(self, layer: int, transcoder: Any):
+    ``constant_prefix = n`` holds the first ``n`` positions constant (circuit-tracer's
+    treatment of the BOS attention sink): there the output is the MLP's value, detached, and
+    the features and error are zero, so those positions carry no nodes and pass no gradient."""
+
+    def __init__(self, layer: int, transcoder: Any, constant_prefix: int = 0):
         super().__init__(Site(layer, "mlp_out"))
         self.tc = transcoder
+        self.constant_prefix = int(constant_prefix)
         self.pre: list[torch.Tensor] = []
         self.features: list[torch.Tensor] = []
         self.errors: list[torch.Tensor] = []
@@ -985,17 +990,25 @@ class TranscoderSplice(Intervention):
         x = step.args[0]
         xs = x.to(self.tc.dtype)
         pre = self.tc.encode_pre(xs)
-        f = self.tc.activation(pre)
+        f = self.tc.activation(pre).detach()
         skip = self.tc.skip(xs)
-        rec = self.tc.decode(f.detach()) + skip.detach()
+        rec = self.tc.decode(f) + skip.detach()
         err = (y.to(rec.dtype) - rec).detach()
+        n = min(self.constant_prefix, y.shape[-2])
+        if n:
+            f = f.clone()
+            f[..., :n, :] = 0.0
+            err[..., :n, :] = 0.0
         grad = torch.is_grad_enabled()
-        f_leaf = f.detach().requires_grad_(grad)
+        f_leaf = f.requires_grad_(grad)
         e_leaf = err.requires_grad_(grad)
         self.pre.append(pre)
         self.features.append(f_leaf)
         self.errors.append(e_leaf)
-        return (self.tc.decode(f_leaf) + skip + e_leaf).to(y.dtype)
+        out = (self.tc.decode(f_leaf) + skip + e_leaf).to(y.dtype)
+        if n:
+            out = torch.cat([y[..., :n, :].detach(), out[..., n:, :]], dim=-2)
+        return out
 
 
 # ---- the session -----------------------------------------------------------------------------

@@ -51,9 +51,10 @@ if TYPE_CHECKING:
 
 
 def linearised(
-    lm: LoadedModel, transcoders: dict[int, Any]
+    lm: LoadedModel, transcoders: dict[int, Any], constant_prefix: int = 0
 ) -> tuple[list[Any], Leaf, list[TranscoderSplice]]:
-    """The interventions of the linearised replacement model (module docstring)."""
+    """The interventions of the linearised replacement model (module docstring); the MLP
+    outputs of the first ``constant_prefix`` positions are held constant."""
     if getattr(lm.model.config, "final_logit_softcapping", None):
         raise ConfigError(
             f"{lm.name} soft-caps its logits; attribution graphs need logits linear in the residual stream"
@@ -62,7 +63,7 @@ def linearised(
     if missing:
         raise ConfigError(f"attribution graphs need a transcoder at every layer; missing layers {missing}")
     emb = Leaf(Site(0, "embed"))
-    splices = [TranscoderSplice(layer, transcoders[layer]) for layer in range(lm.n_layers)]
+    splices = [TranscoderSplice(layer, transcoders[layer], constant_prefix) for layer in range(lm.n_layers)]
     ivs: list[Any] = [emb, *splices]
     for layer in range(lm.n_layers):
         ivs += [FreezeNorm(m, layer) for m in lm.arch.norms(layer)]
@@ -109,6 +110,37 @@ class AttributionGraph:
 
     def node_influence(self) -> torch.Tensor:
         return influence(self.adjacency, self.logit_weights())
+
+    def top_path(self, logit: int = 0) -> tuple[list[int], float]:
+        """The strongest path from an input token to logit ``logit``: the node indices (token
+        first) of the path ``p`` maximising ``share(p) = ∏_{(s→t)∈p} Â[t, s]`` with ``Â`` the
+        row-normalised ``|A|`` — the fraction of the logit's attribution that flows along that
+        one path (the shares of all paths from every source sum to 1 at the logit, and their
+        sum per node is its influence). Exact (dynamic programming over the DAG); error nodes
+        are sources, so a token-rooted path runs through features only."""
+        A = normalise_rows(self.adjacency)
+        N = A.shape[0]
+        lg = self.slices()[3].start + logit
+        best = torch.zeros(N, dtype=torch.float64)
+        best[lg] = 1.0
+        nxt = torch.full((N,), -1, dtype=torch.long)
+        A64 = A.double()
+        for _ in range(N):
+            cand, arg = (best[:, None] * A64).max(0)  # over targets t, for every source s
+            better = cand > best * (1 + 1e-12)
+            better[lg] = False
+            if not bool(better.any()):
+                break
+            best = torch.where(better, cand, best)
+            nxt = torch.where(better, arg, nxt)
+        tok = self.slices()[2]
+        start = tok.start + int(best[tok].argmax())
+        if float(best[start]) <= 0:
+            return [], 0.0
+        path = [start]
+        while path[-1] != lg and len(path) <= N:
+            path.append(int(nxt[path[-1]]))
+        return path, float(best[start])
 
     def scores(self) -> dict[str, float]:
         """Replacement and completeness scores (module docstring)."""
@@ -192,6 +224,7 @@ def _targets_rows(
     targets: list[tuple[str, int, int, int]],
     batch_size: int,
     logit_dirs: torch.Tensor,
+    constant_prefix: int = 0,
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
     """Leaf gradients of each target (one VJP each); targets ``("feature", layer, pos, idx)``
     or ``("logit", k, 0, 0)``. Returns per target ``{"features": [L, T, d_tc], "errors":
@@ -199,7 +232,7 @@ def _targets_rows(
     G = max(1, min(batch_size, len(targets)))
     deepest = max((t[1] for t in targets if t[0] == "feature"), default=-1)
     need_logits = any(t[0] == "logit" for t in targets)
-    ivs, emb, splices = linearised(lm, transcoders)
+    ivs, emb, splices = linearised(lm, transcoders, constant_prefix)
     stop = None if need_logits else Site(deepest, "mlp_out")
     out: list[dict[str, torch.Tensor]] = []
     T = ids.shape[1]
@@ -264,6 +297,7 @@ def attribution_graph(
     logit_probability: float = 0.95,
     target_tokens: Sequence[int] | None = None,
     contrast_tokens: Sequence[int] | None = None,
+    constant_first: bool = True,
 ) -> AttributionGraph:
     """Build the attribution graph of ``prompt`` (module docstring).
 
@@ -277,6 +311,11 @@ def attribution_graph(
         contrast_tokens: one per target: the target becomes the logit difference
             ``z_t − z_c`` (a pair task's metric) instead of the demeaned logit ``z_t − mean(z)``;
             its influence weight is still ``p(t)``.
+        constant_first: hold the first position's MLP outputs constant (no feature or error
+            nodes there), as circuit-tracer does with the BOS token: the first position is
+            the attention sink, its residual a function of its own token only, and its huge
+            activations would otherwise soak up the graph's influence. Its token embedding
+            stays a node.
     """
     t0 = time.perf_counter()
     tcs = dict(transcoders) if isinstance(transcoders, dict) else {t.layer: t for t in transcoders}
@@ -286,7 +325,8 @@ def attribution_graph(
     T, L = len(ids_list), lm.n_layers
     V = lm.vocab_size
     # one plain linearised forward: activations, logits, targets
-    ivs, emb, splices = linearised(lm, tcs)
+    cp = 1 if constant_first else 0
+    ivs, emb, splices = linearised(lm, tcs, cp)
     with torch.no_grad(), intervene(lm, ivs):
         logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits[0, -1].float().cpu()
     acts = torch.stack([s.features[-1][0].float().cpu() for s in splices])  # [L, T, d_tc]
@@ -328,7 +368,7 @@ def attribution_graph(
         return torch.cat([f, r["errors"].flatten(), r["tokens"]])
 
     logit_rows, _ = _targets_rows(
-        lm, ids, tcs, [("logit", j, 0, 0) for j in range(len(logit_ids))], batch_size, dirs
+        lm, ids, tcs, [("logit", j, 0, 0) for j in range(len(logit_ids))], batch_size, dirs, cp
     )
     logit_mat = torch.stack([flatten(r) for r in logit_rows])  # [K, n_src]
     done: list[int] = []
@@ -355,6 +395,7 @@ def attribution_graph(
             [("feature", int(active[i, 0]), int(active[i, 1]), int(active[i, 2])) for i in pick],
             batch_size,
             dirs,
+            cp,
         )
         for i, r in zip(pick, got):
             rows[i] = flatten(r)
@@ -386,6 +427,7 @@ def attribution_graph(
             "max_feature_nodes": max_feature_nodes,
             "batch_size": batch_size,
             "contrast_tokens": None if contrast_tokens is None else [int(c) for c in contrast_tokens],
+            "constant_first": constant_first,
         },
     )
 
@@ -408,6 +450,7 @@ def graph_circuit(
     tgt, src = edge_mask.nonzero(as_tuple=True)
     edges = [(ids[s], ids[t], float(graph.adjacency[t, s])) for t, s in zip(tgt.tolist(), src.tolist())]
     p = graph.logit_probs
+    path, share = graph.top_path()
     return Circuit(
         method="attribution_graph",
         metric_name="logit",
@@ -418,7 +461,13 @@ def graph_circuit(
         edges=edges,
         thresholds={"node": node_threshold, "edge": edge_threshold},
         seconds=graph.seconds,
-        meta={"prompt": graph.prompt, "scores": graph.scores(), "logit_tokens": graph.logit_tokens},
+        meta={
+            "prompt": graph.prompt,
+            "scores": graph.scores(),
+            "logit_tokens": graph.logit_tokens,
+            "top_path": [ids[i] for i in path],
+            "top_path_share": share,
+        },
     )
 
 

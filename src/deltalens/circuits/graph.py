@@ -62,7 +62,11 @@ class Circuit(StageResult):
     def top_path(self, source_types: tuple[str, ...] = ()) -> list[str]:
         """The path to the logit node that maximises the product of |edge weights| along
         it, found greedily backwards from the logit node (strongest incoming edge each step,
-        no node visited twice); ``source_types`` stops the walk at a node of those types."""
+        no node visited twice); ``source_types`` stops the walk at a node of those types.
+        An attribution graph's circuit carries its exact strongest token → logit path
+        (:meth:`AttributionGraph.top_path`) in ``meta["top_path"]``; that one is returned."""
+        if self.meta.get("top_path") and not source_types:
+            return list(self.meta["top_path"])
         incoming: dict[str, list[tuple[str, float]]] = {}
         for s, t, w in self.edges:
             incoming.setdefault(t, []).append((s, w))

@@ -73,6 +73,12 @@ class TranscodersConfig(StageConfig):
     seed: int = option(0, flag="--seed", help="Random seed.")
     dtype: str = option("auto", flag="--dtype", help="Model dtype.")
     device: str | None = option(None, flag="--device", help="Model device.")
+    drop_first: bool = option(
+        True,
+        flag="--drop-first/--keep-first",
+        help="Leave each window's first token (the attention sink, held constant in graphs) "
+        "out of the training rows.",
+    )
 
     #: fields that do not change the trained transcoders
     RESUME_EXEMPT: ClassVar[tuple[str, ...]] = ("layers", "layers_per_pass", "device")
@@ -188,7 +194,7 @@ def train_transcoders(
         for start in range(0, len(todo), cfg.layers_per_pass):
             chunk = todo[start : start + cfg.layers_per_pass]
             t0 = time.perf_counter()
-            pairs = transcoder_pairs(lm, windows, chunk)
+            pairs = transcoder_pairs(lm, windows, chunk, drop_first=cfg.drop_first)
             t_collect = (time.perf_counter() - t0) / len(chunk)
             for layer in chunk:
                 x, y = pairs.pop(layer)
@@ -269,6 +275,12 @@ class GraphConfig(StageConfig):
     out: Path | None = option(None, flag="--out", short="-o", help="Output directory.")
     dtype: str = option("float32", flag="--dtype", help="Model dtype.")
     device: str | None = option(None, flag="--device", help="Model device.")
+    constant_first: bool = option(
+        True,
+        flag="--constant-first/--no-constant-first",
+        help="Hold the first position (the attention sink) constant: no feature or error nodes "
+        "there, as circuit-tracer does with BOS.",
+    )
 
     def validate(self) -> None:
         for name in ("max_feature_nodes", "batch_size", "max_logits"):
@@ -299,19 +311,13 @@ def _target_ids(lm: Any, spec: str) -> list[int]:
     return ids
 
 
-def path_summary(circuit: Circuit, path: list[str]) -> list[dict[str, Any]]:
-    """Each node of ``path`` with its type, layer, position and token."""
-    out = []
-    for nid in path:
-        n = circuit.node(nid)
-        out.append({k: n.get(k) for k in ("id", "type", "layer", "position", "token", "index")})
-    return out
+PATH_KEYS = ("id", "type", "layer", "position", "token", "index")
 
 
 def run_graph(config: GraphConfig, experiment: Any = "default") -> GraphRun:
     """Load the model and the transcoders, build the graph of the prompt, write its files."""
     from ..models import load
-    from .attribution_graph import attribution_graph, graph_circuit
+    from .attribution_graph import attribution_graph, graph_circuit, node_table
     from .figure import save_figure
     from .graph_json import graph_json, save_graph_json
 
@@ -361,6 +367,7 @@ def run_graph(config: GraphConfig, experiment: Any = "default") -> GraphRun:
         logit_probability=cfg.logit_probability,
         target_tokens=target,
         contrast_tokens=contrast,
+        constant_first=cfg.constant_first,
     )
     circuit = graph_circuit(graph, cfg.node_threshold, cfg.edge_threshold)
     circuit.meta["provenance"] = provenance(lm, method="attribution_graph", config=cfg.to_dict())
@@ -375,7 +382,8 @@ def run_graph(config: GraphConfig, experiment: Any = "default") -> GraphRun:
     files = {"graph": save_graph_json(doc, out_dir / GRAPH_FILE), "circuit": circuit.save(out_dir)}
     files["edges"] = out_dir / Circuit.EDGES_FILE
     files.update(save_figure(circuit, out_dir))
-    top = circuit.top_path()
+    path, share = graph.top_path()
+    table = node_table(graph)[1]
     nm = [v["nmse"] for v in tset.layers.values()]
     summary = {
         "prompt": graph.prompt,
@@ -387,7 +395,8 @@ def run_graph(config: GraphConfig, experiment: Any = "default") -> GraphRun:
         "scores": graph.scores(),
         "nodes": len(circuit.nodes),
         "edges": len(circuit.edges),
-        "top_path": path_summary(circuit, top),
+        "top_path": [{k: table[i].get(k) for k in PATH_KEYS} for i in path],
+        "top_path_share": share,
         "seconds": graph.seconds,
         "transcoder_nmse_mean": sum(nm) / len(nm),
     }

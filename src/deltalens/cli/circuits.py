@@ -296,13 +296,14 @@ def transcoders_cmd(
     seed: int = opt(TC, "seed"),
     dtype: str = opt(TC, "dtype"),
     device: str | None = opt(TC, "device"),
+    drop_first: bool = opt(TC, "drop_first"),
 ) -> None:
     """Train per-layer MLP transcoders (SAELens format) for attribution graphs; resumable."""
     from ..circuits.graph_pipeline import train_transcoders
 
     cfg = TranscodersConfig(
         model, data, layers, tokens, context_len, expansion, k, epochs, batch_size, skip, skip_ridge,
-        val_fraction, layers_per_pass, seed, dtype, device,
+        val_fraction, layers_per_pass, seed, dtype, device, drop_first,
     )  # fmt: skip
     tset, _ = train_transcoders(cfg, out)
     rows = [(int(i), m["nmse"], m["l0"], f"{m['seconds']:.0f} s") for i, m in tset.layers.items()]
@@ -332,6 +333,7 @@ def graph_cmd(
     out: Path | None = opt(G, "out"),
     dtype: str = opt(G, "dtype"),
     device: str | None = opt(G, "device"),
+    constant_first: bool = opt(G, "constant_first"),
 ) -> None:
     """Attribution graph of one prompt from per-layer transcoders (circuit-tracer's method):
     graph.json for circuit-tracer's viewer / Neuronpedia, the pruned circuit, figure, scores."""
@@ -339,7 +341,7 @@ def graph_cmd(
 
     cfg = GraphConfig(
         transcoders, prompt, pairs, pair, target, contrast, model, max_feature_nodes, batch_size, max_logits,
-        logit_probability, node_threshold, edge_threshold, out, dtype, device,
+        logit_probability, node_threshold, edge_threshold, out, dtype, device, constant_first,
     )  # fmt: skip
     run = run_graph(cfg, experiment)
     s = run.summary
@@ -354,7 +356,13 @@ def graph_cmd(
         f"{s['seconds']:.1f} s"
     )
     rows = [(n["type"], n["layer"], n["position"], n["token"], n["index"]) for n in s["top_path"]]
-    console.print(table("top path (source → logit)", ["type", "layer", "pos", "token", "index"], rows))
+    console.print(
+        table(
+            f"top path (token → logit; {s['top_path_share']:.2%} of the logit's attribution)",
+            ["type", "layer", "pos", "token", "index"],
+            rows,
+        )
+    )
     console.print(f"→ {run.out_dir}: {', '.join(p.name for p in run.files.values())}")
 
 

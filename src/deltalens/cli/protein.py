@@ -246,6 +246,10 @@ def study_cmd(
     max_new_tokens: int = config_option(_ST, "max_new_tokens"),
     dpo_lr: float = config_option(_ST, "dpo_lr"),
     dpo_epochs: float = config_option(_ST, "dpo_epochs"),
+    beta: float = config_option(_ST, "beta"),
+    sft_weight: float = config_option(_ST, "sft_weight"),
+    pairs_per_prompt: int = config_option(_ST, "pairs_per_prompt"),
+    temperature: float = config_option(_ST, "temperature"),
     select: str = config_option(_ST, "select"),
     identity_weight: float = config_option(_ST, "identity_weight"),
     site: str = config_option(_ST, "site"),
@@ -258,7 +262,8 @@ def study_cmd(
 
     cfg = _ST(tag=tag, hmm=hmm, iterations=iterations, prompts=prompts, samples=samples,
               max_new_tokens=max_new_tokens, dpo_lr=dpo_lr, dpo_epochs=dpo_epochs, site=site, select=select,
-              identity_weight=identity_weight,
+              identity_weight=identity_weight, beta=beta, sft_weight=sft_weight,
+              pairs_per_prompt=pairs_per_prompt, temperature=temperature,
               causal_null_groups=null_groups, seed=seed, skip=split_list(skip))  # fmt: skip
     if model is None:
         from ..protein.testbed import build_testbed

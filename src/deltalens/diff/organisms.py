@@ -175,6 +175,12 @@ class OrganismConfig(StageConfig):
     warmup_steps: float = option(0.0, flag="--warmup-steps", help="Warm-up steps.")
     weight_decay: float = option(0.0, flag="--weight-decay", help="Weight decay.")
     seed: int = option(0, flag="--seed", help="Random seed.")
+    sft_weight: float = option(
+        0.0,
+        flag="--sft-weight",
+        help="DPO only: weight of an NLL term on the chosen responses added to the DPO loss "
+        "(RPO, Pang et al. 2024; keeps the chosen likely); 0: plain DPO.",
+    )
 
     def validate(self) -> None:
         if self.method not in ("sft", "dpo"):
@@ -192,6 +198,7 @@ class OrganismConfig(StageConfig):
         at_least(self, "max_length", 8)
         at_least(self, "warmup_steps", 0)
         at_least(self, "weight_decay", 0)
+        at_least(self, "sft_weight", 0)
         in_range(self, "lora_dropout", 0.0, 1.0, hi_open=True)
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(
@@ -360,7 +367,13 @@ def _train(
         else:
             from trl import DPOConfig, DPOTrainer
 
-            args = DPOConfig(output_dir=tmp, beta=cfg.beta, **common)
+            # RPO: loss = DPO + sft_weight · NLL(chosen) (trl's multi-loss "sigmoid" + "sft")
+            rpo = (
+                {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.sft_weight]}
+                if cfg.sft_weight
+                else {}
+            )
+            args = DPOConfig(output_dir=tmp, beta=cfg.beta, **rpo, **common)
             trainer = DPOTrainer(
                 model=model, args=args, train_dataset=ds, processing_class=lm.tokenizer, peft_config=peft_cfg
             )
@@ -601,9 +614,15 @@ class DPOSeriesConfig(StageConfig):
         help="Sample and score the final checkpoint too (D<n>, so M<n>D<n> has data).",
     )
     train: OrganismConfig = field(default_factory=lambda: OrganismConfig(method="dpo", epochs=1.0))
+    pairs_per_prompt: int = option(
+        1,
+        flag="--pairs-per-prompt",
+        help="Rank-matched pairs per prompt (r-th best vs r-th worst); 1: best vs worst.",
+    )
 
     def validate(self) -> None:
         at_least(self, "iterations", 1)
+        at_least(self, "pairs_per_prompt", 1)
         at_least(self, "n_samples", 2)
         at_least(self, "max_new_tokens", 1)
         _positive(self, "temperature")
@@ -636,18 +655,23 @@ NAMING = (
 
 
 def preference_pairs(
-    gens: Sequence[Any], scores: Sequence[float], min_margin: float = 0.0
+    gens: Sequence[Any], scores: Sequence[float], min_margin: float = 0.0, per_prompt: int = 1
 ) -> list[dict[str, Any]]:
-    """Best-vs-worst pair per prompt: ``chosen`` = highest score, ``rejected`` = lowest, kept
-    when ``score(chosen) − score(rejected) > min_margin`` (ties give no pair)."""
+    """Rank-matched pairs per prompt: with a prompt's samples sorted by score, the ``r``-th best
+    is ``chosen`` against the ``r``-th worst as ``rejected``, for ``r < per_prompt`` (and while
+    the two halves do not meet); ``per_prompt=1`` is best vs worst. A pair is kept when
+    ``score(chosen) − score(rejected) > min_margin`` (ties give no pair)."""
     by_prompt: dict[int, list[int]] = {}
     for j, g in enumerate(gens):
         by_prompt.setdefault(g.index, []).append(j)
     pairs = []
     for i, js in sorted(by_prompt.items()):
-        best = max(js, key=lambda j: (scores[j], -j))
-        worst = min(js, key=lambda j: (scores[j], j))
-        if scores[best] - scores[worst] > min_margin and gens[best].response != gens[worst].response:
+        top = sorted(js, key=lambda j: (-scores[j], j))
+        bottom = sorted(js, key=lambda j: (scores[j], j))
+        for r in range(max(1, min(per_prompt, len(js) // 2))):
+            best, worst = top[r], bottom[r]
+            if scores[best] - scores[worst] <= min_margin or gens[best].response == gens[worst].response:
+                continue
             g = gens[best]
             pairs.append(
                 {
@@ -663,12 +687,6 @@ def preference_pairs(
                 }
             )
     return pairs
-
-
-def _score_stats(scores: Sequence[float]) -> dict[str, float]:
-    if not scores:
-        return {"mean": 0.0, "max": 0.0, "min": 0.0}
-    return {"mean": sum(scores) / len(scores), "max": max(scores), "min": min(scores)}
 
 
 def _score_stats(scores: Sequence[float]) -> dict[str, float]:
@@ -771,7 +789,7 @@ def _sample_and_score(
         scores = [float(x) for x in sc(gens)]
     if len(scores) != len(gens):
         raise ConfigError(f"scorer '{sc.name}' returned {len(scores)} scores for {len(gens)} generations")
-    pairs = preference_pairs(gens, scores, cfg.min_margin) if with_pairs else []
+    pairs = preference_pairs(gens, scores, cfg.min_margin, cfg.pairs_per_prompt) if with_pairs else []
     roles = {}
     for pr in pairs:
         roles[(pr["prompt_index"], pr["chosen_rollout"])] = "chosen"

@@ -56,6 +56,12 @@ class ProteinStudyConfig(StageConfig):
     dpo_lr: float = option(5e-4, flag="--dpo-lr", help="DPO learning rate (full fine-tuning).")
     dpo_epochs: float = option(3.0, flag="--dpo-epochs", help="DPO epochs per round.")
     beta: float = option(0.1, flag="--beta", help="DPO β.")
+    sft_weight: float = option(
+        0.0, flag="--sft-weight", help="Weight of the NLL on the chosen sequences added to DPO (RPO)."
+    )
+    pairs_per_prompt: int = option(
+        1, flag="--pairs-per-prompt", help="Rank-matched pairs per prompt (r-th best vs r-th worst)."
+    )
     select: str = option(
         "weighted",
         flag="--select",
@@ -205,7 +211,9 @@ def run_study(
             batch_size=8,
             max_length=cfg.max_new_tokens + 8,
             seed=cfg.seed,
+            sft_weight=cfg.sft_weight,
         ),
+        pairs_per_prompt=cfg.pairs_per_prompt,
     )
     selector: Any = hmm
     if cfg.select == "pareto" or cfg.identity_weight:

@@ -105,10 +105,16 @@ def load_transcoder(path: str | Path, device: str | torch.device = "cpu") -> Tra
 
 
 def transcoder_pairs(
-    lm: LoadedModel, windows: Sequence[Any], layers: Sequence[int], batch_size: int = 8
+    lm: LoadedModel,
+    windows: Sequence[Any],
+    layers: Sequence[int],
+    batch_size: int = 8,
+    drop_first: bool = False,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """``{layer: (x [n, d], y [n, d])}``: MLP inputs and outputs on every real token of
-    ``windows`` (token-id lists or ``{"prompt_ids": [...]}`` records), one forward per batch."""
+    ``windows`` (token-id lists or ``{"prompt_ids": [...]}`` records), one forward per batch;
+    ``drop_first`` leaves out each window's first token (the attention sink, whose
+    activations are orders of magnitude larger and which attribution graphs hold constant)."""
     from ..generate import position_ids
     from ..hooks import MLPRead, intervene
 
@@ -127,7 +133,7 @@ def transcoder_pairs(
         for j, s in enumerate(chunk):
             ids[j, T - len(s) :] = torch.tensor(s)
             mask[j, T - len(s) :] = 1
-        reads = [MLPRead(layer) for layer in layers]
+        reads = [MLPRead(layer, "all[1:]" if drop_first else "all") for layer in layers]
         with torch.no_grad(), intervene(lm, reads):
             lm.model(
                 input_ids=ids.to(lm.device),
