@@ -3,7 +3,8 @@
 1. ``build_testbed``: the tiny ZymCTRL-shaped GPT-2 (4 layers, d = 256) trained on the Pfam seeds
    and HMM-emitted sequences of Debian's ``hmmer-examples`` and the SwissProt entries of
    ``emboss-test`` (cached; ``make protein-data`` installs the data);
-2. ``run_study``: M1…M3 by DPO towards a higher ``fn3`` profile-HMM bit score; per-iteration
+2. ``run_study``: M1…M3 by DPO towards a higher ``fn3`` profile-HMM bit score, and the same rounds
+   with random preferences (the null control); per-iteration
    datasets with the HMM score and the identity to the fn3 training set (memorisation); iterative
    SAEs on both branches; weight metrics and evolution; probes for high/low HMM score and
    identity; ablation / steering of the probes' top latents against matched null groups.

@@ -309,3 +309,29 @@ def test_skip_ridge_shrinks_the_skip_connection():
         want = np.linalg.solve(X.T @ X + lam * np.eye(8), X.T @ Y)
         np.testing.assert_allclose(fit_skip(x, y, r).numpy(), want, rtol=1e-4, atol=1e-5)
     assert fit_skip(x, y, 0.1).norm() < 0.5 * fit_skip(x, y, 1e-4).norm()
+
+
+def test_mean_jacobian_skip_is_the_average_of_brute_force_jacobians(tiny):
+    """mean_jacobian (vmap of jacrev, in chunks) equals the mean over the same rows of
+    finite-difference Jacobians of the tiny model's MLP, transposed so that x @ W is the mean
+    first-order response; a linear MLP's mean Jacobian is its own matrix."""
+    from deltalens.sae.transcoder import mean_jacobian, transcoder_pairs
+    from tiny import CORPUS
+
+    mlp = tiny.arch.mlp(1)
+    x, _ = transcoder_pairs(tiny, [tiny.encode(t) for t in CORPUS[:2]], [1])[1]
+    n = 7
+    W = mean_jacobian(mlp, x, n_rows=n, chunk=3, seed=0)
+    rows = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]].double()
+    mlp64 = __import__("copy").deepcopy(mlp).double()
+    d, eps = x.shape[1], 1e-5
+    want = torch.zeros(d, d, dtype=torch.float64)
+    with torch.no_grad():
+        for r in rows:
+            for j in range(d):  # central differences: column j of J = ∂mlp/∂x_j
+                e = torch.zeros(d, dtype=torch.float64)
+                e[j] = eps
+                want[j] += (mlp64(r + e) - mlp64(r - e)) / (2 * eps)
+    torch.testing.assert_close(W.double(), want / n, atol=1e-4, rtol=1e-3)
+    lin = torch.nn.Linear(5, 3, bias=True)
+    torch.testing.assert_close(mean_jacobian(lin, torch.randn(20, 5)), lin.weight.detach().T)

@@ -316,8 +316,31 @@ def test_scorers():
     assert load_scorer("deltalens.diff.scorers:LengthScorer")([g("", 4)]) == [4.0]
     with pytest.raises(ConfigError, match="unknown scorer"):
         load_scorer("nonsense")
+    with pytest.raises(ConfigError, match="random:<seed>"):
+        load_scorer("random:x")
     with pytest.raises(ConfigError, match="cannot import"):
         load_scorer("no_such_module_xyz:f")
+
+
+def test_random_scorer_is_a_content_free_uniform():
+    """RandomScorer (the DPO null control): deterministic per text and seed, another seed gives
+    other scores, uniform on [0, 1) (mean ≈ 1/2, KS distance small over 2,000 texts) and
+    unrelated to what a metric measures (|Pearson r| with the text length < 0.1)."""
+    import numpy as np
+
+    def g(text):
+        return Generation(0, 0, "", None, "", text, [], [], True)
+
+    rng = np.random.default_rng(0)
+    texts = [
+        "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), size=int(n))) for n in rng.integers(5, 200, 2000)
+    ]
+    gens = [g(t) for t in texts]
+    r0, r0b, r1 = load_scorer("random")(gens), load_scorer("random:0")(gens), load_scorer("random:1")(gens)
+    assert r0 == r0b and r0 != r1 and all(0 <= x < 1 for x in r0 + r1)
+    u = np.sort(np.array(r0))
+    assert abs(u.mean() - 0.5) < 0.03 and np.abs(u - (np.arange(len(u)) + 0.5) / len(u)).max() < 0.05
+    assert abs(np.corrcoef(u := np.array(r0), [len(t) for t in texts])[0, 1]) < 0.1
 
 
 def test_full_finetune_and_a_model_without_chat_template(tmp_path):

@@ -4,6 +4,7 @@ probes and causal runs is the example script; this checks the wiring and the num
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -72,3 +73,9 @@ def test_study_dpo_and_datasets_report_per_iteration_means(setup, tmp_path):
         assert row["identity_mean"] == pytest.approx(df["align_train_famA_identity"].mean())
     again = ProteinStudy.load(tmp_path / "exp" / "protein")
     assert again.per_iteration == res.per_iteration and again.dpo[0]["checkpoint"] == "M1"
+    # the null control: the same rounds with random preferences; its D0 is M0's same samples
+    null = res.per_iteration_null
+    assert [r["model"] for r in null] == ["M0", "M1"] and again.per_iteration_null == null
+    assert null[0]["hmm_mean"] == pytest.approx(res.per_iteration[0]["hmm_mean"])
+    nd0 = [json.loads(x) for x in (Path(res.paths["null_series"]) / "D0.jsonl").read_text().splitlines()]
+    assert all(0 <= r["score"] < 1 for r in nd0)  # RandomScorer picked its pairs

@@ -43,6 +43,9 @@ SUMMARY_FILE = "graph_summary.json"
 
 
 # ---- transcoders ----------------------------------------------------------------------------
+SKIP_FITS = ("jacobian", "lstsq")
+
+
 @dataclass
 class TranscodersConfig(StageConfig):
     """Options of ``deltalens circuit transcoders``."""
@@ -63,11 +66,18 @@ class TranscodersConfig(StageConfig):
     epochs: float = option(2.0, flag="--epochs", help="Training passes over the collected rows.")
     batch_size: int = option(256, flag="--batch-size", help="Rows per training step.")
     skip: bool = option(True, flag="--skip/--no-skip", help="Linear skip connection (least squares).")
+    skip_fit: str = option(
+        "jacobian",
+        flag="--skip-fit",
+        help="How the skip is fitted: jacobian (the MLP's mean Jacobian over the rows) or lstsq "
+        "(least squares; more variance explained, larger gains).",
+    )
     skip_ridge: float = option(
         1e-4,
         flag="--skip-ridge",
-        help="Ridge of the skip fit, × tr(XᵀX)/d (larger: smaller skip gains, more in the features).",
+        help="Ridge of the lstsq skip fit, × tr(XᵀX)/d (larger: smaller skip gains).",
     )
+    skip_rows: int = option(256, flag="--skip-rows", help="Rows whose Jacobians the jacobian skip averages.")
     val_fraction: float = option(0.1, flag="--val-fraction", help="Held-out rows for the normalised MSE.")
     layers_per_pass: int = option(10, flag="--layers-per-pass", help="Layers collected per forward sweep.")
     seed: int = option(0, flag="--seed", help="Random seed.")
@@ -91,6 +101,9 @@ class TranscodersConfig(StageConfig):
             raise ConfigError(f"--epochs must be > 0, got {self.epochs}")
         in_range(self, "val_fraction", 0, 1, hi_open=True)
         at_least(self, "skip_ridge", 0)
+        at_least(self, "skip_rows", 1)
+        if self.skip_fit not in SKIP_FITS:
+            raise ConfigError(f"--skip-fit must be one of {', '.join(SKIP_FITS)}, got {self.skip_fit!r}")
 
 
 @register_result
@@ -156,7 +169,13 @@ def train_transcoders(
     from ..data.corpus import read_texts, token_windows
     from ..models import load
     from ..sae.train import SAETrainConfig
-    from ..sae.transcoder import load_transcoder, train_transcoder, transcoder_nmse, transcoder_pairs
+    from ..sae.transcoder import (
+        load_transcoder,
+        mean_jacobian,
+        train_transcoder,
+        transcoder_nmse,
+        transcoder_pairs,
+    )
     from .pipeline import layer_list
 
     cfg = config
@@ -203,6 +222,9 @@ def train_transcoders(
                 n_val = int(len(x) * cfg.val_fraction)
                 val, tr = perm[:n_val], perm[n_val:]
                 t1 = time.perf_counter()
+                w_skip = None
+                if cfg.skip and cfg.skip_fit == "jacobian":
+                    w_skip = mean_jacobian(lm.arch.mlp(layer), x[tr], cfg.skip_rows, seed=cfg.seed + layer)
                 tc = train_transcoder(
                     x[tr],
                     y[tr],
@@ -212,6 +234,7 @@ def train_transcoders(
                     skip=cfg.skip,
                     model_name=lm.name,
                     skip_ridge=cfg.skip_ridge,
+                    w_skip=w_skip,
                 )
                 xv, yv = (x[val], y[val]) if n_val else (x[tr], y[tr])
                 with torch.no_grad():

@@ -290,7 +290,9 @@ def transcoders_cmd(
     epochs: float = opt(TC, "epochs"),
     batch_size: int = opt(TC, "batch_size"),
     skip: bool = opt(TC, "skip"),
+    skip_fit: str = opt(TC, "skip_fit"),
     skip_ridge: float = opt(TC, "skip_ridge"),
+    skip_rows: int = opt(TC, "skip_rows"),
     val_fraction: float = opt(TC, "val_fraction"),
     layers_per_pass: int = opt(TC, "layers_per_pass"),
     seed: int = opt(TC, "seed"),
@@ -302,8 +304,10 @@ def transcoders_cmd(
     from ..circuits.graph_pipeline import train_transcoders
 
     cfg = TranscodersConfig(
-        model, data, layers, tokens, context_len, expansion, k, epochs, batch_size, skip, skip_ridge,
-        val_fraction, layers_per_pass, seed, dtype, device, drop_first,
+        model=model, data=data, layers=layers, tokens=tokens, context_len=context_len,
+        expansion=expansion, k=k, epochs=epochs, batch_size=batch_size, skip=skip,
+        skip_fit=skip_fit, skip_ridge=skip_ridge, skip_rows=skip_rows, val_fraction=val_fraction,
+        layers_per_pass=layers_per_pass, seed=seed, dtype=dtype, device=device, drop_first=drop_first,
     )  # fmt: skip
     tset, _ = train_transcoders(cfg, out)
     rows = [(int(i), m["nmse"], m["l0"], f"{m['seconds']:.0f} s") for i, m in tset.layers.items()]

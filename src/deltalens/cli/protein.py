@@ -252,6 +252,7 @@ def study_cmd(
     temperature: float = config_option(_ST, "temperature"),
     select: str = config_option(_ST, "select"),
     identity_weight: float = config_option(_ST, "identity_weight"),
+    null_control: bool = config_option(_ST, "null_control"),
     site: str = config_option(_ST, "site"),
     null_groups: int = config_option(_ST, "causal_null_groups"),
     seed: int = config_option(_ST, "seed"),
@@ -263,7 +264,7 @@ def study_cmd(
     cfg = _ST(tag=tag, hmm=hmm, iterations=iterations, prompts=prompts, samples=samples,
               max_new_tokens=max_new_tokens, dpo_lr=dpo_lr, dpo_epochs=dpo_epochs, site=site, select=select,
               identity_weight=identity_weight, beta=beta, sft_weight=sft_weight,
-              pairs_per_prompt=pairs_per_prompt, temperature=temperature,
+              pairs_per_prompt=pairs_per_prompt, temperature=temperature, null_control=null_control,
               causal_null_groups=null_groups, seed=seed, skip=split_list(skip))  # fmt: skip
     if model is None:
         from ..protein.testbed import build_testbed
@@ -274,9 +275,18 @@ def study_cmd(
 
 
 def print_study(res) -> None:  # noqa: ANN001 - a ProteinStudy
+    _iteration_table(
+        res.per_iteration, f"M0…M{len(res.per_iteration) - 1}: sequences generated for '{res.tag}'"
+    )
+    if res.per_iteration_null:
+        _iteration_table(res.per_iteration_null, "null control: the same DPO rounds with random preferences")
+    _study_rest(res)
+
+
+def _iteration_table(rows: list, title: str) -> None:
     console.print(
         table(
-            f"M0…M{len(res.per_iteration) - 1}: sequences generated for '{res.tag}'",
+            title,
             [
                 "model",
                 "n",
@@ -300,14 +310,17 @@ def print_study(res) -> None:  # noqa: ANN001 - a ProteinStudy
                     r["coverage_mean"],
                     r["identity_ge_0.95"],
                 )
-                for r in res.per_iteration
+                for r in rows
             ],
         )  # fmt: skip
     )
+
+
+def _study_rest(res) -> None:  # noqa: ANN001 - a ProteinStudy
     if res.dpo:
         console.print(
             table(
-                "DPO rounds (pairs: best vs worst HMM score of each prompt's samples)",
+                "DPO rounds (pairs: the r-th best vs the r-th worst HMM score of each prompt's samples)",
                 ["checkpoint", "trained on", "pairs", "chosen mean", "rejected mean", "train loss"],
                 [
                     (

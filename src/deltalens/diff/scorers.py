@@ -7,11 +7,13 @@ returning one float per generation (higher = preferred), with a ``name`` and a
 * :class:`KeywordScorer` — ``score = Σ_w count(w)``: whole-word, case-insensitive
   occurrences of the keywords (a topic the loop should push the model towards);
 * :class:`LengthScorer` — ``score = −|n_tokens − target|`` (or ``n_tokens`` without a target);
-* :class:`RegexScorer` — ``score = number of matches``.
+* :class:`RegexScorer` — ``score = number of matches``;
+* :class:`RandomScorer` — ``score = u(seed, response) ∈ [0, 1)``, a hash of the text: the
+  null control of a DPO series (preferences that carry no information about any metric).
 
 :func:`load_scorer` builds one from a short spec (the CLI's ``--scorer``):
 ``keywords:ocean,sea,waves``, ``keywords@ocean_topic`` (a bundled organism card's topic
-words), ``length``, ``length:40``, ``regex:PATTERN``, or ``module:function`` /
+words), ``length``, ``length:40``, ``regex:PATTERN``, ``random`` / ``random:SEED``, or ``module:function`` /
 ``path/to/file.py:function`` for your own (e.g. an LLM judge). The protein key metrics
 (:mod:`deltalens.protein.scorers`) have their own specs: ``hmm:FILE_OR_NAME``,
 ``align:REFS.fasta[@identity|similarity|coverage]``, ``plddt[:DIR]`` and
@@ -98,6 +100,28 @@ class RegexScorer:
 
     def config(self) -> dict[str, Any]:
         return {"type": "regex", "pattern": self.pattern}
+
+
+class RandomScorer:
+    """``u = int(blake2b(seed ‖ response)[:8]) / 2⁶⁴``: uniform in ``[0, 1)``, the same for the
+    same text and seed, independent of anything a metric measures — DPO pairs picked by it are
+    random preferences, the null control of a DPO series."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+        self.name = "random" if self.seed == 0 else f"random:{self.seed}"
+
+    def __call__(self, generations: Sequence[Generation]) -> list[float]:
+        import hashlib
+
+        out = []
+        for g in generations:
+            h = hashlib.blake2b(f"{self.seed}\x00{g.response}".encode(), digest_size=8).digest()
+            out.append(int.from_bytes(h, "big") / 2**64)
+        return out
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "random", "seed": self.seed}
 
 
 class CallableScorer:
@@ -267,11 +291,16 @@ def load_scorer(spec: str) -> Any:
             raise ConfigError(f"scorer '{spec}': write length:<tokens>, e.g. length:40") from None
     if s.startswith("regex:"):
         return RegexScorer(s.split(":", 1)[1])
+    if s == "random" or s.startswith("random:"):
+        try:
+            return RandomScorer(int(s.split(":", 1)[1]) if ":" in s else 0)
+        except ValueError:
+            raise ConfigError(f"scorer '{spec}': write random or random:<seed>, e.g. random:1") from None
     if ":" in s:
         mod, _, fn = s.rpartition(":")
         obj = import_object(mod, fn, spec, prefix="deltalens_user_scorer")
         return as_scorer(obj() if isinstance(obj, type) else obj)
     raise ConfigError(
         f"unknown scorer '{spec}'; write keywords:w1,w2 | keywords@<organism dataset> | length[:N] | regex:PATTERN | "
-        "module:function | file.py:function | hmm:NAME | align:REFS.fasta | plddt | oracle:module:function"
+        "random[:SEED] | module:function | file.py:function | hmm:NAME | align:REFS.fasta | plddt | oracle:module:function"
     )

@@ -9,8 +9,9 @@ With ``M0`` the testbed model (or any ZymCTRL-style LM) and one family tag ``T``
    ``select="pareto"`` / ``identity_weight``, the HMM score and the identity to the training set
    together, :class:`~deltalens.diff.scorers.CombinedScorer`); DPO gives ``M<i+1>``; ``D<i>`` =
    what ``M<i>`` generated (``D<n>`` too);
-2. **datasets** (:func:`~.datasets.build_datasets`): every ``D<i>`` scored by the HMM and by the
-   alignment to the training set of ``T`` (identity, similarity, coverage: the memorisation check);
+2. **datasets** (:func:`~.datasets.build_datasets`): every ``D<i>`` (of both series) scored by
+   the HMM and by the alignment to the training set of ``T`` (identity, similarity, coverage: the
+   memorisation check);
 3. **iterative SAEs** (:func:`deltalens.sae.iterative.train_series`), both branches
    (``M<i>D<i>`` and ``M0D<i>``) at ``site``;
 4. **feature metrics**: decoder weight metrics of each SAE against ``M0D0`` and the evolution of
@@ -49,18 +50,20 @@ class ProteinStudyConfig(StageConfig):
         None, flag="--hmm", help="HMM of the key metric (default: the example profile of --tag)."
     )
     iterations: int = option(3, flag="--iterations", help="DPO rounds (M1 … Mn).")
-    prompts: int = option(24, flag="--prompts", help="Copies of the tag prompt (one pair per prompt).")
-    samples: int = option(6, flag="--samples", help="Samples per prompt per checkpoint.")
+    prompts: int = option(
+        48, flag="--prompts", help="Copies of the tag prompt (--pairs-per-prompt pairs each)."
+    )
+    samples: int = option(8, flag="--samples", help="Samples per prompt per checkpoint.")
     max_new_tokens: int = option(120, flag="--max-new-tokens", help="Longest generated sequence.")
     temperature: float = option(1.0, flag="--temperature", help="Sampling temperature.")
-    dpo_lr: float = option(5e-4, flag="--dpo-lr", help="DPO learning rate (full fine-tuning).")
+    dpo_lr: float = option(5e-5, flag="--dpo-lr", help="DPO learning rate (full fine-tuning).")
     dpo_epochs: float = option(3.0, flag="--dpo-epochs", help="DPO epochs per round.")
     beta: float = option(0.1, flag="--beta", help="DPO β.")
     sft_weight: float = option(
         0.0, flag="--sft-weight", help="Weight of the NLL on the chosen sequences added to DPO (RPO)."
     )
     pairs_per_prompt: int = option(
-        1, flag="--pairs-per-prompt", help="Rank-matched pairs per prompt (r-th best vs r-th worst)."
+        2, flag="--pairs-per-prompt", help="Rank-matched pairs per prompt (r-th best vs r-th worst)."
     )
     select: str = option(
         "weighted",
@@ -71,6 +74,11 @@ class ProteinStudyConfig(StageConfig):
         0.0,
         flag="--identity-weight",
         help="Weight of the identity to the training set in pair selection (negative: avoid memorisation).",
+    )
+    null_control: bool = option(
+        True,
+        flag="--null-control/--no-null-control",
+        help="Also run the DPO series with random preferences (same settings), the control.",
     )
     site: str = option("resid.2", flag="--site", help="SAE site.")
     sae_expansion: int = option(4, flag="--sae-expansion", help="d_sae = expansion × d_model.")
@@ -118,6 +126,7 @@ class ProteinStudy(StageResult):
     per_iteration: list[dict[str, Any]]
     dpo: list[dict[str, Any]]
     paths: dict[str, str]
+    per_iteration_null: list[dict[str, Any]] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
     causal: list[dict[str, Any]] = field(default_factory=list)
     features: list[dict[str, Any]] = field(default_factory=list)
@@ -126,12 +135,15 @@ class ProteinStudy(StageResult):
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             "model": self.model,
             "tag": self.tag,
             "mean_hmm": [round(r["hmm_mean"], 3) for r in self.per_iteration],
             "identity_to_train": [round(r["identity_mean"], 3) for r in self.per_iteration],
         }
+        if self.per_iteration_null:
+            out["mean_hmm_null_control"] = [round(r["hmm_mean"], 3) for r in self.per_iteration_null]
+        return out
 
 
 def per_iteration_table(frame: Any, hmm_col: str, align_base: str) -> list[dict[str, Any]]:
@@ -234,6 +246,25 @@ def run_study(
     )
     table = per_iteration_table(ds.frame(), hmm.name, align.label)
     times["datasets"] = time.time() - t
+    null_table: list[dict[str, Any]] = []
+    if cfg.null_control:
+        # the control: the same DPO rounds with random preferences (RandomScorer), scored alike
+        from ..diff.scorers import RandomScorer
+
+        t = time.time()
+        null_dir = exp.series_dir(f"protein_{tag}_null")
+        iterative_dpo(
+            lm, [prompt] * cfg.prompts, RandomScorer(cfg.seed), null_dir, dpo_cfg, progress=progress
+        )
+        null_ds = build_datasets(
+            root / "protein" / "datasets" / f"protein_{tag}_null",
+            ProteinDatasetConfig(scorers=[f"hmm:{hmm_spec}", f"align:{ref_path}"]),
+            series=null_dir,
+            scorers=[hmm, align],
+            progress=progress,
+        )
+        null_table = per_iteration_table(null_ds.frame(), hmm.name, align.label)
+        times["null_control"] = time.time() - t
     dpo_rows = [
         {
             "checkpoint": f"M{it['iteration']}",
@@ -249,8 +280,21 @@ def run_study(
         model=str(model),
         tag=tag,
         per_iteration=table,
+        per_iteration_null=null_table,
         dpo=dpo_rows,
-        paths={"series": str(series_dir), "datasets": str(ds_dir), "references": str(ref_path)},
+        paths={
+            "series": str(series_dir),
+            "datasets": str(ds_dir),
+            "references": str(ref_path),
+            **(
+                {
+                    "null_series": str(exp.series_dir(f"protein_{tag}_null")),
+                    "null_datasets": str(root / "protein" / "datasets" / f"protein_{tag}_null"),
+                }
+                if cfg.null_control
+                else {}
+            ),
+        },
         timings=times,
         config=cfg.to_dict(),
     )
