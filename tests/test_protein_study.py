@@ -79,3 +79,12 @@ def test_study_dpo_and_datasets_report_per_iteration_means(setup, tmp_path):
     assert null[0]["hmm_mean"] == pytest.approx(res.per_iteration[0]["hmm_mean"])
     nd0 = [json.loads(x) for x in (Path(res.paths["null_series"]) / "D0.jsonl").read_text().splitlines()]
     assert all(0 <= r["score"] < 1 for r in nd0)  # RandomScorer picked its pairs
+    # figures and the report section (model text escaped like everything else)
+    from deltalens.experiment import Experiment
+    from deltalens.report.html import render_report
+
+    figs = tmp_path / "exp" / "protein" / "figures"
+    assert {p.name for p in figs.glob("*.png")} == {"hmm_by_iteration.png", "identity_by_iteration.png"}
+    html = render_report(Experiment(tmp_path / "exp"))
+    assert "Protein study" in html and "null control: the same DPO rounds" in html
+    assert f"{res.per_iteration[1]['hmm_mean']:.4g}"[:5] in html

@@ -86,6 +86,32 @@ def lines_by_layer(
     return save_figure(fig, path)
 
 
+def means_with_se(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    *,
+    title: str = "",
+    ylabel: str = "",
+    xticklabels: Sequence[str] | None = None,
+    xlabel: str = "iteration",
+) -> Path:
+    """One line per named series of ``(means, standard errors)``: the mean with a ±1 SE bar at
+    each point (iterations of a DPO series and its control, say)."""
+    fig, ax = new_figure(6.0, 3.8)
+    for name, (m, se) in series.items():
+        ax.errorbar(range(len(m)), m, yerr=se, marker="o", ms=4, capsize=3, label=name)
+    ax.set_xlabel(xlabel)
+    if xticklabels is not None:
+        ax.set_xticks(range(len(xticklabels)))
+        ax.set_xticklabels(list(xticklabels))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
 def heatmap(
     matrix: Any,
     path: str | Path,

@@ -323,11 +323,50 @@ def run_study(
                 )
                 res.paths["causal"] = cdir
                 times["causal"] = time.time() - t
+    res.paths.update({k: str(v) for k, v in study_figures(res, root / "protein" / "figures").items()})
     res.timings = {k: round(v, 1) for k, v in times.items()}
     res.provenance = provenance(None, stage="protein study")
     res.save(root / "protein")
     write_json(root / "protein" / "per_iteration.json", table)
     return res
+
+
+def study_figures(res: ProteinStudy, out: Path) -> dict[str, Path]:
+    """``hmm_by_iteration.png`` (mean HMM bits ± SE per checkpoint, the DPO series and the null
+    control) and ``identity_by_iteration.png`` (mean identity to the training set and the share
+    with identity ≥ 0.95, both series)."""
+    from ..plots import means_with_se
+
+    series = {"DPO (HMM preferences)": res.per_iteration}
+    if res.per_iteration_null:
+        series["null control (random preferences)"] = res.per_iteration_null
+    ticks = [r["model"] for r in res.per_iteration]
+    figs = {
+        "figure_hmm": means_with_se(
+            {k: ([r["hmm_mean"] for r in v], [r["hmm_se"] for r in v]) for k, v in series.items()},
+            out / "hmm_by_iteration.png",
+            title=f"'{res.tag}': mean HMM bit score of the samples of each checkpoint",
+            ylabel="HMM bits (± 1 SE)",
+            xticklabels=ticks,
+        )
+    }
+    ident = {
+        f"{k}: mean identity": ([r["identity_mean"] for r in v], [0.0] * len(v)) for k, v in series.items()
+    }
+    ident.update(
+        {
+            f"{k}: share ≥ 0.95": ([r["identity_ge_0.95"] for r in v], [0.0] * len(v))
+            for k, v in series.items()
+        }
+    )
+    figs["figure_identity"] = means_with_se(
+        ident,
+        out / "identity_by_iteration.png",
+        title="identity to the training set (memorisation check)",
+        ylabel="identity",
+        xticklabels=ticks,
+    )
+    return figs
 
 
 def _saes(series_dir: Path, exp: Any, cfg: ProteinStudyConfig, progress: bool) -> Path:
