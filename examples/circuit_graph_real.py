@@ -5,10 +5,13 @@
 2. **EAP-IG vs exact edge patching**: the 40 strongest EAP-IG edges plus 20 drawn at random
    (seeded) from the rest, each patched alone exactly (``component_edges.edge_patching``);
    Pearson r and a scatter figure;
-3. **transcoders** at all 30 layers (``deltalens circuit transcoders``, resumed when present)
-   and the **attribution graph** of the first capitals prompt (``deltalens circuit graph``):
-   the top path, its layers and positions, replacement / completeness scores, the time to
-   build it, and the graph JSON checked against circuit-tracer's frontend schema.
+3. **transcoders** at all 30 layers (``deltalens circuit transcoders``, resumed when present),
+   trained on 49,152 tokens: a corpus SmolLM2 writes itself about 50 countries, 30 cities and
+   12 other topics (19k tokens, cached as ``geography_corpus.jsonl``; the bundled Python
+   tutorial names almost no country), then the bundled text — and the **attribution graph**
+   of the first capitals prompt (``deltalens circuit graph``): the top path and the top path
+   through a feature, replacement / completeness scores, the time to build it, and the graph
+   JSON checked against circuit-tracer's frontend schema.
 
 Run: ``PYTHONPATH=src python examples/circuit_graph_real.py [out_dir]`` (default
 ``experiments/circuit_graph_real``). The transcoders take ~20-30 min on 2 CPU cores the first
@@ -35,6 +38,48 @@ from deltalens.plots import scatter
 
 OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "experiments/circuit_graph_real")
 FIG = Path("docs/figures/circuits")
+
+
+COUNTRIES = (
+    "France Italy Spain Germany Japan China India Brazil Canada Mexico Egypt Kenya Nigeria Russia "
+    "Turkey Greece Portugal Norway Sweden Finland Poland Austria Hungary Ireland Argentina Chile Peru "
+    "Colombia Australia Indonesia Thailand Vietnam Korea Iran Iraq Israel Morocco Ghana Ethiopia "
+    "Netherlands Belgium Switzerland Denmark Cuba Ukraine Romania Pakistan Bangladesh Nepal Philippines"
+).split()
+CITIES = (
+    "Paris Rome Madrid Berlin Tokyo Beijing Delhi London Cairo Moscow Athens Lisbon Oslo Vienna Dublin "
+    "Lima Sydney Bangkok Toronto Nairobi Istanbul Warsaw Prague Seoul Amsterdam Brussels Stockholm "
+    "Helsinki Budapest Havana"
+).split()
+TOPICS = (
+    "rivers,mountains,the ocean,music,cooking,trains,football,the weather,chemistry,birds,painting,farming"
+)
+
+
+def geography_corpus(path: Path) -> Path:
+    """SmolLM2's own paragraphs about countries, cities and other topics (seeded sampling), first,
+    then the bundled corpus — one JSONL file for ``--data``; reused when it exists."""
+    from deltalens.circuits.graph_pipeline import _default_texts
+    from deltalens.generate import generate
+    from deltalens.models import load
+
+    if path.is_file():
+        return path
+    prompts = [
+        f"Write a short paragraph about {t} {c}."
+        for c in COUNTRIES
+        for t in ("the history of", "the geography of")
+    ]
+    prompts += [f"Describe the city of {c} and the country it is in." for c in CITIES]
+    prompts += [f"Write a short paragraph about {t}." for t in TOPICS.split(",")]
+    lm = load("smollm2-135m-instruct")
+    gens = generate(lm, prompts, max_new_tokens=160, do_sample=True, temperature=0.8, seed=0)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as fh:
+        for text in [g.response for g in gens] + _default_texts():
+            fh.write(json.dumps({"text": text}) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def main() -> None:
@@ -91,7 +136,8 @@ def main() -> None:
     # 3. transcoders + attribution graph
     tdir = OUT / "transcoders"
     t = time.perf_counter()
-    tset, _ = train_transcoders(TranscodersConfig(), tdir)
+    corpus = geography_corpus(OUT / "geography_corpus.jsonl")
+    tset, _ = train_transcoders(TranscodersConfig(data=str(corpus), tokens=49152), tdir)
     nm = [m["nmse"] for m in tset.layers.values()]
     report["transcoders"] = {
         "seconds_this_run": time.perf_counter() - t,

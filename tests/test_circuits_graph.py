@@ -203,6 +203,19 @@ def test_top_path_is_the_strongest_token_to_logit_path(built_cf):
     assert c.top_path() == c.meta["top_path"] and len(c.top_path()) == len(path)
 
 
+def test_top_feature_path_is_the_strongest_path_through_a_feature(built_cf):
+    """Against brute force over every token → logit path: the strongest one with at least one
+    feature node on it (its share is ≤ the top path's)."""
+    _, g = built_cf
+    feats = g.slices()[0]
+    paths = [p for p in _all_token_paths(g) if any(feats.start <= i < feats.stop for i in p[0])]
+    assert paths
+    best = max(paths, key=lambda p: p[1])
+    path, share = g.top_feature_path()
+    assert share == pytest.approx(best[1], rel=1e-9) and path == best[0]
+    assert share <= g.top_path()[1] * (1 + 1e-12)
+
+
 def test_graph_json_validates_against_the_viewer_schema(built, tmp_path):
     import json
 
@@ -335,3 +348,29 @@ def test_mean_jacobian_skip_is_the_average_of_brute_force_jacobians(tiny):
     torch.testing.assert_close(W.double(), want / n, atol=1e-4, rtol=1e-3)
     lin = torch.nn.Linear(5, 3, bias=True)
     torch.testing.assert_close(mean_jacobian(lin, torch.randn(20, 5)), lin.weight.detach().T)
+
+
+def test_attention_routes_find_the_only_layer_that_can_carry_an_edge(tiny, built_cf):
+    """A feature of the second-to-last layer reaches the last position's logit only through the
+    last layer's attention: its drop there is the whole edge (which equals the graph's
+    adjacency entry), and layers at or below the feature's own give exactly 0."""
+    from deltalens.circuits.attribution_graph import attention_routes
+
+    tcs, _ = built_cf
+    g = attribution_graph(tiny, PROMPT, tcs, max_feature_nodes=100_000, batch_size=64, max_logits=1)
+    L, T = tiny.n_layers, g.n_pos
+    feats = [i for i in range(g.n_features) if int(g.features[i, 0]) == L - 2 and int(g.features[i, 1]) < T - 1]
+    assert feats
+    i = feats[0]
+    layer, pos, idx = (int(v) for v in g.features[i])
+    direction = torch.zeros(tiny.vocab_size)
+    direction[g.logit_ids[0]] = 1.0
+    direction -= 1.0 / tiny.vocab_size
+    drops = attention_routes(tiny, g.token_ids, tcs, ("feature", layer, pos, idx), direction)
+    edge = float(g.adjacency[g.slices()[3].start, i])
+    assert abs(edge) > 1e-6
+    assert drops[L - 1] == pytest.approx(edge, rel=1e-4, abs=1e-6)
+    assert all(abs(d) < 1e-7 for d in drops[: L - 1])
+    # a token source: removing every attention layer's route leaves no cross-position effect
+    tok_drops = attention_routes(tiny, g.token_ids, tcs, ("token", 1), direction)
+    assert any(abs(d) > 1e-6 for d in tok_drops)

@@ -72,6 +72,49 @@ def linearised(
     return ivs, emb, splices
 
 
+def attention_routes(
+    lm: LoadedModel,
+    prompt: str | Sequence[int],
+    transcoders: dict[int, Any],
+    source: tuple[Any, ...],
+    direction: torch.Tensor,
+    constant_first: bool = True,
+) -> list[float]:
+    """Which attention layers carry one edge into a logit: ``drop[l] = A − A_l`` with ``A`` the
+    edge ``s · ∂(direction · z_last)/∂s`` from ``source`` in the linearised replacement model and
+    ``A_l`` the same with layer ``l``'s attention output passing no gradient (its output
+    projection detached). ``source`` is ``("feature", layer, pos, index)`` or ``("token", pos)``;
+    ``direction`` a vocabulary-sized vector (a logit node's direction). An edge that must cross
+    positions goes through attention: a layer whose ``drop`` is about the whole edge carries
+    it; layers at or below a feature's own layer give 0 (one forward and backward per layer)."""
+    ids_list = list(prompt) if not isinstance(prompt, str) else lm.encode(prompt)
+    ids = torch.tensor([ids_list], device=lm.device)
+    cp = 1 if constant_first else 0
+
+    def edge(extra: list[Any]) -> float:
+        ivs, emb, splices = linearised(lm, transcoders, cp)
+        with torch.enable_grad(), intervene(lm, ivs + extra):
+            z = lm.model(input_ids=ids, use_cache=False).logits[0, -1].float()
+            obj = (z * direction.to(z.device)).sum()
+            if source[0] == "feature":
+                _, layer, pos, idx = source
+                leaf = splices[layer].features[-1]
+                (g,) = torch.autograd.grad(obj, [leaf], allow_unused=True)
+                return 0.0 if g is None else float((g[0, pos, idx] * leaf[0, pos, idx]).detach())
+            leaf = emb.leaves[-1]
+            (g,) = torch.autograd.grad(obj, [leaf], allow_unused=True)
+            return 0.0 if g is None else float((g[0, source[1]] * leaf[0, source[1]]).sum().detach())
+
+    full = edge([])
+    drops = []
+    for layer in range(lm.n_layers):
+        proj = lm.arch.head_projection(layer)
+        if proj is None:
+            raise ConfigError(f"{lm.name}: no attention output projection found at layer {layer}")
+        drops.append(full - edge([DetachOutput(proj[0], None, layer)]))
+    return drops
+
+
 @dataclass
 class AttributionGraph:
     """An attribution graph before pruning: ``adjacency[target, source]`` over the nodes
@@ -111,6 +154,31 @@ class AttributionGraph:
     def node_influence(self) -> torch.Tensor:
         return influence(self.adjacency, self.logit_weights())
 
+    def _best_to_logit(self, logit: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``best[s]`` = the largest ``share(p)`` over paths ``p`` from node ``s`` to logit
+        ``logit`` and ``nxt[s]`` the next node on it (dynamic programming over the DAG)."""
+        A = normalise_rows(self.adjacency).double()
+        N = A.shape[0]
+        lg = self.slices()[3].start + logit
+        best = torch.zeros(N, dtype=torch.float64)
+        best[lg] = 1.0
+        nxt = torch.full((N,), -1, dtype=torch.long)
+        for _ in range(N):
+            cand, arg = (best[:, None] * A).max(0)  # over targets t, for every source s
+            better = cand > best * (1 + 1e-12)
+            better[lg] = False
+            if not bool(better.any()):
+                break
+            best = torch.where(better, cand, best)
+            nxt = torch.where(better, arg, nxt)
+        return best, nxt, lg
+
+    @staticmethod
+    def _follow(path: list[int], nxt: torch.Tensor, lg: int) -> list[int]:
+        while path[-1] != lg and int(nxt[path[-1]]) >= 0 and len(path) <= len(nxt):
+            path.append(int(nxt[path[-1]]))
+        return path
+
     def top_path(self, logit: int = 0) -> tuple[list[int], float]:
         """The strongest path from an input token to logit ``logit``: the node indices (token
         first) of the path ``p`` maximising ``share(p) = ∏_{(s→t)∈p} Â[t, s]`` with ``Â`` the
@@ -118,29 +186,31 @@ class AttributionGraph:
         one path (the shares of all paths from every source sum to 1 at the logit, and their
         sum per node is its influence). Exact (dynamic programming over the DAG); error nodes
         are sources, so a token-rooted path runs through features only."""
-        A = normalise_rows(self.adjacency)
-        N = A.shape[0]
-        lg = self.slices()[3].start + logit
-        best = torch.zeros(N, dtype=torch.float64)
-        best[lg] = 1.0
-        nxt = torch.full((N,), -1, dtype=torch.long)
-        A64 = A.double()
-        for _ in range(N):
-            cand, arg = (best[:, None] * A64).max(0)  # over targets t, for every source s
-            better = cand > best * (1 + 1e-12)
-            better[lg] = False
-            if not bool(better.any()):
-                break
-            best = torch.where(better, cand, best)
-            nxt = torch.where(better, arg, nxt)
+        best, nxt, lg = self._best_to_logit(logit)
         tok = self.slices()[2]
         start = tok.start + int(best[tok].argmax())
         if float(best[start]) <= 0:
             return [], 0.0
-        path = [start]
-        while path[-1] != lg and len(path) <= N:
-            path.append(int(nxt[path[-1]]))
-        return path, float(best[start])
+        return self._follow([start], nxt, lg), float(best[start])
+
+    def top_feature_path(self, logit: int = 0) -> tuple[list[int], float]:
+        """The strongest token → logit path that passes through at least one feature:
+        ``max_{t, f} Â[f, t] · best(f)`` over tokens ``t`` and features ``f``, with ``best(f)``
+        the largest share from ``f`` on (as :meth:`top_path`). The direct token → logit edge
+        sums every linear route through the residual stream, the frozen attention and the skip
+        connections, and is often the top path; this is the strongest route that the
+        transcoder features explain."""
+        f_sl, _, tok, _ = self.slices()
+        if f_sl.stop == 0:
+            return [], 0.0
+        best, nxt, lg = self._best_to_logit(logit)
+        A = normalise_rows(self.adjacency).double()
+        cand = A[f_sl, tok] * best[f_sl][:, None]  # [features, tokens]
+        v, flat = cand.flatten().max(0)
+        if float(v) <= 0:
+            return [], 0.0
+        f, t = divmod(int(flat), cand.shape[1])
+        return self._follow([tok.start + t, f], nxt, lg), float(v)
 
     def scores(self) -> dict[str, float]:
         """Replacement and completeness scores (module docstring)."""

@@ -305,6 +305,13 @@ class GraphConfig(StageConfig):
         "there, as circuit-tracer does with BOS.",
     )
 
+    routes: bool = option(
+        True,
+        flag="--routes/--no-routes",
+        help="Find which attention layers carry the top paths' last edge into the logit (one "
+        "backward pass per layer and path).",
+    )
+
     def validate(self) -> None:
         for name in ("max_feature_nodes", "batch_size", "max_logits"):
             at_least(self, name, 1)
@@ -406,6 +413,7 @@ def run_graph(config: GraphConfig, experiment: Any = "default") -> GraphRun:
     files["edges"] = out_dir / Circuit.EDGES_FILE
     files.update(save_figure(circuit, out_dir))
     path, share = graph.top_path()
+    fpath, fshare = graph.top_feature_path()
     table = node_table(graph)[1]
     nm = [v["nmse"] for v in tset.layers.values()]
     summary = {
@@ -420,8 +428,61 @@ def run_graph(config: GraphConfig, experiment: Any = "default") -> GraphRun:
         "edges": len(circuit.edges),
         "top_path": [{k: table[i].get(k) for k in PATH_KEYS} for i in path],
         "top_path_share": share,
+        "top_feature_path": [{k: table[i].get(k) for k in PATH_KEYS} for i in fpath],
+        "top_feature_path_share": fshare,
         "seconds": graph.seconds,
         "transcoder_nmse_mean": sum(nm) / len(nm),
     }
+    if cfg.routes:
+        summary["attention_routes"] = _routes(lm, graph, tcs, [path, fpath], contrast, cfg.constant_first)
     files["summary"] = write_json(out_dir / SUMMARY_FILE, summary)
     return GraphRun(circuit, out_dir, summary, files)
+
+
+def _routes(
+    lm: Any, graph: Any, tcs: dict[int, Any], paths: list[list[int]], contrast: list[int] | None, cf: bool
+) -> list[dict[str, Any]]:
+    """For each path whose last edge into the logit crosses positions: the attention layers
+    that carry it (:func:`~.attribution_graph.attention_routes`), largest share first."""
+    from .attribution_graph import attention_routes, node_table
+
+    ids, _ = node_table(graph)
+    f_sl, _, tok, _ = graph.slices()
+    V = lm.vocab_size
+    direction = torch.zeros(V)
+    direction[graph.logit_ids[0]] = 1.0
+    if contrast:
+        direction[int(contrast[0])] -= 1.0
+    else:
+        direction -= 1.0 / V
+    out, seen = [], set()
+    for path in paths:
+        if len(path) < 2 or path[-2] in seen:
+            continue
+        src = path[-2]
+        seen.add(src)
+        if src < f_sl.stop:
+            layer, pos, idx = (int(v) for v in graph.features[src])
+            source: tuple[Any, ...] = ("feature", layer, pos, idx)
+        elif tok.start <= src < tok.stop:
+            pos = src - tok.start
+            source = ("token", pos)
+        else:
+            continue
+        if pos == graph.n_pos - 1:
+            continue  # no position to cross
+        drops = attention_routes(lm, graph.token_ids, tcs, source, direction, constant_first=cf)
+        edge = float(graph.adjacency[graph.slices()[3].start, src])
+        order = sorted(range(len(drops)), key=lambda i: -abs(drops[i]))
+        out.append(
+            {
+                "source": ids[src],
+                "edge": edge,
+                "drops": drops,
+                "top_layers": [
+                    {"layer": i, "drop": drops[i], "share": drops[i] / edge if edge else None}
+                    for i in order[:5]
+                ],
+            }
+        )
+    return out

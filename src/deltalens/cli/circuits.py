@@ -338,6 +338,7 @@ def graph_cmd(
     dtype: str = opt(G, "dtype"),
     device: str | None = opt(G, "device"),
     constant_first: bool = opt(G, "constant_first"),
+    routes: bool = opt(G, "routes"),
 ) -> None:
     """Attribution graph of one prompt from per-layer transcoders (circuit-tracer's method):
     graph.json for circuit-tracer's viewer / Neuronpedia, the pruned circuit, figure, scores."""
@@ -345,7 +346,7 @@ def graph_cmd(
 
     cfg = GraphConfig(
         transcoders, prompt, pairs, pair, target, contrast, model, max_feature_nodes, batch_size, max_logits,
-        logit_probability, node_threshold, edge_threshold, out, dtype, device, constant_first,
+        logit_probability, node_threshold, edge_threshold, out, dtype, device, constant_first, routes,
     )  # fmt: skip
     run = run_graph(cfg, experiment)
     s = run.summary
@@ -359,14 +360,23 @@ def graph_cmd(
         f"completeness {sc['completeness']:.3f}; transcoder nMSE {s['transcoder_nmse_mean']:.3f}; "
         f"{s['seconds']:.1f} s"
     )
-    rows = [(n["type"], n["layer"], n["position"], n["token"], n["index"]) for n in s["top_path"]]
-    console.print(
-        table(
-            f"top path (token → logit; {s['top_path_share']:.2%} of the logit's attribution)",
-            ["type", "layer", "pos", "token", "index"],
-            rows,
+    for key, what in (("top_path", "top path"), ("top_feature_path", "top path through a feature")):
+        if not s.get(key):
+            continue
+        rows = [(n["type"], n["layer"], n["position"], n["token"], n["index"]) for n in s[key]]
+        console.print(
+            table(
+                f"{what} (token → logit; {s[key + '_share']:.2%} of the logit's attribution)",
+                ["type", "layer", "pos", "token", "index"],
+                rows,
+            )
         )
-    )
+    for r in s.get("attention_routes") or []:
+        top = ", ".join(
+            f"layer {t['layer']} {t['share']:.0%}" if t["share"] is not None else f"layer {t['layer']}"
+            for t in r["top_layers"][:3]
+        )
+        console.print(f"edge {r['source']} → logit ({r['edge']:+.3f}) is carried by the attention of {top}")
     console.print(f"→ {run.out_dir}: {', '.join(p.name for p in run.files.values())}")
 
 
