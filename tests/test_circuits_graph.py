@@ -359,7 +359,9 @@ def test_attention_routes_find_the_only_layer_that_can_carry_an_edge(tiny, built
     tcs, _ = built_cf
     g = attribution_graph(tiny, PROMPT, tcs, max_feature_nodes=100_000, batch_size=64, max_logits=1)
     L, T = tiny.n_layers, g.n_pos
-    feats = [i for i in range(g.n_features) if int(g.features[i, 0]) == L - 2 and int(g.features[i, 1]) < T - 1]
+    feats = [
+        i for i in range(g.n_features) if int(g.features[i, 0]) == L - 2 and int(g.features[i, 1]) < T - 1
+    ]
     assert feats
     i = feats[0]
     layer, pos, idx = (int(v) for v in g.features[i])
