@@ -284,36 +284,9 @@ def print_study(res) -> None:  # noqa: ANN001 - a ProteinStudy
 
 
 def _iteration_table(rows: list, title: str) -> None:
-    console.print(
-        table(
-            title,
-            [
-                "model",
-                "n",
-                "mean length",
-                "mean HMM bits",
-                "± se",
-                "HMM hit rate",
-                "identity to train",
-                "coverage",
-                "identity ≥ 0.95",
-            ],
-            [
-                (
-                    r["model"],
-                    r["n"],
-                    r["mean_length"],
-                    r["hmm_mean"],
-                    r["hmm_se"],
-                    r["hmm_hit_rate"],
-                    r["identity_mean"],
-                    r["coverage_mean"],
-                    r["identity_ge_0.95"],
-                )
-                for r in rows
-            ],
-        )  # fmt: skip
-    )
+    from ..protein.study import ITERATION_COLUMNS, iteration_rows
+
+    console.print(table(title, [h for h, _ in ITERATION_COLUMNS], iteration_rows(rows)))
 
 
 def _study_rest(res) -> None:  # noqa: ANN001 - a ProteinStudy

@@ -146,6 +146,25 @@ class ProteinStudy(StageResult):
         return out
 
 
+#: the per-iteration table as the CLI and the report show it: (header, key) pairs
+ITERATION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("model", "model"),
+    ("n", "n"),
+    ("mean length", "mean_length"),
+    ("mean HMM bits", "hmm_mean"),
+    ("± se", "hmm_se"),
+    ("HMM hit rate", "hmm_hit_rate"),
+    ("identity to train", "identity_mean"),
+    ("coverage", "coverage_mean"),
+    ("identity ≥ 0.95", "identity_ge_0.95"),
+)
+
+
+def iteration_rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The rows of a per-iteration table in :data:`ITERATION_COLUMNS` order."""
+    return [tuple(r.get(k) for _, k in ITERATION_COLUMNS) for r in rows]
+
+
 def per_iteration_table(frame: Any, hmm_col: str, align_base: str) -> list[dict[str, Any]]:
     """Per iteration: n, mean length, mean HMM bit score (and its standard error), hit rate, mean
     identity / coverage to the training set and the share with identity ≥ 0.95."""
@@ -235,18 +254,23 @@ def run_study(
     series = iterative_dpo(lm, [prompt] * cfg.prompts, selector, series_dir, dpo_cfg, progress=progress)
     times["dpo_series"] = time.time() - t
 
+    def scored_table(series: Path, name: str) -> tuple[Path, list[dict[str, Any]]]:
+        """A series' datasets (HMM + alignment to the training set) and its per-iteration table."""
+        d = root / "protein" / "datasets" / name
+        ds = build_datasets(
+            d,
+            ProteinDatasetConfig(scorers=[f"hmm:{hmm_spec}", f"align:{ref_path}"]),
+            series=series,
+            scorers=[hmm, align],
+            progress=progress,
+        )
+        return d, per_iteration_table(ds.frame(), hmm.name, align.label)
+
     t = time.time()
-    ds_dir = root / "protein" / "datasets" / f"protein_{tag}"
-    ds = build_datasets(
-        ds_dir,
-        ProteinDatasetConfig(scorers=[f"hmm:{hmm_spec}", f"align:{ref_path}"]),
-        series=series_dir,
-        scorers=[hmm, align],
-        progress=progress,
-    )
-    table = per_iteration_table(ds.frame(), hmm.name, align.label)
+    ds_dir, table = scored_table(series_dir, f"protein_{tag}")
     times["datasets"] = time.time() - t
     null_table: list[dict[str, Any]] = []
+    null_paths: dict[str, str] = {}
     if cfg.null_control:
         # the control: the same DPO rounds with random preferences (RandomScorer), scored alike
         from ..diff.scorers import RandomScorer
@@ -256,14 +280,8 @@ def run_study(
         iterative_dpo(
             lm, [prompt] * cfg.prompts, RandomScorer(cfg.seed), null_dir, dpo_cfg, progress=progress
         )
-        null_ds = build_datasets(
-            root / "protein" / "datasets" / f"protein_{tag}_null",
-            ProteinDatasetConfig(scorers=[f"hmm:{hmm_spec}", f"align:{ref_path}"]),
-            series=null_dir,
-            scorers=[hmm, align],
-            progress=progress,
-        )
-        null_table = per_iteration_table(null_ds.frame(), hmm.name, align.label)
+        null_ds_dir, null_table = scored_table(null_dir, f"protein_{tag}_null")
+        null_paths = {"null_series": str(null_dir), "null_datasets": str(null_ds_dir)}
         times["null_control"] = time.time() - t
     dpo_rows = [
         {
@@ -286,14 +304,7 @@ def run_study(
             "series": str(series_dir),
             "datasets": str(ds_dir),
             "references": str(ref_path),
-            **(
-                {
-                    "null_series": str(exp.series_dir(f"protein_{tag}_null")),
-                    "null_datasets": str(root / "protein" / "datasets" / f"protein_{tag}_null"),
-                }
-                if cfg.null_control
-                else {}
-            ),
+            **null_paths,
         },
         timings=times,
         config=cfg.to_dict(),

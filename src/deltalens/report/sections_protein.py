@@ -5,25 +5,10 @@ cells of the study, and its figures."""
 from __future__ import annotations
 
 from ..experiment import Experiment
+from ..protein.study import ITERATION_COLUMNS, iteration_rows
 from .html import esc, figures, json_file, section, table
 
-_ITER_COLS = ["model", "n", "mean length", "mean HMM bits", "± SE", "hit rate", "identity", "identity ≥ 0.95"]
-
-
-def _iter_rows(rows: list[dict]) -> list[tuple]:
-    return [
-        (
-            r.get("model"),
-            r.get("n"),
-            r.get("mean_length"),
-            r.get("hmm_mean"),
-            r.get("hmm_se"),
-            r.get("hmm_hit_rate"),
-            r.get("identity_mean"),
-            r.get("identity_ge_0.95"),
-        )
-        for r in rows
-    ]
+_ITER_COLS = [h for h, _ in ITERATION_COLUMNS]
 
 
 @section(90, "Protein study")
@@ -36,14 +21,16 @@ def protein_section(exp: Experiment) -> str | None:
     ]
     out.append(
         table(
-            _ITER_COLS, _iter_rows(data.get("per_iteration") or []), caption="DPO towards a higher HMM score"
+            _ITER_COLS,
+            iteration_rows(data.get("per_iteration") or []),
+            caption="DPO towards a higher HMM score",
         )
     )
     if data.get("per_iteration_null"):
         out.append(
             table(
                 _ITER_COLS,
-                _iter_rows(data["per_iteration_null"]),
+                iteration_rows(data["per_iteration_null"]),
                 caption="null control: the same DPO rounds with random preferences",
             )
         )
