@@ -154,9 +154,10 @@ class AttributionGraph:
     def node_influence(self) -> torch.Tensor:
         return influence(self.adjacency, self.logit_weights())
 
-    def _best_to_logit(self, logit: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _best_to_logit(self, logit: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
         """``best[s]`` = the largest ``share(p)`` over paths ``p`` from node ``s`` to logit
-        ``logit`` and ``nxt[s]`` the next node on it (dynamic programming over the DAG)."""
+        ``logit`` and ``nxt[s]`` the next node on it (dynamic programming over the DAG), the
+        logit's node index and ``Â``."""
         A = normalise_rows(self.adjacency).double()
         N = A.shape[0]
         lg = self.slices()[3].start + logit
@@ -171,7 +172,7 @@ class AttributionGraph:
                 break
             best = torch.where(better, cand, best)
             nxt = torch.where(better, arg, nxt)
-        return best, nxt, lg
+        return best, nxt, lg, A
 
     @staticmethod
     def _follow(path: list[int], nxt: torch.Tensor, lg: int) -> list[int]:
@@ -186,7 +187,7 @@ class AttributionGraph:
         one path (the shares of all paths from every source sum to 1 at the logit, and their
         sum per node is its influence). Exact (dynamic programming over the DAG); error nodes
         are sources, so a token-rooted path runs through features only."""
-        best, nxt, lg = self._best_to_logit(logit)
+        best, nxt, lg, _ = self._best_to_logit(logit)
         tok = self.slices()[2]
         start = tok.start + int(best[tok].argmax())
         if float(best[start]) <= 0:
@@ -203,8 +204,7 @@ class AttributionGraph:
         f_sl, _, tok, _ = self.slices()
         if f_sl.stop == 0:
             return [], 0.0
-        best, nxt, lg = self._best_to_logit(logit)
-        A = normalise_rows(self.adjacency).double()
+        best, nxt, lg, A = self._best_to_logit(logit)
         cand = A[f_sl, tok] * best[f_sl][:, None]  # [features, tokens]
         v, flat = cand.flatten().max(0)
         if float(v) <= 0:

@@ -414,7 +414,7 @@ def run_graph(config: GraphConfig, experiment: Any = "default") -> GraphRun:
     files.update(save_figure(circuit, out_dir))
     path, share = graph.top_path()
     fpath, fshare = graph.top_feature_path()
-    table = node_table(graph)[1]
+    node_ids, table = node_table(graph)
     nm = [v["nmse"] for v in tset.layers.values()]
     summary = {
         "prompt": graph.prompt,
@@ -434,19 +434,27 @@ def run_graph(config: GraphConfig, experiment: Any = "default") -> GraphRun:
         "transcoder_nmse_mean": sum(nm) / len(nm),
     }
     if cfg.routes:
-        summary["attention_routes"] = _routes(lm, graph, tcs, [path, fpath], contrast, cfg.constant_first)
+        summary["attention_routes"] = _routes(
+            lm, graph, tcs, [path, fpath], node_ids, contrast, cfg.constant_first
+        )
     files["summary"] = write_json(out_dir / SUMMARY_FILE, summary)
     return GraphRun(circuit, out_dir, summary, files)
 
 
 def _routes(
-    lm: Any, graph: Any, tcs: dict[int, Any], paths: list[list[int]], contrast: list[int] | None, cf: bool
+    lm: Any,
+    graph: Any,
+    tcs: dict[int, Any],
+    paths: list[list[int]],
+    ids: list[str],
+    contrast: list[int] | None,
+    cf: bool,
 ) -> list[dict[str, Any]]:
     """For each path whose last edge into the logit crosses positions: the attention layers
-    that carry it (:func:`~.attribution_graph.attention_routes`), largest share first."""
-    from .attribution_graph import attention_routes, node_table
+    that carry it (:func:`~.attribution_graph.attention_routes`), largest share first; ``ids``
+    are the graph's node ids (:func:`~.attribution_graph.node_table`)."""
+    from .attribution_graph import attention_routes
 
-    ids, _ = node_table(graph)
     f_sl, _, tok, _ = graph.slices()
     V = lm.vocab_size
     direction = torch.zeros(V)
