@@ -887,6 +887,16 @@ CASES += [
         ["circuit", "edges", "--method", "feature", "--out", "{tmp}/out"],
         "--method feature needs --sae (one SAE directory per site)",
     ),
+    Case(
+        "circuit-transcoders-unknown-skip-fit",
+        ["circuit", "transcoders", "--skip-fit", "ols", "--out", "{tmp}/tc"],
+        "--skip-fit must be one of jacobian, lstsq, got 'ols'",
+    ),
+    Case(
+        "organism-dpo-series-random-scorer-bad-seed",
+        ["organism", "dpo-series", "--scorer", "random:x", "--out", "{tmp}/series"],
+        "scorer 'random:x': write random or random:<seed>",
+    ),
 ]
 
 
